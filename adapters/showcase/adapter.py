@@ -1,0 +1,180 @@
+"""ShowcaseAdapter: progress, numbers, items with an explicit final, failures, endless and slow streams,
+binary arguments, sessions, and a few unary tools.
+
+Chunk schemas:
+- ``stream_progress``: ``{"step": int, "total": int, "progress": float}`` (progress in percent)
+- ``stream_numbers``: ``{"number": int, "is_last": bool}``
+- ``stream_items``: ``{"index": int, "value": str}``; the last item is the explicit final chunk
+- ``endless_stream``: ``{"tick": int}`` every ``interval_ms`` until cancelled
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from python_worker import BaseAdapter, StreamChunk, ToolContext, tool
+
+
+class ShowcaseAdapter(BaseAdapter):
+    def __init__(self) -> None:
+        # what happened to streams, by tag: lets a caller check that cancellation reached the tool
+        self._events: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    def _event(self, tag: str, key: str) -> None:
+        if tag:
+            with self._lock:
+                self._events.setdefault(tag, {})[key] = time.time()
+
+    # -- streams --------------------------------------------------------------------------------------------
+    @tool(description="Stream progress updates", supports_streaming=True)
+    def stream_progress(self, steps: int = 10, delay_ms: float = 0.0, ctx: ToolContext | None = None):
+        if steps < 0:
+            raise ValueError("steps must be >= 0")
+        for i in range(steps):
+            if delay_ms and ctx is not None and not ctx.sleep(delay_ms / 1000):
+                return
+            yield {"step": i + 1, "total": steps, "progress": (i + 1) / steps * 100}
+
+    @tool(description="Stream numbers 0..count-1", supports_streaming=True)
+    def stream_numbers(self, count: int = 10):
+        for i in range(count):
+            yield {"number": i, "is_last": i == count - 1}
+
+    @tool(description="Stream items, the last one as an explicit final chunk", supports_streaming=True)
+    def stream_items(self, count: int = 5):
+        for i in range(count):
+            yield StreamChunk(
+                data={"index": i + 1, "value": f"Item {i + 1}"},
+                is_final=i == count - 1,
+                metadata={"item": str(i + 1)},
+            )
+
+    @tool(description="Stream small dicts {'i': n} as fast as possible (benchmarks)", supports_streaming=True)
+    def stream_small(self, count: int = 1000):
+        for i in range(count):
+            yield {"i": i}
+
+    @tool(description="Stream float32 arrays of batch_rows x cols", supports_streaming=True)
+    def stream_arrays(self, batches: int = 4, batch_rows: int = 1024, cols: int = 1024, as_json: bool = False):
+        rng = np.random.default_rng(0)
+        block = rng.standard_normal((batch_rows, cols), dtype=np.float32)
+        for i in range(batches):
+            block[0, 0] = i
+            yield {"rows": block.tolist()} if as_json else block
+
+    @tool(description="Stream lines of text as text/plain chunks", supports_streaming=True)
+    def stream_text(self, lines: int = 3):
+        for i in range(lines):
+            yield StreamChunk(data=f"line {i + 1}", content_type="text/plain; charset=utf-8")
+
+    @tool(description="Stream a few chunks, then raise ValueError", supports_streaming=True)
+    def failing_stream(self, fail_at: int = 3):
+        for i in range(fail_at):
+            yield {"step": i + 1}
+        raise ValueError(f"failed at step {fail_at + 1}")
+
+    @tool(description="Tick every interval_ms until cancelled", supports_streaming=True)
+    def endless_stream(self, interval_ms: float = 50.0, tag: str = "", ctx: ToolContext | None = None):
+        assert ctx is not None
+        self._event(tag, "started")
+        tick = 0
+        try:
+            while True:
+                yield {"tick": tick}
+                tick += 1
+                if not ctx.sleep(interval_ms / 1000):
+                    self._event(tag, "cancel_seen")
+                    return
+        finally:
+            self._event(tag, "finally")
+
+    @tool(description="Yield once, then block (checking the cancel flag) for up to `seconds`", supports_streaming=True)
+    def blocking_stream(self, seconds: float = 30.0, tag: str = "", ctx: ToolContext | None = None):
+        assert ctx is not None
+        self._event(tag, "started")
+        try:
+            yield {"blocked_for": seconds}
+            if ctx.cancel_event.wait(seconds):
+                self._event(tag, "cancel_seen")
+        finally:
+            self._event(tag, "finally")
+
+    @tool(description="Report progress through the context while streaming", supports_streaming=True)
+    def progress_demo(self, steps: int = 3, ctx: ToolContext | None = None):
+        assert ctx is not None
+        for i in range(steps):
+            ctx.report_progress(i + 1, total=steps, message=f"step {i + 1}")
+            yield {"done": i + 1}
+
+    @tool(description="Broken on purpose: yields after its final chunk", supports_streaming=True)
+    def yield_after_final(self):
+        yield StreamChunk(data={"final": True}, is_final=True)
+        yield {"too": "late"}
+
+    @tool(description="Broken on purpose: a streaming tool that returns a dict", supports_streaming=True)
+    def returns_dict(self) -> Any:
+        return {"not": "a stream"}
+
+    # -- unary ----------------------------------------------------------------------------------------------
+    @tool(description="Return the value unchanged")
+    def echo(self, value: Any = None) -> Any:
+        return value
+
+    @tool(description="Add two numbers")
+    def add(self, a: float, b: float) -> float:
+        return a + b
+
+    @tool(description="Greet someone")
+    def greet(self, name: str, greeting: str = "Hello", punctuation: list[str] | None = None) -> str:
+        return f"{greeting}, {name}{''.join(punctuation or ['!'])}"
+
+    @tool(description="Sleep up to `seconds` (stops early when cancelled)")
+    def slow_tool(self, seconds: float = 1.0, tag: str = "", ctx: ToolContext | None = None) -> dict[str, Any]:
+        assert ctx is not None
+        self._event(tag, "started")
+        finished = ctx.sleep(seconds)
+        self._event(tag, "finally" if finished else "cancel_seen")
+        return {"slept": seconds, "cancelled": not finished}
+
+    @tool(description="Raise ValueError(message)")
+    def fail(self, message: str = "epochs must be > 0") -> None:
+        raise ValueError(message)
+
+    @tool(description="Statistics of an array argument")
+    def array_stats(self, values: np.ndarray) -> dict[str, Any]:
+        return {
+            "dtype": str(values.dtype),
+            "shape": list(values.shape),
+            "sum": float(values.sum()),
+            "mean": float(values.mean()) if values.size else None,
+        }
+
+    @tool(description="Multiply an array by a factor")
+    def scale_array(self, values: np.ndarray, factor: float = 2.0) -> np.ndarray:
+        return values * factor
+
+    @tool(description="Reverse raw bytes")
+    def reverse_bytes(self, blob: bytes) -> bytes:
+        return blob[::-1]
+
+    @tool(description="A big integer (JSON keeps it exact)")
+    def big_int(self, exponent: int = 70) -> int:
+        return 2**exponent
+
+    @tool(description="Count calls in this session; returns the count and the worker that served it")
+    def session_counter(self, ctx: ToolContext) -> dict[str, Any]:
+        if ctx.session is None:
+            raise ValueError("session_counter needs a session_id")
+        count = ctx.session.state.get("count", 0) + 1
+        ctx.session.state["count"] = count
+        return {"count": count, "worker_id": ctx.worker_id, "session_id": ctx.session_id}
+
+    @tool(description="What happened to the streams started with `tag` (unix times)")
+    def stream_events(self, tag: str) -> dict[str, float]:
+        with self._lock:
+            return dict(self._events.get(tag, {}))

@@ -1,0 +1,76 @@
+defmodule Krait.Error do
+  @moduledoc """
+  The error every Krait call returns as `{:error, %Krait.Error{}}` (and `Krait.stream/3` raises).
+
+  `category` says what went wrong; `details` carries the specifics:
+
+    * `:pool` - no worker could be handed out. `details.reason` is one of
+      * `:worker_busy` - `affinity: :strict_fail_fast` and the session's worker (or, for a session's
+        first call, every worker) is busy;
+      * `:session_worker_unavailable` - a strict affinity mode and the session's worker has died;
+      * `:pool_saturated` - the checkout queue is full (`:max_queue`);
+      * `:queue_timeout` - the call's `:timeout` passed while it waited for a worker;
+      * `:pool_not_running` - no pool is registered under the `:pool` name.
+    * `:timeout` - the call's deadline passed while the tool ran (the tool is stopped too).
+    * `:python` - the tool raised; `details` has `:type` (exception class), `:traceback`,
+      `:tool_name` and `:worker_id`.
+    * `:worker` - the worker process died or its connection broke during the call.
+    * `:invalid_argument` - bad arguments or options (from Elixir or from the worker).
+    * `:not_found` - no such tool on the worker's adapter.
+    * `:failed_precondition` - the tool cannot run this way (a unary call of a streaming tool...).
+    * `:callback` - the `execute_stream/4` callback raised, threw or exited; `details` has `:kind`,
+      `:reason` and `:stacktrace`.
+    * `:protocol` - the worker sent something Krait could not decode.
+    * `:cancelled`, `:resource_exhausted`, `:grpc` - other gRPC outcomes (`details.status`).
+  """
+
+  defexception category: :grpc, message: "", details: %{}
+
+  @type category ::
+          :pool
+          | :timeout
+          | :python
+          | :worker
+          | :invalid_argument
+          | :not_found
+          | :failed_precondition
+          | :callback
+          | :protocol
+          | :cancelled
+          | :resource_exhausted
+          | :grpc
+
+  @type t :: %__MODULE__{category: category(), message: String.t(), details: map()}
+
+  @pool_messages %{
+    worker_busy: "the session's worker is busy",
+    session_worker_unavailable: "the session's worker is no longer running",
+    pool_saturated: "the pool's checkout queue is full",
+    queue_timeout: "timed out waiting for a free worker",
+    pool_not_running: "no Krait pool is running under that name"
+  }
+
+  @doc "Builds a `:pool` error for one of the checkout failure reasons."
+  @spec pool(atom(), map()) :: t()
+  def pool(reason, extra \\ %{}) do
+    %__MODULE__{
+      category: :pool,
+      message: Map.get(@pool_messages, reason, "pool error: #{inspect(reason)}"),
+      details: Map.put(extra, :reason, reason)
+    }
+  end
+
+  @doc "Builds an error of `category` with `message` and `details`."
+  @spec new(category(), String.t(), map()) :: t()
+  def new(category, message, details \\ %{}) do
+    %__MODULE__{category: category, message: message, details: details}
+  end
+
+  @impl true
+  def message(%__MODULE__{category: category, message: message, details: details}) do
+    case details do
+      %{type: type} when is_binary(type) and type != "" -> "[#{category}] #{type}: #{message}"
+      _ -> "[#{category}] #{message}"
+    end
+  end
+end

@@ -1,0 +1,127 @@
+"""Command line: ``serve`` a worker, list its ``tools``, ``call`` a tool.
+
+    python -m python_worker serve --adapter adapters.showcase:ShowcaseAdapter --port 0
+    python -m python_worker tools --target 127.0.0.1:50051
+    python -m python_worker call stream_progress --target 127.0.0.1:50051 --args '{"steps": 3}' --stream
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+
+import numpy as np
+
+
+def _serve(ns: argparse.Namespace) -> int:
+    from .server import ServeOptions, serve
+
+    logging.basicConfig(
+        level=getattr(logging, ns.log_level.upper()),
+        format=f"%(asctime)s %(levelname)s [{ns.worker_id or 'worker'}] %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    options = ServeOptions(
+        adapter=ns.adapter,
+        host=ns.host,
+        port=ns.port,
+        worker_id=ns.worker_id,
+        ready_file=ns.ready_file,
+        max_message_bytes=int(ns.max_message_mb * (1 << 20)),
+        max_calls=ns.max_calls,
+        session_ttl=ns.session_ttl,
+        stdin_watch={"auto": None, "on": True, "off": False}[ns.stdin_watch],
+    )
+    return serve(options)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, np.ndarray):
+        return json.dumps({"ndarray": {"dtype": str(value.dtype), "shape": list(value.shape)}})
+    if isinstance(value, bytes):
+        return json.dumps({"bytes": len(value)})
+    return json.dumps(value)
+
+
+def _tools(ns: argparse.Namespace) -> int:
+    from .client import Client
+
+    with Client(ns.target) as client:
+        for info in client.list_tools():
+            kind = "stream" if info.supports_streaming else "unary "
+            params = json.loads(info.parameters_schema_json).get("properties", {})
+            signature = ", ".join(
+                f"{name}: {p.get('type', 'any')}" + (f" = {json.dumps(p['default'])}" if "default" in p else "")
+                for name, p in params.items()
+            )
+            print(f"{kind}  {info.name}({signature})  {info.description}")
+    return 0
+
+
+def _call(ns: argparse.Namespace) -> int:
+    from .client import Client, KraitError
+
+    try:
+        args = json.loads(ns.args)
+    except json.JSONDecodeError as exc:
+        print(f"--args is not valid JSON: {exc}", file=sys.stderr)
+        return 2
+    with Client(ns.target, timeout=ns.timeout, session_id=ns.session or "") as client:
+        try:
+            if ns.stream:
+                with client.stream(ns.tool, args) as chunks:
+                    for chunk in chunks:
+                        meta = f"  {json.dumps(chunk.metadata)}" if chunk.metadata else ""
+                        final = " final" if chunk.is_final else ""
+                        print(f"[{chunk.seq}{final}] {_show(chunk.data)}{meta}", flush=True)
+            else:
+                print(_show(client.call(ns.tool, args)))
+        except KraitError as exc:
+            print(f"error ({exc.code.name}): {exc.message}", file=sys.stderr)
+            if exc.traceback and ns.verbose:
+                print(exc.traceback, file=sys.stderr)
+            return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m python_worker", description="Krait Python worker")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve an adapter's tools over gRPC")
+    serve.add_argument("--adapter", required=True, help="module:Class, e.g. adapters.showcase:ShowcaseAdapter")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=0, help="port to bind; 0 picks a free one (default)")
+    serve.add_argument("--worker-id", default="", help="id reported in final-chunk metadata (default worker-PID)")
+    serve.add_argument("--ready-file", help="write the readiness JSON (port, pid, worker_id) here once serving")
+    serve.add_argument("--max-message-mb", type=float, default=64, help="max gRPC message size (default 64)")
+    serve.add_argument("--max-calls", type=int, default=32, help="concurrent tool calls allowed (default 32)")
+    serve.add_argument("--session-ttl", type=float, default=3600, help="idle seconds before a session expires")
+    serve.add_argument(
+        "--stdin-watch",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="exit when stdin closes (auto: when stdin is a pipe, as under a supervisor)",
+    )
+    serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    serve.set_defaults(func=_serve)
+
+    tools = sub.add_parser("tools", help="list a worker's tools")
+    tools.add_argument("--target", required=True, help="HOST:PORT of the worker")
+    tools.set_defaults(func=_tools)
+
+    call = sub.add_parser("call", help="call a tool")
+    call.add_argument("tool")
+    call.add_argument("--target", required=True, help="HOST:PORT of the worker")
+    call.add_argument("--args", default="{}", help="arguments as a JSON object")
+    call.add_argument("--stream", action="store_true", help="the tool streams: print each chunk as it arrives")
+    call.add_argument("--session", help="session id")
+    call.add_argument("--timeout", type=float, help="deadline in seconds")
+    call.add_argument("-v", "--verbose", action="store_true", help="print the remote traceback on errors")
+    call.set_defaults(func=_call)
+
+    ns = parser.parse_args(argv)
+    return ns.func(ns)

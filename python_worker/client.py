@@ -1,0 +1,253 @@
+"""A Python client for Krait workers: ``execute`` for unary tools, ``execute_stream`` for streams.
+
+    with Client("127.0.0.1:50051") as client:
+        print(client.execute("add", a=1, b=2))
+        with client.execute_stream("stream_progress", steps=3) as chunks:
+            for chunk in chunks:
+                print(chunk.data, chunk.is_final)
+
+Streams use the batched RPC (many chunks per gRPC message) and yield one :class:`Chunk` per tool yield, decoded
+by content type. Closing a stream (or leaving its ``with`` block, or breaking out of a ``for`` over it and
+dropping it) cancels the call on the worker. NumPy arrays and bytes given as arguments travel as binary
+arguments, never inside the JSON.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import numpy as np
+
+from . import codec
+from .errors import tool_error_from_rpc_error
+from .proto import pb, pb_grpc
+from .server.app import channel_options
+
+
+@dataclass(slots=True)
+class Chunk:
+    """One chunk of a stream: ``data`` decoded by ``content_type`` (None for a synthetic final chunk)."""
+
+    seq: int
+    data: Any
+    content_type: str
+    is_final: bool
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def is_progress(self) -> bool:
+        """True for chunks sent by ``ToolContext.report_progress``."""
+        return self.metadata.get("krait.event") == "progress"
+
+
+class KraitError(Exception):
+    """A call failed. ``code`` is the gRPC status; ``type``/``traceback`` come from the worker when it sent them."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, *, type: str = "", traceback: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.type = type
+        self.traceback = traceback
+
+
+class ToolError(KraitError):
+    """The tool raised a Python exception (``type`` is its class name, ``traceback`` the remote traceback)."""
+
+
+class ToolNotFoundError(KraitError):
+    """The worker has no tool of that name."""
+
+
+class InvalidArgumentsError(KraitError):
+    """The arguments do not fit the tool (the message names the argument)."""
+
+
+class DeadlineExceededError(KraitError):
+    """The call's timeout passed; the tool was cancelled on the worker."""
+
+
+_ERRORS = {
+    grpc.StatusCode.UNKNOWN: ToolError,
+    grpc.StatusCode.NOT_FOUND: ToolNotFoundError,
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentsError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+}
+
+
+def _translate(error: grpc.RpcError) -> KraitError:
+    code = error.code()  # type: ignore[attr-defined]
+    details = tool_error_from_rpc_error(error)
+    message = error.details() or code.name  # type: ignore[attr-defined]
+    cls = _ERRORS.get(code, KraitError)
+    if details is not None:
+        return cls(code, message, type=details.type, traceback=details.traceback)
+    return cls(code, message)
+
+
+def build_request(tool: str, args: Mapping[str, Any] | None, session_id: str, metadata: Mapping[str, str] | None) -> Any:
+    """An ExecuteToolRequest: JSON-able arguments in ``args_json``, arrays and bytes as binary arguments."""
+    json_args: dict[str, Any] = {}
+    binary: dict[str, Any] = {}
+    for name, value in (args or {}).items():
+        if isinstance(value, np.ndarray):
+            binary[name] = pb.Blob(data=codec.encode_npy(value), content_type=codec.NPY)
+        elif isinstance(value, (bytes, bytearray, memoryview)):
+            binary[name] = pb.Blob(data=bytes(value), content_type=codec.BYTES)
+        else:
+            json_args[name] = value
+    return pb.ExecuteToolRequest(
+        tool_name=tool,
+        session_id=session_id,
+        args_json=codec.encode_json(json_args).decode(),
+        metadata=dict(metadata or {}),
+        binary_args=binary,
+    )
+
+
+class ChunkStream:
+    """An iterator of :class:`Chunk` over a running streaming call; ``close()`` cancels it."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+        self._chunks = self._iterate()
+
+    def _iterate(self) -> Iterator[Chunk]:
+        decode = codec.decode_value
+        try:
+            for batch in self._call:
+                for c in batch.chunks:
+                    yield Chunk(c.seq, decode(c.data, c.content_type), c.content_type, c.is_final, dict(c.metadata))
+        except grpc.RpcError as error:
+            raise _translate(error) from None
+
+    def __iter__(self) -> Iterator[Chunk]:
+        return self
+
+    def __next__(self) -> Chunk:
+        return next(self._chunks)
+
+    def close(self) -> None:
+        """Cancel the call on the worker (a no-op once the stream has ended)."""
+        self._call.cancel()
+        self._chunks.close()
+
+    def __enter__(self) -> ChunkStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self._call.cancel()
+
+
+class Client:
+    """A connection to one Krait worker at ``target`` (``host:port``).
+
+    ``timeout`` (seconds) is the default deadline of every call; ``session_id`` the default session.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float | None = None,
+        session_id: str = "",
+        max_message_bytes: int = 64 << 20,
+        channel: grpc.Channel | None = None,
+    ) -> None:
+        self.target = target
+        self.timeout = timeout
+        self.session_id = session_id
+        self._owns_channel = channel is None
+        self._channel = channel or grpc.insecure_channel(target, options=channel_options(max_message_bytes))
+        self._stub = pb_grpc.ToolWorkerStub(self._channel)
+
+    def session(self, session_id: str) -> Client:
+        """A client bound to ``session_id`` that shares this client's connection."""
+        return Client(self.target, timeout=self.timeout, session_id=session_id, channel=self._channel)
+
+    # -- calls ----------------------------------------------------------------------------------------------
+    def execute(self, tool: str, /, **args: Any) -> Any:
+        """Run a non-streaming tool with keyword arguments and return its decoded value."""
+        return self.call(tool, args)
+
+    def execute_stream(self, tool: str, /, **args: Any) -> ChunkStream:
+        """Start a streaming tool with keyword arguments; iterate the result for its chunks."""
+        return self.stream(tool, args)
+
+    def call(
+        self,
+        tool: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        session_id: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> Any:
+        """:meth:`execute` with arguments as a mapping and per-call options."""
+        response = self.call_raw(tool, args, timeout=timeout, session_id=session_id, metadata=metadata)
+        return codec.decode_value(response.data, response.content_type)
+
+    def call_raw(
+        self,
+        tool: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        session_id: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> Any:
+        """Like :meth:`call` but returns the ExecuteToolResponse (data, content_type, metadata)."""
+        request = build_request(tool, args, self.session_id if session_id is None else session_id, metadata)
+        try:
+            return self._stub.ExecuteTool(request, timeout=timeout or self.timeout)
+        except grpc.RpcError as error:
+            raise _translate(error) from None
+
+    def stream(
+        self,
+        tool: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        session_id: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> ChunkStream:
+        """:meth:`execute_stream` with arguments as a mapping and per-call options."""
+        request = build_request(tool, args, self.session_id if session_id is None else session_id, metadata)
+        return ChunkStream(self._stub.ExecuteStreamingToolBatched(request, timeout=timeout or self.timeout))
+
+    # -- worker and sessions --------------------------------------------------------------------------------
+    def ping(self, message: str = "", *, timeout: float = 5.0) -> Any:
+        """The worker's PingResponse (worker_id, adapter, pid, uptime_ms)."""
+        return self._stub.Ping(pb.PingRequest(message=message), timeout=timeout)
+
+    def list_tools(self, *, timeout: float = 10.0) -> list[Any]:
+        """Every tool of the worker (name, description, supports_streaming, parameters_schema_json)."""
+        return list(self._stub.ListTools(pb.ListToolsRequest(), timeout=timeout).tools)
+
+    def initialize_session(self, session_id: str, metadata: Mapping[str, str] | None = None) -> bool:
+        request = pb.InitializeSessionRequest(session_id=session_id, metadata=dict(metadata or {}))
+        return self._stub.InitializeSession(request, timeout=10.0).created
+
+    def cleanup_session(self, session_id: str) -> bool:
+        return self._stub.CleanupSession(pb.CleanupSessionRequest(session_id=session_id), timeout=10.0).existed
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        """Block until the channel is connected (raises ``grpc.FutureTimeoutError`` after ``timeout``)."""
+        grpc.channel_ready_future(self._channel).result(timeout=timeout)
+
+    def close(self) -> None:
+        if self._owns_channel:
+            self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,143 @@
+"""Payload encoding by content type: every value crossing the wire says what it is.
+
+- ``application/json``: dicts, lists, numbers, strings, bools and None. orjson encodes (fast, and it turns NumPy
+  scalars into plain numbers); integers beyond 64 bits, which orjson refuses, fall back to the standard library so
+  they stay exact. JSON has no NaN or Infinity: non-finite floats become ``null`` (documented in the README).
+- ``application/x-npy``: NumPy arrays in the standard ``.npy`` format (magic, header with dtype and shape, raw
+  bytes), so any language with an npy reader decodes them. The header is written by hand because
+  ``numpy.lib.format.write_array`` wants a file object and would copy the buffer twice; decoding parses the
+  header with NumPy's own reader and maps the data with ``np.frombuffer`` (no copy).
+- ``application/octet-stream``: raw bytes. ``text/plain; charset=utf-8``: text (only when asked for explicitly).
+
+Nothing is ever pickled.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from typing import Any
+
+import numpy as np
+import orjson
+
+JSON = "application/json"
+NPY = "application/x-npy"
+BYTES = "application/octet-stream"
+TEXT = "text/plain; charset=utf-8"
+
+_ORJSON_OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+# orjson reads integers beyond 64 bits as floats; a run of 19+ digits sends a document to the exact (slower)
+# standard-library parser instead
+_LONG_DIGITS = re.compile(rb"\d{19}")
+
+
+class EncodeError(TypeError):
+    """A value cannot be put on the wire (an unsupported type, or a value JSON cannot hold)."""
+
+
+def _json_fallback(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def encode_json(value: Any) -> bytes:
+    """Encode ``value`` as JSON; big integers stay exact."""
+    try:
+        return orjson.dumps(value, default=_json_fallback, option=_ORJSON_OPTS)
+    except orjson.JSONEncodeError as exc:
+        if "Integer exceeds 64-bit range" not in str(exc):
+            raise EncodeError(f"cannot encode {type(value).__name__} as JSON: {exc}") from None
+    try:
+        return json.dumps(value, default=_json_fallback, allow_nan=False, separators=(",", ":")).encode()
+    except (TypeError, ValueError) as exc:
+        raise EncodeError(f"cannot encode {type(value).__name__} as JSON: {exc}") from None
+
+
+def decode_json(data: bytes | str) -> Any:
+    """Parse JSON; integers stay exact whatever their size."""
+    raw = data.encode() if isinstance(data, str) else data
+    if _LONG_DIGITS.search(raw):
+        return json.loads(raw)
+    return orjson.loads(raw)
+
+
+def npy_header(array: np.ndarray) -> bytes:
+    """The .npy v1.0 header for ``array`` (C order), padded so the data starts 64-byte aligned."""
+    descr = np.lib.format.dtype_to_descr(array.dtype)
+    shape = array.shape
+    shape_text = "(" + ", ".join(str(n) for n in shape) + ("," if len(shape) == 1 else "") + ")"
+    header = "{'descr': %r, 'fortran_order': False, 'shape': %s, }" % (descr, shape_text)
+    # magic(6) + version(2) + length(2) + header + padding + "\n" is a multiple of 64
+    pad = 64 - (10 + len(header) + 1) % 64
+    return b"\x93NUMPY\x01\x00" + (len(header) + pad + 1).to_bytes(2, "little") + header.encode() + b" " * pad + b"\n"
+
+
+def encode_npy(array: np.ndarray) -> bytes:
+    """Encode an array as .npy bytes: one copy of the data, straight into the result."""
+    if array.dtype.hasobject:
+        raise EncodeError("arrays of Python objects cannot be sent (that would need pickle)")
+    if not array.flags.c_contiguous:
+        array = array.copy(order="C")  # not ascontiguousarray: it turns 0-d arrays into 1-d ones
+    # join copies the array's buffer straight into the result: one copy, no tobytes() intermediate
+    return b"".join((npy_header(array), array.reshape(-1).view(np.uint8).data))
+
+
+def decode_npy(data: bytes | memoryview) -> np.ndarray:
+    """Decode .npy bytes; the array is a read-only view of ``data`` (no copy)."""
+    buf = memoryview(data)
+    stream = io.BytesIO(buf[:4096].tobytes() if len(buf) > 4096 else buf.tobytes())
+    try:
+        version = np.lib.format.read_magic(stream)
+        read_header = (
+            np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        )
+        shape, fortran, dtype = read_header(stream)
+    except ValueError as exc:
+        raise ValueError(f"not a valid .npy payload: {exc}") from None
+    offset = stream.tell()
+    count = int(np.prod(shape)) if shape else 1
+    if len(buf) - offset != count * dtype.itemsize:
+        raise ValueError(
+            f".npy payload holds {len(buf) - offset} data bytes, its header {shape} {dtype} needs {count * dtype.itemsize}"
+        )
+    array = np.frombuffer(buf, dtype=dtype, count=count, offset=offset)
+    return array.reshape(shape, order="F" if fortran else "C")
+
+
+def encode_value(value: Any, content_type: str | None = None) -> tuple[bytes, str]:
+    """Encode a tool's value; the content type follows the value unless one is given."""
+    if content_type is None:
+        if isinstance(value, np.ndarray):
+            return encode_npy(value), NPY
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            return bytes(value), BYTES
+        return encode_json(value), JSON
+    if content_type == NPY:
+        return encode_npy(np.asarray(value)), NPY
+    if content_type == JSON:
+        return encode_json(value), JSON
+    if content_type.startswith("text/"):
+        if not isinstance(value, str):
+            raise EncodeError(f"content type {content_type} needs a str, got {type(value).__name__}")
+        return value.encode(), content_type
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value), content_type
+    raise EncodeError(f"content type {content_type} needs bytes, got {type(value).__name__}")
+
+
+def decode_value(data: bytes, content_type: str) -> Any:
+    """Decode a payload by its content type (the inverse of :func:`encode_value`)."""
+    if content_type == JSON:
+        return decode_json(data) if data else None
+    if content_type == NPY:
+        return decode_npy(data)
+    if content_type.startswith("text/"):
+        return bytes(data).decode()
+    if content_type == "" and not data:
+        return None
+    return bytes(data)

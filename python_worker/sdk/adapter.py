@@ -1,0 +1,54 @@
+"""BaseAdapter: a class whose ``@tool`` methods a worker serves, and how a worker loads one."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .context import Session
+from .tool import ToolSpec, build_spec, is_tool
+
+
+class BaseAdapter:
+    """Base class of adapters. A worker creates one instance at start and serves its ``@tool`` methods.
+
+    Override :meth:`setup` for expensive one-time work (loading a model), :meth:`close` to release what the
+    adapter holds at shutdown, and :meth:`on_session_end` to release per-session resources.
+    """
+
+    def setup(self) -> None:
+        """Called once, after construction and before the worker reports ready."""
+
+    def close(self) -> None:
+        """Called once when the worker shuts down."""
+
+    def on_session_end(self, session: Session) -> None:
+        """Called when a session is cleaned up or expires."""
+
+    @classmethod
+    def tool_specs(cls) -> dict[str, ToolSpec]:
+        """Every tool of this adapter class, by name."""
+        specs: dict[str, ToolSpec] = {}
+        for klass in reversed(cls.__mro__):
+            for attr in vars(klass).values():
+                if is_tool(attr):
+                    spec = build_spec(attr)
+                    specs[spec.name] = spec
+        return specs
+
+
+def load_adapter(path: str) -> BaseAdapter:
+    """Import ``module:Class`` and create the adapter; errors name what is wrong."""
+    module_name, sep, class_name = path.partition(":")
+    if not sep or not module_name or not class_name:
+        raise ValueError(f"adapter must be given as module:Class, got {path!r}")
+    module = importlib.import_module(module_name)
+    try:
+        cls: Any = getattr(module, class_name)
+    except AttributeError:
+        raise ValueError(f"module {module_name!r} has no class {class_name!r}") from None
+    if not (isinstance(cls, type) and issubclass(cls, BaseAdapter)):
+        raise TypeError(f"{path} is not a subclass of python_worker.BaseAdapter")
+    adapter = cls()
+    adapter.setup()
+    return adapter

@@ -1,0 +1,94 @@
+"""ChunkBuffer: the bounded FIFO between a tool's thread and the gRPC thread that sends its chunks.
+
+A full buffer blocks the producer (so a slow consumer pauses the generator and memory stays bounded); the
+consumer takes everything that is ready in one go (so batches form by themselves when the producer is fast and
+nothing ever waits to fill one when it is slow). ``queue.Queue`` takes its lock per item on both sides and
+cannot hand over "all that is ready, up to N bytes", which is why this is written here.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Any
+
+
+class Cancelled(Exception):
+    """The consumer has gone: the producer must stop."""
+
+
+class ChunkBuffer:
+    """Bounded by a chunk count and a byte count; one producer, one consumer."""
+
+    def __init__(self, max_chunks: int = 4096, max_bytes: int = 8 << 20) -> None:
+        self._items: deque[tuple[Any, int]] = deque()
+        self._bytes = 0
+        self._max_chunks = max_chunks
+        self._max_bytes = max_bytes
+        self._cond = threading.Condition(threading.Lock())
+        self._done = False
+        self._error: BaseException | None = None
+        self._cancelled = False
+        self._consumer_waiting = False
+        self._producer_waiting = False
+
+    def put(self, item: Any, nbytes: int) -> None:
+        """Append ``item``; block while the buffer is full. Raises :class:`Cancelled` once cancelled."""
+        with self._cond:
+            while not self._cancelled and self._items and (
+                len(self._items) >= self._max_chunks or self._bytes + nbytes > self._max_bytes
+            ):
+                self._producer_waiting = True
+                self._cond.wait()
+                self._producer_waiting = False
+            if self._cancelled:
+                raise Cancelled
+            self._items.append((item, nbytes))
+            self._bytes += nbytes
+            if self._consumer_waiting:
+                self._cond.notify_all()
+
+    def finish(self, error: BaseException | None = None) -> None:
+        """The producer is done (with ``error`` if it failed); the consumer drains what is left first."""
+        with self._cond:
+            self._done = True
+            self._error = error
+            self._cond.notify_all()
+
+    def cancel(self) -> None:
+        """The consumer has gone: wake and stop the producer, drop what is buffered."""
+        with self._cond:
+            self._cancelled = True
+            self._items.clear()
+            self._bytes = 0
+            self._cond.notify_all()
+
+    def take(self, max_chunks: int, max_bytes: int) -> list[Any] | None:
+        """Block until something is ready; return up to ``max_chunks`` items / ``max_bytes`` bytes (at least one
+        item), or None once the producer has finished and everything was taken. Raises the producer's error
+        after its last chunk, and :class:`Cancelled` after :meth:`cancel`."""
+        with self._cond:
+            while not self._items and not self._done and not self._cancelled:
+                self._consumer_waiting = True
+                self._cond.wait()
+                self._consumer_waiting = False
+            if self._cancelled:
+                raise Cancelled
+            if not self._items:
+                if self._error is not None:
+                    raise self._error
+                return None
+            out = []
+            size = 0
+            items = self._items
+            while items and len(out) < max_chunks:
+                item, nbytes = items[0]
+                if out and size + nbytes > max_bytes:
+                    break
+                items.popleft()
+                out.append(item)
+                size += nbytes
+            self._bytes -= size
+            if self._producer_waiting:
+                self._cond.notify_all()
+            return out

@@ -1,0 +1,231 @@
+"""One tool call: argument preparation, the tool's own thread for streams, and the final-chunk rules.
+
+Streaming rules (documented in the README):
+- every value the tool yields becomes one chunk, in order, ``seq`` 0, 1, 2, ...;
+- the final chunk gets ``execution_time_ms``, ``tool_type`` (``remote``) and ``worker_id`` in its metadata;
+  if the tool ends without yielding ``StreamChunk(is_final=True)``, a synthetic final chunk with no payload
+  and ``synthetic_final: "true"`` is sent;
+- a final chunk is held until the generator has returned, so that the call ends when the tool ends; a yield
+  after the final chunk fails the call with FAILED_PRECONDITION (the final chunk is not sent);
+- on cancellation the cancel flag is set at once and the generator is closed (its ``finally`` runs) at its
+  next yield, on its own thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from .. import codec
+from ..errors import CallError, InvalidArguments, ProtocolViolation, ToolNotFound, WrongRpc
+from ..proto import pb
+from ..sdk import BaseAdapter, StreamChunk, ToolContext, ToolSpec
+from ..sdk.tool import ArgumentError
+from .buffer import Cancelled, ChunkBuffer
+from .sessions import SessionStore
+
+log = logging.getLogger("krait.worker")
+
+# A chunk as it waits in the buffer: (seq, data, content_type, is_final, metadata or None)
+Chunk = tuple[int, bytes, str, bool, "dict[str, str] | None"]
+
+
+def prepare(
+    request: Any,
+    *,
+    specs: Mapping[str, ToolSpec],
+    streaming: bool,
+    sessions: SessionStore,
+    worker_id: str,
+) -> tuple[ToolSpec, dict[str, Any], ToolContext]:
+    """Resolve the tool, check the RPC fits it, decode and validate the arguments, build the context."""
+    spec = specs.get(request.tool_name)
+    if spec is None:
+        known = ", ".join(sorted(specs)) or "none"
+        raise ToolNotFound(f"unknown tool {request.tool_name!r}; this worker serves: {known}")
+    if spec.supports_streaming != streaming:
+        if spec.supports_streaming:
+            raise WrongRpc(f"{spec.name} is a streaming tool: call it with ExecuteStreamingTool")
+        raise WrongRpc(f"{spec.name} is not a streaming tool: call it with ExecuteTool")
+    args = _parse_args(request.args_json, spec.name)
+    for name, blob in request.binary_args.items():
+        if name in args:
+            raise InvalidArguments(f"{spec.name}: argument {name!r} is given both in args_json and binary_args")
+        args[name] = _decode_blob(spec.name, name, blob)
+    try:
+        kwargs = spec.validate(args)
+    except ArgumentError as exc:
+        raise InvalidArguments(str(exc)) from None
+    session = sessions.touch(request.session_id) if request.session_id else None
+    ctx = ToolContext(
+        tool_name=spec.name,
+        worker_id=worker_id,
+        session_id=request.session_id,
+        session=session,
+        metadata=dict(request.metadata),
+    )
+    if spec.context_param:
+        kwargs[spec.context_param] = ctx
+    return spec, kwargs, ctx
+
+
+def _parse_args(text: str, tool_name: str) -> dict[str, Any]:
+    if not text.strip():
+        return {}
+    try:
+        args = codec.decode_json(text)
+    except ValueError as exc:  # orjson's and json's decode errors are both ValueErrors
+        raise InvalidArguments(f"{tool_name}: args_json is not valid JSON: {exc}") from None
+    if not isinstance(args, dict):
+        raise InvalidArguments(f"{tool_name}: args_json must be a JSON object, got {type(args).__name__}")
+    return args
+
+
+def _decode_blob(tool_name: str, name: str, blob: Any) -> Any:
+    if blob.content_type == codec.NPY:
+        try:
+            return codec.decode_npy(blob.data)
+        except ValueError as exc:
+            raise InvalidArguments(f"{tool_name}: binary argument {name!r}: {exc}") from None
+    if blob.content_type in (codec.BYTES, ""):
+        return bytes(blob.data)
+    raise InvalidArguments(
+        f"{tool_name}: binary argument {name!r} has content type {blob.content_type!r};"
+        f" expected {codec.NPY} or {codec.BYTES}"
+    )
+
+
+def final_metadata(extra: Mapping[str, str] | None, started: float, worker_id: str) -> dict[str, str]:
+    meta = dict(extra) if extra else {}
+    meta["execution_time_ms"] = str(round((time.perf_counter() - started) * 1000))
+    meta["tool_type"] = "remote"
+    meta["worker_id"] = worker_id
+    return meta
+
+
+def run_unary(adapter: BaseAdapter, spec: ToolSpec, kwargs: dict[str, Any], ctx: ToolContext, started: float) -> Any:
+    """Run a non-streaming tool on this thread and build its response."""
+    progress: list[dict[str, Any]] = []
+    ctx.progress_sink = progress.append
+    value = spec.func(adapter, **kwargs)
+    content_type = None
+    meta: dict[str, str] | None = None
+    if isinstance(value, StreamChunk):
+        value, content_type, meta = value.data, value.content_type, value.metadata
+    data, content_type = codec.encode_value(value, content_type)
+    meta = final_metadata(meta, started, ctx.worker_id)
+    if progress:
+        meta["progress"] = codec.encode_json(progress[-1]).decode()
+    return pb.ExecuteToolResponse(data=data, content_type=content_type, metadata=meta)
+
+
+class StreamingCall:
+    """Runs a streaming tool on its own thread, feeding a :class:`ChunkBuffer`."""
+
+    def __init__(
+        self,
+        adapter: BaseAdapter,
+        spec: ToolSpec,
+        kwargs: dict[str, Any],
+        ctx: ToolContext,
+        *,
+        started: float,
+        max_chunk_bytes: int,
+        buffer: ChunkBuffer | None = None,
+    ) -> None:
+        self.adapter = adapter
+        self.spec = spec
+        self.kwargs = kwargs
+        self.ctx = ctx
+        self.started = started
+        self.max_chunk_bytes = max_chunk_bytes
+        self.buffer = buffer or ChunkBuffer()
+        self._seq = 0
+        self._emit_lock = threading.Lock()
+        ctx.progress_sink = self._progress
+        self.thread = threading.Thread(target=self._run, name=f"tool-{spec.name}", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def cancel(self) -> None:
+        """The caller has gone: raise the flag and unblock the tool."""
+        self.ctx.cancel_event.set()
+        self.buffer.cancel()
+
+    def _chunk(self, item: Any) -> tuple[Chunk, int]:
+        if isinstance(item, StreamChunk):
+            data, content_type = codec.encode_value(item.data, item.content_type)
+            meta = dict(item.metadata) if item.metadata else None
+            is_final = item.is_final
+        else:
+            data, content_type = codec.encode_value(item)
+            meta, is_final = None, False
+        if len(data) > self.max_chunk_bytes:
+            raise CallError(
+                f"{self.spec.name}: chunk {self._seq} holds {len(data)} bytes, more than the worker's maximum"
+                f" message size ({self.max_chunk_bytes} bytes); yield smaller chunks or raise --max-message-mb",
+                error_type="ChunkTooLarge",
+            )
+        return (self._seq, data, content_type, is_final, meta), len(data)
+
+    def _emit(self, chunk: Chunk, nbytes: int) -> None:
+        self.buffer.put(chunk, nbytes)
+        self._seq += 1
+
+    def _progress(self, event: dict[str, Any]) -> None:
+        data = codec.encode_json(event)
+        with self._emit_lock:
+            self._emit((self._seq, data, codec.JSON, False, {"krait.event": "progress"}), len(data))
+
+    def _run(self) -> None:
+        error: BaseException | None = None
+        iterator: Iterator[Any] | None = None
+        try:
+            iterator = _as_iterator(self.spec, self.spec.func(self.adapter, **self.kwargs))
+            final: Chunk | None = None
+            for item in iterator:
+                with self._emit_lock:
+                    chunk, nbytes = self._chunk(item)
+                    if chunk[3]:
+                        final = chunk
+                        break
+                    self._emit(chunk, nbytes)
+            if final is not None:
+                # the call ends when the tool ends: look for a (forbidden) yield after the final chunk
+                for _extra in iterator:
+                    raise ProtocolViolation(
+                        f"{self.spec.name} yielded after its final chunk (seq {final[0]}); the final chunk must be"
+                        " the last thing a tool yields"
+                    )
+                seq, data, content_type, _, meta = final
+            else:
+                seq, data, content_type, meta = self._seq, b"", "", {"synthetic_final": "true"}
+            with self._emit_lock:
+                meta = final_metadata(meta, self.started, self.ctx.worker_id)
+                self._emit((seq, data, content_type, True, meta), len(data))
+        except Cancelled:
+            log.info("%s cancelled by the caller", self.spec.name)
+        except BaseException as exc:  # noqa: BLE001 - every failure is reported to the caller
+            error = exc
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                try:
+                    close()  # runs the generator's finally block, on this thread
+                except Exception as exc:  # noqa: BLE001
+                    log.exception("%s raised while closing", self.spec.name)
+                    error = error or exc
+            self.buffer.finish(error)
+
+
+def _as_iterator(spec: ToolSpec, result: Any) -> Iterator[Any]:
+    # a dict or str returned by mistake must never be streamed key by key or character by character
+    if isinstance(result, (str, bytes, bytearray, memoryview, Mapping)) or not hasattr(result, "__iter__"):
+        raise ProtocolViolation(
+            f"streaming tool {spec.name} returned {type(result).__name__}, not an iterator: yield its chunks"
+        )
+    return iter(result)

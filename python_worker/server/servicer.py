@@ -1,0 +1,160 @@
+"""ToolWorkerServicer: the ``krait.v1.ToolWorker`` gRPC service over one adapter instance."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+
+from ..errors import CallError, Overloaded, to_status
+from ..proto import pb, pb_grpc
+from ..sdk import BaseAdapter
+from .buffer import Cancelled, ChunkBuffer
+from .call import StreamingCall, prepare, run_unary
+from .sessions import SessionStore
+
+log = logging.getLogger("krait.worker")
+
+# One gRPC message carries at most this many chunks / bytes: big enough to amortise grpcio's per-message cost,
+# small enough that the first chunks of a fast stream are not held back behind a huge batch.
+BATCH_MAX_CHUNKS = 4096
+BATCH_MAX_BYTES = 1 << 20
+
+
+class ToolWorkerServicer(pb_grpc.ToolWorkerServicer):
+    """Serves the tools of ``adapter``; at most ``max_calls`` tool calls run at once."""
+
+    def __init__(
+        self,
+        adapter: BaseAdapter,
+        *,
+        adapter_path: str,
+        worker_id: str,
+        sessions: SessionStore,
+        max_calls: int,
+        max_message_bytes: int,
+    ) -> None:
+        self.adapter = adapter
+        self.adapter_path = adapter_path
+        self.worker_id = worker_id
+        self.sessions = sessions
+        self.specs = type(adapter).tool_specs()
+        self.max_calls = max_calls
+        self._slots = threading.BoundedSemaphore(max_calls)
+        # room for the message framing around a chunk's data
+        self.max_chunk_bytes = max_message_bytes - 4096
+        self._started = time.monotonic()
+
+    # -- small RPCs ---------------------------------------------------------------------------------------
+    def Ping(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return pb.PingResponse(
+            message=request.message,
+            worker_id=self.worker_id,
+            adapter=self.adapter_path,
+            pid=os.getpid(),
+            uptime_ms=int((time.monotonic() - self._started) * 1000),
+        )
+
+    def ListTools(self, request: Any, context: grpc.ServicerContext) -> Any:
+        import json
+
+        tools = [
+            pb.ToolInfo(
+                name=spec.name,
+                description=spec.description,
+                supports_streaming=spec.supports_streaming,
+                parameters_schema_json=json.dumps(spec.json_schema(), sort_keys=True),
+            )
+            for spec in sorted(self.specs.values(), key=lambda s: s.name)
+        ]
+        return pb.ListToolsResponse(tools=tools, worker_id=self.worker_id, adapter=self.adapter_path)
+
+    def InitializeSession(self, request: Any, context: grpc.ServicerContext) -> Any:
+        if not request.session_id:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "session_id must not be empty")
+        return pb.InitializeSessionResponse(created=self.sessions.initialize(request.session_id, dict(request.metadata)))
+
+    def CleanupSession(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return pb.CleanupSessionResponse(existed=self.sessions.cleanup(request.session_id))
+
+    # -- tool calls ---------------------------------------------------------------------------------------
+    def _abort(self, context: grpc.ServicerContext, exc: BaseException, tool_name: str) -> None:
+        if not isinstance(exc, CallError):
+            log.error("%s failed", tool_name, exc_info=exc)
+        context.abort_with_status(to_status(exc, tool_name=tool_name, worker_id=self.worker_id))
+
+    def _acquire(self) -> None:
+        if not self._slots.acquire(blocking=False):
+            raise Overloaded(f"worker {self.worker_id} is running its maximum of {self.max_calls} calls")
+
+    def ExecuteTool(self, request: Any, context: grpc.ServicerContext) -> Any:
+        started = time.perf_counter()
+        try:
+            self._acquire()
+        except CallError as exc:
+            self._abort(context, exc, request.tool_name)
+        try:
+            spec, kwargs, ctx = prepare(
+                request, specs=self.specs, streaming=False, sessions=self.sessions, worker_id=self.worker_id
+            )
+            context.add_callback(ctx.cancel_event.set)
+            return run_unary(self.adapter, spec, kwargs, ctx, started)
+        except Exception as exc:  # noqa: BLE001 - reported to the caller with its traceback
+            self._abort(context, exc, request.tool_name)
+        finally:
+            self._slots.release()
+
+    def ExecuteStreamingTool(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        for batch in self._stream(request, context, max_chunks=1):
+            seq, data, content_type, is_final, meta = batch[0]
+            yield pb.ToolChunk(seq=seq, data=data, content_type=content_type, is_final=is_final, metadata=meta)
+
+    def ExecuteStreamingToolBatched(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        for batch in self._stream(request, context, max_chunks=BATCH_MAX_CHUNKS):
+            message = pb.ToolChunkBatch()
+            add = message.chunks.add
+            for seq, data, content_type, is_final, meta in batch:
+                add(seq=seq, data=data, content_type=content_type, is_final=is_final, metadata=meta)
+            yield message
+
+    def _stream(self, request: Any, context: grpc.ServicerContext, *, max_chunks: int) -> Iterator[list[Any]]:
+        started = time.perf_counter()
+        try:
+            self._acquire()
+        except CallError as exc:
+            self._abort(context, exc, request.tool_name)
+        call: StreamingCall | None = None
+        try:
+            spec, kwargs, ctx = prepare(
+                request, specs=self.specs, streaming=True, sessions=self.sessions, worker_id=self.worker_id
+            )
+            call = StreamingCall(
+                self.adapter,
+                spec,
+                kwargs,
+                ctx,
+                started=started,
+                max_chunk_bytes=self.max_chunk_bytes,
+                buffer=ChunkBuffer(max_chunks=2 * BATCH_MAX_CHUNKS, max_bytes=max(8 << 20, 2 * self.max_chunk_bytes)),
+            )
+            # fires when the RPC ends for any reason: client cancel, disconnect, deadline, or normal end
+            context.add_callback(call.cancel)
+            call.start()
+            while True:
+                batch = call.buffer.take(max_chunks, BATCH_MAX_BYTES)
+                if batch is None:
+                    return
+                yield batch
+        except Cancelled:
+            return
+        except Exception as exc:  # noqa: BLE001 - reported to the caller with its traceback
+            self._abort(context, exc, request.tool_name)
+        finally:
+            if call is not None:
+                call.cancel()  # no-op after a normal end; stops the tool if the stream was abandoned
+            self._slots.release()
