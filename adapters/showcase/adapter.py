@@ -87,7 +87,9 @@ class ShowcaseAdapter(BaseAdapter):
             while True:
                 yield {"tick": tick}
                 tick += 1
-                if not ctx.sleep(interval_ms / 1000):
+                if tag:
+                    self._events[tag]["ticks"] = tick
+                if interval_ms and not ctx.sleep(interval_ms / 1000):
                     self._event(tag, "cancel_seen")
                     return
         finally:
@@ -174,7 +176,7 @@ class ShowcaseAdapter(BaseAdapter):
         ctx.session.state["count"] = count
         return {"count": count, "worker_id": ctx.worker_id, "session_id": ctx.session_id}
 
-    @tool(description="What happened to the streams started with `tag` (unix times)")
+    @tool(description="What happened to the streams started with `tag` (unix times; ticks: values yielded)")
     def stream_events(self, tag: str) -> dict[str, float]:
         with self._lock:
             return dict(self._events.get(tag, {}))

@@ -19,6 +19,8 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import grpc
+
 from .. import codec
 from ..errors import CallError, InvalidArguments, ProtocolViolation, ToolNotFound, WrongRpc
 from ..proto import pb
@@ -169,6 +171,7 @@ class StreamingCall:
                 f"{self.spec.name}: chunk {self._seq} holds {len(data)} bytes, more than the worker's maximum"
                 f" message size ({self.max_chunk_bytes} bytes); yield smaller chunks or raise --max-message-mb",
                 error_type="ChunkTooLarge",
+                code=grpc.StatusCode.RESOURCE_EXHAUSTED,
             )
         return (self._seq, data, content_type, is_final, meta), len(data)
 

@@ -1,0 +1,664 @@
+defmodule Krait.Pool.Scheduler do
+  @moduledoc """
+  The pool's brain: hands workers out to callers and takes them back. It never runs a call itself;
+  the caller talks to the worker's gRPC connection directly (see `Krait.Call`).
+
+  What it keeps:
+
+    * the workers, one per slot, each `:starting`, `:idle` or `:busy`; a dead worker's slot is
+      restarted with exponential backoff;
+    * leases: which caller holds which worker. Every caller is monitored, so a worker comes back when
+      its caller checks it in, dies, or holds it `lease_grace` past the call's deadline;
+    * the waiting queue: callers wait in FIFO order in a `:gb_trees` keyed by arrival number (insert,
+      remove and take-oldest are O(log n)), either for any worker or, when session affinity requires
+      it, for one particular worker. Each waiter has a timer at its deadline;
+    * session bindings: `session_id => worker_id`, made by a session's first checkout. While that
+      first call runs, the binding is *pending* and every other call of the session waits for the
+      same worker whatever its affinity, so concurrent first calls never land on different workers.
+  """
+
+  use GenServer
+  require Logger
+
+  alias Krait.Pool.Lease
+
+  @type affinity :: :hint | :strict_queue | :strict_fail_fast
+  @type deadline :: integer() | :infinity
+  @type checkout_error ::
+          :worker_busy
+          | :session_worker_unavailable
+          | :pool_saturated
+          | :queue_timeout
+          | :pool_not_running
+
+  # A checkout's GenServer.call outlives the caller's deadline by this margin, so the pool's own reply
+  # (:queue_timeout) normally wins.
+  @call_margin 5_000
+  # A worker that stayed up this long has its restart backoff reset.
+  @stable_after 10_000
+
+  ## Client API
+
+  @doc false
+  def start_link(config) do
+    GenServer.start_link(__MODULE__, config, name: config.name)
+  end
+
+  @doc """
+  Checks a worker out for a call. `deadline` is an absolute `System.monotonic_time(:millisecond)` or
+  `:infinity`; waiting in the queue stops there with `{:error, :queue_timeout}`.
+  """
+  @spec checkout(GenServer.server(), String.t() | nil, affinity(), deadline()) ::
+          {:ok, Lease.t()} | {:error, checkout_error()}
+  def checkout(pool, session_id, affinity, deadline) do
+    timeout =
+      case deadline do
+        :infinity -> :infinity
+        d -> max(d - now(), 0) + @call_margin
+      end
+
+    GenServer.call(pool, {:checkout, session_id, affinity, deadline}, timeout)
+  catch
+    :exit, {:timeout, _} -> {:error, :queue_timeout}
+    :exit, _ -> {:error, :pool_not_running}
+  end
+
+  @doc "Returns a leased worker to the pool. Unknown or already returned leases are ignored."
+  @spec checkin(Lease.t()) :: :ok
+  def checkin(%Lease{pool: pool, ref: ref}), do: GenServer.cast(pool, {:checkin, ref})
+
+  @doc "Drops a session's binding (the session's next call picks a worker again)."
+  @spec forget_session(GenServer.server(), String.t()) :: :ok
+  def forget_session(pool, session_id), do: GenServer.call(pool, {:forget_session, session_id})
+
+  @doc "See `Krait.Pool.stats/1`."
+  @spec stats(GenServer.server()) :: map()
+  def stats(pool), do: GenServer.call(pool, :stats)
+
+  @doc "See `Krait.Pool.await_ready/2`."
+  @spec await_ready(GenServer.server(), timeout()) :: :ok | {:error, :timeout}
+  def await_ready(pool, timeout) do
+    GenServer.call(pool, :await_ready, timeout)
+  catch
+    :exit, {:timeout, _} -> {:error, :timeout}
+  end
+
+  ## Server
+
+  @impl true
+  def init(config) do
+    Logger.metadata(krait_pool: inspect(config.name))
+
+    state = %{
+      config: config,
+      name: config.name,
+      # slot => %{worker_id, gen, failures, restarts, timer}
+      slots: %{},
+      # worker_id => %{pid, slot, status, conn, os_pid, lease, calls, ready_at}
+      workers: %{},
+      # monitor ref of a worker process => worker_id
+      worker_mons: %{},
+      # idle worker ids, longest idle first
+      idle: [],
+      # caller monitor ref => %{worker_id, session, timer}
+      leases: %{},
+      # caller monitor ref => %{seq, from, session, affinity, deadline, timer, queue}
+      waiters: %{},
+      general: :gb_trees.empty(),
+      # worker_id => :gb_trees of waiters that need that worker
+      own: %{},
+      seq: 0,
+      # session_id => %{worker: worker_id, pending: lease ref | nil, used: ms}
+      sessions: %{},
+      awaiting: []
+    }
+
+    state = Enum.reduce(1..config.size, state, fn slot, acc -> start_worker(acc, slot, 0) end)
+    schedule_session_sweep(config)
+    {:ok, state}
+  end
+
+  @impl true
+  def handle_call({:checkout, session, affinity, deadline}, {pid, _} = from, state) do
+    ref = Process.monitor(pid)
+    req = %{ref: ref, from: from, session: session, affinity: affinity, deadline: deadline}
+
+    case place(req, state) do
+      {:assign, wid, state} ->
+        {:reply, {:ok, lease(state, ref, wid)}, assign(state, req, wid)}
+
+      {:enqueue, queue, state} ->
+        enqueue(state, req, queue)
+
+      {:error, reason, state} ->
+        Process.demonitor(ref, [:flush])
+        {:reply, {:error, reason}, state}
+    end
+  end
+
+  def handle_call({:forget_session, session_id}, _from, state) do
+    {:reply, :ok, %{state | sessions: Map.delete(state.sessions, session_id)}}
+  end
+
+  def handle_call(:stats, _from, state), do: {:reply, build_stats(state), state}
+
+  def handle_call(:await_ready, from, state) do
+    if ready_count(state) >= state.config.size do
+      {:reply, :ok, state}
+    else
+      {:noreply, %{state | awaiting: [from | state.awaiting]}}
+    end
+  end
+
+  @impl true
+  def handle_cast({:checkin, ref}, state) do
+    case Map.fetch(state.leases, ref) do
+      {:ok, lease} ->
+        Process.demonitor(ref, [:flush])
+        {:noreply, release(state, ref, lease)}
+
+      :error ->
+        {:noreply, state}
+    end
+  end
+
+  @impl true
+  def handle_info({:krait_worker_ready, pid, info}, state) do
+    case state.workers[info.worker_id] do
+      %{pid: ^pid, status: :starting} = w ->
+        Logger.info("Krait worker #{info.worker_id} ready (os pid #{info.os_pid})",
+          worker_id: info.worker_id
+        )
+
+        w = %{w | status: :idle, conn: info.conn, os_pid: info.os_pid, ready_at: now()}
+        state = put_in(state.workers[info.worker_id], w)
+        state = state |> serve(info.worker_id) |> notify_awaiting()
+        {:noreply, state}
+
+      _ ->
+        {:noreply, state}
+    end
+  end
+
+  def handle_info({:DOWN, ref, :process, _pid, reason}, state) do
+    cond do
+      Map.has_key?(state.worker_mons, ref) ->
+        {:noreply, worker_down(state, ref, reason)}
+
+      Map.has_key?(state.leases, ref) ->
+        # The caller died holding a worker: its gRPC stream is cancelled by the connection (which
+        # monitors the stream's owner); the worker is free again right now.
+        lease = state.leases[ref]
+        Logger.debug("Krait caller died during a call; worker #{lease.worker_id} returned",
+          worker_id: lease.worker_id
+        )
+
+        {:noreply, release(state, ref, lease)}
+
+      Map.has_key?(state.waiters, ref) ->
+        {:noreply, drop_waiter(state, ref)}
+
+      true ->
+        {:noreply, state}
+    end
+  end
+
+  def handle_info({:timeout, tref, {:queue_timeout, ref}}, state) do
+    case state.waiters[ref] do
+      %{timer: ^tref, from: from} ->
+        Process.demonitor(ref, [:flush])
+        GenServer.reply(from, {:error, :queue_timeout})
+        {:noreply, drop_waiter(state, ref)}
+
+      _ ->
+        {:noreply, state}
+    end
+  end
+
+  def handle_info({:timeout, tref, {:lease_expired, ref}}, state) do
+    case state.leases[ref] do
+      %{timer: ^tref, worker_id: wid} = lease ->
+        # The caller is alive but still holds the worker well after its deadline (a callback that
+        # blocks, say). The worker stopped the call at the deadline, so it is safe to take it back.
+        Logger.warning("Krait reclaiming worker #{wid}: held past the call's deadline",
+          worker_id: wid
+        )
+
+        Process.demonitor(ref, [:flush])
+        {:noreply, release(state, ref, lease)}
+
+      _ ->
+        {:noreply, state}
+    end
+  end
+
+  def handle_info({:restart_slot, slot}, state) do
+    s = state.slots[slot]
+    {:noreply, start_worker(%{state | slots: Map.put(state.slots, slot, %{s | timer: nil})}, slot, s.gen + 1)}
+  end
+
+  def handle_info(:sweep_sessions, state) do
+    cutoff = now() - state.config.session_ttl
+
+    sessions =
+      for {id, s} <- state.sessions, s.pending != nil or s.used > cutoff, into: %{}, do: {id, s}
+
+    schedule_session_sweep(state.config)
+    {:noreply, %{state | sessions: sessions}}
+  end
+
+  def handle_info(_msg, state), do: {:noreply, state}
+
+  ## Placement: where a new checkout goes
+
+  defp place(%{session: nil} = _req, state) do
+    case state.idle do
+      [wid | _] -> {:assign, wid, state}
+      [] -> {:enqueue, :any, state}
+    end
+  end
+
+  defp place(%{session: sid, affinity: affinity} = req, state) do
+    case state.sessions[sid] do
+      nil ->
+        first_call(req, state)
+
+      %{worker: wid} = binding ->
+        case state.workers[wid] do
+          nil when affinity == :hint ->
+            first_call(req, %{state | sessions: Map.delete(state.sessions, sid)})
+
+          nil ->
+            {:error, :session_worker_unavailable, state}
+
+          %{status: :idle} ->
+            {:assign, wid, state}
+
+          %{status: :busy} ->
+            cond do
+              affinity == :strict_fail_fast -> {:error, :worker_busy, state}
+              affinity == :strict_queue or binding.pending != nil -> {:enqueue, wid, state}
+              state.idle != [] -> {:assign, hd(state.idle), state}
+              true -> {:enqueue, :any, state}
+            end
+        end
+    end
+  end
+
+  defp first_call(req, state) do
+    case state.idle do
+      [wid | _] -> {:assign, wid, state}
+      [] when req.affinity == :strict_fail_fast -> {:error, :worker_busy, state}
+      [] -> {:enqueue, :any, state}
+    end
+  end
+
+  ## Queueing
+
+  defp enqueue(state, req, queue) do
+    remaining = if req.deadline == :infinity, do: :infinity, else: req.deadline - now()
+
+    cond do
+      map_size(state.waiters) >= state.config.max_queue ->
+        Process.demonitor(req.ref, [:flush])
+        {:reply, {:error, :pool_saturated}, state}
+
+      remaining != :infinity and remaining <= 0 ->
+        Process.demonitor(req.ref, [:flush])
+        {:reply, {:error, :queue_timeout}, state}
+
+      true ->
+        timer =
+          if remaining != :infinity,
+            do: :erlang.start_timer(req.deadline, self(), {:queue_timeout, req.ref}, abs: true)
+
+        waiter = Map.merge(req, %{seq: state.seq, timer: timer, queue: queue})
+        state = %{state | seq: state.seq + 1}
+        {:noreply, insert_waiter(state, waiter)}
+    end
+  end
+
+  defp insert_waiter(state, %{queue: :any} = w) do
+    %{
+      state
+      | general: :gb_trees.insert(w.seq, w.ref, state.general),
+        waiters: Map.put(state.waiters, w.ref, w)
+    }
+  end
+
+  defp insert_waiter(state, %{queue: wid} = w) do
+    tree = Map.get(state.own, wid, :gb_trees.empty())
+
+    %{
+      state
+      | own: Map.put(state.own, wid, :gb_trees.insert(w.seq, w.ref, tree)),
+        waiters: Map.put(state.waiters, w.ref, w)
+    }
+  end
+
+  defp drop_waiter(state, ref) do
+    case Map.pop(state.waiters, ref) do
+      {nil, _} ->
+        state
+
+      {w, waiters} ->
+        if w.timer, do: :erlang.cancel_timer(w.timer)
+        remove_from_queue(%{state | waiters: waiters}, w)
+    end
+  end
+
+  defp remove_from_queue(state, %{queue: :any, seq: seq}),
+    do: %{state | general: :gb_trees.delete_any(seq, state.general)}
+
+  defp remove_from_queue(state, %{queue: wid, seq: seq}) do
+    case state.own do
+      %{^wid => tree} -> put_own(state, wid, :gb_trees.delete_any(seq, tree))
+      _ -> state
+    end
+  end
+
+  defp put_own(state, wid, tree) do
+    if :gb_trees.is_empty(tree),
+      do: %{state | own: Map.delete(state.own, wid)},
+      else: %{state | own: Map.put(state.own, wid, tree)}
+  end
+
+  ## Serving: a worker became free (checkin, caller death, ready after start)
+
+  defp serve(state, wid) do
+    own = Map.get(state.own, wid)
+    own_seq = if own, do: elem(:gb_trees.smallest(own), 0)
+    gen_seq = if :gb_trees.is_empty(state.general), do: nil, else: elem(:gb_trees.smallest(state.general), 0)
+
+    cond do
+      own_seq == nil and gen_seq == nil ->
+        %{state | idle: state.idle ++ [wid]}
+
+      gen_seq == nil or (own_seq != nil and own_seq < gen_seq) ->
+        {_seq, ref, tree} = :gb_trees.take_smallest(own)
+        state = put_own(state, wid, tree)
+        hand_over(state, ref, wid)
+
+      true ->
+        {_seq, ref, general} = :gb_trees.take_smallest(state.general)
+        dispatch_general(%{state | general: general}, state.waiters[ref], wid)
+    end
+  end
+
+  # The oldest waiter of the general queue meets free worker `wid`; its session may have been bound
+  # while it waited, in which case it may have to wait for that worker instead.
+  defp dispatch_general(state, %{session: nil} = w, wid), do: hand_over(state, w.ref, wid)
+
+  defp dispatch_general(state, w, wid) do
+    case state.sessions[w.session] do
+      nil ->
+        hand_over(state, w.ref, wid)
+
+      %{worker: ^wid} ->
+        hand_over(state, w.ref, wid)
+
+      %{worker: other} = binding ->
+        case state.workers[other] do
+          nil when w.affinity == :hint ->
+            state = %{state | sessions: Map.delete(state.sessions, w.session)}
+            hand_over(state, w.ref, wid)
+
+          nil ->
+            state = reject_waiter(state, w, :session_worker_unavailable)
+            serve(state, wid)
+
+          %{status: :busy} when w.affinity == :hint and binding.pending == nil ->
+            hand_over(state, w.ref, wid)
+
+          %{status: :idle} ->
+            state = %{state | idle: List.delete(state.idle, other)}
+            state |> hand_over(w.ref, other) |> serve(wid)
+
+          _ ->
+            # Waits for its own worker now; keeps its place (seq) in that worker's queue.
+            state = insert_waiter(state, %{w | queue: other})
+            serve(state, wid)
+        end
+    end
+  end
+
+  defp hand_over(state, ref, wid) do
+    {w, waiters} = Map.pop(state.waiters, ref)
+    if w.timer, do: :erlang.cancel_timer(w.timer)
+    GenServer.reply(w.from, {:ok, lease(state, ref, wid)})
+    assign(%{state | waiters: waiters}, w, wid)
+  end
+
+  defp reject_waiter(state, w, reason) do
+    if w.timer, do: :erlang.cancel_timer(w.timer)
+    Process.demonitor(w.ref, [:flush])
+    GenServer.reply(w.from, {:error, reason})
+    %{state | waiters: Map.delete(state.waiters, w.ref)}
+  end
+
+  ## Leases
+
+  defp assign(state, req, wid) do
+    timer =
+      case req.deadline do
+        :infinity ->
+          nil
+
+        deadline ->
+          at = deadline + state.config.lease_grace
+          :erlang.start_timer(at, self(), {:lease_expired, req.ref}, abs: true)
+      end
+
+    state = %{
+      state
+      | idle: List.delete(state.idle, wid),
+        leases: Map.put(state.leases, req.ref, %{worker_id: wid, session: req.session, timer: timer})
+    }
+
+    state = update_in(state.workers[wid], &%{&1 | status: :busy, lease: req.ref})
+    bind_session(state, req.session, wid, req.ref)
+  end
+
+  defp bind_session(state, nil, _wid, _ref), do: state
+
+  defp bind_session(state, sid, wid, ref) do
+    sessions =
+      case state.sessions do
+        %{^sid => b} -> Map.put(state.sessions, sid, %{b | used: now()})
+        _ -> Map.put(state.sessions, sid, %{worker: wid, pending: ref, used: now()})
+      end
+
+    %{state | sessions: sessions}
+  end
+
+  defp release(state, ref, lease) do
+    if lease.timer, do: :erlang.cancel_timer(lease.timer)
+    state = %{state | leases: Map.delete(state.leases, ref)}
+
+    state =
+      case state.sessions[lease.session] do
+        %{pending: ^ref} = b -> put_in(state.sessions[lease.session], %{b | pending: nil})
+        _ -> state
+      end
+
+    case state.workers[lease.worker_id] do
+      %{lease: ^ref} = w ->
+        w = %{w | status: :idle, lease: nil, calls: w.calls + 1}
+        state = put_in(state.workers[lease.worker_id], w)
+        serve(state, lease.worker_id)
+
+      _ ->
+        state
+    end
+  end
+
+  defp lease(state, ref, wid) do
+    w = state.workers[wid]
+    %Lease{ref: ref, pool: self(), worker_id: wid, worker_pid: w.pid, conn: w.conn}
+  end
+
+  ## Workers
+
+  defp start_worker(state, slot, gen) do
+    config = state.config
+    wid = "#{config.id_prefix}-#{slot}.#{gen}"
+    opts = Map.merge(config.worker, %{worker_id: wid, pool: self()})
+    prev = Map.get(state.slots, slot, %{failures: 0, restarts: 0})
+    slot_state = %{worker_id: wid, gen: gen, failures: prev.failures, restarts: prev.restarts, timer: nil}
+
+    case DynamicSupervisor.start_child(config.worker_sup, {config.worker_module, opts}) do
+      {:ok, pid} ->
+        mon = Process.monitor(pid)
+
+        worker = %{
+          pid: pid,
+          slot: slot,
+          status: :starting,
+          conn: nil,
+          os_pid: nil,
+          lease: nil,
+          calls: 0,
+          ready_at: nil
+        }
+
+        %{
+          state
+          | slots: Map.put(state.slots, slot, slot_state),
+            workers: Map.put(state.workers, wid, worker),
+            worker_mons: Map.put(state.worker_mons, mon, wid)
+        }
+
+      {:error, reason} ->
+        Logger.error("Krait could not start worker #{wid}: #{inspect(reason)}", worker_id: wid)
+        schedule_restart(%{state | slots: Map.put(state.slots, slot, slot_state)}, slot)
+    end
+  end
+
+  defp worker_down(state, mon, reason) do
+    {wid, worker_mons} = Map.pop(state.worker_mons, mon)
+    {w, workers} = Map.pop(state.workers, wid)
+    state = %{state | worker_mons: worker_mons, workers: workers, idle: List.delete(state.idle, wid)}
+
+    level = if w.status == :starting, do: :error, else: :warning
+    Logger.log(level, "Krait worker #{wid} exited (#{inspect(reason)}); restarting", worker_id: wid)
+
+    # The caller holding it gets a transport error from its connection; its checkin will be ignored.
+    state =
+      case w.lease && state.leases[w.lease] do
+        %{timer: timer} ->
+          if timer, do: :erlang.cancel_timer(timer)
+          Process.demonitor(w.lease, [:flush])
+          %{state | leases: Map.delete(state.leases, w.lease)}
+
+        _ ->
+          state
+      end
+
+    state = requeue_own_waiters(state, wid)
+
+    stable? = w.ready_at != nil and now() - w.ready_at > @stable_after
+    slot = state.slots[w.slot]
+    failures = if stable?, do: 1, else: slot.failures + 1
+    slots = Map.put(state.slots, w.slot, %{slot | failures: failures, restarts: slot.restarts + 1})
+    schedule_restart(%{state | slots: slots}, w.slot)
+  end
+
+  # Waiters that needed the dead worker: strict ones fail, hint ones go back to the general queue
+  # (same arrival number, so they keep their place) and may be served by an idle worker right away.
+  defp requeue_own_waiters(state, wid) do
+    {tree, own} = Map.pop(state.own, wid)
+    state = %{state | own: own}
+
+    state =
+      if tree do
+        tree
+        |> :gb_trees.values()
+        |> Enum.reduce(state, fn ref, acc ->
+          w = acc.waiters[ref]
+
+          if w.affinity == :hint,
+            do: insert_waiter(acc, %{w | queue: :any}),
+            else: reject_waiter(acc, w, :session_worker_unavailable)
+        end)
+      else
+        state
+      end
+
+    {idle, state} = {state.idle, %{state | idle: []}}
+    Enum.reduce(idle, state, fn idle_wid, acc -> serve(acc, idle_wid) end)
+  end
+
+  defp schedule_restart(state, slot) do
+    s = state.slots[slot]
+    %{backoff_min: min, backoff_max: max} = state.config
+    delay = if s.failures <= 1, do: min, else: Kernel.min(min * Integer.pow(2, s.failures - 1), max)
+    timer = Process.send_after(self(), {:restart_slot, slot}, delay)
+    put_in(state.slots[slot], %{s | timer: timer})
+  end
+
+  ## Stats and readiness
+
+  defp ready_count(state), do: Enum.count(state.workers, fn {_, w} -> w.status != :starting end)
+
+  defp notify_awaiting(%{awaiting: []} = state), do: state
+
+  defp notify_awaiting(state) do
+    if ready_count(state) >= state.config.size do
+      Enum.each(state.awaiting, &GenServer.reply(&1, :ok))
+      %{state | awaiting: []}
+    else
+      state
+    end
+  end
+
+  defp build_stats(state) do
+    by_slot = Map.new(state.workers, fn {wid, w} -> {w.slot, {wid, w}} end)
+
+    workers =
+      for {slot, s} <- Enum.sort(state.slots) do
+        case by_slot[slot] do
+          {wid, w} ->
+            %{
+              slot: slot,
+              id: wid,
+              status: w.status,
+              pid: w.pid,
+              os_pid: w.os_pid,
+              calls: w.calls,
+              restarts: s.restarts
+            }
+
+          nil ->
+            %{
+              slot: slot,
+              id: nil,
+              status: :restarting,
+              pid: nil,
+              os_pid: nil,
+              calls: 0,
+              restarts: s.restarts
+            }
+        end
+      end
+
+    count = fn status -> Enum.count(workers, &(&1.status == status)) end
+
+    %{
+      size: state.config.size,
+      ready: count.(:idle) + count.(:busy),
+      idle: count.(:idle),
+      busy: count.(:busy),
+      starting: count.(:starting) + count.(:restarting),
+      queue_length: map_size(state.waiters),
+      sessions: map_size(state.sessions),
+      workers: workers
+    }
+  end
+
+  defp schedule_session_sweep(%{session_ttl: :infinity}), do: :ok
+
+  defp schedule_session_sweep(%{session_ttl: ttl}),
+    do: Process.send_after(self(), :sweep_sessions, Kernel.min(ttl, 60_000))
+
+  defp now, do: System.monotonic_time(:millisecond)
+end

@@ -1,0 +1,102 @@
+"""Cancellation, disconnects and deadlines reach the tool: its flag is raised, its generator closed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import textwrap
+
+import grpc
+import pytest
+
+from python_worker.client import Client, DeadlineExceededError
+
+from .workers import ROOT
+
+# Bounds here prove "promptly, not eventually"; the latency targets themselves are measured in scripts/bench.
+PROMPT = 2.0
+
+
+def _events(client: Client, tag: str, wait_for: str, timeout: float = 5.0) -> dict[str, float]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        events = client.execute("stream_events", tag=tag)
+        if wait_for in events:
+            return events
+        time.sleep(0.01)
+    raise AssertionError(f"{tag}: no {wait_for!r} event, got {events}")
+
+
+@pytest.mark.parametrize("tool", ["endless_stream", "blocking_stream"])
+def test_client_cancel_closes_the_generator(client: Client, tool: str) -> None:
+    tag = f"cancel-{tool}"
+    args = {"tag": tag, "interval_ms": 1000} if tool == "endless_stream" else {"tag": tag, "seconds": 60}
+    stream = client.stream(tool, args)
+    next(stream)
+    cancelled_at = time.time()
+    stream.close()
+    events = _events(client, tag, "finally")
+    assert "cancel_seen" in events  # the flag woke the tool while it was blocked between yields
+    assert events["finally"] - cancelled_at < PROMPT
+    assert client.execute("add", a=1, b=1) == 2  # the worker is free for the next call
+
+
+def test_fast_producer_is_closed_at_its_next_yield(client: Client) -> None:
+    stream = client.stream("endless_stream", {"tag": "fast", "interval_ms": 0})
+    for _ in range(10):
+        next(stream)
+    stream.close()
+    events = _events(client, "fast", "finally")
+    assert "cancel_seen" not in events  # never blocked: closed by GeneratorExit at a yield
+
+
+def test_slow_consumer_pauses_the_generator(client: Client) -> None:
+    stream = client.stream("endless_stream", {"tag": "paused", "interval_ms": 0})
+    next(stream)
+    time.sleep(0.5)
+    first = client.execute("stream_events", tag="paused")["ticks"]
+    time.sleep(0.5)
+    second = client.execute("stream_events", tag="paused")["ticks"]
+    stream.close()
+    assert first == second  # blocked on the full buffer, not producing into unbounded memory
+    assert first < 200_000
+
+
+def test_deadline_cancels_a_stream(client: Client) -> None:
+    started = time.time()
+    with pytest.raises(DeadlineExceededError):
+        list(client.stream("endless_stream", {"tag": "deadline", "interval_ms": 100}, timeout=0.5))
+    events = _events(client, "deadline", "finally")
+    assert "cancel_seen" in events
+    assert 0.4 < events["cancel_seen"] - started < 0.5 + PROMPT
+
+
+def test_deadline_cancels_a_unary_tool(client: Client) -> None:
+    started = time.time()
+    with pytest.raises(DeadlineExceededError) as info:
+        client.call("slow_tool", {"seconds": 30, "tag": "unary-deadline"}, timeout=0.5)
+    assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    events = _events(client, "unary-deadline", "cancel_seen")
+    assert events["cancel_seen"] - started < 0.5 + PROMPT
+
+
+def test_client_process_killed_mid_stream(worker, client: Client) -> None:
+    script = textwrap.dedent(
+        f"""
+        from python_worker.client import Client
+        stream = Client({worker.target!r}).execute_stream("endless_stream", tag="killed", interval_ms=1000)
+        next(stream)
+        print("streaming", flush=True)
+        import time; time.sleep(60)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"streaming\n"
+        killed_at = time.time()
+        proc.kill()
+    finally:
+        proc.wait(10)
+    events = _events(client, "killed", "finally")
+    assert events["finally"] - killed_at < PROMPT

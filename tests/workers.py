@@ -1,0 +1,83 @@
+"""Starting real worker processes for tests: each is stopped (and reaped) by the test that started it."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+@dataclass
+class Worker:
+    process: subprocess.Popen[bytes]
+    port: int
+    info: dict
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self, timeout: float = 10.0) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait(5)
+
+
+def spawn(adapter: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    cmd = [PYTHON, "-m", "python_worker", "serve", "--adapter", adapter, "--port", "0", *args]
+    return subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def wait_ready(process: subprocess.Popen[bytes], timeout: float = 30.0) -> dict:
+    """Read stdout until the KRAIT_READY line (bounded by ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    assert process.stdout is not None
+    os.set_blocking(process.stdout.fileno(), False)
+    buffered = b""
+    while time.monotonic() < deadline:
+        chunk = process.stdout.read()
+        if chunk:
+            buffered += chunk
+            for line in buffered.decode(errors="replace").splitlines():
+                if line.startswith("KRAIT_READY "):
+                    return json.loads(line.removeprefix("KRAIT_READY "))
+        if process.poll() is not None:
+            raise RuntimeError(f"worker exited with {process.returncode} before it was ready")
+        time.sleep(0.02)
+    process.kill()
+    raise TimeoutError("worker did not report ready")
+
+
+@contextlib.contextmanager
+def running_worker(adapter: str = "adapters.showcase:ShowcaseAdapter", *args: str, **kw) -> Iterator[Worker]:
+    process = spawn(adapter, *args, **kw)
+    worker = None
+    try:
+        info = wait_ready(process)
+        worker = Worker(process, info["port"], info)
+        yield worker
+    finally:
+        if worker is not None:
+            worker.stop()
+        elif process.poll() is None:
+            process.kill()
+            process.wait(5)
