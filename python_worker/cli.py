@@ -1,8 +1,8 @@
 """Command line: ``serve`` a worker, list its ``tools``, ``call`` a tool.
 
-    python -m python_worker serve --adapter adapters.showcase:ShowcaseAdapter --port 0
-    python -m python_worker tools --target 127.0.0.1:50051
-    python -m python_worker call stream_progress --target 127.0.0.1:50051 --args '{"steps": 3}' --stream
+python -m python_worker serve --adapter adapters.showcase:ShowcaseAdapter --port 0
+python -m python_worker tools --target 127.0.0.1:50051
+python -m python_worker call stream_progress --target 127.0.0.1:50051 --args '{"steps": 3}' --stream
 """
 
 from __future__ import annotations

@@ -88,7 +88,9 @@ def _translate(error: grpc.RpcError) -> KraitError:
     return cls(code, message)
 
 
-def build_request(tool: str, args: Mapping[str, Any] | None, session_id: str, metadata: Mapping[str, str] | None) -> Any:
+def build_request(
+    tool: str, args: Mapping[str, Any] | None, session_id: str, metadata: Mapping[str, str] | None
+) -> Any:
     """An ExecuteToolRequest: JSON-able arguments in ``args_json``, arrays and bytes as binary arguments."""
     json_args: dict[str, Any] = {}
     binary: dict[str, Any] = {}

@@ -71,7 +71,7 @@ def npy_header(array: np.ndarray) -> bytes:
     descr = np.lib.format.dtype_to_descr(array.dtype)
     shape = array.shape
     shape_text = "(" + ", ".join(str(n) for n in shape) + ("," if len(shape) == 1 else "") + ")"
-    header = "{'descr': %r, 'fortran_order': False, 'shape': %s, }" % (descr, shape_text)
+    header = f"{{'descr': {descr!r}, 'fortran_order': False, 'shape': {shape_text}, }}"
     # magic(6) + version(2) + length(2) + header + padding + "\n" is a multiple of 64
     pad = 64 - (10 + len(header) + 1) % 64
     return b"\x93NUMPY\x01\x00" + (len(header) + pad + 1).to_bytes(2, "little") + header.encode() + b" " * pad + b"\n"
@@ -93,18 +93,15 @@ def decode_npy(data: bytes | memoryview) -> np.ndarray:
     stream = io.BytesIO(buf[:4096].tobytes() if len(buf) > 4096 else buf.tobytes())
     try:
         version = np.lib.format.read_magic(stream)
-        read_header = (
-            np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        )
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, fortran, dtype = read_header(stream)
     except ValueError as exc:
         raise ValueError(f"not a valid .npy payload: {exc}") from None
     offset = stream.tell()
     count = int(np.prod(shape)) if shape else 1
     if len(buf) - offset != count * dtype.itemsize:
-        raise ValueError(
-            f".npy payload holds {len(buf) - offset} data bytes, its header {shape} {dtype} needs {count * dtype.itemsize}"
-        )
+        have, need = len(buf) - offset, count * dtype.itemsize
+        raise ValueError(f".npy payload holds {have} data bytes, its header {shape} {dtype} needs {need}")
     array = np.frombuffer(buf, dtype=dtype, count=count, offset=offset)
     return array.reshape(shape, order="F" if fortran else "C")
 

@@ -55,15 +55,24 @@ CLIENT = textwrap.dedent(
 @pytest.fixture(scope="module")
 def foreign_client(tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("foreign")
-    args = ["protoc", f"-I{ROOT / 'proto'}", f"--python_out={out}", f"--grpc_python_out={out}",
-            str(ROOT / "proto/krait/v1/worker.proto")]
+    args = [
+        "protoc",
+        f"-I{ROOT / 'proto'}",
+        f"--python_out={out}",
+        f"--grpc_python_out={out}",
+        str(ROOT / "proto/krait/v1/worker.proto"),
+    ]
     assert protoc.main(args) == 0
     (out / "client.py").write_text(CLIENT)
 
     def call(target: str, tool: str, args: str, rpc: str):
         result = subprocess.run(
             [sys.executable, str(out / "client.py"), target, tool, args, rpc],
-            cwd=out, env={**os.environ, "PYTHONPATH": str(out)}, capture_output=True, timeout=60, check=True,
+            cwd=out,
+            env={**os.environ, "PYTHONPATH": str(out)},
+            capture_output=True,
+            timeout=60,
+            check=True,
         )
         return json.loads(result.stdout)
 
@@ -102,8 +111,16 @@ def test_generated_client_unary_and_structured_errors(worker, foreign_client) ->
 
 def test_generated_stubs_are_not_stale(tmp_path: Path) -> None:
     """python_worker/_generated must be exactly what grpc_tools makes of proto/ today."""
-    cmd = [sys.executable, "-m", "grpc_tools.protoc", "-Ipython_worker/_generated=proto", f"--python_out={tmp_path}",
-           f"--grpc_python_out={tmp_path}", f"--pyi_out={tmp_path}", "proto/krait/v1/worker.proto"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "grpc_tools.protoc",
+        "-Ipython_worker/_generated=proto",
+        f"--python_out={tmp_path}",
+        f"--grpc_python_out={tmp_path}",
+        f"--pyi_out={tmp_path}",
+        "proto/krait/v1/worker.proto",
+    ]
     subprocess.run(cmd, cwd=ROOT, check=True, timeout=60)
     fresh = tmp_path / "python_worker/_generated/krait/v1"
     current = ROOT / "python_worker/_generated/krait/v1"

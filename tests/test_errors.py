@@ -103,9 +103,10 @@ def test_streaming_tool_through_unary_rpc_and_the_reverse(client: Client) -> Non
 
 
 def test_oversized_messages_both_ways() -> None:
-    with running_worker("adapters.showcase:ShowcaseAdapter", "--max-message-mb", "1") as worker, Client(
-        worker.target, timeout=20
-    ) as client:
+    with (
+        running_worker("adapters.showcase:ShowcaseAdapter", "--max-message-mb", "1") as worker,
+        Client(worker.target, timeout=20) as client,
+    ):
         # a request larger than the worker accepts
         with pytest.raises(KraitError) as info:
             client.execute("array_stats", values=np.zeros(2 << 20, dtype=np.uint8))

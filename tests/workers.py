@@ -36,13 +36,14 @@ class Worker:
             return self.process.wait(5)
 
 
-def spawn(adapter: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def spawn(adapter: str, *args: str, env: dict[str, str] | None = None, stderr=None) -> subprocess.Popen[bytes]:
     cmd = [PYTHON, "-m", "python_worker", "serve", "--adapter", adapter, "--port", "0", *args]
     return subprocess.Popen(
         cmd,
         cwd=ROOT,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
+        stderr=stderr,
         env={**os.environ, **(env or {})},
     )
 

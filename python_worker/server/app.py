@@ -61,10 +61,12 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
 
 
 def _watch_stdin(stop: threading.Event) -> None:
+    # os.read on the raw descriptor: a thread blocked in sys.stdin's buffered reader holds its lock and makes
+    # interpreter shutdown abort
     try:
-        while sys.stdin.buffer.read(65536):
+        while os.read(0, 65536):
             pass
-    except (OSError, ValueError):
+    except OSError:
         pass
     log.info("stdin closed: the supervisor has gone, stopping")
     stop.set()
@@ -72,8 +74,8 @@ def _watch_stdin(stop: threading.Event) -> None:
 
 def _should_watch_stdin() -> bool:
     try:
-        mode = os.fstat(sys.stdin.fileno()).st_mode
-    except (OSError, ValueError, AttributeError):
+        mode = os.fstat(0).st_mode
+    except OSError:
         return False
     return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
@@ -139,6 +141,6 @@ def serve(options: ServeOptions) -> int:
     sessions.close()
     try:
         adapter.close()
-    except Exception:  # noqa: BLE001
+    except Exception:
         log.exception("adapter close() failed")
     return 0

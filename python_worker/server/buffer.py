@@ -35,8 +35,10 @@ class ChunkBuffer:
     def put(self, item: Any, nbytes: int) -> None:
         """Append ``item``; block while the buffer is full. Raises :class:`Cancelled` once cancelled."""
         with self._cond:
-            while not self._cancelled and self._items and (
-                len(self._items) >= self._max_chunks or self._bytes + nbytes > self._max_bytes
+            while (
+                not self._cancelled
+                and self._items
+                and (len(self._items) >= self._max_chunks or self._bytes + nbytes > self._max_bytes)
             ):
                 self._producer_waiting = True
                 self._cond.wait()

@@ -212,14 +212,14 @@ class StreamingCall:
                 self._emit((seq, data, content_type, True, meta), len(data))
         except Cancelled:
             log.info("%s cancelled by the caller", self.spec.name)
-        except BaseException as exc:  # noqa: BLE001 - every failure is reported to the caller
+        except BaseException as exc:
             error = exc
         finally:
             close = getattr(iterator, "close", None)
             if close is not None:
                 try:
                     close()  # runs the generator's finally block, on this thread
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     log.exception("%s raised while closing", self.spec.name)
                     error = error or exc
             self.buffer.finish(error)

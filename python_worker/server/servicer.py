@@ -68,7 +68,7 @@ class ToolWorkerServicer(pb_grpc.ToolWorkerServicer):
                 name=spec.name,
                 description=spec.description,
                 supports_streaming=spec.supports_streaming,
-                parameters_schema_json=json.dumps(spec.json_schema(), sort_keys=True),
+                parameters_schema_json=json.dumps(spec.json_schema()),
             )
             for spec in sorted(self.specs.values(), key=lambda s: s.name)
         ]
@@ -77,7 +77,9 @@ class ToolWorkerServicer(pb_grpc.ToolWorkerServicer):
     def InitializeSession(self, request: Any, context: grpc.ServicerContext) -> Any:
         if not request.session_id:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "session_id must not be empty")
-        return pb.InitializeSessionResponse(created=self.sessions.initialize(request.session_id, dict(request.metadata)))
+        return pb.InitializeSessionResponse(
+            created=self.sessions.initialize(request.session_id, dict(request.metadata))
+        )
 
     def CleanupSession(self, request: Any, context: grpc.ServicerContext) -> Any:
         return pb.CleanupSessionResponse(existed=self.sessions.cleanup(request.session_id))
@@ -104,7 +106,7 @@ class ToolWorkerServicer(pb_grpc.ToolWorkerServicer):
             )
             context.add_callback(ctx.cancel_event.set)
             return run_unary(self.adapter, spec, kwargs, ctx, started)
-        except Exception as exc:  # noqa: BLE001 - reported to the caller with its traceback
+        except Exception as exc:
             self._abort(context, exc, request.tool_name)
         finally:
             self._slots.release()
@@ -152,7 +154,7 @@ class ToolWorkerServicer(pb_grpc.ToolWorkerServicer):
                 yield batch
         except Cancelled:
             return
-        except Exception as exc:  # noqa: BLE001 - reported to the caller with its traceback
+        except Exception as exc:
             self._abort(context, exc, request.tool_name)
         finally:
             if call is not None:

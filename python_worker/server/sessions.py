@@ -78,5 +78,5 @@ class SessionStore:
             if self._on_end is not None:
                 try:
                     self._on_end(session)
-                except Exception:  # noqa: BLE001 - a failing hook must not take the worker down
+                except Exception:
                     log.exception("on_session_end failed for session %s", session.session_id)
