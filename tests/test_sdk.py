@@ -148,3 +148,19 @@ def test_buffer_cancel_wakes_the_producer_and_errors_follow_the_data() -> None:
     assert failing.take(10, 100) == ["x"]
     with pytest.raises(ValueError, match="boom"):
         failing.take(10, 100)
+
+
+def test_hand_encoded_batches_parse_as_protobuf() -> None:
+    from python_worker.proto import pb
+    from python_worker.server.wire import encode_batch
+
+    chunks = [
+        (0, b'{"i":0}', "application/json", False, None),
+        (1, b"", "", False, {"krait.event": "progress"}),
+        (300, b"\x00" * 70_000, "application/x-npy", False, {"ü": "∑"}),
+        (2**40, b"x", "text/custom", True, {"execution_time_ms": "12", "worker_id": "w"}),
+    ]
+    batch = pb.ToolChunkBatch.FromString(encode_batch(chunks))
+    decoded = [(c.seq, c.data, c.content_type, c.is_final, dict(c.metadata) or None) for c in batch.chunks]
+    assert decoded == chunks
+    assert encode_batch([]) == b""

@@ -22,9 +22,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from ..proto import SERVICE_NAME, pb_grpc
+from ..proto import SERVICE_NAME
 from ..sdk import load_adapter
-from .servicer import ToolWorkerServicer
+from .servicer import ToolWorkerServicer, register
 from .sessions import SessionStore
 
 log = logging.getLogger("krait.worker")
@@ -111,7 +111,7 @@ def serve(options: ServeOptions) -> int:
         futures.ThreadPoolExecutor(max_workers=options.max_calls + 8, thread_name_prefix="grpc"),
         options=[*channel_options(options.max_message_bytes), ("grpc.so_reuseport", 0)],
     )
-    pb_grpc.add_ToolWorkerServicer_to_server(servicer, server)
+    register(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -28,11 +28,9 @@ from ..sdk import BaseAdapter, StreamChunk, ToolContext, ToolSpec
 from ..sdk.tool import ArgumentError
 from .buffer import Cancelled, ChunkBuffer
 from .sessions import SessionStore
+from .wire import Chunk
 
 log = logging.getLogger("krait.worker")
-
-# A chunk as it waits in the buffer: (seq, data, content_type, is_final, metadata or None)
-Chunk = tuple[int, bytes, str, bool, "dict[str, str] | None"]
 
 
 def prepare(

@@ -17,6 +17,7 @@ from ..sdk import BaseAdapter
 from .buffer import Cancelled, ChunkBuffer
 from .call import StreamingCall, prepare, run_unary
 from .sessions import SessionStore
+from .wire import encode_batch
 
 log = logging.getLogger("krait.worker")
 
@@ -116,13 +117,10 @@ class ToolWorkerServicer(pb_grpc.ToolWorkerServicer):
             seq, data, content_type, is_final, meta = batch[0]
             yield pb.ToolChunk(seq=seq, data=data, content_type=content_type, is_final=is_final, metadata=meta)
 
-    def ExecuteStreamingToolBatched(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+    def ExecuteStreamingToolBatched(self, request: Any, context: grpc.ServicerContext) -> Iterator[bytes]:
+        # already serialized: registered with a pass-through serializer (see register())
         for batch in self._stream(request, context, max_chunks=BATCH_MAX_CHUNKS):
-            message = pb.ToolChunkBatch()
-            add = message.chunks.add
-            for seq, data, content_type, is_final, meta in batch:
-                add(seq=seq, data=data, content_type=content_type, is_final=is_final, metadata=meta)
-            yield message
+            yield encode_batch(batch)
 
     def _stream(self, request: Any, context: grpc.ServicerContext, *, max_chunks: int) -> Iterator[list[Any]]:
         started = time.perf_counter()
@@ -160,3 +158,25 @@ class ToolWorkerServicer(pb_grpc.ToolWorkerServicer):
             if call is not None:
                 call.cancel()  # no-op after a normal end; stops the tool if the stream was abandoned
             self._slots.release()
+
+
+# methods whose handlers return serialized bytes (hand-encoded on the hot path)
+PRESERIALIZED = frozenset({"ExecuteStreamingToolBatched"})
+
+
+def register(servicer: ToolWorkerServicer, server: grpc.Server) -> None:
+    """Add the service to ``server``, like the generated ``add_ToolWorkerServicer_to_server`` but with the
+    batched stream's messages passed through as the bytes its handler already encoded."""
+    service = pb.DESCRIPTOR.services_by_name["ToolWorker"]
+    handlers = {}
+    for method in service.methods:
+        request_type = getattr(pb, method.input_type.name)
+        response_type = getattr(pb, method.output_type.name)
+        make = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
+        handlers[method.name] = make(
+            getattr(servicer, method.name),
+            request_deserializer=request_type.FromString,
+            response_serializer=None if method.name in PRESERIALIZED else response_type.SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    server.add_registered_method_handlers(service.full_name, handlers)

@@ -1,0 +1,1 @@
+"""Krait's benchmarks: Krait beside a plain grpcio baseline, measured in one run on one machine."""
