@@ -1,0 +1,122 @@
+"""DatasetAdapter: large data transfer as streams of NumPy batches (.npy chunks), generated or read from files.
+
+Chunk schemas (both tools):
+- data chunks: an ndarray (content type ``application/x-npy``), metadata ``{"offset": first row's index,
+  "rows": rows in this chunk}`` (strings, as all metadata); ``stream_file`` on a CSV adds ``"columns"`` (a JSON
+  list of names) to the first chunk's metadata when the file has a header
+- the final chunk (explicit, is_final): ``{"rows", "bytes", "chunks", "dtype", "shape", ...}`` with ``rows``,
+  ``bytes`` and ``chunks`` also in its metadata; ``bytes`` counts the arrays' data, not the .npy headers
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from python_worker import BaseAdapter, StreamChunk, ToolContext, tool
+
+from .csv_reader import CsvRows
+from .npy_reader import NpyRows
+from .paths import resolve_data_path
+from .synthetic import check_request, generate_batches
+
+READERS = {".npy": "npy", ".csv": "csv"}
+
+
+class Totals:
+    """What a stream has sent so far: rows, data bytes and chunks."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.bytes = 0
+        self.chunks = 0
+
+    def add(self, batch: np.ndarray, rows: int) -> None:
+        self.rows += rows
+        self.bytes += batch.nbytes
+        self.chunks += 1
+
+    def final(self, **extra: Any) -> StreamChunk:
+        data = {"rows": self.rows, "bytes": self.bytes, "chunks": self.chunks, **extra}
+        meta = {"rows": str(self.rows), "bytes": str(self.bytes), "chunks": str(self.chunks)}
+        return StreamChunk(data=data, is_final=True, metadata=meta)
+
+
+def _batch_chunk(batch: np.ndarray, offset: int, rows: int, extra: dict[str, str] | None = None) -> StreamChunk:
+    return StreamChunk(data=batch, metadata={"offset": str(offset), "rows": str(rows), **(extra or {})})
+
+
+class DatasetAdapter(BaseAdapter):
+    @tool(
+        description="Stream a seeded random dataset of rows x columns as .npy batches of chunk_size rows"
+        " (float32/float64: standard normal, or uniform in [0, 1) with distribution='uniform' (cheaper);"
+        " int32/int64: uniform in [0, 1000000)); totals on the final chunk",
+        supports_streaming=True,
+    )
+    def generate_dataset(
+        self,
+        rows: int,
+        chunk_size: int = 10_000,
+        columns: int = 10,
+        seed: int = 0,
+        dtype: str = "float32",
+        distribution: str | None = None,
+        ctx: ToolContext | None = None,
+    ) -> Iterator[Any]:
+        distribution = check_request(rows, chunk_size, columns, seed, dtype, distribution)
+        totals = Totals()
+        for offset, batch in generate_batches(rows, chunk_size, columns, seed, dtype, distribution):
+            if ctx is not None and ctx.cancelled:
+                return
+            totals.add(batch, len(batch))
+            yield _batch_chunk(batch, offset, len(batch))
+        yield totals.final(columns=columns, dtype=dtype, distribution=distribution, seed=seed, shape=[rows, columns])
+
+    @tool(
+        description="Stream an existing .npy (memory-mapped; any dtype and shape, split along the first axis) or"
+        " numeric .csv file (float64 rows; optional header) in batches of chunk_rows rows; totals on the final"
+        " chunk. The path is read by the worker process (confined to KRAIT_DATA_ROOT when that is set)",
+        supports_streaming=True,
+    )
+    def stream_file(
+        self,
+        path: str,
+        chunk_rows: int = 10_000,
+        delimiter: str = ",",
+        header: bool | None = None,
+        ctx: ToolContext | None = None,
+    ) -> Iterator[Any]:
+        if chunk_rows <= 0:
+            raise ValueError(f"chunk_rows must be > 0 (got {chunk_rows})")
+        file = resolve_data_path(path)
+        kind = READERS.get(file.suffix.lower())
+        if kind is None:
+            raise ValueError(
+                f"{path}: unsupported file type {file.suffix or '(no extension)'!r}; stream_file reads .npy and .csv"
+            )
+        totals = Totals()
+        if kind == "npy":
+            with NpyRows(file) as npy:
+                for offset, batch in npy.batches(chunk_rows):
+                    if ctx is not None and ctx.cancelled:
+                        return
+                    rows = len(batch) if batch.ndim else 1
+                    totals.add(batch, rows)
+                    yield _batch_chunk(batch, offset, rows)
+                shape, dtype = list(npy.shape), str(npy.dtype)
+            yield totals.final(path=path, format="npy", dtype=dtype, shape=shape)
+        else:
+            with CsvRows(file, delimiter=delimiter, header=header) as csv_rows:
+                names = json.dumps(csv_rows.columns) if csv_rows.columns is not None else None
+                for offset, batch in csv_rows.batches(chunk_rows):
+                    if ctx is not None and ctx.cancelled:
+                        return
+                    totals.add(batch, len(batch))
+                    first = {"columns": names} if names is not None and totals.chunks == 1 else None
+                    yield _batch_chunk(batch, offset, len(batch), first)
+                n_columns, columns = csv_rows.n_columns, csv_rows.columns
+            shape = [totals.rows, n_columns or 0]
+            yield totals.final(path=path, format="csv", dtype="float64", shape=shape, columns=columns)
