@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import pydantic
 import pytest
 
 from python_worker import BaseAdapter, tool
@@ -164,3 +165,22 @@ def test_hand_encoded_batches_parse_as_protobuf() -> None:
     decoded = [(c.seq, c.data, c.content_type, c.is_final, dict(c.metadata) or None) for c in batch.chunks]
     assert decoded == chunks
     assert encode_batch([]) == b""
+
+
+class _Options(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    frequency_hz: float = 440.0
+
+
+class _NestedAdapter(BaseAdapter):
+    @tool
+    def f(self, opts: _Options) -> None:
+        pass
+
+
+def test_unknown_nested_field_names_the_field() -> None:
+    from python_worker.sdk.tool import ArgumentError
+
+    with pytest.raises(ArgumentError) as info:
+        _NestedAdapter.tool_specs()["f"].validate({"opts": {"freq": 1}})
+    assert str(info.value) == "f: argument 'opts'['freq']: unknown field"

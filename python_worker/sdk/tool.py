@@ -67,6 +67,8 @@ class ToolSpec:
             path = "".join(f"[{p!r}]" for p in loc[1:])
             if error["type"] == "missing":
                 problems.append(f"missing required argument '{arg}'")
+            elif error["type"] == "extra_forbidden" and path:
+                problems.append(f"argument '{arg}'{path}: unknown field")
             elif error["type"] == "extra_forbidden":
                 known = ", ".join(self.param_names) or "no arguments"
                 problems.append(f"unknown argument '{arg}' ({self.name} takes: {known})")
