@@ -88,7 +88,8 @@ defmodule Krait.GRPC.Frame do
     frame(@settings, flag(ack?, @flag_ack), 0, payload)
   end
 
-  def encode({:ping, ack?, <<_::64>> = opaque}), do: frame(@ping, flag(ack?, @flag_ack), 0, opaque)
+  def encode({:ping, ack?, <<_::64>> = opaque}),
+    do: frame(@ping, flag(ack?, @flag_ack), 0, opaque)
 
   def encode({:goaway, last_stream_id, error_code, debug}),
     do: frame(@goaway, 0, 0, [<<0::1, last_stream_id::31, error_code::32>>, debug])
@@ -137,7 +138,8 @@ defmodule Krait.GRPC.Frame do
   def decode(<<length::24, _::binary-size(6), _::binary>>, _max), do: {:more, length + 9}
   def decode(_buffer, _max), do: :more
 
-  defp decode_payload(@data, _flags, 0, _payload), do: {:error, {:protocol_error, :data_on_stream_0}}
+  defp decode_payload(@data, _flags, 0, _payload),
+    do: {:error, {:protocol_error, :data_on_stream_0}}
 
   defp decode_payload(@data, flags, stream_id, payload) do
     with {:ok, data} <- strip_padding(flags, payload) do

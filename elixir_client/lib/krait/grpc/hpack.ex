@@ -298,41 +298,40 @@ defmodule Krait.GRPC.HPACK do
   A field found whole in the static or dynamic table becomes an index. Otherwise it is a
   literal: added to the dynamic table (`:store`, the default), not added (`:no_store`, for
   values that change on every request such as `grpc-timeout`), or marked never to be
-  indexed by intermediaries (`:never_store`, for secrets). Values are Huffman-coded when
-  that makes them shorter.
+  indexed by intermediaries (`:never_store`, for secrets). Strings are Huffman-coded when
+  that makes them no longer (`huffman: true` always, `huffman: false` never).
   """
-  @spec encode([header], t) :: {iodata, t}
-  def encode(headers, %__MODULE__{} = table) do
+  @spec encode([header], t, huffman: boolean | :auto) :: {iodata, t}
+  def encode(headers, %__MODULE__{} = table, opts \\ []) do
+    huffman = Keyword.get(opts, :huffman, :auto)
+
     {prefix, table} =
       case table.pending_update do
         nil -> {[], table}
         size -> {encode_int(size, 5, 0b001), %{table | pending_update: nil}}
       end
 
-    {fields, table} = Enum.map_reduce(headers, table, &encode_field/2)
+    {fields, table} = Enum.map_reduce(headers, table, &encode_field(&1, &2, huffman))
     {[prefix | fields], table}
   end
 
-  defp encode_field({name, value}, table), do: encode_field({name, value, :store}, table)
+  defp encode_field({name, value}, table, huffman),
+    do: encode_field({name, value, :store}, table, huffman)
 
-  defp encode_field({name, value, mode}, table) do
-    case find(table, name, value) do
-      {:full, index} ->
-        {encode_int(index, 7, 1), table}
+  defp encode_field({name, value, mode}, table, huffman) do
+    literal_head =
+      case find(table, name, value) do
+        {:full, index} -> {:indexed, encode_int(index, 7, 1)}
+        {:name, index} -> encode_int(index, mode_prefix(mode), mode_bits(mode))
+        :none -> [encode_int(0, mode_prefix(mode), mode_bits(mode)), encode_string(name, huffman)]
+      end
 
-      {:name, index} ->
-        encode_literal(mode, encode_int(index, mode_prefix(mode), mode_bits(mode)), value, table, name)
-
-      :none ->
-        name_part = [encode_int(0, mode_prefix(mode), mode_bits(mode)), encode_string(name)]
-        encode_literal(mode, name_part, value, table, name)
+    case {literal_head, mode} do
+      {{:indexed, index}, _} -> {index, table}
+      {head, :store} -> {[head | encode_string(value, huffman)], add(table, name, value)}
+      {head, _} -> {[head | encode_string(value, huffman)], table}
     end
   end
-
-  defp encode_literal(:store, head, value, table, name),
-    do: {[head | encode_string(value)], add(table, name, value)}
-
-  defp encode_literal(_mode, head, value, table, _name), do: {[head | encode_string(value)], table}
 
   defp mode_prefix(:store), do: 6
   defp mode_prefix(_), do: 4
@@ -373,12 +372,14 @@ defmodule Krait.GRPC.HPACK do
   end
 
   defp encode_int_tail(value) when value < 128, do: <<value>>
-  defp encode_int_tail(value), do: <<1::1, value &&& 127::7, encode_int_tail(value >>> 7)::binary>>
 
-  defp encode_string(string) do
+  defp encode_int_tail(value),
+    do: <<1::1, value &&& 127::7, encode_int_tail(value >>> 7)::binary>>
+
+  defp encode_string(string, huffman) do
     huffman_size = Huffman.encoded_size(string)
 
-    if huffman_size < byte_size(string) do
+    if huffman == true or (huffman == :auto and huffman_size <= byte_size(string)) do
       [encode_int(huffman_size, 7, 1), Huffman.encode(string)]
     else
       [encode_int(byte_size(string), 7, 0), string]

@@ -79,7 +79,8 @@ defmodule Krait.GRPC.MessageBuffer do
     missing = need - size
 
     if byte_size(data) < missing do
-      {:ok, Enum.reverse(acc), bytes, %{buffer | parts: [data | parts], size: size + byte_size(data)}}
+      {:ok, Enum.reverse(acc), bytes,
+       %{buffer | parts: [data | parts], size: size + byte_size(data)}}
     else
       <<last::binary-size(missing), rest::binary>> = data
       message = IO.iodata_to_binary(Enum.reverse(parts, [last]))

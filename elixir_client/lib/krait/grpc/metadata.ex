@@ -42,7 +42,8 @@ defmodule Krait.GRPC.Metadata do
   defp validate_key!(key) do
     cond do
       key == "" or not String.match?(key, ~r/\A[0-9a-z_.\-]+\z/) ->
-        raise ArgumentError, "invalid gRPC metadata key #{inspect(key)} (lower-case a-z 0-9 - _ .)"
+        raise ArgumentError,
+              "invalid gRPC metadata key #{inspect(key)} (lower-case a-z 0-9 - _ .)"
 
       key in @reserved or String.starts_with?(key, "grpc-") ->
         raise ArgumentError, "gRPC metadata key #{inspect(key)} is reserved"
@@ -98,16 +99,19 @@ defmodule Krait.GRPC.Metadata do
 
   @doc """
   Turns a header list into a map, later values joined to earlier ones with commas, `-bin`
-  values decoded to raw bytes.
+  values decoded to raw bytes. Pseudo-headers (`:status`) are left out.
   """
   @spec to_map([{binary, binary}]) :: %{optional(binary) => binary}
   def to_map(headers) do
     headers
+    |> Enum.reject(&match?({":" <> _, _}, &1))
     |> Enum.reduce(%{}, fn {name, value}, acc ->
       Map.update(acc, name, value, &(&1 <> "," <> value))
     end)
     |> Map.new(fn {name, value} ->
-      if String.ends_with?(name, "-bin"), do: {name, decode_bin(value) || value}, else: {name, value}
+      if String.ends_with?(name, "-bin"),
+        do: {name, decode_bin(value) || value},
+        else: {name, value}
     end)
   end
 
@@ -116,7 +120,8 @@ defmodule Krait.GRPC.Metadata do
   `grpc-status: 0`, else the error with its message and raw status details.
   `http_status` is used only when `grpc-status` is missing.
   """
-  @spec status_from_trailers([{binary, binary}], non_neg_integer | nil) :: :ok | {:error, Error.t()}
+  @spec status_from_trailers([{binary, binary}], non_neg_integer | nil) ::
+          :ok | {:error, Error.t()}
   def status_from_trailers(trailers, http_status) do
     map = to_map(trailers)
 

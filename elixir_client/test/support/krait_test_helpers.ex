@@ -1,0 +1,119 @@
+defmodule Krait.TestHelpers do
+  @moduledoc """
+  Helpers for tests that run real Python workers: pool options pointing at the repository's
+  virtualenv, polling, and OS process checks.
+  """
+
+  import ExUnit.Assertions
+
+  @root Path.expand("../../..", __DIR__)
+
+  @doc "The repository root (where `python_worker/` and `adapters/` live)."
+  @spec root() :: String.t()
+  def root, do: @root
+
+  @doc "The virtualenv's Python."
+  @spec python() :: String.t()
+  def python, do: Path.join(@root, ".venv/bin/python")
+
+  @doc "Options for a showcase pool, with quick restarts; `overrides` win."
+  @spec pool_opts(keyword()) :: keyword()
+  def pool_opts(overrides \\ []) do
+    Keyword.merge(
+      [
+        adapter: "adapters.showcase:ShowcaseAdapter",
+        size: 2,
+        python: python(),
+        cwd: @root,
+        backoff_min: 50,
+        shutdown_grace: 1_000
+      ],
+      overrides
+    )
+  end
+
+  @doc """
+  Starts a pool under the test supervisor (stopped, with its Python processes, when the test ends)
+  and waits for its workers.
+  """
+  @spec start_pool!(keyword()) :: atom()
+  def start_pool!(overrides \\ []) do
+    name =
+      Keyword.get_lazy(overrides, :name, fn ->
+        :"KraitTestPool#{System.unique_integer([:positive])}"
+      end)
+
+    opts = pool_opts(Keyword.put(overrides, :name, name))
+    ExUnit.Callbacks.start_supervised!({Krait.Pool, opts}, id: name)
+    assert :ok = Krait.Pool.await_ready(name, 20_000)
+    name
+  end
+
+  @doc "Polls `fun` every 10 ms until it returns a truthy value or `timeout` ms pass; returns the value."
+  @spec eventually((() -> term()), non_neg_integer()) :: term()
+  def eventually(fun, timeout \\ 5_000) do
+    deadline = System.monotonic_time(:millisecond) + timeout
+    poll(fun, deadline)
+  end
+
+  defp poll(fun, deadline) do
+    case fun.() do
+      result when result not in [nil, false] ->
+        result
+
+      _ ->
+        if System.monotonic_time(:millisecond) > deadline do
+          flunk("condition not met in time")
+        else
+          Process.sleep(10)
+          poll(fun, deadline)
+        end
+    end
+  end
+
+  @doc "Is an OS process alive (and not a zombie)?"
+  @spec os_alive?(non_neg_integer()) :: boolean()
+  def os_alive?(os_pid) do
+    case File.read("/proc/#{os_pid}/stat") do
+      {:ok, stat} -> not (stat |> String.split(") ") |> List.last() |> String.starts_with?("Z"))
+      {:error, _} -> false
+    end
+  end
+
+  @doc "Sends a signal to an OS process."
+  @spec os_kill(non_neg_integer(), String.t()) :: :ok
+  def os_kill(os_pid, signal \\ "KILL") do
+    {_, 0} = System.cmd("kill", ["-#{signal}", Integer.to_string(os_pid)])
+    :ok
+  end
+
+  @doc "The OS pids of a pool's ready workers."
+  @spec worker_os_pids(atom()) :: [non_neg_integer()]
+  def worker_os_pids(pool) do
+    for %{os_pid: p} <- Krait.Pool.stats(pool).workers, p != nil, do: p
+  end
+
+  @doc """
+  What the showcase adapter of one worker recorded for `tag` (`stream_events`), asked over the
+  worker's connection directly, so it works while the pool has the worker checked out.
+  """
+  @spec worker_events(atom(), String.t(), String.t()) :: map()
+  def worker_events(pool, worker_id, tag) do
+    %{pid: pid} = Enum.find(Krait.Pool.stats(pool).workers, &(&1.id == worker_id))
+    conn = :sys.get_state(pid).conn
+
+    request =
+      Krait.Proto.ExecuteToolRequest.encode(%Krait.Proto.ExecuteToolRequest{
+        tool_name: "stream_events",
+        args_json: IO.iodata_to_binary(Krait.JSON.encode!(%{tag: tag}))
+      })
+
+    path = "/krait.v1.ToolWorker/ExecuteTool"
+    {:ok, response} = Krait.GRPC.Connection.unary(conn, path, request, timeout: 5_000)
+    Krait.JSON.decode!(Krait.Proto.ExecuteToolResponse.decode(response).data)
+  end
+
+  @doc "A unique tag for tools that record what happened to a stream."
+  @spec tag() :: String.t()
+  def tag, do: "t#{System.unique_integer([:positive])}"
+end
