@@ -1,20 +1,18 @@
 defmodule Krait.Application do
-  # See https://hexdocs.pm/elixir/Application.html
-  # for more information on OTP Applications
   @moduledoc false
 
   use Application
 
+  # Pools normally live in the user's own supervision tree. For convenience, `config :krait, pool: [...]`
+  # starts one here (named Krait.Pool unless `:name` says otherwise).
   @impl true
   def start(_type, _args) do
-    children = [
-      # Starts a worker by calling: Krait.Worker.start_link(arg)
-      # {Krait.Worker, arg}
-    ]
+    children =
+      case Application.get_env(:krait, :pool) do
+        nil -> []
+        opts -> [{Krait.Pool, opts}]
+      end
 
-    # See https://hexdocs.pm/elixir/Supervisor.html
-    # for other strategies and supported options
-    opts = [strategy: :one_for_one, name: Krait.Supervisor]
-    Supervisor.start_link(children, opts)
+    Supervisor.start_link(children, strategy: :one_for_one, name: Krait.Supervisor)
   end
 end

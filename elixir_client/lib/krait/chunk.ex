@@ -43,7 +43,8 @@ defmodule Krait.Chunk do
 
   @doc "True when the worker added this final chunk because the tool ended without one."
   @spec synthetic_final?(t()) :: boolean()
-  def synthetic_final?(%__MODULE__{metadata: meta}), do: Map.get(meta, "synthetic_final") == "true"
+  def synthetic_final?(%__MODULE__{metadata: meta}),
+    do: Map.get(meta, "synthetic_final") == "true"
 
   @impl Access
   def fetch(%__MODULE__{data: data}, key) when is_map(data) and not is_struct(data) do
@@ -67,7 +68,8 @@ defmodule Krait.Chunk do
   end
 
   def get_and_update(%__MODULE__{data: data}, key, _fun) do
-    raise ArgumentError, "cannot update key #{inspect(key)} of a chunk whose data is #{inspect(data)}"
+    raise ArgumentError,
+          "cannot update key #{inspect(key)} of a chunk whose data is #{inspect(data)}"
   end
 
   @impl Access

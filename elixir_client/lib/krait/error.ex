@@ -66,6 +66,45 @@ defmodule Krait.Error do
     %__MODULE__{category: category, message: message, details: details}
   end
 
+  @grpc_categories %{
+    1 => :cancelled,
+    2 => :python,
+    3 => :invalid_argument,
+    4 => :timeout,
+    5 => :not_found,
+    8 => :resource_exhausted,
+    9 => :failed_precondition,
+    14 => :worker
+  }
+
+  @doc """
+  Builds the error for a failed gRPC call: the category follows the status code, and the worker's
+  `krait.v1.ToolError` (exception type, message, traceback), when present, fills message and details.
+  `context` (`:worker_id`, `:tool_name`) is merged into `details`.
+  """
+  @spec from_grpc(Krait.GRPC.Error.t(), map()) :: t()
+  def from_grpc(%{status: status, message: grpc_message, details: raw}, context \\ %{}) do
+    category = Map.get(@grpc_categories, status, :grpc)
+    details = Map.put(context, :status, status)
+
+    case raw && Krait.Proto.tool_error_from_status_details(raw) do
+      %{} = tool_error ->
+        details =
+          details
+          |> Map.merge(%{type: tool_error.type, traceback: tool_error.traceback})
+          |> put_present(:tool_name, tool_error.tool_name)
+          |> put_present(:worker_id, tool_error.worker_id)
+
+        new(category, tool_error.message, details)
+
+      _ ->
+        new(category, grpc_message || "", details)
+    end
+  end
+
+  defp put_present(map, _key, value) when value in [nil, ""], do: map
+  defp put_present(map, key, value), do: Map.put(map, key, value)
+
   @impl true
   def message(%__MODULE__{category: category, message: message, details: details}) do
     case details do

@@ -78,13 +78,18 @@ defmodule Krait.Payload do
       end
 
     case json do
-      {:ok, text} -> {:ok, text, binary_args}
-      {:error, _} -> {:error, "tool arguments cannot be encoded as JSON: #{inspect(args, limit: 10)}"}
+      {:ok, text} ->
+        {:ok, text, binary_args}
+
+      {:error, _} ->
+        {:error, "tool arguments cannot be encoded as JSON: #{inspect(args, limit: 10)}"}
     end
   end
 
   def encode_args(nil), do: {:ok, "", %{}}
 
   def encode_args(other),
-    do: {:error, "tool arguments must be a map or a keyword list, got: #{inspect(other, limit: 10)}"}
+    do:
+      {:error,
+       "tool arguments must be a map or a keyword list, got: #{inspect(other, limit: 10)}"}
 end

@@ -134,7 +134,8 @@ defmodule Krait.Tensor do
       nbytes = element_count(tensor) * size
 
       if byte_size(npy) - offset >= nbytes do
-        {:ok, %{tensor | data: binary_part(npy, offset, nbytes), fortran_order: fortran == "True"}}
+        {:ok,
+         %{tensor | data: binary_part(npy, offset, nbytes), fortran_order: fortran == "True"}}
       else
         {:error, "npy data is shorter than its shape says"}
       end
@@ -147,7 +148,10 @@ defmodule Krait.Tensor do
   @spec to_npy(t()) :: iodata()
   def to_npy(%__MODULE__{} = t) do
     fortran = if t.fortran_order, do: "True", else: "False"
-    dict = "{'descr': '#{descr(t)}', 'fortran_order': #{fortran}, 'shape': #{format_shape(t.shape)}, }"
+
+    dict =
+      "{'descr': '#{descr(t)}', 'fortran_order': #{fortran}, 'shape': #{format_shape(t.shape)}, }"
+
     # The header is padded with spaces so that the data starts on a 64-byte boundary.
     {version, len_size} = if byte_size(dict) + 12 < 65_536, do: {1, 2}, else: {2, 4}
     unpadded = 6 + 2 + len_size + byte_size(dict) + 1

@@ -12,9 +12,9 @@ defmodule Krait.TestHelpers do
   @spec root() :: String.t()
   def root, do: @root
 
-  @doc "The virtualenv's Python."
+  @doc "The Python to run workers with: `KRAIT_PYTHON`, else the repository's virtualenv."
   @spec python() :: String.t()
-  def python, do: Path.join(@root, ".venv/bin/python")
+  def python, do: System.get_env("KRAIT_PYTHON") || Path.join(@root, ".venv/bin/python")
 
   @doc "Options for a showcase pool, with quick restarts; `overrides` win."
   @spec pool_opts(keyword()) :: keyword()

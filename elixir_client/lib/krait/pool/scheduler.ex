@@ -39,7 +39,8 @@ defmodule Krait.Pool.Scheduler do
 
   ## Client API
 
-  @doc false
+  @doc "Starts the scheduler of a pool, registered under the pool's name (see `Krait.Pool`)."
+  @spec start_link(map()) :: GenServer.on_start()
   def start_link(config) do
     GenServer.start_link(__MODULE__, config, name: config.name)
   end
@@ -189,6 +190,7 @@ defmodule Krait.Pool.Scheduler do
         # The caller died holding a worker: its gRPC stream is cancelled by the connection (which
         # monitors the stream's owner); the worker is free again right now.
         lease = state.leases[ref]
+
         Logger.debug("Krait caller died during a call; worker #{lease.worker_id} returned",
           worker_id: lease.worker_id
         )
@@ -234,14 +236,18 @@ defmodule Krait.Pool.Scheduler do
 
   def handle_info({:restart_slot, slot}, state) do
     s = state.slots[slot]
-    {:noreply, start_worker(%{state | slots: Map.put(state.slots, slot, %{s | timer: nil})}, slot, s.gen + 1)}
+    state = put_in(state.slots[slot], %{s | timer: nil})
+    {:noreply, start_worker(state, slot, s.gen + 1)}
   end
 
   def handle_info(:sweep_sessions, state) do
     cutoff = now() - state.config.session_ttl
 
     sessions =
-      for {id, s} <- state.sessions, s.pending != nil or s.used > cutoff, into: %{}, do: {id, s}
+      for {id, s} <- state.sessions,
+          s.used > cutoff or Map.has_key?(state.leases, s.pending),
+          into: %{},
+          do: {id, s}
 
     schedule_session_sweep(state.config)
     {:noreply, %{state | sessions: sessions}}
@@ -368,7 +374,11 @@ defmodule Krait.Pool.Scheduler do
   defp serve(state, wid) do
     own = Map.get(state.own, wid)
     own_seq = if own, do: elem(:gb_trees.smallest(own), 0)
-    gen_seq = if :gb_trees.is_empty(state.general), do: nil, else: elem(:gb_trees.smallest(state.general), 0)
+
+    gen_seq =
+      if :gb_trees.is_empty(state.general),
+        do: nil,
+        else: elem(:gb_trees.smallest(state.general), 0)
 
     cond do
       own_seq == nil and gen_seq == nil ->
@@ -452,7 +462,8 @@ defmodule Krait.Pool.Scheduler do
     state = %{
       state
       | idle: List.delete(state.idle, wid),
-        leases: Map.put(state.leases, req.ref, %{worker_id: wid, session: req.session, timer: timer})
+        leases:
+          Map.put(state.leases, req.ref, %{worker_id: wid, session: req.session, timer: timer})
     }
 
     state = update_in(state.workers[wid], &%{&1 | status: :busy, lease: req.ref})
@@ -504,7 +515,14 @@ defmodule Krait.Pool.Scheduler do
     wid = "#{config.id_prefix}-#{slot}.#{gen}"
     opts = Map.merge(config.worker, %{worker_id: wid, pool: self()})
     prev = Map.get(state.slots, slot, %{failures: 0, restarts: 0})
-    slot_state = %{worker_id: wid, gen: gen, failures: prev.failures, restarts: prev.restarts, timer: nil}
+
+    slot_state = %{
+      worker_id: wid,
+      gen: gen,
+      failures: prev.failures,
+      restarts: prev.restarts,
+      timer: nil
+    }
 
     case DynamicSupervisor.start_child(config.worker_sup, {config.worker_module, opts}) do
       {:ok, pid} ->
@@ -537,10 +555,19 @@ defmodule Krait.Pool.Scheduler do
   defp worker_down(state, mon, reason) do
     {wid, worker_mons} = Map.pop(state.worker_mons, mon)
     {w, workers} = Map.pop(state.workers, wid)
-    state = %{state | worker_mons: worker_mons, workers: workers, idle: List.delete(state.idle, wid)}
+
+    state = %{
+      state
+      | worker_mons: worker_mons,
+        workers: workers,
+        idle: List.delete(state.idle, wid)
+    }
 
     level = if w.status == :starting, do: :error, else: :warning
-    Logger.log(level, "Krait worker #{wid} exited (#{inspect(reason)}); restarting", worker_id: wid)
+
+    Logger.log(level, "Krait worker #{wid} exited (#{inspect(reason)}); restarting",
+      worker_id: wid
+    )
 
     # The caller holding it gets a transport error from its connection; its checkin will be ignored.
     state =
@@ -559,7 +586,10 @@ defmodule Krait.Pool.Scheduler do
     stable? = w.ready_at != nil and now() - w.ready_at > @stable_after
     slot = state.slots[w.slot]
     failures = if stable?, do: 1, else: slot.failures + 1
-    slots = Map.put(state.slots, w.slot, %{slot | failures: failures, restarts: slot.restarts + 1})
+
+    slots =
+      Map.put(state.slots, w.slot, %{slot | failures: failures, restarts: slot.restarts + 1})
+
     schedule_restart(%{state | slots: slots}, w.slot)
   end
 
@@ -584,14 +614,24 @@ defmodule Krait.Pool.Scheduler do
         state
       end
 
+    # Offer the requeued waiters to the idle workers (serve/2 puts each back in `idle` if unused).
     {idle, state} = {state.idle, %{state | idle: []}}
-    Enum.reduce(idle, state, fn idle_wid, acc -> serve(acc, idle_wid) end)
+
+    Enum.reduce(idle, state, fn idle_wid, acc ->
+      case acc.workers[idle_wid] do
+        %{status: :idle} -> serve(acc, idle_wid)
+        _ -> acc
+      end
+    end)
   end
 
   defp schedule_restart(state, slot) do
     s = state.slots[slot]
     %{backoff_min: min, backoff_max: max} = state.config
-    delay = if s.failures <= 1, do: min, else: Kernel.min(min * Integer.pow(2, s.failures - 1), max)
+
+    delay =
+      if s.failures <= 1, do: min, else: Kernel.min(min * Integer.pow(2, s.failures - 1), max)
+
     timer = Process.send_after(self(), {:restart_slot, slot}, delay)
     put_in(state.slots[slot], %{s | timer: timer})
   end

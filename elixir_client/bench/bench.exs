@@ -1,0 +1,477 @@
+# The Elixir half of Krait's benchmarks: run by scripts/bench (scripts/benchmarks/run.py), which reads
+# the `BENCH {json}` lines this prints and tabulates them beside the Python half and a grpcio baseline.
+#
+#   cd elixir_client && KRAIT_BENCH='{"quick": true}' mix run bench/bench.exs
+#
+# KRAIT_BENCH (JSON) sets the sizes; missing keys take the quick defaults below. Every figure is the
+# median over `runs` repetitions; progress goes to stderr. `"worker_root": "/path"` runs the workers
+# from another checkout (A/B comparisons of Python changes with the same Elixir code).
+Code.require_file("support.exs", __DIR__)
+
+defmodule KraitBench do
+  @moduledoc false
+  alias KraitBench.{Proc, Stats}
+
+  require Logger
+
+  @root Path.expand("../..", __DIR__)
+  @python Path.join(@root, ".venv/bin/python")
+  @adapter "adapters.showcase:ShowcaseAdapter"
+  @mib 1_048_576
+  @cols 1024
+
+  @defaults %{
+    "items" => 20_000,
+    "blobs" => 8,
+    "blob_mb" => 4,
+    "json_batches" => 2,
+    "latency_calls" => 300,
+    "concurrent_streams" => 40,
+    "stream_items" => 200,
+    "cancel_samples" => 5,
+    "slow_chunks" => 24,
+    "pool_sizes" => [1, 4, 8],
+    "runs" => 1,
+    "quick" => true
+  }
+
+  def main do
+    cfg = Map.merge(@defaults, config_from_env())
+    Process.put(:worker_root, cfg["worker_root"] || @root)
+    # Worker output goes through Logger; only failures matter here.
+    Logger.configure(level: :error)
+
+    info("config #{inspect(cfg)}")
+    Process.put(:only, cfg["only"])
+    step("start", fn -> pool_start(cfg) end)
+    step("slow", fn -> slow_consumer(cfg) end)
+
+    with_pool(BenchPool, 1, fn pool ->
+      step("cancel", fn -> cancellation(pool, cfg) end)
+      step("unary", fn -> unary_latency(pool, cfg) end)
+      step("items", fn -> small_items(pool, cfg) end)
+      step("bytes", fn -> large_batches(pool, cfg) end)
+    end)
+
+    with_pool(BenchPool4, 4, fn pool -> step("concurrency", fn -> concurrency(pool, cfg) end) end)
+  end
+
+  defp config_from_env do
+    case System.get_env("KRAIT_BENCH") do
+      nil -> %{}
+      "" -> %{}
+      json -> Krait.JSON.decode!(json)
+    end
+  end
+
+  ## 1. Small chunks into a callback
+
+  defp small_items(pool, %{"items" => items, "runs" => runs}) do
+    rate =
+      Stats.median_of(runs, fn ->
+        {us, count} = Stats.timed(fn -> count_small(pool, items) end)
+        check!(count == items + 1, "stream_small delivered #{count} chunks, expected #{items + 1}")
+        items / (us / 1.0e6)
+      end)
+
+    report(%{ex_items_per_s: rate})
+  end
+
+  # The callback checks order (cheap, like the baseline's JSON decode): the run fails on any gap.
+  defp count_small(pool, items) do
+    Process.put(:bench_next, 0)
+
+    :ok =
+      Krait.execute_stream(
+        "stream_small",
+        %{count: items},
+        fn chunk ->
+          n = Process.get(:bench_next)
+          check!(chunk.seq == n and (chunk.is_final or chunk["i"] == n), "chunk #{n} out of order")
+          Process.put(:bench_next, n + 1)
+        end,
+        pool: pool,
+        timeout: 600_000
+      )
+
+    Process.delete(:bench_next)
+  end
+
+  ## 3. Large float32 batches (npy), and the same data as JSON lists
+
+  defp large_batches(pool, cfg) do
+    %{"blobs" => blobs, "blob_mb" => mb, "json_batches" => json_batches, "runs" => runs} = cfg
+    rows = div(mb * @mib, @cols * 4)
+    total = blobs * rows * @cols * 4
+
+    rate =
+      Stats.median_of(runs, fn ->
+        {us, bytes} = Stats.timed(fn -> array_bytes(pool, blobs, rows, false) end)
+        check!(bytes == total, "stream_arrays delivered #{bytes} bytes, expected #{total}")
+        total / (us / 1.0e6)
+      end)
+
+    # JSON lists of 64 rows per chunk; the rate counts float32-equivalent bytes, as the Python half does.
+    json_rows = 64
+    json_total = json_batches * json_rows * @cols * 4
+    {json_us, _} = Stats.timed(fn -> array_bytes(pool, json_batches, json_rows, true) end)
+
+    report(%{ex_bytes_per_s: rate, ex_json_bytes_per_s: json_total / (json_us / 1.0e6)})
+  end
+
+  defp array_bytes(pool, batches, rows, as_json) do
+    Process.put(:bench_bytes, 0)
+    args = %{batches: batches, batch_rows: rows, cols: @cols, as_json: as_json}
+
+    :ok =
+      Krait.execute_stream(
+        "stream_arrays",
+        args,
+        fn
+          %Krait.Chunk{is_final: true} ->
+            :ok
+
+          %Krait.Chunk{data: %Krait.Tensor{data: data}} ->
+            Process.put(:bench_bytes, Process.get(:bench_bytes) + byte_size(data))
+
+          %Krait.Chunk{data: %{"rows" => list}} ->
+            Process.put(:bench_bytes, Process.get(:bench_bytes) + length(list) * @cols * 4)
+        end,
+        pool: pool,
+        timeout: 600_000
+      )
+
+    Process.delete(:bench_bytes)
+  end
+
+  ## 4. Unary latency: the pool, Krait's channel alone, and grpcio, against the same worker
+
+  @unary_path "/krait.v1.ToolWorker/ExecuteTool"
+
+  defp unary_latency(pool, %{"latency_calls" => calls, "runs" => runs}) do
+    {conn, target} = worker_conn(pool)
+
+    request =
+      Krait.Proto.ExecuteToolRequest.encode(%Krait.Proto.ExecuteToolRequest{
+        tool_name: "add",
+        args_json: ~s({"a": 1, "b": 2})
+      })
+
+    via_pool = fn -> {:ok, 3.0} = Krait.execute("add", %{a: 1, b: 2}, pool: pool, timeout: 10_000) end
+
+    via_conn = fn ->
+      {:ok, _} = Krait.GRPC.Connection.unary(conn, @unary_path, request, timeout: 10_000)
+    end
+
+    for _ <- 1..200, do: via_pool.() && via_conn.()
+
+    # Interleaved per run, so that drift of the machine hits the three alike.
+    result =
+      Stats.median_of(runs, fn ->
+        pool_us = samples(calls, via_pool)
+        conn_us = samples(calls, via_conn)
+        grpcio = grpcio_latency(target, calls)
+
+        %{
+          ex_unary_p50_us: Stats.percentile(pool_us, 50),
+          ex_unary_p99_us: Stats.percentile(pool_us, 99),
+          ex_conn_unary_p50_us: Stats.percentile(conn_us, 50),
+          ex_conn_unary_p99_us: Stats.percentile(conn_us, 99),
+          grpcio_unary_p50_us: grpcio["p50"],
+          grpcio_unary_p99_us: grpcio["p99"]
+        }
+      end)
+
+    report(result)
+  end
+
+  defp samples(n, fun), do: for(_ <- 1..n, do: elem(Stats.timed(fun), 0))
+
+  # The worker's gRPC connection and address: the pool hands them out in a lease.
+  defp worker_conn(pool) do
+    {:ok, lease} = Krait.Pool.Scheduler.checkout(pool, nil, :hint, :infinity)
+    Krait.Pool.Scheduler.checkin(lease)
+    {:ok, {ip, port}} = :inet.peername(:sys.get_state(lease.conn).socket)
+    {lease.conn, "#{:inet.ntoa(ip)}:#{port}"}
+  end
+
+  # grpcio's own client (scripts/benchmarks/raw_grpc.py) calling the same tool on the same worker.
+  defp grpcio_latency(target, calls) do
+    args = ["-m", "scripts.benchmarks.raw_grpc", "latency", target, Integer.to_string(calls)]
+    {out, 0} = System.cmd(@python, args, cd: Process.get(:worker_root))
+    out |> String.split("\n", trim: true) |> List.last() |> Krait.JSON.decode!()
+  end
+
+  ## 5. Pool start
+
+  defp pool_start(%{"pool_sizes" => sizes, "runs" => runs}) do
+    # A first start warms the page cache (Python's bytecode files), as on any machine that started
+    # Python before.
+    start_ready(BenchStart, 1)
+
+    result =
+      Map.new(sizes, fn size ->
+        ms =
+          Stats.median_of(runs, fn ->
+            {ms, _} = start_ready(BenchStart, size)
+            ms
+          end)
+
+        {:"ex_pool_start_#{size}_ms", ms}
+      end)
+
+    cpu = Stats.median_of(runs, fn -> elem(start_ready(BenchStart, 1), 1) end)
+    cores = System.schedulers_online()
+
+    report(
+      Map.merge(result, %{
+        ex_worker_cpu_ms: cpu,
+        ex_pool_start_8_ideal_ms: max(8 * cpu / cores, result[:ex_pool_start_1_ms] || 0),
+        cores: cores
+      })
+    )
+  end
+
+  # ms until every worker is ready, and the first worker's CPU time by then.
+  defp start_ready(name, size) do
+    started = System.monotonic_time(:microsecond)
+    {:ok, _} = Krait.Pool.start_link(pool_opts(name, size))
+    :ok = Krait.Pool.await_ready(name, 120_000)
+    ms = (System.monotonic_time(:microsecond) - started) / 1000
+    [worker | _] = Krait.Pool.stats(name).workers
+    cpu = Proc.cpu_ms(worker.os_pid)
+    Krait.Pool.stop(name)
+    {ms, cpu}
+  end
+
+  ## 6. Concurrency: many streams queued on a small pool
+
+  defp concurrency(pool, %{"concurrent_streams" => n, "stream_items" => items, "runs" => runs}) do
+    result =
+      Stats.median_of(runs, fn ->
+        origin = System.monotonic_time(:microsecond)
+
+        outcomes =
+          1..n
+          |> Enum.map(fn _ -> Task.async(fn -> one_stream(pool, items, origin) end) end)
+          |> Task.await_many(600_000)
+
+        firsts = for {:ok, first_us, _} <- outcomes, do: first_us / 1000
+        intact = Enum.all?(outcomes, &match?({:ok, _, ^items}, &1))
+
+        %{
+          ex_concurrency_p50_first_ms: Stats.percentile(firsts, 50),
+          ex_concurrency_p99_first_ms: Stats.percentile(firsts, 99),
+          ex_concurrency_total_ms: (System.monotonic_time(:microsecond) - origin) / 1000,
+          ex_concurrency_ok: if(intact and length(firsts) == n, do: 1, else: 0)
+        }
+      end)
+
+    report(result)
+  end
+
+  # {:ok, µs from origin to the first chunk, data chunks received in order} or {:error, reason}.
+  defp one_stream(pool, items, origin) do
+    Process.put(:next, 0)
+
+    result =
+      Krait.execute_stream(
+        "stream_small",
+        %{count: items},
+        fn chunk ->
+          n = Process.get(:next)
+
+          if n == 0, do: Process.put(:first, System.monotonic_time(:microsecond) - origin)
+
+          # A lost or reordered chunk stops counting, so the total comes out wrong.
+          if chunk.seq == n and (chunk.is_final or chunk["i"] == n),
+            do: Process.put(:next, n + 1)
+        end,
+        pool: pool,
+        timeout: 600_000
+      )
+
+    case result do
+      :ok -> {:ok, Process.get(:first), Process.get(:next) - 1}
+      error -> error
+    end
+  end
+
+  ## 7. Cancellation: the caller dies, the generator's finally runs
+
+  defp cancellation(pool, %{"cancel_samples" => n}) do
+    # A pacing stream (waits between yields) and a busy one (yields as fast as it can, so it sits
+    # blocked on a full buffer): the two places a generator can be when its caller dies.
+    paced = for i <- 1..n, do: cancel_once(pool, 10, "paced-#{i}")
+    busy = for i <- 1..n, do: cancel_once(pool, 0, "busy-#{i}")
+
+    report(%{
+      ex_cancel_p50_ms: Stats.percentile(paced, 50),
+      ex_cancel_p99_ms: Stats.percentile(paced, 99),
+      ex_cancel_busy_p99_ms: Stats.percentile(busy, 99)
+    })
+  end
+
+  defp cancel_once(pool, interval_ms, tag) do
+    parent = self()
+    tag = "#{tag}-#{System.unique_integer([:positive])}"
+    args = %{interval_ms: interval_ms, tag: tag}
+
+    caller =
+      spawn(fn ->
+        Krait.execute_stream("endless_stream", args, fn _ -> send(parent, {:tick, tag}) end,
+          pool: pool
+        )
+      end)
+
+    receive do
+      {:tick, ^tag} -> :ok
+    after
+      10_000 -> raise "endless_stream did not start"
+    end
+
+    # Die at a random point between two yields.
+    Process.sleep(:rand.uniform(15))
+    killed_at = System.os_time(:microsecond)
+    Process.exit(caller, :kill)
+    flush_ticks(tag)
+    finally_at = await_event(pool, tag, "finally", 100)
+    (finally_at * 1.0e6 - killed_at) / 1000
+  end
+
+  defp flush_ticks(tag) do
+    receive do
+      {:tick, ^tag} -> flush_ticks(tag)
+    after
+      0 -> :ok
+    end
+  end
+
+  defp await_event(_pool, tag, _key, 0), do: raise("no 'finally' recorded for #{tag}")
+
+  defp await_event(pool, tag, key, tries) do
+    case Krait.execute("stream_events", %{tag: tag}, pool: pool, timeout: 10_000) do
+      {:ok, %{^key => at}} ->
+        at
+
+      _ ->
+        Process.sleep(5)
+        await_event(pool, tag, key, tries - 1)
+    end
+  end
+
+  ## 8. Memory: a consumer 10x slower than the producer
+
+  defp slow_consumer(%{"slow_chunks" => chunks}) do
+    rows = div(@mib, @cols * 4)
+
+    with_pool(BenchSlow, 1, fn pool ->
+      [%{os_pid: worker_os}] = Krait.Pool.stats(pool).workers
+      beam_os = String.to_integer(System.pid())
+
+      # The producer's pace, with a consumer that keeps up.
+      {fast_us, _} = Stats.timed(fn -> array_bytes(pool, chunks, rows, false) end)
+      delay_us = 10 * fast_us / chunks
+      delay_ms = max(1, round(delay_us / 1000))
+
+      :erlang.garbage_collect()
+      base = %{worker: Proc.status_mb(worker_os, "VmRSS"), beam: Proc.status_mb(beam_os, "VmRSS")}
+      reset? = Proc.reset_peak(worker_os) and Proc.reset_peak(beam_os)
+      sampler = start_sampler([worker_os, beam_os])
+
+      {slow_us, _} =
+        Stats.timed(fn ->
+          :ok =
+            Krait.execute_stream(
+              "stream_arrays",
+              %{batches: chunks, batch_rows: rows, cols: @cols},
+              fn _chunk -> Process.sleep(delay_ms) end,
+              pool: pool,
+              timeout: 600_000
+            )
+        end)
+
+      sampled = stop_sampler(sampler)
+
+      peak = fn os_pid ->
+        hwm = if reset?, do: Proc.status_mb(os_pid, "VmHWM"), else: 0
+        max(hwm || 0, sampled[os_pid] || 0)
+      end
+
+      report(%{
+        ex_slow_worker_rss_mb: peak.(worker_os),
+        ex_slow_beam_rss_mb: peak.(beam_os),
+        ex_slow_worker_base_mb: base.worker,
+        ex_slow_beam_base_mb: base.beam,
+        ex_slow_streamed_mb: chunks,
+        ex_slow_ratio: slow_us / fast_us
+      })
+    end)
+  end
+
+  # Samples VmRSS of the processes every 10 ms (a fallback for kernels without clear_refs).
+  defp start_sampler(os_pids) do
+    parent = self()
+    spawn_link(fn -> sample_loop(parent, os_pids, %{}) end)
+  end
+
+  defp sample_loop(parent, os_pids, peaks) do
+    peaks =
+      Map.new(os_pids, fn pid ->
+        {pid, max(peaks[pid] || 0, Proc.status_mb(pid, "VmRSS") || 0)}
+      end)
+
+    receive do
+      {:stop, ^parent} -> send(parent, {:peaks, self(), peaks})
+    after
+      10 -> sample_loop(parent, os_pids, peaks)
+    end
+  end
+
+  defp stop_sampler(pid) do
+    send(pid, {:stop, self()})
+
+    receive do
+      {:peaks, ^pid, peaks} -> peaks
+    end
+  end
+
+  ## Helpers
+
+  defp pool_opts(name, size) do
+    [name: name, adapter: @adapter, size: size, python: @python, cwd: Process.get(:worker_root)]
+  end
+
+  defp with_pool(name, size, fun) do
+    {:ok, _} = Krait.Pool.start_link(pool_opts(name, size))
+    :ok = Krait.Pool.await_ready(name, 120_000)
+
+    try do
+      fun.(name)
+    after
+      Krait.Pool.stop(name)
+    end
+  end
+
+  defp check!(true, _message), do: :ok
+  defp check!(false, message), do: raise(message)
+
+  defp report(map) do
+    rounded = Map.new(map, fn {k, v} -> {k, if(is_float(v), do: Float.round(v, 3), else: v)} end)
+    IO.puts("BENCH " <> IO.iodata_to_binary(Krait.JSON.encode!(rounded)))
+  end
+
+  # `"only": ["items", "bytes"]` in KRAIT_BENCH runs just those steps.
+  defp step(name, fun) do
+    only = Process.get(:only)
+
+    if only == nil or name in only do
+      {us, _} = Stats.timed(fun)
+      info("#{name}: #{round(us / 1000)} ms")
+    end
+  end
+
+  defp info(message), do: IO.puts(:stderr, "[bench] " <> message)
+end
+
+KraitBench.main()

@@ -1,0 +1,190 @@
+# Krait demo: Elixir calling Python tools in supervised worker processes, streaming live.
+#
+#   cd elixir_client && mix run examples/demo.exs
+#
+# KRAIT_PYTHON overrides the Python executable (default: the repository's .venv/bin/python).
+require Logger
+
+# Worker logs (Python's own lines too) go through Logger with the worker id; keep the demo's output clean.
+Logger.configure(level: :critical)
+
+root = Path.expand("../..", __DIR__)
+python = System.get_env("KRAIT_PYTHON") || Path.join(root, ".venv/bin/python")
+
+defmodule Demo do
+  def section(title), do: IO.puts(["\n", IO.ANSI.format([:bright, "== #{title}"])])
+
+  # On a terminal, progress redraws one line; piped, it prints a line per update.
+  def live(text) do
+    if IO.ANSI.enabled?(), do: IO.write("\r\e[K" <> text), else: IO.puts(text)
+  end
+
+  def line_start, do: if(IO.ANSI.enabled?(), do: "\r\e[K", else: "")
+
+  def bar(percent) do
+    filled = round(percent / 5)
+    "[" <> String.duplicate("#", filled) <> String.duplicate(".", 20 - filled) <> "]"
+  end
+
+  def ms(fun) do
+    started = System.monotonic_time(:millisecond)
+    result = fun.()
+    {result, System.monotonic_time(:millisecond) - started}
+  end
+end
+
+pool_opts = [adapter: "adapters.showcase:ShowcaseAdapter", size: 2, python: python, cwd: root]
+{:ok, _} = Supervisor.start_link([{Krait.Pool, pool_opts}], strategy: :one_for_one)
+
+{:ok, ready_ms} = Demo.ms(fn -> Krait.Pool.await_ready(Krait.Pool, 30_000) end)
+
+Demo.section(
+  "A pool of 2 Python workers (adapters.showcase:ShowcaseAdapter), ready in #{ready_ms} ms"
+)
+
+for w <- Krait.Pool.stats().workers, do: IO.puts("  worker #{w.id}  os pid #{w.os_pid}")
+
+Demo.section("Krait.execute_stream: live progress, one callback per chunk, in order")
+
+:ok =
+  Krait.execute_stream("stream_progress", %{steps: 10, delay_ms: 150}, fn chunk ->
+    if chunk.is_final do
+      meta = chunk.metadata
+
+      IO.puts(
+        "#{Demo.line_start()}  done in #{meta["execution_time_ms"]} ms on #{meta["worker_id"]}"
+      )
+    else
+      progress = "step #{chunk["step"]}/#{chunk["total"]} #{Demo.bar(chunk["progress"])}"
+      Demo.live("  #{progress} #{round(chunk["progress"])}%")
+    end
+  end)
+
+Demo.section("The issue's example")
+
+:ok =
+  Krait.execute_stream("stream_progress", %{steps: 5}, fn chunk ->
+    IO.inspect(chunk["progress"])
+  end)
+
+IO.puts("  (the last value is the stream's final chunk, which carries metadata but no payload)")
+
+Demo.section("Krait.stream: a lazy Enumerable; Enum.take/2 cancels the endless tool")
+
+Krait.stream("endless_stream", %{interval_ms: 100})
+|> Stream.map(& &1["tick"])
+|> Enum.take(5)
+|> IO.inspect(label: "  ticks")
+
+Demo.section("NumPy chunks arrive as tensors (dtype, shape, raw binary)")
+
+:ok =
+  Krait.execute_stream("stream_arrays", %{batches: 3, batch_rows: 256, cols: 256}, fn
+    %{data: %Krait.Tensor{} = t} ->
+      IO.puts("  tensor #{t.dtype} #{inspect(t.shape)} (#{byte_size(t.data)} bytes)")
+
+    _final ->
+      :ok
+  end)
+
+Demo.section("Unary calls, arrays as arguments, Python errors")
+IO.inspect(Krait.execute("add", %{a: 2, b: 3}), label: "  add(2, 3)")
+values = Krait.Tensor.from_list([1.0, 2.0, 3.5], :float32)
+IO.inspect(Krait.execute("array_stats", %{values: values}), label: "  array_stats")
+{:error, error} = Krait.execute("fail", %{message: "epochs must be > 0"})
+IO.puts("  fail -> #{Exception.message(error)}")
+
+Demo.section("Sessions keep state on their worker")
+
+for _ <- 1..3 do
+  {:ok, r} = Krait.execute("session_counter", %{}, session_id: "demo-session")
+  IO.puts("  session demo-session: call #{r["count"]} on #{r["worker_id"]}")
+end
+
+Demo.section("Timeouts reach Python too")
+{{:error, e}, t} = Demo.ms(fn -> Krait.execute("slow_tool", %{seconds: 30}, timeout: 500) end)
+IO.puts("  slow_tool(30 s) with timeout 500 ms -> #{e.category} after #{t} ms")
+
+Demo.section("Throughput: small JSON chunks into an Elixir callback")
+n = 200_000
+{:ok, t} = Demo.ms(fn -> Krait.execute_stream("stream_small", %{count: n}, fn _ -> :ok end) end)
+IO.puts("  #{n} chunks in #{t} ms: #{round(n * 1000 / max(t, 1))} chunks/s")
+
+Demo.section("A worker killed with SIGKILL mid-stream is replaced")
+test = self()
+
+task =
+  Task.async(fn ->
+    Krait.execute_stream("endless_stream", %{interval_ms: 20}, fn _ -> send(test, :tick) end)
+  end)
+
+receive do: (:tick -> :ok)
+%{os_pid: victim} = Enum.find(Krait.Pool.stats().workers, &(&1.status == :busy))
+System.cmd("kill", ["-KILL", Integer.to_string(victim)])
+{:error, e} = Task.await(task)
+IO.puts("  killed os pid #{victim}: the caller got #{inspect(e.category)} (#{e.message})")
+Krait.Pool.await_ready(Krait.Pool, 30_000)
+
+for w <- Krait.Pool.stats().workers,
+    do: IO.puts("  worker #{w.id}  os pid #{w.os_pid}  restarts #{w.restarts}")
+
+# The ML adapter, if this checkout has it: its training tool streams epochs.
+if File.exists?(Path.join(root, "adapters/ml")) do
+  Demo.section("adapters.ml:MLAdapter: training with live epochs")
+  ml_opts = [name: Demo.ML, adapter: "adapters.ml:MLAdapter", size: 1, python: python, cwd: root]
+  {:ok, _} = Supervisor.start_link([{Krait.Pool, ml_opts}], strategy: :one_for_one)
+  :ok = Krait.Pool.await_ready(Demo.ML, 60_000)
+  {:ok, tools} = Krait.list_tools(pool: Demo.ML)
+
+  names = Enum.map(tools, & &1.name)
+  IO.puts("  tools: #{Enum.join(names, ", ")}")
+
+  if "train_model" in names do
+    # A session keeps the trained model on its worker for the calls that follow.
+    opts = [pool: Demo.ML, session_id: "demo-ml"]
+
+    result =
+      Krait.execute_stream(
+        "train_model",
+        %{epochs: 10},
+        fn chunk ->
+          case chunk["type"] do
+            "progress" ->
+              IO.puts(
+                "  Epoch #{chunk["epoch"]}/#{chunk["epochs"]}: loss=#{Float.round(chunk["loss"], 4)} " <>
+                  "acc=#{Float.round(chunk["accuracy"], 4)} val_acc=#{Float.round(chunk["val_accuracy"], 4)}"
+              )
+
+            "complete" ->
+              IO.puts(
+                "  Training complete! model #{chunk["model_id"]}, #{chunk["parameters"]} parameters"
+              )
+
+              send(self(), {:model, chunk["model_id"]})
+
+            _ ->
+              :ok
+          end
+        end,
+        opts
+      )
+
+    IO.puts("  -> #{inspect(result)}")
+
+    receive do
+      {:model, model_id} when is_binary(model_id) ->
+        case Krait.execute("evaluate", %{model_id: model_id}, opts) do
+          {:ok, %{"accuracy" => acc}} ->
+            IO.puts("  evaluate(#{model_id}): held-out accuracy #{Float.round(acc, 4)}")
+
+          other ->
+            IO.puts("  evaluate: #{inspect(other, limit: 5)}")
+        end
+    after
+      0 -> :ok
+    end
+  end
+end
+
+Demo.section("Pool stats")
+IO.inspect(Map.delete(Krait.Pool.stats(), :workers), label: "  stats")

@@ -1,0 +1,99 @@
+defmodule Krait do
+  @moduledoc """
+  Call Python tools from Elixir. Tools run in Python worker processes (see `Krait.Pool`) and answer
+  over gRPC; a streaming tool's every yielded value reaches the caller as a `Krait.Chunk`, in order, as
+  soon as it exists.
+
+      children = [{Krait.Pool, adapter: "adapters.ml:MLAdapter", size: 4, python: ".venv/bin/python"}]
+      Supervisor.start_link(children, strategy: :one_for_one)
+
+      {:ok, 5} = Krait.execute("add", %{a: 2, b: 3})
+
+      :ok =
+        Krait.execute_stream("train_model", %{epochs: 10}, fn chunk ->
+          IO.puts("Epoch \#{chunk["epoch"]}")
+        end)
+
+      Krait.stream("stream_numbers", %{count: 100}) |> Enum.take(3)
+
+  ## Options (all calls)
+
+    * `:pool` - the pool's name, default `Krait.Pool`.
+    * `:timeout` - ms for the whole call, waiting for a worker included, default 300_000, or
+      `:infinity`. The deadline travels to Python (`grpc-timeout`), so the tool stops too; time
+      spent in stream callbacks counts as well (a worker still held well after the deadline is
+      taken back by the pool, see `Krait.Pool`'s `:lease_grace`).
+    * `:session_id` - keeps the call on the session's worker (the session's state lives there).
+    * `:affinity` - what to do when the session's worker is busy: `:hint` (default) runs the call on
+      another free worker; `:strict_queue` waits for the session's worker; `:strict_fail_fast`
+      returns a `:worker_busy` error at once. The strict modes return `:session_worker_unavailable`
+      when the session's worker has died; `:hint` then moves the session to another worker.
+      While a session's very first call runs, its other calls wait for the same worker in every mode.
+    * `:metadata` - a map of strings passed to the tool's context.
+
+  ## Arguments
+
+  A map (or keyword list) of arguments. Values are sent as JSON, except top-level `%Krait.Tensor{}`
+  values (sent as NumPy `.npy`) and `{:binary, bytes}` values (raw bytes).
+
+  ## Errors
+
+  Failures are `{:error, %Krait.Error{}}`; see `Krait.Error` for the categories.
+  """
+
+  @typedoc "Call options: see the module documentation."
+  @type option ::
+          {:pool, GenServer.server()}
+          | {:timeout, timeout()}
+          | {:session_id, String.t() | nil}
+          | {:affinity, :hint | :strict_queue | :strict_fail_fast}
+          | {:metadata, %{optional(String.t()) => String.t()}}
+
+  @typedoc "Tool arguments."
+  @type args :: map() | keyword()
+
+  @doc """
+  Runs a unary tool and returns its value (decoded per its content type, see `Krait.Payload`).
+
+      {:ok, 5} = Krait.execute("add", %{a: 2, b: 3}, pool: MyPool)
+  """
+  @spec execute(String.t(), args(), [option()]) :: {:ok, term()} | {:error, Krait.Error.t()}
+  def execute(tool, args \\ %{}, opts \\ []), do: Krait.Call.execute(tool, args, opts)
+
+  @doc """
+  Runs a streaming tool and calls `callback` with each `Krait.Chunk`: synchronously, in order, once
+  per chunk, in the calling process. Returns `:ok` once the final chunk has been handled.
+
+  If the callback raises, throws or exits, the call is cancelled on the worker and
+  `{:error, %Krait.Error{category: :callback}}` is returned.
+  """
+  @spec execute_stream(String.t(), args(), (Krait.Chunk.t() -> any()), [option()]) ::
+          :ok | {:error, Krait.Error.t()}
+  def execute_stream(tool, args, callback, opts \\ []),
+    do: Krait.Call.execute_stream(tool, args, callback, opts)
+
+  @doc """
+  A lazy stream of a streaming tool's `Krait.Chunk`s. The call starts when enumeration starts; halting
+  early (`Enum.take/2`, `Stream.take_while/2`...) cancels it on the worker. Failures raise
+  `Krait.Error`. The `:timeout` covers the whole enumeration.
+
+      Krait.stream("stream_numbers", %{count: 1_000}) |> Stream.map(& &1["number"]) |> Enum.take(5)
+  """
+  @spec stream(String.t(), args(), [option()]) :: Enumerable.t()
+  def stream(tool, args \\ %{}, opts \\ []), do: Krait.Call.stream(tool, args, opts)
+
+  @doc """
+  The tools of the pool's adapter, as one of its workers reports them:
+  `[%{name: "add", description: "...", streaming: false, parameters: json_schema_map}]`.
+  Accepts `:pool` and `:timeout`.
+  """
+  @spec list_tools([option()]) :: {:ok, [map()]} | {:error, Krait.Error.t()}
+  def list_tools(opts \\ []), do: Krait.Call.list_tools(opts)
+
+  @doc """
+  Ends a session: drops its state on its worker (`CleanupSession`) and its binding in the pool.
+  Accepts `:pool` and `:timeout`.
+  """
+  @spec end_session(String.t(), [option()]) :: :ok | {:error, Krait.Error.t()}
+  def end_session(session_id, opts \\ []), do: Krait.Call.end_session(session_id, opts)
+end

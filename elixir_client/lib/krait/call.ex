@@ -1,0 +1,525 @@
+defmodule Krait.Call do
+  @moduledoc """
+  Runs one call in the caller's process: validates options, encodes the request, checks a worker out,
+  talks to the worker's gRPC connection directly, decodes what comes back and, for streams, hands each
+  chunk to the callback. The pool process only hands workers out and takes them back, so decoding
+  and callbacks of concurrent calls run in parallel, in their callers.
+
+  Streams use `ExecuteStreamingToolBatched`: each gRPC message carries many chunks. Each delivery from
+  the connection is acknowledged as soon as it is taken from the mailbox, so the network keeps moving
+  while callbacks run, and at most one flow-control window of data waits in the mailbox.
+  """
+
+  alias Krait.{Chunk, Error, Payload}
+  alias Krait.GRPC.Connection
+  alias Krait.Pool.{Lease, Scheduler}
+
+  @unary_path "/krait.v1.ToolWorker/ExecuteTool"
+  @stream_path "/krait.v1.ToolWorker/ExecuteStreamingToolBatched"
+  @cleanup_path "/krait.v1.ToolWorker/CleanupSession"
+  @list_tools_path "/krait.v1.ToolWorker/ListTools"
+
+  @default_timeout 300_000
+  @affinities [:hint, :strict_queue, :strict_fail_fast]
+
+  @typedoc false
+  @type options :: %{
+          pool: GenServer.server(),
+          timeout: timeout(),
+          deadline: integer() | :infinity,
+          session_id: String.t() | nil,
+          affinity: Scheduler.affinity(),
+          metadata: %{optional(String.t()) => String.t()}
+        }
+
+  ## Entry points (see Krait for the documentation)
+
+  @doc false
+  @spec execute(String.t(), term(), keyword()) :: {:ok, term()} | {:error, Error.t()}
+  def execute(tool, args, opts) do
+    with {:ok, o} <- options(opts),
+         {:ok, request} <- build_request(tool, args, o) do
+      with_lease(o, fn lease -> unary(lease, @unary_path, request, o, tool) end)
+    end
+  end
+
+  @doc false
+  @spec execute_stream(String.t(), term(), (Chunk.t() -> any()), keyword()) ::
+          :ok | {:error, Error.t()}
+  def execute_stream(tool, args, callback, opts) when is_function(callback, 1) do
+    with {:ok, o} <- options(opts),
+         {:ok, request} <- build_request(tool, args, o) do
+      with_lease(o, fn lease ->
+        with {:ok, s} <- open(lease, @stream_path, request, o, tool) do
+          stream_loop(s, callback, o)
+        end
+      end)
+    end
+  end
+
+  def execute_stream(_tool, _args, callback, _opts),
+    do:
+      {:error,
+       Error.new(
+         :invalid_argument,
+         "callback must be a 1-arity function, got: #{inspect(callback)}"
+       )}
+
+  @doc false
+  @spec stream(String.t(), term(), keyword()) :: Enumerable.t()
+  def stream(tool, args, opts) do
+    # Options and arguments are checked now; the deadline starts when enumeration starts.
+    {o, request} =
+      with {:ok, o} <- options(opts),
+           {:ok, request} <- build_request(tool, args, o) do
+        {o, request}
+      else
+        {:error, error} -> raise error
+      end
+
+    Stream.resource(
+      fn -> lazy_start(tool, request, o) end,
+      &lazy_next/1,
+      &lazy_after/1
+    )
+  end
+
+  @doc false
+  @spec end_session(String.t(), keyword()) :: :ok | {:error, Error.t()}
+  def end_session(session_id, opts) do
+    with {:ok, o} <- options(Keyword.merge(opts, session_id: session_id, affinity: :strict_queue)) do
+      request =
+        Krait.Proto.CleanupSessionRequest.encode(%Krait.Proto.CleanupSessionRequest{
+          session_id: o.session_id
+        })
+
+      result =
+        case with_lease(o, fn lease -> unary_raw(lease, @cleanup_path, request, o, nil) end) do
+          {:ok, _} ->
+            :ok
+
+          # Its worker is gone, and the session's state with it.
+          {:error, %Error{category: :pool, details: %{reason: :session_worker_unavailable}}} ->
+            :ok
+
+          {:error, _} = error ->
+            error
+        end
+
+      Scheduler.forget_session(o.pool, o.session_id)
+      result
+    end
+  end
+
+  @doc false
+  @spec list_tools(keyword()) :: {:ok, [map()]} | {:error, Error.t()}
+  def list_tools(opts) do
+    with {:ok, o} <- options(opts) do
+      request = Krait.Proto.ListToolsRequest.encode(%Krait.Proto.ListToolsRequest{})
+
+      with_lease(o, fn lease ->
+        ctx = %{worker_id: lease.worker_id}
+
+        with {:ok, payload} <- unary_raw(lease, @list_tools_path, request, o, nil),
+             {:ok, response} <- decode_message(Krait.Proto.ListToolsResponse, payload, ctx) do
+          {:ok, Enum.map(response.tools, &tool_info/1)}
+        end
+      end)
+    end
+  end
+
+  defp tool_info(info) do
+    schema =
+      case Krait.JSON.decode(info.parameters_schema_json) do
+        {:ok, schema} -> schema
+        {:error, _} -> %{}
+      end
+
+    %{
+      name: info.name,
+      description: info.description,
+      streaming: info.supports_streaming,
+      parameters: schema
+    }
+  end
+
+  ## Options and request
+
+  @doc false
+  @spec options(keyword()) :: {:ok, options()} | {:error, Error.t()}
+  def options(opts) when is_list(opts) do
+    timeout = Keyword.get(opts, :timeout, @default_timeout)
+    affinity = Keyword.get(opts, :affinity, :hint)
+    session = Keyword.get(opts, :session_id)
+    metadata = Keyword.get(opts, :metadata, %{})
+
+    cond do
+      not (timeout == :infinity or (is_integer(timeout) and timeout > 0)) ->
+        invalid(
+          "option :timeout must be a positive integer (ms) or :infinity, got: #{inspect(timeout)}"
+        )
+
+      affinity not in @affinities ->
+        invalid(
+          "option :affinity must be one of #{inspect(@affinities)}, got: #{inspect(affinity)}"
+        )
+
+      not (is_nil(session) or is_binary(session) or is_atom(session) or is_integer(session)) ->
+        invalid("option :session_id must be a string, got: #{inspect(session)}")
+
+      not is_map(metadata) ->
+        invalid("option :metadata must be a map of strings, got: #{inspect(metadata)}")
+
+      true ->
+        {:ok,
+         %{
+           pool: Keyword.get(opts, :pool, Krait.Pool),
+           timeout: timeout,
+           deadline: if(timeout == :infinity, do: :infinity, else: now() + timeout),
+           session_id: if(is_nil(session) or session == "", do: nil, else: to_string(session)),
+           affinity: affinity,
+           metadata: Map.new(metadata, fn {k, v} -> {to_string(k), to_string(v)} end)
+         }}
+    end
+  end
+
+  def options(opts), do: invalid("options must be a keyword list, got: #{inspect(opts)}")
+
+  defp build_request(tool, args, o) when is_binary(tool) or is_atom(tool) do
+    case Payload.encode_args(args) do
+      {:ok, json, binaries} ->
+        request = %Krait.Proto.ExecuteToolRequest{
+          tool_name: to_string(tool),
+          session_id: o.session_id || "",
+          args_json: IO.iodata_to_binary(json),
+          metadata: o.metadata,
+          binary_args:
+            Map.new(binaries, fn {name, {data, ct}} ->
+              {name, %Krait.Proto.Blob{data: IO.iodata_to_binary(data), content_type: ct}}
+            end)
+        }
+
+        {:ok, Krait.Proto.ExecuteToolRequest.encode(request)}
+
+      {:error, message} ->
+        invalid(message)
+    end
+  end
+
+  defp build_request(tool, _args, _o),
+    do: invalid("tool name must be a string, got: #{inspect(tool)}")
+
+  defp invalid(message), do: {:error, Error.new(:invalid_argument, message)}
+
+  ## Leases
+
+  defp with_lease(o, fun) do
+    case Scheduler.checkout(o.pool, o.session_id, o.affinity, o.deadline) do
+      {:ok, lease} ->
+        try do
+          fun.(lease)
+        after
+          Scheduler.checkin(lease)
+        end
+
+      {:error, reason} ->
+        {:error, Error.pool(reason, %{pool: o.pool})}
+    end
+  end
+
+  ## One gRPC stream on the leased worker
+
+  defp open(%Lease{conn: conn} = lease, path, request, o, tool) do
+    ctx = %{worker_id: lease.worker_id, tool_name: tool && to_string(tool)}
+
+    case remaining(o.deadline) do
+      0 ->
+        {:error, timeout_error(o, ctx)}
+
+      remaining ->
+        mon = Process.monitor(conn)
+        timeout_opt = if remaining == :infinity, do: [], else: [timeout: remaining]
+        stream_opts = [owner: self(), metadata: %{}] ++ timeout_opt
+
+        try do
+          Connection.start_stream(conn, path, request, stream_opts)
+        catch
+          :exit, _ -> {:error, :noproc}
+        end
+        |> case do
+          {:ok, ref} ->
+            {:ok, %{ref: ref, conn: conn, mon: mon, ctx: ctx}}
+
+          {:error, :noproc} ->
+            Process.demonitor(mon, [:flush])
+            {:error, worker_error(ctx)}
+
+          {:error, grpc_error} ->
+            Process.demonitor(mon, [:flush])
+            {:error, Error.from_grpc(grpc_error, ctx)}
+        end
+    end
+  end
+
+  defp stream_loop(%{ref: ref, conn: conn, mon: mon} = s, callback, o) do
+    receive do
+      {:krait_grpc, ^ref, {:messages, payloads, bytes}} ->
+        Connection.ack(conn, ref, bytes)
+
+        case deliver(payloads, callback, s.ctx, o.deadline) do
+          :ok ->
+            stream_loop(s, callback, o)
+
+          :deadline ->
+            cancel(s)
+            {:error, timeout_error(o, s.ctx)}
+
+          {:error, _} = error ->
+            cancel(s)
+            error
+        end
+
+      {:krait_grpc, ^ref, {:done, result}} ->
+        Process.demonitor(mon, [:flush])
+        done_result(result, s.ctx)
+
+      {:DOWN, ^mon, :process, _, _} ->
+        flush(ref)
+        {:error, worker_error(s.ctx)}
+    after
+      remaining(o.deadline) ->
+        cancel(s)
+        {:error, timeout_error(o, s.ctx)}
+    end
+  end
+
+  defp done_result(:ok, _ctx), do: :ok
+  defp done_result({:error, grpc_error}, ctx), do: {:error, Error.from_grpc(grpc_error, ctx)}
+
+  defp unary(lease, path, request, o, tool) do
+    with {:ok, payload} <- unary_raw(lease, path, request, o, tool) do
+      ctx = %{worker_id: lease.worker_id, tool_name: to_string(tool)}
+
+      case decode_message(Krait.Proto.ExecuteToolResponse, payload, ctx) do
+        {:ok, %{data: data, content_type: ct}} ->
+          case Payload.decode(data, ct) do
+            {:ok, value} -> {:ok, value}
+            {:error, message} -> {:error, Error.new(:protocol, message, ctx)}
+          end
+
+        error ->
+          error
+      end
+    end
+  end
+
+  # A unary RPC, run as a stream so that it is cancelled like one: on timeout, and by the connection
+  # when the caller dies.
+  defp unary_raw(lease, path, request, o, tool) do
+    with {:ok, s} <- open(lease, path, request, o, tool) do
+      unary_loop(s, o, [])
+    end
+  end
+
+  defp unary_loop(%{ref: ref, conn: conn, mon: mon} = s, o, acc) do
+    receive do
+      {:krait_grpc, ^ref, {:messages, payloads, bytes}} ->
+        Connection.ack(conn, ref, bytes)
+        unary_loop(s, o, Enum.reverse(payloads, acc))
+
+      {:krait_grpc, ^ref, {:done, :ok}} ->
+        Process.demonitor(mon, [:flush])
+
+        case acc do
+          [payload | _] -> {:ok, payload}
+          [] -> {:error, Error.new(:protocol, "the worker sent no response message", s.ctx)}
+        end
+
+      {:krait_grpc, ^ref, {:done, {:error, grpc_error}}} ->
+        Process.demonitor(mon, [:flush])
+        {:error, Error.from_grpc(grpc_error, s.ctx)}
+
+      {:DOWN, ^mon, :process, _, _} ->
+        flush(ref)
+        {:error, worker_error(s.ctx)}
+    after
+      remaining(o.deadline) ->
+        cancel(s)
+        {:error, timeout_error(o, s.ctx)}
+    end
+  end
+
+  ## Chunks
+
+  # Decodes each batch and runs the callback on its chunks, in order. A raising callback ends the
+  # call with a :callback error (the caller cancels the stream); the pool is never involved.
+  # The deadline is checked before each chunk: chunks already received must not keep a slow
+  # callback running past it.
+  defp deliver([], _callback, _ctx, _deadline), do: :ok
+
+  defp deliver([payload | rest], callback, ctx, deadline) do
+    with {:ok, %{chunks: chunks}} <- decode_message(Krait.Proto.ToolChunkBatch, payload, ctx),
+         :ok <- run_callbacks(chunks, callback, ctx, deadline) do
+      deliver(rest, callback, ctx, deadline)
+    end
+  end
+
+  defp run_callbacks(chunks, callback, ctx, deadline) do
+    callback_loop(chunks, callback, ctx, deadline)
+  catch
+    kind, reason ->
+      message =
+        "stream callback failed: " <> Exception.format_banner(kind, reason, __STACKTRACE__)
+
+      details = Map.merge(ctx, %{kind: kind, reason: reason, stacktrace: __STACKTRACE__})
+      {:error, Error.new(:callback, message, details)}
+  end
+
+  defp callback_loop([], _callback, _ctx, _deadline), do: :ok
+
+  defp callback_loop([proto | rest], callback, ctx, deadline) do
+    cond do
+      deadline != :infinity and now() >= deadline ->
+        :deadline
+
+      true ->
+        case Chunk.from_proto(proto) do
+          {:ok, chunk} ->
+            callback.(chunk)
+            callback_loop(rest, callback, ctx, deadline)
+
+          {:error, message} ->
+            {:error, Error.new(:protocol, message, ctx)}
+        end
+    end
+  end
+
+  defp decode_chunks(payloads, ctx) do
+    Enum.reduce_while(payloads, {:ok, []}, fn payload, {:ok, acc} ->
+      with {:ok, %{chunks: protos}} <- decode_message(Krait.Proto.ToolChunkBatch, payload, ctx),
+           {:ok, chunks} <- chunks_from_protos(protos, acc, ctx) do
+        {:cont, {:ok, chunks}}
+      else
+        error -> {:halt, error}
+      end
+    end)
+    |> case do
+      {:ok, acc} -> {:ok, Enum.reverse(acc)}
+      error -> error
+    end
+  end
+
+  defp chunks_from_protos([], acc, _ctx), do: {:ok, acc}
+
+  defp chunks_from_protos([proto | rest], acc, ctx) do
+    case Chunk.from_proto(proto) do
+      {:ok, chunk} -> chunks_from_protos(rest, [chunk | acc], ctx)
+      {:error, message} -> {:error, Error.new(:protocol, message, ctx)}
+    end
+  end
+
+  defp decode_message(module, payload, ctx) do
+    {:ok, module.decode(payload)}
+  rescue
+    e ->
+      {:error,
+       Error.new(:protocol, "undecodable #{inspect(module)}: #{Exception.message(e)}", ctx)}
+  end
+
+  ## The lazy stream (Krait.stream/3)
+
+  defp lazy_start(tool, request, o) do
+    # The deadline counts from the start of enumeration.
+    o = if o.timeout == :infinity, do: o, else: %{o | deadline: now() + o.timeout}
+
+    case Scheduler.checkout(o.pool, o.session_id, o.affinity, o.deadline) do
+      {:ok, lease} ->
+        case open(lease, @stream_path, request, o, tool) do
+          {:ok, s} ->
+            %{s: s, o: o, lease: lease}
+
+          {:error, error} ->
+            Scheduler.checkin(lease)
+            raise error
+        end
+
+      {:error, reason} ->
+        raise Error.pool(reason, %{pool: o.pool})
+    end
+  end
+
+  defp lazy_next(%{s: :done} = st), do: {:halt, st}
+
+  defp lazy_next(%{s: %{ref: ref, conn: conn, mon: mon} = s, o: o} = st) do
+    # The consumer's time counts too: chunks already received are not handed out past the deadline.
+    if remaining(o.deadline) == 0, do: raise(timeout_error(o, s.ctx))
+
+    receive do
+      {:krait_grpc, ^ref, {:messages, payloads, bytes}} ->
+        Connection.ack(conn, ref, bytes)
+
+        case decode_chunks(payloads, s.ctx) do
+          {:ok, chunks} -> {chunks, st}
+          {:error, error} -> raise error
+        end
+
+      {:krait_grpc, ^ref, {:done, result}} ->
+        Process.demonitor(mon, [:flush])
+
+        # On an error, Stream.resource runs lazy_after/1 (cancel is a no-op on a finished stream).
+        case done_result(result, s.ctx) do
+          :ok -> {:halt, %{st | s: :done}}
+          {:error, error} -> raise error
+        end
+
+      {:DOWN, ^mon, :process, _, _} ->
+        raise worker_error(s.ctx)
+    after
+      remaining(o.deadline) -> raise timeout_error(o, s.ctx)
+    end
+  end
+
+  defp lazy_after(%{s: s, lease: lease}) do
+    if s != :done, do: cancel(s)
+    Scheduler.checkin(lease)
+  end
+
+  ## Helpers
+
+  defp cancel(%{ref: ref, conn: conn, mon: mon}) do
+    Process.demonitor(mon, [:flush])
+
+    try do
+      Connection.cancel(conn, ref)
+    catch
+      :exit, _ -> :ok
+    end
+
+    flush(ref)
+  end
+
+  defp flush(ref) do
+    receive do
+      {:krait_grpc, ^ref, _} -> flush(ref)
+    after
+      0 -> :ok
+    end
+  end
+
+  defp timeout_error(o, ctx) do
+    Error.new(
+      :timeout,
+      "the call did not finish within #{o.timeout} ms",
+      Map.put(ctx, :timeout, o.timeout)
+    )
+  end
+
+  defp worker_error(ctx) do
+    Error.new(:worker, "worker #{ctx.worker_id} stopped during the call", ctx)
+  end
+
+  defp remaining(:infinity), do: :infinity
+  defp remaining(deadline), do: max(deadline - now(), 0)
+
+  defp now, do: System.monotonic_time(:millisecond)
+end

@@ -1,0 +1,125 @@
+defmodule Krait.Pool.AffinityTest do
+  # Session affinity with real workers: `session_counter` keeps a count in the session's state on the
+  # worker and reports which worker served it.
+  use ExUnit.Case, async: true
+
+  import Krait.TestHelpers
+  alias Krait.Error
+
+  @moduletag timeout: 60_000
+
+  setup_all do
+    %{pool: start_pool!(size: 2)}
+  end
+
+  defp count(pool, session, opts \\ []) do
+    Krait.execute("session_counter", %{}, [pool: pool, session_id: session] ++ opts)
+  end
+
+  defp session, do: "session-#{System.unique_integer([:positive])}"
+
+  # Keeps the session's worker busy with a blocking stream until the returned function is called.
+  defp occupy(pool, session) do
+    test = self()
+
+    task =
+      Task.async(fn ->
+        Krait.execute_stream(
+          "blocking_stream",
+          %{seconds: 20},
+          fn _ -> send(test, :occupied) end,
+          pool: pool,
+          session_id: session
+        )
+      end)
+
+    assert_receive :occupied, 5_000
+    fn -> Task.shutdown(task, :brutal_kill) end
+  end
+
+  test "a session stays on its worker and keeps its state there", %{pool: pool} do
+    s = session()
+    {:ok, %{"count" => 1, "worker_id" => w}} = count(pool, s)
+
+    for n <- 2..6 do
+      assert {:ok, %{"count" => ^n, "worker_id" => ^w}} = count(pool, s)
+    end
+  end
+
+  test ":hint runs on another worker while the session's worker is busy", %{pool: pool} do
+    s = session()
+    {:ok, %{"worker_id" => w}} = count(pool, s)
+    release = occupy(pool, s)
+    assert {:ok, %{"worker_id" => other, "count" => 1}} = count(pool, s, affinity: :hint)
+    assert other != w
+    release.()
+
+    assert {:ok, %{"worker_id" => ^w, "count" => 2}} =
+             eventually(fn -> ok_on(count(pool, s), w) end)
+  end
+
+  test ":strict_fail_fast answers :worker_busy at once", %{pool: pool} do
+    s = session()
+    {:ok, _} = count(pool, s)
+    release = occupy(pool, s)
+
+    assert {:error, %Error{category: :pool, details: %{reason: :worker_busy}}} =
+             count(pool, s, affinity: :strict_fail_fast)
+
+    release.()
+  end
+
+  test ":strict_queue waits for the session's worker", %{pool: pool} do
+    s = session()
+    {:ok, %{"worker_id" => w}} = count(pool, s)
+    release = occupy(pool, s)
+    waiter = Task.async(fn -> count(pool, s, affinity: :strict_queue, timeout: 10_000) end)
+    assert eventually(fn -> Krait.Pool.stats(pool).queue_length == 1 end)
+    assert Task.yield(waiter, 200) == nil
+    release.()
+    assert {:ok, %{"worker_id" => ^w, "count" => 2}} = Task.await(waiter)
+  end
+
+  test ":strict_queue waiting counts in the timeout", %{pool: pool} do
+    s = session()
+    {:ok, _} = count(pool, s)
+    release = occupy(pool, s)
+
+    assert {:error, %Error{category: :pool, details: %{reason: :queue_timeout}}} =
+             count(pool, s, affinity: :strict_queue, timeout: 200)
+
+    release.()
+  end
+
+  for affinity <- [:hint, :strict_queue, :strict_fail_fast] do
+    test "concurrent first calls of one session land on one worker (#{affinity})", %{pool: pool} do
+      s = session()
+
+      results =
+        1..8
+        |> Enum.map(fn _ -> Task.async(fn -> count(pool, s, affinity: unquote(affinity)) end) end)
+        |> Enum.map(&Task.await/1)
+
+      served = for {:ok, r} <- results, do: r
+      assert served != []
+      assert served |> Enum.map(& &1["worker_id"]) |> Enum.uniq() |> length() == 1
+      assert served |> Enum.map(& &1["count"]) |> Enum.sort() == Enum.to_list(1..length(served))
+
+      for {:error, e} <- results do
+        assert %Error{category: :pool, details: %{reason: :worker_busy}} = e
+        assert unquote(affinity) == :strict_fail_fast
+      end
+    end
+  end
+
+  test "end_session drops the session's state and binding", %{pool: pool} do
+    s = session()
+    {:ok, _} = count(pool, s)
+    {:ok, %{"count" => 2}} = count(pool, s)
+    assert :ok = Krait.end_session(s, pool: pool)
+    assert {:ok, %{"count" => 1}} = count(pool, s)
+  end
+
+  defp ok_on({:ok, %{"worker_id" => w}} = result, w), do: result
+  defp ok_on(_, _), do: nil
+end
