@@ -186,5 +186,86 @@ if File.exists?(Path.join(root, "adapters/ml")) do
   end
 end
 
+# Live audio analysis: a real input device when there is one, else a generated test signal, paced in real time.
+if File.exists?(Path.join(root, "adapters/audio")) do
+  Demo.section("adapters.audio:AudioAdapter: live audio levels and pitch")
+
+  audio_opts = [
+    name: Demo.Audio,
+    adapter: "adapters.audio:AudioAdapter",
+    size: 1,
+    python: python,
+    cwd: root
+  ]
+
+  {:ok, _} = Supervisor.start_link([{Krait.Pool, audio_opts}], strategy: :one_for_one)
+  :ok = Krait.Pool.await_ready(Demo.Audio, 60_000)
+
+  meter = fn db ->
+    # -60..0 dBFS as 30 columns
+    filled = db |> max(-60.0) |> min(0.0) |> Kernel.+(60.0) |> Kernel./(2) |> round()
+    "|" <> String.duplicate("=", filled) <> String.duplicate(" ", 30 - filled) <> "|"
+  end
+
+  sweep = %{kind: "sweep", frequency_hz: 110, end_frequency_hz: 880, level_dbfs: -12, sweep_s: 3}
+
+  source =
+    case Krait.execute_stream(
+           "stream_levels",
+           %{source: "device", max_chunks: 1},
+           fn _ -> :ok end,
+           pool: Demo.Audio,
+           timeout: 5_000
+         ) do
+      :ok ->
+        IO.puts("  source: the default input device")
+        %{source: "device"}
+
+      {:error, e} ->
+        IO.puts("  no input device here (#{String.slice(e.message, 0, 60)}...)")
+        IO.puts("  source: a test signal, a 110 -> 880 Hz sweep at -12 dBFS, paced in real time")
+        %{source: "signal", signal: sweep}
+    end
+
+  :ok =
+    Krait.execute_stream(
+      "stream_levels",
+      # A-weighted: the sweep's level rises as it climbs out of the low frequencies A-weighting cuts
+      Map.merge(source, %{max_rate_hz: 10, duration_s: 3, time_weighting: "fast", weighting: "A"}),
+      fn chunk ->
+        case chunk["rms_dbfs"] do
+          [rms | _] ->
+            [peak | _] = chunk["peak_hold_dbfs"]
+
+            Demo.live(
+              "  t=#{:erlang.float_to_binary(chunk["t_s"] * 1.0, decimals: 1)}s  " <>
+                "LAF #{meter.(rms)} #{rms} dBFS(A)  peak hold #{peak}"
+            )
+
+          nil ->
+            IO.puts("")
+        end
+      end,
+      pool: Demo.Audio
+    )
+
+  :ok =
+    Krait.execute_stream(
+      "stream_pitch",
+      Map.merge(source, %{max_rate_hz: 4, duration_s: 3}),
+      fn chunk ->
+        if chunk["voiced"] do
+          Demo.live(
+            "  pitch #{chunk["frequency_hz"]} Hz  #{chunk["note"]} " <>
+              "(#{chunk["cents"]} cents, confidence #{chunk["confidence"]})"
+          )
+        end
+
+        if chunk.is_final, do: IO.puts("")
+      end,
+      pool: Demo.Audio
+    )
+end
+
 Demo.section("Pool stats")
 IO.inspect(Map.delete(Krait.Pool.stats(), :workers), label: "  stats")

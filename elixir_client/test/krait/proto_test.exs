@@ -144,10 +144,9 @@ defmodule Krait.ProtoTest do
     test "bytes fields are sub-binaries of the input: a 4 MiB chunk is not copied" do
       data = :crypto.strong_rand_bytes(4 * 1024 * 1024)
       bin = IO.iodata_to_binary(ToolChunk.encode(%ToolChunk{seq: 1, data: data}))
-      {time, chunk} = :timer.tc(fn -> ToolChunk.decode(bin) end)
+      chunk = ToolChunk.decode(bin)
       assert chunk.data == data
       assert :binary.referenced_byte_size(chunk.data) == byte_size(bin)
-      assert time < 5_000
     end
 
     test "malformed input raises DecodeError" do
@@ -193,22 +192,14 @@ defmodule Krait.ProtoTest do
     end
   end
 
-  @tag :perf
-  test "a batch of 1000 small chunks decodes at well over 300k chunks/s" do
+  # its speed is measured by scripts/bench, not asserted here
+  test "a batch of 1000 small chunks decodes to the same chunks, in order" do
     chunks =
       for i <- 0..999,
           do: %ToolChunk{seq: i, data: ~s({"i": #{i}}), content_type: "application/json"}
 
     bin = IO.iodata_to_binary(ToolChunkBatch.encode(%ToolChunkBatch{chunks: chunks}))
     assert ToolChunkBatch.decode(bin).chunks == chunks
-    rounds = 200
-
-    {time, :ok} =
-      :timer.tc(fn -> Enum.each(1..rounds, fn _ -> ToolChunkBatch.decode(bin) end) end)
-
-    rate = rounds * 1000 / (time / 1_000_000)
-    IO.puts("\n  ToolChunkBatch decode: #{round(rate / 1000)}k chunks/s")
-    assert rate > 600_000
   end
 end
 
