@@ -96,6 +96,8 @@ def test_generated_client_batched_stream_matches(worker, foreign_client) -> None
     plain = foreign_client(worker.target, "stream_numbers", '{"count": 500}', "stream")
     batches = foreign_client(worker.target, "stream_numbers", '{"count": 500}', "batched")
     flattened = [c for batch in batches for c in batch]
+    for final in (flattened[-1], plain[-1]):  # two calls, two timings
+        assert final["metadata"].pop("execution_time_ms").isdigit()
     assert flattened == plain
     assert len(batches) < len(flattened)  # many chunks per message when the producer is fast
 
