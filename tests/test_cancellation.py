@@ -52,15 +52,23 @@ def test_fast_producer_is_closed_at_its_next_yield(client: Client) -> None:
 
 
 def test_slow_consumer_pauses_the_generator(client: Client) -> None:
+    def ticks() -> int:
+        return client.execute("stream_events", tag="paused")["ticks"]
+
     stream = client.stream("endless_stream", {"tag": "paused", "interval_ms": 0})
     next(stream)
-    time.sleep(0.5)
-    first = client.execute("stream_events", tag="paused")["ticks"]
-    time.sleep(0.5)
-    second = client.execute("stream_events", tag="paused")["ticks"]
+    # the producer fills the bounded buffer and the transport's windows, then must stop
+    deadline = time.monotonic() + 20
+    previous, current = -1, ticks()
+    while current != previous:
+        assert time.monotonic() < deadline, "the generator never paused"
+        time.sleep(0.5)
+        previous, current = current, ticks()
+    assert current < 200_000  # paused on a bounded buffer, not producing into unbounded memory
+    for _ in range(current):  # draining what was produced lets it go on
+        next(stream)
     stream.close()
-    assert first == second  # blocked on the full buffer, not producing into unbounded memory
-    assert first < 200_000
+    assert ticks() > current
 
 
 def test_deadline_cancels_a_stream(client: Client) -> None:

