@@ -256,5 +256,16 @@ defmodule Krait.Pool.LifecycleTest do
     :ok = Krait.Pool.await_ready()
     assert {:ok, 3.0} = Krait.execute("add", %{a: 1, b: 2})
     assert %{size: 1, ready: 1} = Krait.Pool.stats()
+
+    # the issue's "done when", as written
+    printed =
+      ExUnit.CaptureIO.capture_io(fn ->
+        :ok =
+          Krait.execute_stream("stream_progress", %{steps: 5}, fn chunk ->
+            IO.inspect(chunk["progress"])
+          end)
+      end)
+
+    assert printed == "20.0\n40.0\n60.0\n80.0\n100.0\nnil\n"
   end
 end
