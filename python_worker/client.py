@@ -25,6 +25,7 @@ from . import codec
 from .errors import tool_error_from_rpc_error
 from .proto import pb, pb_grpc
 from .server.app import channel_options
+from .server.wire import decode_batch
 
 
 @dataclass(slots=True)
@@ -120,9 +121,11 @@ class ChunkStream:
     def _iterate(self) -> Iterator[Chunk]:
         decode = codec.decode_value
         try:
+            # each message arrives as decode_batch's tuples: a large chunk's data is a view of the message, so
+            # an array is decoded in place
             for batch in self._call:
-                for c in batch.chunks:
-                    yield Chunk(c.seq, decode(c.data, c.content_type), c.content_type, c.is_final, dict(c.metadata))
+                for seq, data, content_type, is_final, meta in batch:
+                    yield Chunk(seq, decode(data, content_type), content_type, is_final, meta)
         except grpc.RpcError as error:
             raise _translate(error) from None
 
@@ -168,6 +171,11 @@ class Client:
         self._owns_channel = channel is None
         self._channel = channel or grpc.insecure_channel(target, options=channel_options(max_message_bytes))
         self._stub = pb_grpc.ToolWorkerStub(self._channel)
+        self._batched = self._channel.unary_stream(
+            "/krait.v1.ToolWorker/ExecuteStreamingToolBatched",
+            request_serializer=pb.ExecuteToolRequest.SerializeToString,
+            response_deserializer=decode_batch,
+        )
 
     def session(self, session_id: str) -> Client:
         """A client bound to ``session_id`` that shares this client's connection."""
@@ -222,7 +230,7 @@ class Client:
     ) -> ChunkStream:
         """:meth:`execute_stream` with arguments as a mapping and per-call options."""
         request = build_request(tool, args, self.session_id if session_id is None else session_id, metadata)
-        return ChunkStream(self._stub.ExecuteStreamingToolBatched(request, timeout=timeout or self.timeout))
+        return ChunkStream(self._batched(request, timeout=timeout or self.timeout))
 
     # -- worker and sessions --------------------------------------------------------------------------------
     def ping(self, message: str = "", *, timeout: float = 5.0) -> Any:

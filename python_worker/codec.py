@@ -77,14 +77,20 @@ def npy_header(array: np.ndarray) -> bytes:
     return b"\x93NUMPY\x01\x00" + (len(header) + pad + 1).to_bytes(2, "little") + header.encode() + b" " * pad + b"\n"
 
 
-def encode_npy(array: np.ndarray) -> bytes:
-    """Encode an array as .npy bytes: one copy of the data, straight into the result."""
+def npy_parts(array: np.ndarray) -> tuple[bytes, memoryview]:
+    """The .npy header and a view of the array's bytes (no copy unless the array is not C-contiguous):
+    whoever joins them makes the one copy of the data."""
     if array.dtype.hasobject:
         raise EncodeError("arrays of Python objects cannot be sent (that would need pickle)")
     if not array.flags.c_contiguous:
         array = array.copy(order="C")  # not ascontiguousarray: it turns 0-d arrays into 1-d ones
+    return npy_header(array), array.reshape(-1).view(np.uint8).data
+
+
+def encode_npy(array: np.ndarray) -> bytes:
+    """Encode an array as .npy bytes: one copy of the data, straight into the result."""
     # join copies the array's buffer straight into the result: one copy, no tobytes() intermediate
-    return b"".join((npy_header(array), array.reshape(-1).view(np.uint8).data))
+    return b"".join(npy_parts(array))
 
 
 def decode_npy(data: bytes | memoryview) -> np.ndarray:
@@ -127,12 +133,15 @@ def encode_value(value: Any, content_type: str | None = None) -> tuple[bytes, st
     raise EncodeError(f"content type {content_type} needs bytes, got {type(value).__name__}")
 
 
-def decode_value(data: bytes, content_type: str) -> Any:
-    """Decode a payload by its content type (the inverse of :func:`encode_value`)."""
-    if content_type == JSON:
-        return decode_json(data) if data else None
+def decode_value(data: bytes | memoryview, content_type: str) -> Any:
+    """Decode a payload by its content type (the inverse of :func:`encode_value`). An array decoded from a
+    memoryview aliases it; any other value is independent of the memoryview."""
     if content_type == NPY:
         return decode_npy(data)
+    if isinstance(data, memoryview):
+        data = data.tobytes()
+    if content_type == JSON:
+        return decode_json(data) if data else None
     if content_type.startswith("text/"):
         return bytes(data).decode()
     if content_type == "" and not data:

@@ -4,15 +4,14 @@
 #   cd elixir_client && KRAIT_BENCH='{"quick": true}' mix run bench/bench.exs
 #
 # KRAIT_BENCH (JSON) sets the sizes; missing keys take the quick defaults below. Every figure is the
-# median over `runs` repetitions; progress goes to stderr. `"worker_root": "/path"` runs the workers
+# median over `runs` repetitions; progress goes to stderr. `"only": ["items", "bytes"]` runs just those
+# steps (start, slow, cancel, unary, items, bytes, concurrency); `"worker_root": "/path"` runs the workers
 # from another checkout (A/B comparisons of Python changes with the same Elixir code).
 Code.require_file("support.exs", __DIR__)
 
 defmodule KraitBench do
   @moduledoc false
   alias KraitBench.{Proc, Stats}
-
-  require Logger
 
   @root Path.expand("../..", __DIR__)
   @python Path.join(@root, ".venv/bin/python")
@@ -67,10 +66,18 @@ defmodule KraitBench do
   ## 1. Small chunks into a callback
 
   defp small_items(pool, %{"items" => items, "runs" => runs}) do
+    # Warm-up: code loading, and the connection's windows opened up.
+    count_small(pool, div(items, 10))
+
     rate =
       Stats.median_of(runs, fn ->
         {us, count} = Stats.timed(fn -> count_small(pool, items) end)
-        check!(count == items + 1, "stream_small delivered #{count} chunks, expected #{items + 1}")
+
+        check!(
+          count == items + 1,
+          "stream_small delivered #{count} chunks, expected #{items + 1}"
+        )
+
         items / (us / 1.0e6)
       end)
 
@@ -87,7 +94,12 @@ defmodule KraitBench do
         %{count: items},
         fn chunk ->
           n = Process.get(:bench_next)
-          check!(chunk.seq == n and (chunk.is_final or chunk["i"] == n), "chunk #{n} out of order")
+
+          check!(
+            chunk.seq == n and (chunk.is_final or chunk["i"] == n),
+            "chunk #{n} out of order"
+          )
+
           Process.put(:bench_next, n + 1)
         end,
         pool: pool,
@@ -103,6 +115,7 @@ defmodule KraitBench do
     %{"blobs" => blobs, "blob_mb" => mb, "json_batches" => json_batches, "runs" => runs} = cfg
     rows = div(mb * @mib, @cols * 4)
     total = blobs * rows * @cols * 4
+    array_bytes(pool, max(div(blobs, 10), 1), rows, false)
 
     rate =
       Stats.median_of(runs, fn ->
@@ -157,7 +170,9 @@ defmodule KraitBench do
         args_json: ~s({"a": 1, "b": 2})
       })
 
-    via_pool = fn -> {:ok, 3.0} = Krait.execute("add", %{a: 1, b: 2}, pool: pool, timeout: 10_000) end
+    via_pool = fn ->
+      {:ok, 3.0} = Krait.execute("add", %{a: 1, b: 2}, pool: pool, timeout: 10_000)
+    end
 
     via_conn = fn ->
       {:ok, _} = Krait.GRPC.Connection.unary(conn, @unary_path, request, timeout: 10_000)
@@ -256,13 +271,17 @@ defmodule KraitBench do
           |> Enum.map(fn _ -> Task.async(fn -> one_stream(pool, items, origin) end) end)
           |> Task.await_many(600_000)
 
-        firsts = for {:ok, first_us, _} <- outcomes, do: first_us / 1000
-        intact = Enum.all?(outcomes, &match?({:ok, _, ^items}, &1))
+        firsts = for {:ok, first_us, _, _} <- outcomes, do: first_us / 1000
+        intact = Enum.all?(outcomes, &match?({:ok, _, ^items, _}, &1))
+        # In the order the calls asked for a worker (spawned processes start in any order).
+        by_arrival =
+          for {:ok, first_us, _, _} <- Enum.sort_by(outcomes, &elem(&1, 3)), do: first_us
 
         %{
           ex_concurrency_p50_first_ms: Stats.percentile(firsts, 50),
           ex_concurrency_p99_first_ms: Stats.percentile(firsts, 99),
           ex_concurrency_total_ms: (System.monotonic_time(:microsecond) - origin) / 1000,
+          ex_concurrency_in_order: in_order_fraction(by_arrival),
           ex_concurrency_ok: if(intact and length(firsts) == n, do: 1, else: 0)
         }
       end)
@@ -270,9 +289,20 @@ defmodule KraitBench do
     report(result)
   end
 
-  # {:ok, µs from origin to the first chunk, data chunks received in order} or {:error, reason}.
+  # The fraction of pairs of calls whose first chunks came in the order the calls were made: about 1
+  # for a FIFO queue (calls served at once by different workers may swap), about 0.5 for a random one
+  # and 0 for a LIFO one.
+  defp in_order_fraction(times) do
+    indexed = Enum.with_index(times)
+    pairs = for {a, i} <- indexed, {b, j} <- indexed, i < j, do: a <= b
+    Enum.count(pairs, & &1) / max(length(pairs), 1)
+  end
+
+  # {:ok, µs from origin to the first chunk, data chunks received in order, arrival ticket} or
+  # {:error, reason}. The ticket is taken just before the call asks the pool for a worker.
   defp one_stream(pool, items, origin) do
     Process.put(:next, 0)
+    ticket = :erlang.unique_integer([:monotonic])
 
     result =
       Krait.execute_stream(
@@ -292,7 +322,7 @@ defmodule KraitBench do
       )
 
     case result do
-      :ok -> {:ok, Process.get(:first), Process.get(:next) - 1}
+      :ok -> {:ok, Process.get(:first), Process.get(:next) - 1, ticket}
       error -> error
     end
   end
@@ -364,16 +394,20 @@ defmodule KraitBench do
 
   defp slow_consumer(%{"slow_chunks" => chunks}) do
     rows = div(@mib, @cols * 4)
+    args = %{batches: chunks, batch_rows: rows, cols: @cols}
+
+    # The producer's pace, with a consumer that keeps up (on a worker of its own, so the measured one
+    # starts from idle).
+    {fast_us, _} =
+      with_pool(BenchSlow, 1, fn pool ->
+        Stats.timed(fn -> array_bytes(pool, chunks, rows, false) end)
+      end)
+
+    delay_ms = max(1, round(10 * fast_us / chunks / 1000))
 
     with_pool(BenchSlow, 1, fn pool ->
       [%{os_pid: worker_os}] = Krait.Pool.stats(pool).workers
       beam_os = String.to_integer(System.pid())
-
-      # The producer's pace, with a consumer that keeps up.
-      {fast_us, _} = Stats.timed(fn -> array_bytes(pool, chunks, rows, false) end)
-      delay_us = 10 * fast_us / chunks
-      delay_ms = max(1, round(delay_us / 1000))
-
       :erlang.garbage_collect()
       base = %{worker: Proc.status_mb(worker_os, "VmRSS"), beam: Proc.status_mb(beam_os, "VmRSS")}
       reset? = Proc.reset_peak(worker_os) and Proc.reset_peak(beam_os)
@@ -382,10 +416,7 @@ defmodule KraitBench do
       {slow_us, _} =
         Stats.timed(fn ->
           :ok =
-            Krait.execute_stream(
-              "stream_arrays",
-              %{batches: chunks, batch_rows: rows, cols: @cols},
-              fn _chunk -> Process.sleep(delay_ms) end,
+            Krait.execute_stream("stream_arrays", args, fn _ -> Process.sleep(delay_ms) end,
               pool: pool,
               timeout: 600_000
             )

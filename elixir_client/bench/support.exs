@@ -21,7 +21,7 @@ defmodule KraitBench.Stats do
   end
 
   @doc "Runs `fun` `runs` times and returns the median of what it returns (a number or a map of numbers)."
-  @spec median_of(pos_integer(), (-> number() | map())) :: number() | map()
+  @spec median_of(pos_integer(), (() -> number() | map())) :: number() | map()
   def median_of(runs, fun) do
     case Enum.map(1..runs, fn _ -> fun.() end) do
       [%{} = first | _] = maps ->
@@ -33,7 +33,7 @@ defmodule KraitBench.Stats do
   end
 
   @doc "Microseconds `fun` takes, and its result."
-  @spec timed((-> result)) :: {non_neg_integer(), result} when result: term()
+  @spec timed((() -> result)) :: {non_neg_integer(), result} when result: term()
   def timed(fun) do
     started = System.monotonic_time(:microsecond)
     result = fun.()

@@ -31,6 +31,12 @@ log = logging.getLogger("krait.worker")
 
 READY_PREFIX = "KRAIT_READY "
 
+# How long a thread may hold the GIL while another waits (CPython's default is 5 ms). grpcio delivers a
+# cancellation on its completion-queue thread, which must win the GIL from a busy tool thread and the thread
+# sending its chunks; at 5 ms, a cancelled busy generator took up to ~75 ms (p99) to reach its `finally`, at
+# 2 ms ~16 ms, with no measurable cost to throughput (1 ms cost ~20% of small-chunk throughput).
+SWITCH_INTERVAL_S = 0.002
+
 
 @dataclass(slots=True)
 class ServeOptions:
@@ -95,6 +101,7 @@ def _announce(options: ServeOptions, port: int) -> None:
 def serve(options: ServeOptions) -> int:
     """Run a worker until it is told to stop; returns the process exit code."""
     options.worker_id = options.worker_id or f"worker-{os.getpid()}"
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     adapter = load_adapter(options.adapter)
     sessions = SessionStore(ttl=options.session_ttl, on_end=adapter.on_session_end)
     servicer = ToolWorkerServicer(

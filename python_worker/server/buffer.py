@@ -25,7 +25,10 @@ class ChunkBuffer:
         self._bytes = 0
         self._max_chunks = max_chunks
         self._max_bytes = max_bytes
-        self._cond = threading.Condition(threading.Lock())
+        # put() takes the lock itself (a C call) rather than through the Condition (Python-level __enter__ and
+        # __exit__): it runs once per chunk
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._done = False
         self._error: BaseException | None = None
         self._cancelled = False
@@ -34,7 +37,7 @@ class ChunkBuffer:
 
     def put(self, item: Any, nbytes: int) -> None:
         """Append ``item``; block while the buffer is full. Raises :class:`Cancelled` once cancelled."""
-        with self._cond:
+        with self._lock:
             while (
                 not self._cancelled
                 and self._items
@@ -80,17 +83,24 @@ class ChunkBuffer:
                 if self._error is not None:
                     raise self._error
                 return None
-            out = []
-            size = 0
             items = self._items
-            while items and len(out) < max_chunks:
-                item, nbytes = items[0]
-                if out and size + nbytes > max_bytes:
-                    break
-                items.popleft()
-                out.append(item)
-                size += nbytes
-            self._bytes -= size
-            if self._producer_waiting:
-                self._cond.notify_all()
-            return out
+            if len(items) <= max_chunks and self._bytes <= max_bytes:
+                # everything fits (the usual case): swap the deque, so the producer never waits for a copy
+                self._items, self._bytes = deque(), 0
+                if self._producer_waiting:
+                    self._cond.notify_all()
+            else:
+                out = []
+                size = 0
+                while items and len(out) < max_chunks:
+                    item, nbytes = items[0]
+                    if out and size + nbytes > max_bytes:
+                        break
+                    items.popleft()
+                    out.append(item)
+                    size += nbytes
+                self._bytes -= size
+                if self._producer_waiting:
+                    self._cond.notify_all()
+                return out
+        return [item for item, _ in items]

@@ -20,6 +20,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import grpc
+import numpy as np
 
 from .. import codec
 from ..errors import CallError, InvalidArguments, ProtocolViolation, ToolNotFound, WrongRpc
@@ -28,7 +29,7 @@ from ..sdk import BaseAdapter, StreamChunk, ToolContext, ToolSpec
 from ..sdk.tool import ArgumentError
 from .buffer import Cancelled, ChunkBuffer
 from .sessions import SessionStore
-from .wire import Chunk
+from .wire import LARGE, Chunk, frame
 
 log = logging.getLogger("krait.worker")
 
@@ -135,6 +136,7 @@ class StreamingCall:
         started: float,
         max_chunk_bytes: int,
         buffer: ChunkBuffer | None = None,
+        frame_large: bool = False,
     ) -> None:
         self.adapter = adapter
         self.spec = spec
@@ -143,6 +145,8 @@ class StreamingCall:
         self.started = started
         self.max_chunk_bytes = max_chunk_bytes
         self.buffer = buffer or ChunkBuffer()
+        # queue large chunks already framed as batch entries (for ExecuteStreamingToolBatched only)
+        self.frame_large = frame_large
         self._seq = 0
         self._emit_lock = threading.Lock()
         ctx.progress_sink = self._progress
@@ -156,24 +160,37 @@ class StreamingCall:
         self.ctx.cancel_event.set()
         self.buffer.cancel()
 
-    def _chunk(self, item: Any) -> tuple[Chunk, int]:
+    def _chunk(self, item: Any) -> tuple[Chunk | bytes, int, bool]:
+        """The queued form of a yielded item, its payload size, and whether it is the final chunk."""
         if isinstance(item, StreamChunk):
-            data, content_type = codec.encode_value(item.data, item.content_type)
+            value, content_type, is_final = item.data, item.content_type, item.is_final
             meta = dict(item.metadata) if item.metadata else None
-            is_final = item.is_final
         else:
-            data, content_type = codec.encode_value(item)
-            meta, is_final = None, False
-        if len(data) > self.max_chunk_bytes:
+            value, content_type, meta, is_final = item, None, None, False
+        parts: tuple[bytes, memoryview] | None = None
+        if isinstance(value, np.ndarray) and content_type in (None, codec.NPY):
+            parts, content_type = codec.npy_parts(value), codec.NPY
+            nbytes = len(parts[0]) + parts[1].nbytes
+        else:
+            data, content_type = codec.encode_value(value, content_type)
+            nbytes = len(data)
+        if nbytes > self.max_chunk_bytes:
             raise CallError(
-                f"{self.spec.name}: chunk {self._seq} holds {len(data)} bytes, more than the worker's maximum"
+                f"{self.spec.name}: chunk {self._seq} holds {nbytes} bytes, more than the worker's maximum"
                 f" message size ({self.max_chunk_bytes} bytes); yield smaller chunks or raise --max-message-mb",
                 error_type="ChunkTooLarge",
                 code=grpc.StatusCode.RESOURCE_EXHAUSTED,
             )
-        return (self._seq, data, content_type, is_final, meta), len(data)
+        # A large payload is framed now, while the tool is paused at its yield (its array may change once it
+        # resumes): for an array that copy is the only one of its data, as a batch holding one framed entry is
+        # that entry. A final chunk stays a tuple: its metadata is completed when the tool ends.
+        if self.frame_large and not is_final and nbytes >= LARGE:
+            return frame(self._seq, parts or (data,), content_type, False, meta), nbytes, False
+        if parts is not None:
+            data = b"".join(parts)
+        return (self._seq, data, content_type, is_final, meta), nbytes, is_final
 
-    def _emit(self, chunk: Chunk, nbytes: int) -> None:
+    def _emit(self, chunk: Chunk | bytes, nbytes: int) -> None:
         self.buffer.put(chunk, nbytes)
         self._seq += 1
 
@@ -190,8 +207,9 @@ class StreamingCall:
             final: Chunk | None = None
             for item in iterator:
                 with self._emit_lock:
-                    chunk, nbytes = self._chunk(item)
-                    if chunk[3]:
+                    chunk, nbytes, is_final = self._chunk(item)
+                    if is_final:
+                        assert isinstance(chunk, tuple)
                         final = chunk
                         break
                     self._emit(chunk, nbytes)

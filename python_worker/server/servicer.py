@@ -25,6 +25,10 @@ log = logging.getLogger("krait.worker")
 # small enough that the first chunks of a fast stream are not held back behind a huge batch.
 BATCH_MAX_CHUNKS = 4096
 BATCH_MAX_BYTES = 1 << 20
+# What a stream may hold between its tool and gRPC before the tool blocks at its next yield: enough to keep a
+# fast producer and the sender busy at once, and what bounds a worker's memory when the consumer is slow. A
+# larger chunk still goes through, alone (ChunkBuffer admits any chunk into an empty buffer).
+BUFFER_MAX_BYTES = 8 << 20
 
 
 class ToolWorkerServicer(pb_grpc.ToolWorkerServicer):
@@ -113,16 +117,18 @@ class ToolWorkerServicer(pb_grpc.ToolWorkerServicer):
             self._slots.release()
 
     def ExecuteStreamingTool(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        for batch in self._stream(request, context, max_chunks=1):
+        for batch in self._stream(request, context, max_chunks=1, frame_large=False):
             seq, data, content_type, is_final, meta = batch[0]
             yield pb.ToolChunk(seq=seq, data=data, content_type=content_type, is_final=is_final, metadata=meta)
 
     def ExecuteStreamingToolBatched(self, request: Any, context: grpc.ServicerContext) -> Iterator[bytes]:
         # already serialized: registered with a pass-through serializer (see register())
-        for batch in self._stream(request, context, max_chunks=BATCH_MAX_CHUNKS):
+        for batch in self._stream(request, context, max_chunks=BATCH_MAX_CHUNKS, frame_large=True):
             yield encode_batch(batch)
 
-    def _stream(self, request: Any, context: grpc.ServicerContext, *, max_chunks: int) -> Iterator[list[Any]]:
+    def _stream(
+        self, request: Any, context: grpc.ServicerContext, *, max_chunks: int, frame_large: bool
+    ) -> Iterator[list[Any]]:
         started = time.perf_counter()
         try:
             self._acquire()
@@ -140,7 +146,8 @@ class ToolWorkerServicer(pb_grpc.ToolWorkerServicer):
                 ctx,
                 started=started,
                 max_chunk_bytes=self.max_chunk_bytes,
-                buffer=ChunkBuffer(max_chunks=2 * BATCH_MAX_CHUNKS, max_bytes=max(8 << 20, 2 * self.max_chunk_bytes)),
+                frame_large=frame_large,
+                buffer=ChunkBuffer(max_chunks=2 * BATCH_MAX_CHUNKS, max_bytes=BUFFER_MAX_BYTES),
             )
             # fires when the RPC ends for any reason: client cancel, disconnect, deadline, or normal end
             context.add_callback(call.cancel)

@@ -1,8 +1,10 @@
-"""Encoding ``ToolChunkBatch``, the hot path of every Krait stream.
+"""Encoding and decoding ``ToolChunkBatch``, the hot path of every Krait stream.
 
 Small chunks go through the generated protobuf classes (upb's C encoder: ~0.7 µs a chunk, faster than any
 Python-level encoding). Large payloads are framed by hand: through a protobuf message they would be copied
-three times (into the message, out of it, and into the batch); framed by hand, once. Both halves concatenate,
+three times (into the message, out of it, and into the batch); framed by hand, once. The server frames a
+large chunk as soon as the tool yields it (:func:`frame`), copying its data (an array's buffer, say) straight
+into the framed entry, which is then the whole gRPC message when it travels alone. Both halves concatenate,
 because a repeated field's serialized entries simply follow each other. The hand-framed format is protobuf's
 (field numbers from worker.proto):
 
@@ -12,16 +14,21 @@ because a repeated field's serialized entries simply follow each other. The hand
 
 Fields holding proto3 defaults (0, empty, false) are omitted, as protobuf does. A test parses the output with
 the generated protobuf classes.
+
+Decoding (:func:`decode_batch`, the Python client's deserializer) is the mirror image: batches of small chunks
+are parsed by upb in one call, and a large chunk's data is a memoryview of the received message, so a NumPy
+array decodes without copying it out of the message.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from .. import codec
 from ..proto import pb
 
-# A chunk as the server queues it: (seq, data, content_type, is_final, metadata or None)
+# A chunk as the server queues it: (seq, data, content_type, is_final, metadata or None), or a large chunk
+# already framed as a batch entry (bytes, see frame())
 Chunk = tuple[int, bytes, str, bool, "Mapping[str, str] | None"]
 
 _SMALL = [bytes([n]) for n in range(128)]
@@ -58,36 +65,158 @@ def _metadata(meta: Mapping[str, str]) -> list[bytes]:
 LARGE = 32 << 10
 
 
-def encode_batch(chunks: Iterable[Chunk]) -> bytes:
-    """The serialized ``ToolChunkBatch`` holding ``chunks``, in order."""
+def encode_batch(chunks: Iterable[Chunk | bytes]) -> bytes:
+    """The serialized ``ToolChunkBatch`` holding ``chunks`` (tuples, or entries made by :func:`frame`), in
+    order. A batch of one framed entry is that entry, uncopied."""
     out: list[bytes] = []
     small = pb.ToolChunkBatch()
+    add = small.chunks.add
     for chunk in chunks:
-        seq, data, content_type, is_final, meta = chunk
-        if len(data) < LARGE:
-            small.chunks.add(seq=seq, data=data, content_type=content_type, is_final=is_final, metadata=meta)
-            continue
+        if isinstance(chunk, bytes):
+            framed = chunk
+        else:
+            seq, data, content_type, is_final, meta = chunk
+            if len(data) < LARGE:
+                # default-valued keywords cost upb ~0.3 µs a chunk: most chunks have neither
+                if is_final or meta:
+                    add(seq=seq, data=data, content_type=content_type, is_final=is_final, metadata=meta)
+                else:
+                    add(seq=seq, data=data, content_type=content_type)
+                continue
+            framed = frame(seq, (data,), content_type, is_final, meta)
         if small.chunks:
             out.append(small.SerializeToString())
             small = pb.ToolChunkBatch()
-        _frame(chunk, out)
+            add = small.chunks.add
+        out.append(framed)
     if small.chunks:
         out.append(small.SerializeToString())
     return out[0] if len(out) == 1 else b"".join(out)
 
 
-def _frame(chunk: Chunk, out: list[bytes]) -> None:
-    """Append the wire form of one batch entry holding ``chunk`` to ``out`` (its data is not copied here)."""
-    seq, data, content_type, is_final, meta = chunk
+def frame(
+    seq: int,
+    parts: Sequence[bytes | memoryview],
+    content_type: str,
+    is_final: bool,
+    meta: Mapping[str, str] | None,
+) -> bytes:
+    """One batch entry holding a chunk whose data is the concatenation of ``parts``: the data is copied once,
+    into the result."""
     head = [b"\x08" + varint(seq)] if seq else []
-    head.append(b"\x12" + varint(len(data)))
+    size = sum(len(p) for p in parts)
+    head.append(b"\x12" + varint(size))
     tail = [_CONTENT_TYPES.get(content_type) or _field(b"\x1a", content_type.encode())] if content_type else []
     if is_final:
         tail.append(b"\x20\x01")
     if meta:
         tail.extend(_metadata(meta))
-    size = sum(map(len, head)) + len(data) + sum(map(len, tail))
-    out.append(b"\x0a" + varint(size))
-    out.extend(head)
-    out.append(data)
-    out.extend(tail)
+    size += sum(map(len, head)) + sum(map(len, tail))
+    return b"".join([b"\x0a", varint(size), *head, *parts, *tail])
+
+
+# -- decoding (the client side) -----------------------------------------------------------------------------
+
+# A decoded chunk: (seq, data, content_type, is_final, metadata); data is bytes, or a memoryview of the message
+# for a large chunk
+Decoded = tuple[int, "bytes | memoryview", str, bool, dict[str, str]]
+
+
+def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+
+
+def _skip(buf: memoryview, pos: int, wire_type: int) -> int:
+    if wire_type == 0:
+        return _read_varint(buf, pos)[1]
+    if wire_type == 1:
+        return pos + 8
+    if wire_type == 2:
+        n, pos = _read_varint(buf, pos)
+        return pos + n
+    if wire_type == 5:
+        return pos + 4
+    raise ValueError(f"unsupported protobuf wire type {wire_type}")
+
+
+def _decode_large(entry: memoryview) -> Decoded:
+    """A ToolChunk parsed by hand; its data is a view of ``entry``."""
+    seq, data, content_type, is_final, meta = 0, entry[:0], "", False, {}
+    pos, end = 0, len(entry)
+    while pos < end:
+        key, pos = _read_varint(entry, pos)
+        field, wire_type = key >> 3, key & 7
+        if field == 1 and wire_type == 0:
+            seq, pos = _read_varint(entry, pos)
+        elif field == 2 and wire_type == 2:
+            n, pos = _read_varint(entry, pos)
+            data, pos = entry[pos : pos + n], pos + n
+        elif field == 3 and wire_type == 2:
+            n, pos = _read_varint(entry, pos)
+            content_type, pos = str(entry[pos : pos + n], "utf-8"), pos + n
+        elif field == 4 and wire_type == 0:
+            flag, pos = _read_varint(entry, pos)
+            is_final = flag != 0
+        elif field == 5 and wire_type == 2:
+            n, pos = _read_varint(entry, pos)
+            pair = pb.ToolChunk.FromString(b"\x2a" + varint(n) + entry[pos : pos + n].tobytes()).metadata
+            meta.update(pair)
+            pos += n
+        else:
+            pos = _skip(entry, pos, wire_type)
+    if pos != end:
+        raise ValueError("truncated ToolChunk")
+    return seq, data, content_type, is_final, meta
+
+
+def _small(message: bytes | memoryview) -> list[Decoded]:
+    batch = pb.ToolChunkBatch.FromString(message)
+    return [(c.seq, c.data, c.content_type, c.is_final, dict(c.metadata)) for c in batch.chunks]
+
+
+# after this many small entries in a row, the rest of a message goes to upb unexamined: walking entries in
+# Python costs ~0.5 µs each, and a batch of thousands of small chunks must not pay it per chunk
+_WALK_LIMIT = 64
+
+
+def decode_batch(message: bytes) -> list[Decoded]:
+    """The chunks of a serialized ``ToolChunkBatch``, in order. Runs of small chunks are parsed by upb in one
+    call; the data of a large chunk stays a memoryview of ``message`` (no copy)."""
+    if len(message) < LARGE:
+        return _small(message)
+    buf = memoryview(message)
+    out: list[Decoded] = []
+    pos, end = 0, len(buf)
+    run, run_length = -1, 0  # where the current run of small entries began, and its length
+    while pos < end:
+        start = pos
+        key, pos = _read_varint(buf, pos)
+        if key != 0x0A:
+            pos = _skip(buf, pos, key & 7)  # an unknown field of the batch
+            continue
+        n, pos = _read_varint(buf, pos)
+        if n < LARGE:
+            if run < 0:
+                run, run_length = start, 0
+            run_length += 1
+            if run_length >= _WALK_LIMIT:
+                out.extend(_small(buf[run:]))
+                return out
+        else:
+            if run >= 0:
+                out.extend(_small(buf[run:start]))
+                run = -1
+            out.append(_decode_large(buf[pos : pos + n]))
+        pos += n
+    if pos != end:
+        raise ValueError("truncated ToolChunkBatch")
+    if run >= 0:
+        out.extend(_small(buf[run:end]))
+    return out

@@ -5,13 +5,18 @@ Methods use bytes in and out (generic handlers, no protobuf), which is the cheap
 - ``/bench.Raw/Blobs``  request ``b"N,SIZE"``: streams N messages of SIZE bytes (float32 data)
 - ``/bench.Raw/Echo``   unary: returns the request
 
-Run as a process: ``python -m scripts.benchmarks.raw_grpc PORT_FILE`` prints/writes its port.
+Run as a process: ``python -m scripts.benchmarks.raw_grpc`` prints its port and serves until stdin closes.
+``python -m scripts.benchmarks.raw_grpc latency HOST:PORT CALLS`` instead times CALLS warm unary ``add`` calls to
+a Krait worker with grpcio's own client (the baseline the Elixir pool's latency is compared to, on the same
+worker) and prints ``{"p50": us, "p99": us}``.
 """
 
 from __future__ import annotations
 
+import json
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from concurrent import futures
 
 import grpc
@@ -73,5 +78,31 @@ class RawClient:
         self.channel.close()
 
 
+def percentile(samples: Sequence[float], p: float) -> float:
+    """The ``p``th percentile, interpolated linearly between the closest ranks (NumPy's default)."""
+    return float(np.percentile(np.asarray(samples, dtype=np.float64), p))
+
+
+def worker_latency(target: str, calls: int, warmup: int = 200) -> list[float]:
+    """Microseconds of ``calls`` warm ExecuteTool(add) calls to a Krait worker, through a plain grpcio stub."""
+    from python_worker.proto import pb, pb_grpc
+
+    with grpc.insecure_channel(target, options=OPTIONS) as channel:
+        stub = pb_grpc.ToolWorkerStub(channel)
+        request = pb.ExecuteToolRequest(tool_name="add", args_json='{"a": 1, "b": 2}')
+        for _ in range(warmup):
+            stub.ExecuteTool(request, timeout=10)
+        samples = []
+        for _ in range(calls):
+            started = time.perf_counter()
+            stub.ExecuteTool(request, timeout=10)
+            samples.append((time.perf_counter() - started) * 1e6)
+    return samples
+
+
 if __name__ == "__main__":
-    serve()
+    if sys.argv[1:2] == ["latency"]:
+        us = worker_latency(sys.argv[2], int(sys.argv[3]))
+        print(json.dumps({"p50": percentile(us, 50), "p99": percentile(us, 99)}))
+    else:
+        serve()
