@@ -49,6 +49,24 @@ defmodule Krait.TestHelpers do
     name
   end
 
+  @doc """
+  Starts a pool shared by a whole test module (call it from `setup_all`): stopped, with its Python
+  processes, when the module's tests are done. Returns its name.
+  """
+  @spec start_module_pool!(keyword()) :: atom()
+  def start_module_pool!(overrides) do
+    name = :"KraitModulePool#{System.unique_integer([:positive])}"
+
+    {:ok, sup} =
+      Supervisor.start_link([{Krait.Pool, pool_opts(Keyword.put(overrides, :name, name))}],
+        strategy: :one_for_one
+      )
+
+    :ok = Krait.Pool.await_ready(name, 60_000)
+    ExUnit.Callbacks.on_exit(fn -> Process.exit(sup, :shutdown) end)
+    name
+  end
+
   @doc "Polls `fun` every 10 ms until it returns a truthy value or `timeout` ms pass; returns the value."
   @spec eventually((() -> term()), non_neg_integer()) :: term()
   def eventually(fun, timeout \\ 5_000) do

@@ -11,17 +11,7 @@ defmodule Krait.Adapters.AudioTest do
   @moduletag timeout: 60_000
 
   setup_all do
-    pool = :"KraitAudioTest#{System.unique_integer([:positive])}"
-
-    {:ok, sup} =
-      Supervisor.start_link(
-        [{Krait.Pool, pool_opts(name: pool, adapter: "adapters.audio:AudioAdapter", size: 1)}],
-        strategy: :one_for_one
-      )
-
-    :ok = Krait.Pool.await_ready(pool, 60_000)
-    on_exit(fn -> Process.exit(sup, :shutdown) end)
-    %{pool: pool}
+    %{pool: start_module_pool!(adapter: "adapters.audio:AudioAdapter", size: 1)}
   end
 
   @tone %{kind: "sine", frequency_hz: 440.0, level_dbfs: -12.0}

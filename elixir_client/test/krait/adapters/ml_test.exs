@@ -11,17 +11,7 @@ defmodule Krait.Adapters.MLTest do
 
   setup_all do
     # two workers, so a session really has to stay on the worker that holds its model
-    pool = :"KraitMLTest#{System.unique_integer([:positive])}"
-
-    {:ok, sup} =
-      Supervisor.start_link(
-        [{Krait.Pool, pool_opts(name: pool, adapter: "adapters.ml:MLAdapter", size: 2)}],
-        strategy: :one_for_one
-      )
-
-    :ok = Krait.Pool.await_ready(pool, 60_000)
-    on_exit(fn -> Process.exit(sup, :shutdown) end)
-    %{pool: pool}
+    %{pool: start_module_pool!(adapter: "adapters.ml:MLAdapter", size: 2)}
   end
 
   test "training streams one chunk per epoch, the loss falls, held-out accuracy is real", %{
