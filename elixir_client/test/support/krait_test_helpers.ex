@@ -67,6 +67,18 @@ defmodule Krait.TestHelpers do
     name
   end
 
+  @doc "Every `{:chunk, chunk}` message already in the mailbox, in arrival order."
+  @spec received_chunks() :: [Krait.Chunk.t()]
+  def received_chunks, do: received_chunks([])
+
+  defp received_chunks(acc) do
+    receive do
+      {:chunk, chunk} -> received_chunks([chunk | acc])
+    after
+      0 -> Enum.reverse(acc)
+    end
+  end
+
   @doc "Polls `fun` every 10 ms until it returns a truthy value or `timeout` ms pass; returns the value."
   @spec eventually((() -> term()), non_neg_integer()) :: term()
   def eventually(fun, timeout \\ 5_000) do

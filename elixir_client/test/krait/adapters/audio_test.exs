@@ -41,7 +41,7 @@ defmodule Krait.Adapters.AudioTest do
                pool: pool
              )
 
-    chunks = collect([])
+    chunks = received_chunks()
     assert %Krait.Chunk{is_final: true} = List.last(chunks)
     last = chunks |> Enum.reject(& &1.is_final) |> List.last()
     assert_in_delta hd(last["peak_dbfs"]), -12.0, 0.1
@@ -73,13 +73,5 @@ defmodule Krait.Adapters.AudioTest do
       end)
 
     assert closed["released"] == true
-  end
-
-  defp collect(acc) do
-    receive do
-      {:chunk, chunk} -> collect([chunk | acc])
-    after
-      0 -> Enum.reverse(acc)
-    end
   end
 end

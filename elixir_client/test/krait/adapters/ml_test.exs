@@ -33,7 +33,7 @@ defmodule Krait.Adapters.MLTest do
                opts
              )
 
-    chunks = collect([])
+    chunks = received_chunks()
     {progress, [final]} = Enum.split(chunks, -1)
     assert Enum.map(progress, & &1["epoch"]) == [1, 2, 3, 4, 5, 6]
     assert Enum.all?(progress, &(&1["type"] == "progress"))
@@ -88,13 +88,5 @@ defmodule Krait.Adapters.MLTest do
 
     assert run["state"] == "cancelled"
     assert run["epochs_done"] < 500
-  end
-
-  defp collect(acc) do
-    receive do
-      {:chunk, chunk} -> collect([chunk | acc])
-    after
-      0 -> Enum.reverse(acc)
-    end
   end
 end
