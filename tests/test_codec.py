@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
-from python_worker.codec import decode_json, decode_npy, decode_value, encode_json, encode_npy, encode_value
+from python_worker.codec import (
+    JSONValueError,
+    decode_json,
+    decode_npy,
+    decode_value,
+    encode_json,
+    encode_npy,
+    encode_value,
+    npy_header,
+)
 
 
 @pytest.mark.parametrize(
@@ -63,3 +74,73 @@ def test_values_pick_their_content_type() -> None:
     assert decode_value(b"", "") is None
     with pytest.raises(TypeError, match="not JSON serializable"):
         encode_value(object())
+
+
+LONG = "1234567890123456789"  # 19 digits: sends a document to the exact standard-library parser
+
+
+@pytest.mark.parametrize("extra", ["", f', "n": {LONG}'], ids=["orjson", "stdlib"])
+@pytest.mark.parametrize(
+    ("doc", "path", "problem"),
+    [
+        ('{"a": 1e400', ("a",), "not a finite number"),
+        ('{"a": -1e400', ("a",), "not a finite number"),
+        ('{"a": NaN', ("a",), "not a finite number"),
+        ('{"a": {"k": [1, Infinity]}', ("a", "k", 1), "not a finite number"),
+        ('{"s": "\\ud800"', ("s",), "lone surrogate"),
+    ],
+)
+def test_refused_json_values_are_refused_the_same_way_by_either_parser(
+    doc: str, path: tuple, problem: str, extra: str
+) -> None:
+    with pytest.raises(JSONValueError) as info:
+        decode_json(doc + extra + "}")
+    assert info.value.path == path and problem in info.value.problem
+
+
+@pytest.mark.parametrize("extra", ["", LONG], ids=["orjson", "stdlib"])
+def test_deep_nesting_is_a_value_error(extra: str) -> None:
+    with pytest.raises(ValueError, match="nesting is too deep"):
+        decode_json("[" * 5000 + extra + "]" * 5000)
+
+
+def test_big_integers_and_surrogate_pairs_still_decode() -> None:
+    assert decode_json(f'{{"n": {LONG}1234, "f": 1.5, "e": "\\ud83d\\ude00"}}') == {
+        "n": int(LONG + "1234"),
+        "f": 1.5,
+        "e": "\N{GRINNING FACE}",
+    }
+
+
+def _npy(header: str, data: bytes = b"\0" * 24) -> bytes:
+    raw = header.encode("latin1")
+    pad = 64 - (10 + len(raw) + 1) % 64
+    return b"\x93NUMPY\x01\x00" + (len(raw) + pad + 1).to_bytes(2, "little") + raw + b" " * pad + b"\n" + data
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (_npy("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3, }"), "not a valid .npy payload"),
+        (_npy("(" * 300), "not a valid .npy payload"),
+        (_npy("{'descr': '<f4', 'fortran_order': False, 'shape': (" + "(" * 5000 + "}"), "not a valid .npy payload"),
+        (_npy("{'descr': '<f4', 'fortran_order': False, 'shape': (10**30,), }"), "not a valid .npy payload"),
+        (_npy("{'descr': 'O', 'fortran_order': False, 'shape': (3,), }"), "Python objects"),
+        (_npy("{'descr': '<f4', 'fortran_order': False, 'shape': (-6,), }"), "negative dimension"),
+        (_npy("{'descr': '<f4', 'fortran_order': False, 'shape': (2**32, 2**32), }"), "not a valid .npy payload"),
+        (_npy("{'descr': '<f4', 'fortran_order': False, 'shape': (4294967296, 4294967296), }", b""), "needs"),
+        (b"\x93NUMPY\x02\x00\xff\xff\xff\xff{", "not a valid .npy payload"),
+        (b"\x93NUMPY", "not a valid .npy payload"),
+        (b"", "not a valid .npy payload"),
+    ],
+)
+def test_malformed_npy_is_a_value_error_saying_what_is_wrong(payload: bytes, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        decode_npy(payload)
+
+
+def test_npy_with_a_long_header_decodes() -> None:
+    dtype = np.dtype([(f"field_{i}", "<f4") for i in range(300)])  # a header of several kilobytes
+    array = np.zeros(2, dtype=dtype)
+    assert len(npy_header(array)) > 4096
+    assert decode_npy(encode_npy(array)).dtype == dtype

@@ -78,6 +78,9 @@ def _parse_args(text: str, tool_name: str) -> dict[str, Any]:
         return {}
     try:
         args = codec.decode_json(text)
+    except codec.JSONValueError as exc:
+        where = f"argument {codec.format_path(exc.path)}" if exc.path else "args_json"
+        raise InvalidArguments(f"{tool_name}: {where}: {exc.problem}") from None
     except ValueError as exc:  # orjson's and json's decode errors are both ValueErrors
         raise InvalidArguments(f"{tool_name}: args_json is not valid JSON: {exc}") from None
     if not isinstance(args, dict):
