@@ -19,8 +19,12 @@ from grpc_status import rpc_status
 from .proto import pb
 
 # Trailers are bounded (grpc's default max metadata size is 8 KiB): keep the end of a long traceback,
-# which holds the frames that matter, and say how much was cut.
+# which holds the frames that matter, and say how much was cut. Messages and names come partly from the caller
+# (a tool name, an argument name) and may be of any size: they are clipped too, so that an error about a
+# 1 MB tool name is a NOT_FOUND the client can read, not trailers it refuses.
 MAX_TRACEBACK_CHARS = 4000
+MAX_MESSAGE_CHARS = 1000
+MAX_NAME_CHARS = 64
 
 
 class CallError(Exception):
@@ -76,6 +80,13 @@ def _tool_frames(trace: TracebackType | None) -> TracebackType | None:
     return trace
 
 
+def clip(text: str, limit: int = MAX_NAME_CHARS) -> str:
+    """``text``, or its first ``limit`` characters and how long it was."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _clip(text: str) -> str:
     if len(text) <= MAX_TRACEBACK_CHARS:
         return text
@@ -92,10 +103,15 @@ def to_status(exc: BaseException, *, tool_name: str, worker_id: str) -> grpc.Sta
         trace = "".join(tb.format_exception(type(exc), exc, _tool_frames(exc.__traceback__)))
         if type(exc).__name__ == "ToolCancelled":
             code = grpc.StatusCode.CANCELLED
-    message = f"{error_type}: {exc}"
+    text = clip(str(exc), MAX_MESSAGE_CHARS)
     error = pb.ToolError(
-        type=error_type, message=str(exc), traceback=_clip(trace), tool_name=tool_name, worker_id=worker_id
+        type=clip(error_type),
+        message=text,
+        traceback=_clip(trace),
+        tool_name=clip(tool_name),
+        worker_id=worker_id,
     )
+    message = f"{error.type}: {text}"
     detail = any_pb2.Any()
     detail.Pack(error)
     status = status_pb2.Status(code=code.value[0], message=message, details=[detail])

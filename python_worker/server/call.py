@@ -23,12 +23,12 @@ import grpc
 import numpy as np
 
 from .. import codec
-from ..errors import CallError, InvalidArguments, ProtocolViolation, ToolNotFound, WrongRpc
+from ..errors import CallError, InvalidArguments, ProtocolViolation, ToolNotFound, WrongRpc, clip
 from ..proto import pb
 from ..sdk import BaseAdapter, StreamChunk, ToolContext, ToolSpec
 from ..sdk.tool import ArgumentError
 from .buffer import Cancelled, ChunkBuffer
-from .sessions import SessionStore
+from .sessions import SessionStore, check_session_id
 from .wire import LARGE, Chunk, frame
 
 log = logging.getLogger("krait.worker")
@@ -43,10 +43,11 @@ def prepare(
     worker_id: str,
 ) -> tuple[ToolSpec, dict[str, Any], ToolContext]:
     """Resolve the tool, check the RPC fits it, decode and validate the arguments, build the context."""
+    check_session_id(request.session_id)
     spec = specs.get(request.tool_name)
     if spec is None:
         known = ", ".join(sorted(specs)) or "none"
-        raise ToolNotFound(f"unknown tool {request.tool_name!r}; this worker serves: {known}")
+        raise ToolNotFound(f"unknown tool {clip(request.tool_name)!r}; this worker serves: {known}")
     if spec.supports_streaming != streaming:
         if spec.supports_streaming:
             raise WrongRpc(f"{spec.name} is a streaming tool: call it with ExecuteStreamingTool")

@@ -6,17 +6,18 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
 
-from ..errors import CallError, Overloaded, to_status
+from ..errors import CallError, InvalidArguments, Overloaded, clip, to_status
 from ..proto import pb, pb_grpc
 from ..sdk import BaseAdapter
 from .buffer import Cancelled, ChunkBuffer
 from .call import StreamingCall, prepare, run_unary
-from .sessions import SessionStore
+from .requests import Malformed, deserializer
+from .sessions import SessionStore, check_session_id
 from .wire import encode_batch
 
 log = logging.getLogger("krait.worker")
@@ -80,20 +81,39 @@ class ToolWorkerServicer(pb_grpc.ToolWorkerServicer):
         return pb.ListToolsResponse(tools=tools, worker_id=self.worker_id, adapter=self.adapter_path)
 
     def InitializeSession(self, request: Any, context: grpc.ServicerContext) -> Any:
-        if not request.session_id:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "session_id must not be empty")
+        try:
+            if not request.session_id:
+                raise InvalidArguments("session_id must not be empty")
+            check_session_id(request.session_id)
+        except CallError as exc:
+            self._abort(context, exc, "InitializeSession")
         return pb.InitializeSessionResponse(
             created=self.sessions.initialize(request.session_id, dict(request.metadata))
         )
 
     def CleanupSession(self, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            check_session_id(request.session_id)
+        except CallError as exc:
+            self._abort(context, exc, "CleanupSession")
         return pb.CleanupSessionResponse(existed=self.sessions.cleanup(request.session_id))
 
     # -- tool calls ---------------------------------------------------------------------------------------
-    def _abort(self, context: grpc.ServicerContext, exc: BaseException, tool_name: str) -> None:
-        if not isinstance(exc, CallError):
-            log.error("%s failed", tool_name, exc_info=exc)
-        context.abort_with_status(to_status(exc, tool_name=tool_name, worker_id=self.worker_id))
+    def _abort(self, context: grpc.ServicerContext, exc: BaseException, rpc: str, tool_name: str = "") -> None:
+        """End the RPC with the status reporting ``exc``. Expected failures (bad input, an overloaded worker)
+        are logged as one warning line; a traceback is logged only for a bug in a tool or in Krait."""
+        status = to_status(exc, tool_name=tool_name, worker_id=self.worker_id)
+        what = f"{rpc} {clip(tool_name)}" if tool_name else rpc
+        if isinstance(exc, CallError):
+            log.warning("%s refused: %s %s", what, exc.code.name, status.details)
+        elif type(exc).__name__ == "ToolCancelled":
+            log.info("%s: the tool stopped on cancellation (%s)", what, exc)
+        else:
+            log.error("%s failed", what, exc_info=exc)
+        context.abort_with_status(status)
+
+    def refuse_malformed(self, rpc: str, request: Malformed, context: grpc.ServicerContext) -> None:
+        self._abort(context, InvalidArguments(request.reason), rpc)
 
     def _acquire(self) -> None:
         if not self._slots.acquire(blocking=False):
@@ -104,7 +124,7 @@ class ToolWorkerServicer(pb_grpc.ToolWorkerServicer):
         try:
             self._acquire()
         except CallError as exc:
-            self._abort(context, exc, request.tool_name)
+            self._abort(context, exc, "ExecuteTool", request.tool_name)
         try:
             spec, kwargs, ctx = prepare(
                 request, specs=self.specs, streaming=False, sessions=self.sessions, worker_id=self.worker_id
@@ -114,28 +134,31 @@ class ToolWorkerServicer(pb_grpc.ToolWorkerServicer):
             context.send_initial_metadata(())
             return run_unary(self.adapter, spec, kwargs, ctx, started)
         except Exception as exc:
-            self._abort(context, exc, request.tool_name)
+            self._abort(context, exc, "ExecuteTool", request.tool_name)
         finally:
             self._slots.release()
 
     def ExecuteStreamingTool(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        for batch in self._stream(request, context, max_chunks=1, frame_large=False):
+        for batch in self._stream(request, context, rpc="ExecuteStreamingTool", max_chunks=1, frame_large=False):
             seq, data, content_type, is_final, meta = batch[0]
             yield pb.ToolChunk(seq=seq, data=data, content_type=content_type, is_final=is_final, metadata=meta)
 
     def ExecuteStreamingToolBatched(self, request: Any, context: grpc.ServicerContext) -> Iterator[bytes]:
         # already serialized: registered with a pass-through serializer (see register())
-        for batch in self._stream(request, context, max_chunks=BATCH_MAX_CHUNKS, frame_large=True):
+        stream = self._stream(
+            request, context, rpc="ExecuteStreamingToolBatched", max_chunks=BATCH_MAX_CHUNKS, frame_large=True
+        )
+        for batch in stream:
             yield encode_batch(batch)
 
     def _stream(
-        self, request: Any, context: grpc.ServicerContext, *, max_chunks: int, frame_large: bool
+        self, request: Any, context: grpc.ServicerContext, *, rpc: str, max_chunks: int, frame_large: bool
     ) -> Iterator[list[Any]]:
         started = time.perf_counter()
         try:
             self._acquire()
         except CallError as exc:
-            self._abort(context, exc, request.tool_name)
+            self._abort(context, exc, rpc, request.tool_name)
         call: StreamingCall | None = None
         try:
             spec, kwargs, ctx = prepare(
@@ -164,7 +187,7 @@ class ToolWorkerServicer(pb_grpc.ToolWorkerServicer):
         except Cancelled:
             return
         except Exception as exc:
-            self._abort(context, exc, request.tool_name)
+            self._abort(context, exc, rpc, request.tool_name)
         finally:
             if call is not None:
                 call.cancel()  # no-op after a normal end; stops the tool if the stream was abandoned
@@ -185,9 +208,20 @@ def register(servicer: ToolWorkerServicer, server: grpc.Server) -> None:
         response_type = getattr(pb, method.output_type.name)
         make = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
         handlers[method.name] = make(
-            getattr(servicer, method.name),
-            request_deserializer=request_type.FromString,
+            _refusing_malformed(servicer, method.name, getattr(servicer, method.name)),
+            request_deserializer=deserializer(request_type),
             response_serializer=None if method.name in PRESERIALIZED else response_type.SerializeToString,
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
     server.add_registered_method_handlers(service.full_name, handlers)
+
+
+def _refusing_malformed(servicer: ToolWorkerServicer, rpc: str, behavior: Callable[[Any, Any], Any]) -> Any:
+    # the deserializer hands over a Malformed instead of raising (see requests.py); a streaming behavior returns
+    # its generator from here, so this wrapper adds no per-chunk cost
+    def handle(request: Any, context: grpc.ServicerContext) -> Any:
+        if isinstance(request, Malformed):
+            servicer.refuse_malformed(rpc, request, context)
+        return behavior(request, context)
+
+    return handle

@@ -7,9 +7,22 @@ import threading
 import time
 from collections.abc import Callable
 
+from ..errors import InvalidArguments, clip
 from ..sdk import Session
 
 log = logging.getLogger("krait.worker")
+
+# Session ids come from callers and are kept for the session's life: bounded, like every key a caller chooses.
+MAX_SESSION_ID_BYTES = 256
+
+
+def check_session_id(session_id: str) -> None:
+    """Raise InvalidArguments for a session id longer than :data:`MAX_SESSION_ID_BYTES` (UTF-8)."""
+    size = len(session_id.encode())
+    if size > MAX_SESSION_ID_BYTES:
+        raise InvalidArguments(
+            f"session_id {clip(session_id)!r} is {size} bytes long; at most {MAX_SESSION_ID_BYTES} are allowed"
+        )
 
 
 class SessionStore:
