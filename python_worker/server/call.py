@@ -13,6 +13,7 @@ Streaming rules (documented in the README):
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -41,6 +42,7 @@ def prepare(
     streaming: bool,
     sessions: SessionStore,
     worker_id: str,
+    call_id: str = "",
 ) -> tuple[ToolSpec, dict[str, Any], ToolContext]:
     """Resolve the tool, check the RPC fits it, decode and validate the arguments, build the context."""
     check_session_id(request.session_id)
@@ -61,13 +63,15 @@ def prepare(
         kwargs = spec.validate(args)
     except ArgumentError as exc:
         raise InvalidArguments(str(exc)) from None
-    session = sessions.touch(request.session_id) if request.session_id else None
+    # last: a session acquired here is released by the caller once the call ends
+    session = sessions.acquire(request.session_id) if request.session_id else None
     ctx = ToolContext(
         tool_name=spec.name,
         worker_id=worker_id,
         session_id=request.session_id,
         session=session,
         metadata=dict(request.metadata),
+        call_id=call_id,
     )
     if spec.context_param:
         kwargs[spec.context_param] = ctx
@@ -154,7 +158,9 @@ class StreamingCall:
         self._seq = 0
         self._emit_lock = threading.Lock()
         ctx.progress_sink = self._progress
-        self.thread = threading.Thread(target=self._run, name=f"tool-{spec.name}", daemon=True)
+        # the tool's thread logs as part of the call (see logs.py): it runs in a copy of this thread's context
+        context = contextvars.copy_context()
+        self.thread = threading.Thread(target=context.run, args=(self._run,), name=f"tool-{spec.name}", daemon=True)
 
     def start(self) -> None:
         self.thread.start()

@@ -13,9 +13,10 @@ import grpc
 
 from ..errors import CallError, InvalidArguments, Overloaded, clip, to_status
 from ..proto import pb, pb_grpc
-from ..sdk import BaseAdapter
+from ..sdk import BaseAdapter, ToolContext
 from .buffer import Cancelled, ChunkBuffer
 from .call import StreamingCall, prepare, run_unary
+from .logs import call_ended, call_id_from, in_call
 from .requests import Malformed, deserializer
 from .sessions import SessionStore, check_session_id
 from .wire import encode_batch
@@ -52,6 +53,8 @@ class ToolWorkerServicer(pb_grpc.ToolWorkerServicer):
         self.specs = type(adapter).tool_specs()
         self.max_calls = max_calls
         self._slots = threading.BoundedSemaphore(max_calls)
+        self._count_lock = threading.Lock()
+        self._in_flight = 0
         # room for the message framing around a chunk's data
         self.max_chunk_bytes = max_message_bytes - 4096
         self._started = time.monotonic()
@@ -118,16 +121,46 @@ class ToolWorkerServicer(pb_grpc.ToolWorkerServicer):
     def _acquire(self) -> None:
         if not self._slots.acquire(blocking=False):
             raise Overloaded(f"worker {self.worker_id} is running its maximum of {self.max_calls} calls")
+        with self._count_lock:
+            self._in_flight += 1
+
+    def _release(self) -> None:
+        with self._count_lock:
+            self._in_flight -= 1
+        self._slots.release()
+
+    def calls_in_flight(self) -> int:
+        """Tool calls whose handlers have not returned (a unary tool deaf to cancellation stays counted)."""
+        return self._in_flight
+
+    def _begin(self, request: Any, context: grpc.ServicerContext) -> str:
+        """Mark this thread's log records as the call's; returns its call id."""
+        call_id = call_id_from(context.invocation_metadata())
+        in_call(request.tool_name, request.session_id, call_id)
+        return call_id
+
+    def _end(self, ctx: ToolContext | None, acquired: bool) -> None:
+        if ctx is not None and ctx.session is not None:
+            self.sessions.release(ctx.session_id)
+        if acquired:
+            self._release()
+        call_ended()
 
     def ExecuteTool(self, request: Any, context: grpc.ServicerContext) -> Any:
         started = time.perf_counter()
+        call_id = self._begin(request, context)
+        ctx: ToolContext | None = None
+        acquired = False
         try:
             self._acquire()
-        except CallError as exc:
-            self._abort(context, exc, "ExecuteTool", request.tool_name)
-        try:
+            acquired = True
             spec, kwargs, ctx = prepare(
-                request, specs=self.specs, streaming=False, sessions=self.sessions, worker_id=self.worker_id
+                request,
+                specs=self.specs,
+                streaming=False,
+                sessions=self.sessions,
+                worker_id=self.worker_id,
+                call_id=call_id,
             )
             context.add_callback(ctx.cancel_event.set)
             # headers go out before the tool runs: a client that saw none knows the call never started
@@ -136,7 +169,7 @@ class ToolWorkerServicer(pb_grpc.ToolWorkerServicer):
         except Exception as exc:
             self._abort(context, exc, "ExecuteTool", request.tool_name)
         finally:
-            self._slots.release()
+            self._end(ctx, acquired)
 
     def ExecuteStreamingTool(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         for batch in self._stream(request, context, rpc="ExecuteStreamingTool", max_chunks=1, frame_large=False):
@@ -155,14 +188,20 @@ class ToolWorkerServicer(pb_grpc.ToolWorkerServicer):
         self, request: Any, context: grpc.ServicerContext, *, rpc: str, max_chunks: int, frame_large: bool
     ) -> Iterator[list[Any]]:
         started = time.perf_counter()
-        try:
-            self._acquire()
-        except CallError as exc:
-            self._abort(context, exc, rpc, request.tool_name)
+        call_id = self._begin(request, context)
+        ctx: ToolContext | None = None
+        acquired = False
         call: StreamingCall | None = None
         try:
+            self._acquire()
+            acquired = True
             spec, kwargs, ctx = prepare(
-                request, specs=self.specs, streaming=True, sessions=self.sessions, worker_id=self.worker_id
+                request,
+                specs=self.specs,
+                streaming=True,
+                sessions=self.sessions,
+                worker_id=self.worker_id,
+                call_id=call_id,
             )
             call = StreamingCall(
                 self.adapter,
@@ -191,7 +230,7 @@ class ToolWorkerServicer(pb_grpc.ToolWorkerServicer):
         finally:
             if call is not None:
                 call.cancel()  # no-op after a normal end; stops the tool if the stream was abandoned
-            self._slots.release()
+            self._end(ctx, acquired)
 
 
 # methods whose handlers return serialized bytes (hand-encoded on the hot path)
