@@ -88,10 +88,6 @@ class SessionStore:
                 session.last_used = time.monotonic()
                 self._sessions.move_to_end(session_id)
 
-    def touch(self, session_id: str, metadata: dict[str, str] | None = None) -> Session:
-        """The session, created if new; marks it used now."""
-        return self._touch(session_id, metadata, use=False)[0]
-
     def initialize(self, session_id: str, metadata: dict[str, str] | None = None) -> bool:
         """Create or refresh a session; True if it was created."""
         return self._touch(session_id, metadata, use=False)[1]
