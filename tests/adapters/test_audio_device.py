@@ -5,7 +5,6 @@ PulseAudio). The tone has peak amplitude 0.5: -6.02 dBFS peak, -9.03 dBFS RMS at
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -50,8 +49,12 @@ def tone(pulse: PulseServer, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     """The tone plays into the null sink for the whole module (60 s is far longer than the tests)."""
     wav = write_tone(tmp_path_factory.mktemp("tone") / "a440.wav", TONE_HZ, AMPLITUDE, 60.0)
     with pulse.playing(wav) as player:
-        time.sleep(0.3)
-        assert player.poll() is None, f"paplay exited: {player.stderr.read().decode() if player.stderr else ''}"
+
+        def playing() -> str:
+            assert player.poll() is None, f"paplay exited: {player.stderr.read().decode() if player.stderr else ''}"
+            return pulse.pactl("list", "short", "sink-inputs").strip()  # its stream reached the server
+
+        eventually(playing, what="paplay's stream in the server")
         yield
 
 
