@@ -96,7 +96,10 @@ defmodule Krait.Pool.AffinityTest do
     # first one to get a worker takes the others there too.
     releases = for _ <- 1..2, do: occupy(pool, session())
     s = session()
-    tasks = for _ <- 1..8, do: Task.async(fn -> count(pool, s, affinity: :hint, timeout: 30_000) end)
+
+    tasks =
+      for _ <- 1..8, do: Task.async(fn -> count(pool, s, affinity: :hint, timeout: 30_000) end)
+
     assert eventually(fn -> Krait.Pool.stats(pool).queue_length == 8 end)
     Enum.each(releases, & &1.())
 

@@ -111,7 +111,9 @@ defmodule Krait.Pool.WorkerDeathTest do
       refute Process.alive?(runner)
       failed = Enum.reject(results, &match?({:ok, %{"cancelled" => false}}, &1))
       assert length(results) == 150
-      assert length(failed) <= 6, "#{length(failed)} calls failed, e.g. #{inspect(Enum.take(failed, 3))}"
+
+      assert length(failed) <= 6,
+             "#{length(failed)} calls failed, e.g. #{inspect(Enum.take(failed, 3))}"
 
       for {:error, error} <- failed, do: assert(%Error{category: :worker} = error)
     end)
