@@ -85,7 +85,7 @@ defmodule Krait.Options do
           cond do
             spec[:required] -> "required"
             Keyword.has_key?(spec, :default_doc) -> spec[:default_doc]
-            Keyword.has_key?(spec, :default) -> "`#{inspect(spec[:default])}`"
+            Keyword.has_key?(spec, :default) -> "`#{default_text(spec[:default])}`"
             true -> ""
           end
 
@@ -94,6 +94,17 @@ defmodule Krait.Options do
 
     Enum.join(["| option | type | default | what |", "|---|---|---|---|" | rows], "\n")
   end
+
+  # 300000 reads better as 300_000 (and 1000 as 1_000)
+  defp default_text(value) when is_integer(value) and value >= 1_000 do
+    value
+    |> Integer.to_string()
+    |> String.reverse()
+    |> String.replace(~r/(\d{3})(?=\d)/, "\\1_")
+    |> String.reverse()
+  end
+
+  defp default_text(value), do: inspect(value)
 
   ## Checks
 
@@ -194,7 +205,8 @@ defmodule Krait.Options do
   defp type_doc(:server, _), do: "a pool name (atom, pid, {:global, _} or {:via, _, _})"
   defp type_doc(:env, _), do: "a map or list of {name, value} strings (nil unsets)"
   defp type_doc(:metadata, _), do: "a flat map of string keys to strings, numbers or atoms"
-  defp type_doc({:list, type}, style), do: "a list of #{type_doc(type, style)}"
+  defp type_doc({:list, :string}, _), do: "a list of strings"
+  defp type_doc({:list, type}, style), do: "a list, each #{type_doc(type, style)}"
 
   defp type_doc({:in, values}, :markdown),
     do: "one of " <> Enum.map_join(values, ", ", &"`#{inspect(&1)}`")

@@ -52,7 +52,7 @@ defmodule Krait.OptionsTest do
 
   test "the pool's and the calls' docs show their generated tables" do
     {:docs_v1, _, _, _, %{"en" => pool_doc}, _, _} = Code.fetch_docs(Krait.Pool)
-    assert pool_doc =~ "| `:max_queue` | a non-negative integer | `1000` |"
+    assert pool_doc =~ "| `:max_queue` | a non-negative integer | `1_000` |"
     {:docs_v1, _, _, _, %{"en" => krait_doc}, _, _} = Code.fetch_docs(Krait)
     assert krait_doc =~ "| `:affinity` | one of `:hint`, `:strict_queue`, `:strict_fail_fast` |"
   end
