@@ -17,8 +17,8 @@ defmodule Krait.GRPC.Connection do
     * `start_stream/4` starts a server-streaming call whose messages are sent to an owner
       process:
 
-          {:krait_grpc, ref, {:messages, [binary], byte_count}}   # zero or more times
-          {:krait_grpc, ref, {:done, :ok | {:error, %Krait.GRPC.Error{}}}}  # once, last
+          {:krait_stream, ref, {:messages, [binary], byte_count}}   # zero or more times
+          {:krait_stream, ref, {:done, :ok | {:error, %Krait.GRPC.Error{}}}}  # once, last
 
       The owner must call `ack(conn, ref, byte_count)` once it has consumed each
       `:messages` delivery: the server is granted stream window only for acknowledged
@@ -53,6 +53,8 @@ defmodule Krait.GRPC.Connection do
   """
 
   use GenServer
+
+  @behaviour Krait.Channel
 
   alias Krait.GRPC.{Error, Frame, HPACK, Metadata, Stream}
 
@@ -165,6 +167,7 @@ defmodule Krait.GRPC.Connection do
   """
   @spec start_stream(conn, String.t(), iodata, call_opts) ::
           {:ok, reference} | {:error, Error.t()}
+  @impl Krait.Channel
   def start_stream(conn, path, request, opts \\ []) do
     open(conn, :stream, path, request, Keyword.put_new(opts, :owner, self()))
   end
@@ -174,6 +177,7 @@ defmodule Krait.GRPC.Connection do
   lets the server send that much more on the stream.
   """
   @spec ack(conn, reference, non_neg_integer) :: :ok
+  @impl Krait.Channel
   def ack(conn, ref, byte_count) when is_reference(ref) and is_integer(byte_count) do
     GenServer.cast(conn, {:ack, ref, byte_count})
   end
@@ -183,11 +187,16 @@ defmodule Krait.GRPC.Connection do
   any more (not even `:done`); earlier ones may still be in the owner's mailbox.
   """
   @spec cancel(conn, reference) :: :ok
+  @impl Krait.Channel
   def cancel(conn, ref) when is_reference(ref) do
     GenServer.call(conn, {:cancel, ref})
   catch
     :exit, _ -> :ok
   end
+
+  @doc "A gRPC stream does not report `:started` (see `Krait.Channel`)."
+  @impl Krait.Channel
+  def tells_started?, do: false
 
   @doc """
   Closes the connection gracefully: sends GOAWAY, fails open calls with `UNAVAILABLE`
@@ -331,13 +340,17 @@ defmodule Krait.GRPC.Connection do
   def handle_call({:open, kind, path, body, timeout, metadata, owner}, from, state) do
     cond do
       state.goaway != nil ->
-        {:reply, {:error, Error.unavailable("connection is going away (GOAWAY received)")}, state}
+        {:reply, {:error, Error.unprocessed("connection is going away (GOAWAY received)")}, state}
 
       state.next_id > @max_stream_id ->
-        {:reply, {:error, Error.unavailable("stream ids exhausted on this connection")}, state}
+        {:reply, {:error, Error.unprocessed("stream ids exhausted on this connection")}, state}
 
       state.peer_max_streams != :infinity and map_size(state.streams) >= state.peer_max_streams ->
-        {:reply, {:error, Error.unavailable("server's concurrent stream limit reached")}, state}
+        {:reply, {:error, Error.unprocessed("server's concurrent stream limit reached")}, state}
+
+      # The server has closed the connection but that is still in the mailbox: nothing is sent.
+      closed?(state.socket) ->
+        {:reply, {:error, Error.unprocessed("connection closed by the server")}, state}
 
       true ->
         {ref, state} = open_stream(state, kind, path, body, timeout, metadata, owner, from)
@@ -635,7 +648,7 @@ defmodule Krait.GRPC.Connection do
       |> Map.values()
       |> Enum.filter(&(&1.id > last_id))
       |> Enum.reduce(%{state | goaway: {last_id, code, debug}}, fn stream, state ->
-        close_stream(state, stream, {:error, Error.unavailable(message)}, rst: nil)
+        close_stream(state, stream, {:error, Error.unprocessed(message)}, rst: nil)
       end)
 
     {:ok, state}
@@ -699,7 +712,7 @@ defmodule Krait.GRPC.Connection do
     case Stream.receive_data(stream, data, flow_length) do
       {:ok, messages, bytes, stream} ->
         if stream.kind == :stream and messages != [] do
-          send(stream.owner, {:krait_grpc, stream.ref, {:messages, messages, bytes}})
+          send(stream.owner, {:krait_stream, stream.ref, {:messages, messages, bytes}})
         end
 
         if end_stream? do
@@ -879,12 +892,31 @@ defmodule Krait.GRPC.Connection do
   end
 
   defp deliver(%Stream{kind: :stream, owner: owner, ref: ref}, outcome),
-    do: send(owner, {:krait_grpc, ref, {:done, outcome}})
+    do: send(owner, {:krait_stream, ref, {:done, outcome}})
 
+  # Every stream fails with `error`; those that had no response headers yet never started on a Krait
+  # worker (it answers headers before running a tool), so they are marked unprocessed.
   defp fail_all(state, error) do
     state.streams
     |> Map.values()
-    |> Enum.reduce(state, &close_stream(&2, &1, {:error, error}, rst: nil))
+    |> Enum.reduce(state, fn stream, state ->
+      error = if stream.headers == nil, do: %{error | unprocessed: true}, else: error
+      close_stream(state, stream, {:error, error}, rst: nil)
+    end)
+  end
+
+  defp closed?(socket) do
+    receive do
+      {:tcp_closed, ^socket} = message ->
+        send(self(), message)
+        true
+
+      {:tcp_error, ^socket, _} = message ->
+        send(self(), message)
+        true
+    after
+      0 -> false
+    end
   end
 
   defp connection_error(state, code, reason) do

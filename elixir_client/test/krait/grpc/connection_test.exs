@@ -6,6 +6,7 @@ defmodule Krait.GRPC.ConnectionTest do
   """
   use ExUnit.Case, async: true
 
+  import Krait.TestHelpers, only: [eventually: 1]
   alias Krait.GRPC.{Connection, Error}
   alias Krait.Proto
 
@@ -60,12 +61,12 @@ defmodule Krait.GRPC.ConnectionTest do
   # Receives a stream to its end, acknowledging each delivery; returns the payloads.
   defp collect(conn, ref, timeout \\ 10_000) do
     receive do
-      {:krait_grpc, ^ref, {:messages, messages, bytes}} ->
+      {:krait_stream, ^ref, {:messages, messages, bytes}} ->
         Connection.ack(conn, ref, bytes)
         {rest, result} = collect(conn, ref, timeout)
         {messages ++ rest, result}
 
-      {:krait_grpc, ^ref, {:done, result}} ->
+      {:krait_stream, ^ref, {:done, result}} ->
         {[], result}
     after
       timeout -> flunk("stream #{inspect(ref)} did not finish in #{timeout} ms")
@@ -79,17 +80,6 @@ defmodule Krait.GRPC.ConnectionTest do
   defp events(conn, tag) do
     {:ok, %{data: data}} = execute(conn, "stream_events", %{tag: tag})
     json(data)
-  end
-
-  defp eventually(fun, timeout \\ 3000) do
-    deadline = System.monotonic_time(:millisecond) + timeout
-
-    Stream.repeatedly(fn ->
-      result = fun.()
-      if !result, do: Process.sleep(20)
-      result
-    end)
-    |> Enum.find(fn result -> result || System.monotonic_time(:millisecond) > deadline end)
   end
 
   test "unary calls: Ping, ListTools, ExecuteTool", %{conn: conn} do
@@ -241,18 +231,18 @@ defmodule Krait.GRPC.ConnectionTest do
   test "cancel resets the stream and the tool sees it", %{conn: conn} do
     tag = "cancel-#{System.unique_integer([:positive])}"
     {:ok, ref} = stream_tool(conn, "endless_stream", %{interval_ms: 10, tag: tag})
-    assert_receive {:krait_grpc, ^ref, {:messages, _, _}}, 5000
+    assert_receive {:krait_stream, ^ref, {:messages, _, _}}, 5000
     assert :ok = Connection.cancel(conn, ref)
     # Flushing what was already delivered is the owner's business.
     flush_stream(ref)
-    refute_receive {:krait_grpc, ^ref, _}, 200
+    refute_receive {:krait_stream, ^ref, _}, 200
     assert eventually(fn -> Map.has_key?(events(conn, tag), "cancel_seen") end)
     assert :sys.get_state(conn).streams == %{}
   end
 
   defp flush_stream(ref) do
     receive do
-      {:krait_grpc, ^ref, _} -> flush_stream(ref)
+      {:krait_stream, ^ref, _} -> flush_stream(ref)
     after
       0 -> :ok
     end
@@ -261,8 +251,9 @@ defmodule Krait.GRPC.ConnectionTest do
   test "a slow owner bounds memory to about one stream window", %{conn: conn} do
     # 64 messages of 256 KiB: 16 MiB in all, four times the 4 MiB stream window.
     {:ok, ref} = stream_tool(conn, "stream_arrays", %{batches: 64, batch_rows: 64, cols: 1024})
-    Process.sleep(1000)
-    held = drain(ref, 0)
+    # everything the server may send without an acknowledgement, until it stops (quiet for 300 ms)
+    assert_receive {:krait_stream, ^ref, {:messages, _, first}}, 5_000
+    held = drain(ref, first)
     assert held > 0
     assert held <= 4 * 1024 * 1024 + 300_000, "received #{held} bytes without acknowledging any"
 
@@ -275,9 +266,9 @@ defmodule Krait.GRPC.ConnectionTest do
 
   defp drain(ref, bytes) do
     receive do
-      {:krait_grpc, ^ref, {:messages, _messages, n}} -> drain(ref, bytes + n)
+      {:krait_stream, ^ref, {:messages, _messages, n}} -> drain(ref, bytes + n)
     after
-      100 -> bytes
+      300 -> bytes
     end
   end
 
@@ -344,7 +335,7 @@ defmodule Krait.GRPC.ConnectionTest do
     conn = connect(worker)
     monitor = Process.monitor(conn)
     {:ok, ref} = stream_tool(conn, "endless_stream", %{interval_ms: 10})
-    assert_receive {:krait_grpc, ^ref, {:messages, _, _}}, 5000
+    assert_receive {:krait_stream, ^ref, {:messages, _, _}}, 5000
     PythonWorker.stop(worker)
     assert {_, {:error, %Error{status: status}}} = collect(conn, ref, 10_000)
     assert status in [1, 14]
