@@ -122,3 +122,15 @@ def test_oversized_messages_both_ways() -> None:
         assert "more than the worker's maximum message size" in info.value.message
         assert info.value.type == "ChunkTooLarge"
         _still_serving(client)
+
+
+@pytest.mark.parametrize("char", ["m", "\N{EURO SIGN}"])
+def test_huge_error_messages_are_clipped_to_fit_the_trailers(client: Client, char: str) -> None:
+    # grpcio clients refuse trailers over 8-16 KiB: the worker keeps the status within them, whatever the text
+    with pytest.raises(ToolError) as info:
+        client.execute("fail", message=char * 48_000)
+    assert info.value.code == grpc.StatusCode.UNKNOWN
+    assert info.value.message.startswith(f"ValueError: {char * 100}")
+    assert info.value.message.endswith("... (48000 characters)")
+    assert info.value.traceback.startswith("... (") and "characters of traceback omitted" in info.value.traceback
+    _still_serving(client)

@@ -196,7 +196,7 @@ def _start_failure(adapter: str) -> tuple[int, list[dict]]:
     ("adapter", "cause"),
     [
         ("adapters.showcase:Nope", "module 'adapters.showcase' has no class 'Nope'"),
-        ("krait_no_such_package.adapter:Thing", "no module named 'krait_no_such_package'"),
+        ("krait_no_such_package.adapter:Thing", "No module named 'krait_no_such_package'"),
         ("adapters.showcase", "adapter must be given as module:Class"),
         ("tests.fixtures.broken:NOT_AN_ADAPTER", "is not a subclass of python_worker.BaseAdapter"),
     ],

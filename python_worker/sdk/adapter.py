@@ -54,7 +54,7 @@ def load_adapter(path: str) -> BaseAdapter:
     except ModuleNotFoundError as exc:
         # the adapter's module (or a package above it) is missing; a module *it* imports is its own error
         if exc.name is not None and (module_name == exc.name or module_name.startswith(exc.name + ".")):
-            raise AdapterPathError(f"no module named {exc.name!r}") from None
+            raise AdapterPathError(f"No module named {exc.name!r}") from None
         raise
     try:
         cls: Any = getattr(module, class_name)

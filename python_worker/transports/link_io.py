@@ -94,7 +94,7 @@ class FrameReader:
     """Reads frames from the pool; :meth:`read` returns None at end of input (the pool has gone)."""
 
     def __init__(self, fd: int) -> None:
-        self._file = io.open(fd, "rb", buffering=1 << 16, closefd=False)  # noqa: UP020 - an fd, not a path
+        self._file = io.open(fd, "rb", buffering=1 << 16, closefd=False)  # noqa: SIM115, UP020 - an fd, not a path
 
     def read(self) -> Any | None:
         head = self._file.read(4)
