@@ -205,12 +205,18 @@ defmodule Krait.GRPC.ConnectionTest do
     assert tb =~ "Traceback"
   end
 
-  test "trailers too big for one frame arrive in CONTINUATION frames", %{conn: conn} do
+  # (trailers in CONTINUATION frames are tested against a fake server in connection_protocol_test)
+  test "a huge error message arrives as the tool's error, clipped to fit the trailers", %{
+    conn: conn
+  } do
     message = String.duplicate("long error text ", 3000)
     assert {:error, %Error{status: 2} = error} = execute(conn, "fail", %{message: message})
 
-    assert %Proto.ToolError{message: ^message} =
+    assert %Proto.ToolError{type: "ValueError", message: clipped} =
              Proto.tool_error_from_status_details(error.details)
+
+    assert String.starts_with?(message, String.slice(clipped, 0, 100))
+    assert byte_size(clipped) < byte_size(message)
   end
 
   test "a unary deadline ends the call with DEADLINE_EXCEEDED", %{conn: conn} do
