@@ -21,12 +21,19 @@ def _serve(ns: argparse.Namespace) -> int:
     from .server.logs import configure
 
     worker_id = ns.worker_id or f"worker-{os.getpid()}"
-    configure(log_format=ns.log_format, level=ns.log_level, worker_id=worker_id)
+    link = None
+    if ns.link:
+        from .transports.link_io import LogFrameHandler, open_link
+
+        link = open_link()  # first: nothing may write to stdout but the link from here on
+        configure(log_format="link", level=ns.log_level, worker_id=worker_id, handler=LogFrameHandler(link))
+    else:
+        configure(log_format=ns.log_format, level=ns.log_level, worker_id=worker_id)
     auto = {"auto": None, "on": True, "off": False}
     options = ServeOptions(
         adapter=ns.adapter,
         host=ns.host,
-        port=ns.port,
+        port=ns.port if ns.port is not None or ns.link else 0,
         worker_id=worker_id,
         ready_file=ns.ready_file,
         max_message_bytes=int(ns.max_message_mb * (1 << 20)),
@@ -37,7 +44,7 @@ def _serve(ns: argparse.Namespace) -> int:
         process_group=auto[ns.process_group],
         grace=ns.grace,
     )
-    return serve(options)
+    return serve(options, link=link)
 
 
 def _positive(kind: type[int] | type[float]) -> Any:
@@ -107,7 +114,17 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="serve an adapter's tools over gRPC")
     serve.add_argument("--adapter", required=True, help="module:Class, e.g. adapters.showcase:ShowcaseAdapter")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=0, help="port to bind; 0 picks a free one (default)")
+    serve.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="gRPC port to bind; 0 picks a free one (the default, unless --link: then gRPC only with --port)",
+    )
+    serve.add_argument(
+        "--link",
+        action="store_true",
+        help="serve the local link on stdin/stdout (what a Krait pool uses; see docs/link.md)",
+    )
     serve.add_argument("--worker-id", default="", help="id reported in final-chunk metadata (default worker-PID)")
     serve.add_argument("--ready-file", help="write the readiness JSON (port, pid, worker_id) here once serving")
     serve.add_argument("--max-message-mb", type=float, default=64, help="max gRPC message size (default 64)")
