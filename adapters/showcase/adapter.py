@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -119,8 +120,8 @@ class ShowcaseAdapter(BaseAdapter):
         yield {"too": "late"}
 
     @tool(description="Broken on purpose: a streaming tool that returns a dict", supports_streaming=True)
-    def returns_dict(self) -> Any:
-        return {"not": "a stream"}
+    def returns_dict(self) -> Iterator[Any]:
+        return {"not": "a stream"}  # type: ignore[return-value]  # lies about its type on purpose
 
     # -- unary ----------------------------------------------------------------------------------------------
     @tool(description="Return the value unchanged")
