@@ -45,14 +45,24 @@ class Chunk:
 
 
 class KraitError(Exception):
-    """A call failed. ``code`` is the gRPC status; ``type``/``traceback`` come from the worker when it sent them."""
+    """A call failed. ``code`` is the gRPC status; ``type``/``traceback`` come from the worker when it sent them,
+    ``details`` holds the public fields of the tool's exception (``{"retry_after": 2.5}``), if any."""
 
-    def __init__(self, code: grpc.StatusCode, message: str, *, type: str = "", traceback: str = "") -> None:
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        *,
+        type: str = "",
+        traceback: str = "",
+        details: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.type = type
         self.traceback = traceback
+        self.details: dict[str, Any] = details or {}
 
 
 class ToolError(KraitError):
@@ -85,7 +95,8 @@ def _translate(error: grpc.RpcError) -> KraitError:
     message = error.details() or code.name  # type: ignore[attr-defined]
     cls = _ERRORS.get(code, KraitError)
     if details is not None:
-        return cls(code, message, type=details.type, traceback=details.traceback)
+        fields = codec.decode_json(details.details_json) if details.details_json else {}
+        return cls(code, message, type=details.type, traceback=details.traceback, details=fields)
     return cls(code, message)
 
 

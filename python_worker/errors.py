@@ -2,7 +2,8 @@
 
 The status message reads like Python (``ValueError: epochs must be > 0``); the ``grpc-status-details-bin``
 trailer holds a ``google.rpc.Status`` whose ``details`` carry a ``krait.v1.ToolError`` with the exception type,
-message and traceback, so any gRPC client can show the whole story.
+message, traceback and public fields (:mod:`python_worker.error_details`), so any gRPC client can show the
+whole story.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from google.protobuf import any_pb2
 from google.rpc import status_pb2
 from grpc_status import rpc_status
 
+from .error_details import details_json
 from .proto import pb
 
 # Trailers are bounded (grpc's default max metadata size is 8 KiB): keep the end of a long traceback,
@@ -94,7 +96,12 @@ def to_status(exc: BaseException, *, tool_name: str, worker_id: str) -> grpc.Sta
             code = grpc.StatusCode.CANCELLED
     message = f"{error_type}: {exc}"
     error = pb.ToolError(
-        type=error_type, message=str(exc), traceback=_clip(trace), tool_name=tool_name, worker_id=worker_id
+        type=error_type,
+        message=str(exc),
+        traceback=_clip(trace),
+        tool_name=tool_name,
+        worker_id=worker_id,
+        details_json="" if isinstance(exc, CallError) else details_json(exc),
     )
     detail = any_pb2.Any()
     detail.Pack(error)

@@ -28,7 +28,7 @@ import typing_extensions
 from pydantic import ConfigDict, WithJsonSchema
 
 from .. import codec
-from .chunk import chunk_data_type
+from .chunk import StreamChunk, chunk_data_type
 
 BINARY_SCHEMA: dict[str, dict[str, Any]] = {
     "npy": {"type": "string", "contentMediaType": codec.NPY, "x-krait-binary": True},
@@ -140,7 +140,9 @@ def _is_dataframe(tp: Any) -> bool:
 
 
 def _result_leaf(tp: Any) -> Any:
-    """Krait's wire form of the types pydantic has no JSON Schema for."""
+    """Krait's wire form of the types pydantic has no JSON Schema for; a StreamChunk's data type for it."""
+    if tp is StreamChunk or typing.get_origin(tp) is StreamChunk:
+        return map_annotation(chunk_data_type(tp), _result_leaf)
     if tp is np.ndarray or typing.get_origin(tp) is np.ndarray:
         return Annotated[Any, WithJsonSchema(BINARY_SCHEMA["npy"])]
     if _is_dataframe(tp):

@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 
 from ..proto import SERVICE_NAME
 from ..sdk import load_adapter
+from . import aio_runner
 from .servicer import ToolWorkerServicer, register
 from .sessions import SessionStore
 
@@ -145,6 +146,7 @@ def serve(options: ServeOptions) -> int:
     log.info("worker %s stopping", options.worker_id)
     health_servicer.enter_graceful_shutdown()
     server.stop(options.grace).wait()
+    aio_runner.shutdown(options.grace)
     sessions.close()
     try:
         adapter.close()
