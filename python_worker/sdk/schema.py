@@ -165,7 +165,9 @@ def result_schema(annotation: Any) -> dict[str, Any] | None:
         return dict(BINARY_SCHEMA["bytes"])
     mapped = map_annotation(annotation, _result_leaf)
     try:
-        model = pydantic.create_model("result", __config__=ConfigDict(), value=(mapped, ...))
+        # a result always carries its defaulted fields: they are required in what the caller receives
+        config = ConfigDict(json_schema_serialization_defaults_required=True)
+        model = pydantic.create_model("result", __config__=config, value=(mapped, ...))
         schema = model.model_json_schema(mode="serialization")
     except (pydantic.PydanticSchemaGenerationError, pydantic.PydanticUserError, TypeError) as exc:
         raise TypeError(f"the result type {_name(annotation)} has no JSON form ({_first_line(exc)})") from None

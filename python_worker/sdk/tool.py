@@ -120,7 +120,7 @@ class ToolSpec:
             path = "".join(f"[{p!r}]" for p in loc[1:])
             if error["type"] == "missing" and not path:
                 problems.append(f"missing required argument '{arg}'")
-            elif error["type"] == "extra_forbidden" and path:
+            elif error["type"] in ("extra_forbidden", "unexpected_keyword_argument") and path:
                 problems.append(f"argument '{arg}'{path}: unknown field")
             elif error["type"] == "extra_forbidden":
                 known = ", ".join(self.param_names) or "no arguments"
