@@ -13,7 +13,8 @@ defmodule Krait.Error do
       * `:pool_not_running` - no pool is registered under the `:pool` name.
     * `:timeout` - the call's deadline passed while the tool ran (the tool is stopped too).
     * `:python` - the tool raised; `details` has `:type` (exception class), `:traceback`,
-      `:tool_name` and `:worker_id`.
+      `:tool_name` and `:worker_id`, plus the exception's public fields under their string names
+      (`QuotaExceeded(retry_after=2.5)` gives `details["retry_after"] == 2.5`).
     * `:worker` - the worker process died or its connection broke during the call.
     * `:invalid_argument` - bad arguments or options (from Elixir or from the worker).
     * `:not_found` - no such tool on the worker's adapter.
@@ -94,11 +95,22 @@ defmodule Krait.Error do
           |> Map.merge(%{type: tool_error.type, traceback: tool_error.traceback})
           |> put_present(:tool_name, tool_error.tool_name)
           |> put_present(:worker_id, tool_error.worker_id)
+          |> Map.merge(exception_fields(tool_error.details_json))
 
         new(category, tool_error.message, details)
 
       _ ->
         new(category, grpc_message || "", details)
+    end
+  end
+
+  # the exception's public fields, under their (string) names beside Krait's atom keys
+  defp exception_fields(""), do: %{}
+
+  defp exception_fields(json) do
+    case Krait.JSON.decode(json) do
+      {:ok, %{} = fields} -> fields
+      _ -> %{"krait.details_json" => json}
     end
   end
 
