@@ -6,6 +6,8 @@
             for chunk in chunks:
                 print(chunk.data, chunk.is_final)
 
+:class:`AsyncClient` (``python_worker.aio_client``, on ``grpc.aio``) is the same client for asyncio code.
+
 Streams use the batched RPC (many chunks per gRPC message) and yield one :class:`Chunk` per tool yield, decoded
 by content type. Closing a stream (or leaving its ``with`` block, or breaking out of a ``for`` over it and
 dropping it) cancels the call on the worker. NumPy arrays and bytes given as arguments travel as binary
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
@@ -26,6 +28,18 @@ from .errors import tool_error_from_rpc_error
 from .proto import pb, pb_grpc
 from .server.app import channel_options
 from .server.wire import decode_batch
+
+if TYPE_CHECKING:
+    from .aio_client import AsyncClient as AsyncClient
+
+
+def __getattr__(name: str) -> Any:
+    # AsyncClient lives in aio_client (which imports this module): loaded on first use, and grpc.aio with it
+    if name == "AsyncClient":
+        from .aio_client import AsyncClient
+
+        return AsyncClient
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(slots=True)
