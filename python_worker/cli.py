@@ -1,4 +1,4 @@
-"""Command line: ``serve`` a worker, list its ``tools``, ``call`` a tool.
+"""Command line: ``serve`` a worker, list its ``tools``, ``call`` a tool (``krait-worker`` is the same command).
 
 python -m python_worker serve --adapter adapters.showcase:ShowcaseAdapter --port 0
 python -m python_worker tools --target 127.0.0.1:50051
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -18,6 +19,11 @@ import numpy as np
 
 def _serve(ns: argparse.Namespace) -> int:
     from .server import ServeOptions, serve
+
+    # adapters are imported from the current directory first, as `python -m` does (the krait-worker script's
+    # own sys.path starts at its bin directory)
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
 
     logging.basicConfig(
         level=getattr(logging, ns.log_level.upper()),
@@ -88,7 +94,8 @@ def _call(ns: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m python_worker", description="Krait Python worker")
+    prog = "krait-worker" if os.path.basename(sys.argv[0]) == "krait-worker" else "python -m python_worker"
+    parser = argparse.ArgumentParser(prog=prog, description="Krait Python worker")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="serve an adapter's tools over gRPC")
