@@ -20,6 +20,15 @@ import numpy as np
 from python_worker import BaseAdapter, StreamChunk, ToolContext, tool
 
 
+class QuotaExceeded(Exception):
+    """An exception with fields: the caller gets them as error details (``{"retry_after": 2.5, "limit": 100}``)."""
+
+    def __init__(self, retry_after: float, limit: int) -> None:
+        super().__init__(f"quota of {limit} calls exceeded, retry in {retry_after} s")
+        self.retry_after = retry_after
+        self.limit = limit
+
+
 class ShowcaseAdapter(BaseAdapter):
     def __init__(self) -> None:
         # what happened to streams, by tag: lets a caller check that cancellation reached the tool
@@ -147,6 +156,10 @@ class ShowcaseAdapter(BaseAdapter):
     @tool(description="Raise ValueError(message)")
     def fail(self, message: str = "epochs must be > 0") -> None:
         raise ValueError(message)
+
+    @tool(description="Raise QuotaExceeded(retry_after, limit=100): its fields reach the caller as details")
+    def quota(self, retry_after: float = 2.5) -> None:
+        raise QuotaExceeded(retry_after=retry_after, limit=100)
 
     @tool(description="Statistics of an array argument")
     def array_stats(self, values: np.ndarray) -> dict[str, Any]:
