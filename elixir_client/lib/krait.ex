@@ -18,18 +18,24 @@ defmodule Krait do
 
   ## Options (all calls)
 
-    * `:pool` - the pool's name, default `Krait.Pool`.
-    * `:timeout` - ms for the whole call, waiting for a worker included, default 300_000, or
-      `:infinity`. The deadline travels to Python (`grpc-timeout`), so the tool stops too; time
-      spent in stream callbacks counts as well (a worker still held well after the deadline is
-      taken back by the pool, see `Krait.Pool`'s `:lease_grace`).
-    * `:session_id` - keeps the call on the session's worker (the session's state lives there).
-    * `:affinity` - what to do when the session's worker is busy: `:hint` (default) runs the call on
-      another free worker; `:strict_queue` waits for the session's worker; `:strict_fail_fast`
-      returns a `:worker_busy` error at once. The strict modes return `:session_worker_unavailable`
-      when the session's worker has died; `:hint` then moves the session to another worker.
-      While a session's very first call runs, its other calls wait for the same worker in every mode.
-    * `:metadata` - a map of strings passed to the tool's context.
+  Declared once in `Krait.Call`: an unknown option or a wrong type returns
+  `{:error, %Krait.Error{category: :invalid_argument}}` naming it (and the nearest known option).
+
+  #{Krait.Options.docs(Krait.Call.schema())}
+
+  ## Sessions and affinity
+
+  A session's calls go to the worker that served its first call, where its state lives. The
+  binding is made when the first call is given a worker; calls of the session that were already
+  waiting then follow it to that worker, so concurrent first calls never land on different
+  workers. When the session's worker is busy, `:affinity` decides:
+
+    * `:hint` (default) - run on any free worker (else wait for the first free one); when the
+      session's worker has died, the session moves to another worker;
+    * `:strict_queue` - wait for the session's worker;
+    * `:strict_fail_fast` - return a `:worker_busy` error at once.
+
+  The strict modes return `:session_worker_unavailable` when the session's worker has died.
 
   ## Arguments
 
@@ -62,12 +68,17 @@ defmodule Krait do
 
   @doc """
   Runs a streaming tool and calls `callback` with each `Krait.Chunk`: synchronously, in order, once
-  per chunk, in the calling process. Returns `:ok` once the final chunk has been handled.
+  per chunk, in the calling process. Returns `:ok` once the final chunk has been handled (or the
+  callback halted the stream).
 
-  If the callback raises, throws or exits, the call is cancelled on the worker and
-  `{:error, %Krait.Error{category: :callback}}` is returned.
+  The callback's return value is ignored, except `:halt` or `{:halt, term}`: the stream stops there,
+  the call is cancelled on the worker (the tool's `finally` runs), the worker is freed, and
+  `execute_stream/4` returns `:ok`. If the callback raises, throws or exits, the call is cancelled
+  the same way and `{:error, %Krait.Error{category: :callback}}` is returned.
   """
-  @spec execute_stream(String.t(), args(), (Krait.Chunk.t() -> any()), [option()]) ::
+  @spec execute_stream(String.t(), args(), (Krait.Chunk.t() -> :halt | {:halt, term()} | any()), [
+          option()
+        ]) ::
           :ok | {:error, Krait.Error.t()}
   def execute_stream(tool, args, callback, opts \\ []),
     do: Krait.Call.execute_stream(tool, args, callback, opts)

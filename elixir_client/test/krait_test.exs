@@ -88,8 +88,24 @@ defmodule KraitTest do
       assert {:error, %Error{category: :invalid_argument}} =
                Krait.execute("add", %{a: 1}, pool: pool)
 
-      assert {:error, %Error{category: :failed_precondition}} =
+      assert {:error, %Error{category: :failed_precondition, message: message}} =
                Krait.execute("stream_numbers", %{}, pool: pool)
+
+      assert message ==
+               "stream_numbers is a streaming tool: call it with " <>
+                 "Krait.execute_stream/4 or Krait.stream/3"
+
+      assert {{:error, %Error{category: :failed_precondition, message: message}}, []} =
+               collect(pool, "add", %{a: 1, b: 2})
+
+      assert message == "add is not a streaming tool: call it with Krait.execute/3"
+
+      error =
+        assert_raise Error, fn ->
+          pool |> then(&Krait.stream("add", %{}, pool: &1)) |> Enum.to_list()
+        end
+
+      assert error.message =~ "call it with Krait.execute/3"
     end
 
     test "invalid options and arguments are rejected before any worker is used", %{pool: pool} do
@@ -104,6 +120,53 @@ defmodule KraitTest do
 
       assert {:error, %Error{category: :invalid_argument}} =
                Krait.execute("add", %{a: {1, 2}}, pool: pool)
+    end
+
+    test "unknown options name the nearest known one; wrong types are errors, never raises", %{
+      pool: pool
+    } do
+      assert {:error, %Error{category: :invalid_argument, message: message}} =
+               Krait.execute("slow_tool", %{seconds: 2}, pool: pool, timout: 100)
+
+      assert message == "unknown option :timout (did you mean :timeout?)"
+
+      for {opts, expected} <- [
+            {[pool: "string"], "option :pool must be a pool name"},
+            {[metadata: %{"a" => %{"nested" => 1}}], "option :metadata must be a flat map"},
+            {[metadata: [a: 1]], "option :metadata must be a flat map"},
+            {[session_id: 42], "option :session_id must be a string or an atom"},
+            {[session_id: String.duplicate("s", 257)], "option :session_id is 257 bytes"},
+            {[timeout: "5s"], "option :timeout must be a positive integer (ms) or :infinity"},
+            {:not_a_list, "options must be a keyword list"}
+          ] do
+        opts = if is_list(opts), do: Keyword.put_new(opts, :pool, pool), else: opts
+
+        assert {:error, %Error{category: :invalid_argument, message: message}} =
+                 Krait.execute("add", %{a: 1, b: 2}, opts)
+
+        assert message =~ expected
+
+        assert {:error, %Error{category: :invalid_argument}} =
+                 Krait.execute_stream("stream_numbers", %{}, fn _ -> :ok end, opts)
+
+        assert_raise Error, fn -> Krait.stream("stream_numbers", %{}, opts) end
+      end
+
+      bogus = %Tensor{dtype: :bogus, shape: {1}, data: <<0>>}
+
+      assert {:error, %Error{category: :invalid_argument, message: message}} =
+               Krait.execute("array_stats", %{values: bogus}, pool: pool)
+
+      assert message =~ ~s(argument "values": unknown tensor dtype :bogus)
+
+      short = %Tensor{dtype: :float32, shape: {4}, data: <<0, 0, 0, 0>>}
+
+      assert {:error, %Error{category: :invalid_argument, message: message}} =
+               Krait.execute("array_stats", %{values: short}, pool: pool)
+
+      assert message =~ "tensor data is 4 bytes"
+      # nothing was leaked: both workers are idle
+      assert eventually(fn -> idle?(pool) end)
     end
 
     test "a missing pool is a :pool error" do
@@ -221,6 +284,35 @@ defmodule KraitTest do
       assert chunks != []
       assert eventually(fn -> events(pool, tag)["finally"] end)
       assert eventually(fn -> idle?(pool) end)
+    end
+
+    test "a callback returning :halt stops the stream: cancelled on the worker, worker freed", %{
+      pool: pool
+    } do
+      for halt <- [:halt, {:halt, :enough}] do
+        tag = tag()
+        test = self()
+
+        assert :ok =
+                 Krait.execute_stream(
+                   "endless_stream",
+                   %{interval_ms: 5, tag: tag},
+                   fn chunk ->
+                     send(test, {:tick, chunk["tick"]})
+                     if chunk["tick"] == 2, do: halt, else: :ok
+                   end,
+                   pool: pool
+                 )
+
+        assert_received {:tick, 2}
+        refute_received {:tick, 3}
+        assert eventually(fn -> events(pool, tag)["finally"] end)
+        assert eventually(fn -> idle?(pool) end)
+      end
+
+      # any other return value is ignored
+      assert {:ok, chunks} = collect(pool, "stream_numbers", %{count: 3})
+      assert length(chunks) == 4
     end
 
     test "a non-function callback is rejected", %{pool: pool} do

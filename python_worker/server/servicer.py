@@ -111,6 +111,8 @@ class ToolWorkerServicer(pb_grpc.ToolWorkerServicer):
                 request, specs=self.specs, streaming=False, sessions=self.sessions, worker_id=self.worker_id
             )
             context.add_callback(ctx.cancel_event.set)
+            # headers go out before the tool runs: a client that saw none knows the call never started
+            context.send_initial_metadata(())
             return run_unary(self.adapter, spec, kwargs, ctx, started)
         except Exception as exc:
             self._abort(context, exc, request.tool_name)
@@ -152,6 +154,8 @@ class ToolWorkerServicer(pb_grpc.ToolWorkerServicer):
             )
             # fires when the RPC ends for any reason: client cancel, disconnect, deadline, or normal end
             context.add_callback(call.cancel)
+            # headers go out before the tool runs: a client that saw none knows the call never started
+            context.send_initial_metadata(())
             call.start()
             while True:
                 batch = call.buffer.take(max_chunks, BATCH_MAX_BYTES)

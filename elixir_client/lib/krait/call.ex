@@ -8,6 +8,14 @@ defmodule Krait.Call do
   Streams use `ExecuteStreamingToolBatched`: each gRPC message carries many chunks. Each delivery from
   the connection is acknowledged as soon as it is taken from the mailbox, so the network keeps moving
   while callbacks run, and at most one flow-control window of data waits in the mailbox.
+
+  A call that fails because its worker died is checked in as `:lost` (the worker leaves the pool at
+  once). When it certainly never started on the worker (no response headers: workers answer them
+  before a tool runs), it is retried on another worker within its deadline, so a worker's death fails
+  only the call that was running on it.
+
+  Every call has an id, sent to the worker in the `krait-call-id` header: the worker's log records
+  for the call carry it (`call_id` Logger metadata) and so do errors (`details.call_id`).
   """
 
   alias Krait.{Chunk, Error, Payload}
@@ -19,8 +27,42 @@ defmodule Krait.Call do
   @cleanup_path "/krait.v1.ToolWorker/CleanupSession"
   @list_tools_path "/krait.v1.ToolWorker/ListTools"
 
-  @default_timeout 300_000
-  @affinities [:hint, :strict_queue, :strict_fail_fast]
+  @call_id_header "krait-call-id"
+  # Attempts of a call that never reached a worker (each on a worker that was up when handed out).
+  @max_attempts 3
+  # Python's worker refuses longer session ids too.
+  @max_session_bytes 256
+
+  @schema [
+    pool: [
+      type: :server,
+      default: Krait.Pool,
+      doc: "the pool to run the call on"
+    ],
+    timeout: [
+      type: :timeout,
+      default: 300_000,
+      doc:
+        "ms for the whole call, waiting for a worker included; the deadline travels to Python " <>
+          "(`grpc-timeout`), and time spent in stream callbacks counts too"
+    ],
+    session_id: [
+      type: {:or, [:string, :atom]},
+      default: nil,
+      doc:
+        "keeps the call on the session's worker, where the session's state lives (at most 256 bytes)"
+    ],
+    affinity: [
+      type: {:in, [:hint, :strict_queue, :strict_fail_fast]},
+      default: :hint,
+      doc: "what to do when the session's worker is busy (see Sessions)"
+    ],
+    metadata: [
+      type: :metadata,
+      default: %{},
+      doc: "strings passed to the tool's context (`ctx.metadata`)"
+    ]
+  ]
 
   @typedoc false
   @type options :: %{
@@ -29,8 +71,13 @@ defmodule Krait.Call do
           deadline: integer() | :infinity,
           session_id: String.t() | nil,
           affinity: Scheduler.affinity(),
-          metadata: %{optional(String.t()) => String.t()}
+          metadata: %{optional(String.t()) => String.t()},
+          call_id: String.t()
         }
+
+  @doc "The call options' declaration (its table is in `Krait`'s docs)."
+  @spec schema() :: Krait.Options.schema()
+  def schema, do: @schema
 
   ## Entry points (see Krait for the documentation)
 
@@ -39,7 +86,11 @@ defmodule Krait.Call do
   def execute(tool, args, opts) do
     with {:ok, o} <- options(opts),
          {:ok, request} <- build_request(tool, args, o) do
-      with_lease(o, fn lease -> unary(lease, @unary_path, request, o, tool) end)
+      o
+      |> with_lease(fn lease -> unary(lease, @unary_path, request, o, tool) end)
+      |> explain_wrong_rpc(
+        "a streaming tool: call it with Krait.execute_stream/4 or Krait.stream/3"
+      )
     end
   end
 
@@ -49,11 +100,13 @@ defmodule Krait.Call do
   def execute_stream(tool, args, callback, opts) when is_function(callback, 1) do
     with {:ok, o} <- options(opts),
          {:ok, request} <- build_request(tool, args, o) do
-      with_lease(o, fn lease ->
+      o
+      |> with_lease(fn lease ->
         with {:ok, s} <- open(lease, @stream_path, request, o, tool) do
-          stream_loop(s, callback, o)
+          stream_loop(s, callback, o, false)
         end
       end)
+      |> explain_wrong_rpc("not a streaming tool: call it with Krait.execute/3")
     end
   end
 
@@ -77,8 +130,10 @@ defmodule Krait.Call do
         {:error, error} -> raise error
       end
 
+    wrong_rpc = "not a streaming tool: call it with Krait.execute/3"
+
     Stream.resource(
-      fn -> lazy_start(tool, request, o) end,
+      fn -> lazy_start(tool, request, o, wrong_rpc) end,
       &lazy_next/1,
       &lazy_after/1
     )
@@ -87,7 +142,8 @@ defmodule Krait.Call do
   @doc false
   @spec end_session(String.t(), keyword()) :: :ok | {:error, Error.t()}
   def end_session(session_id, opts) do
-    with {:ok, o} <- options(Keyword.merge(opts, session_id: session_id, affinity: :strict_queue)) do
+    with {:ok, o} <- options(opts),
+         {:ok, o} <- options_for_session(o, session_id) do
       request =
         Krait.Proto.CleanupSessionRequest.encode(%Krait.Proto.CleanupSessionRequest{
           session_id: o.session_id
@@ -150,44 +206,47 @@ defmodule Krait.Call do
   ## Options and request
 
   @doc false
-  @spec options(keyword()) :: {:ok, options()} | {:error, Error.t()}
-  def options(opts) when is_list(opts) do
-    timeout = Keyword.get(opts, :timeout, @default_timeout)
-    affinity = Keyword.get(opts, :affinity, :hint)
-    session = Keyword.get(opts, :session_id)
-    metadata = Keyword.get(opts, :metadata, %{})
+  @spec options(term()) :: {:ok, options()} | {:error, Error.t()}
+  def options(opts) do
+    case Krait.Options.validate(opts, @schema) do
+      {:ok, o} ->
+        session = if o.session_id in [nil, ""], do: nil, else: to_string(o.session_id)
 
-    cond do
-      not (timeout == :infinity or (is_integer(timeout) and timeout > 0)) ->
-        invalid(
-          "option :timeout must be a positive integer (ms) or :infinity, got: #{inspect(timeout)}"
-        )
+        if session != nil and byte_size(session) > @max_session_bytes do
+          invalid(
+            "option :session_id is #{byte_size(session)} bytes; at most #{@max_session_bytes}"
+          )
+        else
+          {:ok,
+           %{
+             o
+             | session_id: session,
+               metadata: Map.new(o.metadata, fn {k, v} -> {to_string(k), to_string(v)} end)
+           }
+           |> Map.merge(%{
+             deadline: if(o.timeout == :infinity, do: :infinity, else: now() + o.timeout),
+             call_id: new_call_id()
+           })}
+        end
 
-      affinity not in @affinities ->
-        invalid(
-          "option :affinity must be one of #{inspect(@affinities)}, got: #{inspect(affinity)}"
-        )
-
-      not (is_nil(session) or is_binary(session) or is_atom(session) or is_integer(session)) ->
-        invalid("option :session_id must be a string, got: #{inspect(session)}")
-
-      not is_map(metadata) ->
-        invalid("option :metadata must be a map of strings, got: #{inspect(metadata)}")
-
-      true ->
-        {:ok,
-         %{
-           pool: Keyword.get(opts, :pool, Krait.Pool),
-           timeout: timeout,
-           deadline: if(timeout == :infinity, do: :infinity, else: now() + timeout),
-           session_id: if(is_nil(session) or session == "", do: nil, else: to_string(session)),
-           affinity: affinity,
-           metadata: Map.new(metadata, fn {k, v} -> {to_string(k), to_string(v)} end)
-         }}
+      {:error, message} ->
+        invalid(message)
     end
   end
 
-  def options(opts), do: invalid("options must be a keyword list, got: #{inspect(opts)}")
+  defp options_for_session(o, session_id) when is_binary(session_id) and session_id != "",
+    do: {:ok, %{o | session_id: session_id, affinity: :strict_queue}}
+
+  defp options_for_session(_o, session_id),
+    do: invalid("session id must be a non-empty string, got: #{inspect(session_id)}")
+
+  # Unique per call and short: the BEAM's unique integer, base 36, and a random part so that ids from
+  # different nodes or restarts do not collide in logs.
+  defp new_call_id do
+    unique = System.unique_integer([:positive]) |> Integer.to_string(36)
+    random = :rand.uniform(0xFFFFFF) |> Integer.to_string(16) |> String.downcase()
+    String.downcase(unique) <> "-" <> random
+  end
 
   defp build_request(tool, args, o) when is_binary(tool) or is_atom(tool) do
     case Payload.encode_args(args) do
@@ -217,24 +276,58 @@ defmodule Krait.Call do
 
   ## Leases
 
-  defp with_lease(o, fun) do
+  # Runs `fun` on a checked-out worker. `fun` returns the call's result, or `{:retry, error}` when
+  # the call never reached the worker (which died): that worker is checked in as lost and the call
+  # tried again on another, within the deadline.
+  defp with_lease(o, fun, attempt \\ 1) do
     case Scheduler.checkout(o.pool, o.session_id, o.affinity, o.deadline) do
       {:ok, lease} ->
-        try do
-          fun.(lease)
-        after
-          Scheduler.checkin(lease)
+        result =
+          try do
+            fun.(lease)
+          catch
+            kind, reason ->
+              Scheduler.checkin(lease)
+              :erlang.raise(kind, reason, __STACKTRACE__)
+          end
+
+        case result do
+          {:retry, error} ->
+            Scheduler.checkin(lease, :lost)
+
+            if attempt < @max_attempts and remaining(o.deadline) != 0,
+              do: with_lease(o, fun, attempt + 1),
+              else: {:error, error}
+
+          {:error, %Error{category: :worker}} = error ->
+            Scheduler.checkin(lease, :lost)
+            error
+
+          other ->
+            Scheduler.checkin(lease)
+            other
         end
 
       {:error, reason} ->
-        {:error, Error.pool(reason, %{pool: o.pool})}
+        {:error, pool_error(reason, o)}
     end
   end
+
+  defp pool_error(reason, o), do: Error.pool(reason, %{pool: o.pool, call_id: o.call_id})
+
+  # The worker answers a call through the wrong entry point with FAILED_PRECONDITION and a
+  # `WrongRpc` error; Elixir callers are told which function to use instead.
+  defp explain_wrong_rpc({:error, %Error{details: %{type: "WrongRpc"} = d} = e}, what) do
+    tool = Map.get(d, :tool_name)
+    {:error, %{e | message: "#{tool} is #{what}"}}
+  end
+
+  defp explain_wrong_rpc(result, _what), do: result
 
   ## One gRPC stream on the leased worker
 
   defp open(%Lease{conn: conn} = lease, path, request, o, tool) do
-    ctx = %{worker_id: lease.worker_id, tool_name: tool && to_string(tool)}
+    ctx = %{worker_id: lease.worker_id, tool_name: tool && to_string(tool), call_id: o.call_id}
 
     case remaining(o.deadline) do
       0 ->
@@ -243,7 +336,7 @@ defmodule Krait.Call do
       remaining ->
         mon = Process.monitor(conn)
         timeout_opt = if remaining == :infinity, do: [], else: [timeout: remaining]
-        stream_opts = [owner: self(), metadata: %{}] ++ timeout_opt
+        stream_opts = [owner: self(), metadata: %{@call_id_header => o.call_id}] ++ timeout_opt
 
         try do
           Connection.start_stream(conn, path, request, stream_opts)
@@ -254,25 +347,31 @@ defmodule Krait.Call do
           {:ok, ref} ->
             {:ok, %{ref: ref, conn: conn, mon: mon, ctx: ctx}}
 
+          # The connection is gone: its worker is dead, and the call never reached it.
           {:error, :noproc} ->
             Process.demonitor(mon, [:flush])
-            {:error, worker_error(ctx)}
+            {:retry, worker_error(ctx)}
 
           {:error, grpc_error} ->
             Process.demonitor(mon, [:flush])
-            {:error, Error.from_grpc(grpc_error, ctx)}
+            failed(grpc_error, ctx)
         end
     end
   end
 
-  defp stream_loop(%{ref: ref, conn: conn, mon: mon} = s, callback, o) do
+  # `delivered?`: whether a chunk has reached the callback (a call that has delivered is never retried).
+  defp stream_loop(%{ref: ref, conn: conn, mon: mon} = s, callback, o, delivered?) do
     receive do
       {:krait_grpc, ^ref, {:messages, payloads, bytes}} ->
         Connection.ack(conn, ref, bytes)
 
         case deliver(payloads, callback, s.ctx, o.deadline) do
           :ok ->
-            stream_loop(s, callback, o)
+            stream_loop(s, callback, o, true)
+
+          :halt ->
+            cancel(s)
+            :ok
 
           :deadline ->
             cancel(s)
@@ -285,7 +384,7 @@ defmodule Krait.Call do
 
       {:krait_grpc, ^ref, {:done, result}} ->
         Process.demonitor(mon, [:flush])
-        done_result(result, s.ctx)
+        done_result(result, s.ctx, delivered?)
 
       {:DOWN, ^mon, :process, _, _} ->
         flush(ref)
@@ -297,12 +396,20 @@ defmodule Krait.Call do
     end
   end
 
-  defp done_result(:ok, _ctx), do: :ok
-  defp done_result({:error, grpc_error}, ctx), do: {:error, Error.from_grpc(grpc_error, ctx)}
+  defp done_result(:ok, _ctx, _delivered?), do: :ok
+  defp done_result({:error, grpc_error}, ctx, false), do: failed(grpc_error, ctx)
+
+  defp done_result({:error, grpc_error}, ctx, true),
+    do: {:error, Error.from_grpc(grpc_error, ctx)}
+
+  defp failed(%{unprocessed: true} = grpc_error, ctx),
+    do: {:retry, Error.from_grpc(grpc_error, ctx)}
+
+  defp failed(grpc_error, ctx), do: {:error, Error.from_grpc(grpc_error, ctx)}
 
   defp unary(lease, path, request, o, tool) do
     with {:ok, payload} <- unary_raw(lease, path, request, o, tool) do
-      ctx = %{worker_id: lease.worker_id, tool_name: to_string(tool)}
+      ctx = %{worker_id: lease.worker_id, tool_name: to_string(tool), call_id: o.call_id}
 
       case decode_message(Krait.Proto.ExecuteToolResponse, payload, ctx) do
         {:ok, %{data: data, content_type: ct}} ->
@@ -341,7 +448,7 @@ defmodule Krait.Call do
 
       {:krait_grpc, ^ref, {:done, {:error, grpc_error}}} ->
         Process.demonitor(mon, [:flush])
-        {:error, Error.from_grpc(grpc_error, s.ctx)}
+        failed(grpc_error, s.ctx)
 
       {:DOWN, ^mon, :process, _, _} ->
         flush(ref)
@@ -389,8 +496,11 @@ defmodule Krait.Call do
       true ->
         case Chunk.from_proto(proto) do
           {:ok, chunk} ->
-            callback.(chunk)
-            callback_loop(rest, callback, ctx, deadline)
+            case callback.(chunk) do
+              :halt -> :halt
+              {:halt, _} -> :halt
+              _ -> callback_loop(rest, callback, ctx, deadline)
+            end
 
           {:error, message} ->
             {:error, Error.new(:protocol, message, ctx)}
@@ -432,24 +542,44 @@ defmodule Krait.Call do
 
   ## The lazy stream (Krait.stream/3)
 
-  defp lazy_start(tool, request, o) do
+  defp lazy_start(tool, request, o, wrong_rpc) do
     # The deadline counts from the start of enumeration.
     o = if o.timeout == :infinity, do: o, else: %{o | deadline: now() + o.timeout}
+    st = %{tool: tool, request: request, o: o, wrong_rpc: wrong_rpc, attempt: 1, delivered: false}
+    lazy_open(st)
+  end
 
+  defp lazy_open(%{o: o} = st) do
     case Scheduler.checkout(o.pool, o.session_id, o.affinity, o.deadline) do
       {:ok, lease} ->
-        case open(lease, @stream_path, request, o, tool) do
+        case open(lease, @stream_path, st.request, o, st.tool) do
           {:ok, s} ->
-            %{s: s, o: o, lease: lease}
+            Map.merge(st, %{s: s, lease: lease})
+
+          {:retry, error} ->
+            Scheduler.checkin(lease, :lost)
+            lazy_retry(st, error)
 
           {:error, error} ->
-            Scheduler.checkin(lease)
-            raise error
+            lazy_raise(st, lease, error)
         end
 
       {:error, reason} ->
-        raise Error.pool(reason, %{pool: o.pool})
+        raise pool_error(reason, o)
     end
+  end
+
+  defp lazy_retry(st, error) do
+    if st.attempt < @max_attempts and remaining(st.o.deadline) != 0,
+      do: lazy_open(%{st | attempt: st.attempt + 1}),
+      else: raise(error)
+  end
+
+  # Checks the lease in (as lost if the worker died) and raises; lazy_after/1 then finds it returned.
+  defp lazy_raise(st, lease, %Error{} = error) do
+    Scheduler.checkin(lease, if(error.category == :worker, do: :lost, else: :ok))
+    {:error, error} = explain_wrong_rpc({:error, error}, st.wrong_rpc)
+    raise error
   end
 
   defp lazy_next(%{s: :done} = st), do: {:halt, st}
@@ -463,21 +593,28 @@ defmodule Krait.Call do
         Connection.ack(conn, ref, bytes)
 
         case decode_chunks(payloads, s.ctx) do
-          {:ok, chunks} -> {chunks, st}
+          {:ok, chunks} -> {chunks, %{st | delivered: st.delivered or chunks != []}}
           {:error, error} -> raise error
         end
 
-      {:krait_grpc, ^ref, {:done, result}} ->
+      {:krait_grpc, ^ref, {:done, :ok}} ->
+        Process.demonitor(mon, [:flush])
+        {:halt, %{st | s: :done}}
+
+      {:krait_grpc, ^ref, {:done, {:error, grpc_error}}} ->
         Process.demonitor(mon, [:flush])
 
-        # On an error, Stream.resource runs lazy_after/1 (cancel is a no-op on a finished stream).
-        case done_result(result, s.ctx) do
-          :ok -> {:halt, %{st | s: :done}}
-          {:error, error} -> raise error
+        case done_result({:error, grpc_error}, s.ctx, st.delivered) do
+          {:retry, error} ->
+            Scheduler.checkin(st.lease, :lost)
+            {[], lazy_retry(%{st | s: :done}, error)}
+
+          {:error, error} ->
+            lazy_raise(%{st | s: :done}, st.lease, error)
         end
 
       {:DOWN, ^mon, :process, _, _} ->
-        raise worker_error(s.ctx)
+        lazy_raise(%{st | s: :done}, st.lease, worker_error(s.ctx))
     after
       remaining(o.deadline) -> raise timeout_error(o, s.ctx)
     end

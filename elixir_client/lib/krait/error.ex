@@ -10,19 +10,32 @@ defmodule Krait.Error do
       * `:session_worker_unavailable` - a strict affinity mode and the session's worker has died;
       * `:pool_saturated` - the checkout queue is full (`:max_queue`);
       * `:queue_timeout` - the call's `:timeout` passed while it waited for a worker;
-      * `:pool_not_running` - no pool is registered under the `:pool` name.
+      * `:pool_not_running` - no pool is registered under the `:pool` name;
+      * `:workers_failing` - no worker is up and every worker's last start failed (an adapter
+        that does not import, a `:python` without Krait...): returned at once instead of waiting.
+        `details.last_error` holds the failed worker's last output (the import error itself),
+        `details.exit` how it ended (`{:exit_status, 1}`, `:startup_timeout`...) and
+        `details.worker_id` which worker it was. The pool keeps restarting workers with backoff
+        and serves again once one is up.
     * `:timeout` - the call's deadline passed while the tool ran (the tool is stopped too).
     * `:python` - the tool raised; `details` has `:type` (exception class), `:traceback`,
       `:tool_name` and `:worker_id`, plus the exception's public fields under their string names
       (`QuotaExceeded(retry_after=2.5)` gives `details["retry_after"] == 2.5`).
-    * `:worker` - the worker process died or its connection broke during the call.
-    * `:invalid_argument` - bad arguments or options (from Elixir or from the worker).
+    * `:worker` - the worker process died or its connection broke while the call ran on it (a call
+      that had not reached the worker yet is retried on another one instead).
+    * `:invalid_argument` - bad arguments or options (from Elixir or from the worker): the message
+      names the option or argument.
     * `:not_found` - no such tool on the worker's adapter.
-    * `:failed_precondition` - the tool cannot run this way (a unary call of a streaming tool...).
+    * `:failed_precondition` - the tool cannot run this way: `Krait.execute/3` of a streaming tool
+      (the message says to use `Krait.execute_stream/4` or `Krait.stream/3`), a stream of a unary
+      tool, a tool that broke the streaming contract.
     * `:callback` - the `execute_stream/4` callback raised, threw or exited; `details` has `:kind`,
       `:reason` and `:stacktrace`.
     * `:protocol` - the worker sent something Krait could not decode.
     * `:cancelled`, `:resource_exhausted`, `:grpc` - other gRPC outcomes (`details.status`).
+
+  Errors of a call carry its id in `details.call_id`: the worker's log records for the call have
+  the same `call_id` in their Logger metadata.
   """
 
   defexception category: :grpc, message: "", details: %{}
@@ -52,8 +65,29 @@ defmodule Krait.Error do
   }
 
   @doc "Builds a `:pool` error for one of the checkout failure reasons."
-  @spec pool(atom(), map()) :: t()
-  def pool(reason, extra \\ %{}) do
+  @spec pool(atom() | {:workers_failing, map()}, map()) :: t()
+  def pool(reason, extra \\ %{})
+
+  def pool({:workers_failing, failure}, extra) do
+    output = Map.get(failure, :output, "")
+
+    last_line =
+      output |> String.split("\n", trim: true) |> List.last() || inspect(failure[:reason])
+
+    %__MODULE__{
+      category: :pool,
+      message: "the pool's workers fail to start: #{last_line}",
+      details:
+        Map.merge(extra, %{
+          reason: :workers_failing,
+          last_error: output,
+          exit: failure[:reason],
+          worker_id: failure[:worker_id]
+        })
+    }
+  end
+
+  def pool(reason, extra) do
     %__MODULE__{
       category: :pool,
       message: Map.get(@pool_messages, reason, "pool error: #{inspect(reason)}"),

@@ -66,24 +66,15 @@ defmodule Krait.Payload do
         _ -> false
       end)
 
-    binary_args =
-      Map.new(binaries, fn
-        {k, %Krait.Tensor{} = t} -> {to_string(k), {Krait.Tensor.to_npy(t), @npy}}
-        {k, {:binary, bin}} -> {to_string(k), {bin, @octet}}
-      end)
+    with :ok <- check_tensors(binaries),
+         {:ok, text} <- encode_json(plain) do
+      binary_args =
+        Map.new(binaries, fn
+          {k, %Krait.Tensor{} = t} -> {to_string(k), {Krait.Tensor.to_npy(t), @npy}}
+          {k, {:binary, bin}} -> {to_string(k), {bin, @octet}}
+        end)
 
-    json =
-      case plain do
-        [] -> {:ok, ""}
-        _ -> Krait.JSON.encode(Map.new(plain))
-      end
-
-    case json do
-      {:ok, text} ->
-        {:ok, text, binary_args}
-
-      {:error, _} ->
-        {:error, "tool arguments cannot be encoded as JSON: #{inspect(args, limit: 10)}"}
+      {:ok, text, binary_args}
     end
   end
 
@@ -93,4 +84,30 @@ defmodule Krait.Payload do
     do:
       {:error,
        "tool arguments must be a map or a keyword list, got: #{inspect(other, limit: 10)}"}
+
+  defp check_tensors(binaries) do
+    Enum.find_value(binaries, :ok, fn
+      {k, %Krait.Tensor{} = t} ->
+        case Krait.Tensor.check(t) do
+          :ok -> nil
+          {:error, message} -> {:error, "argument #{inspect(to_string(k))}: #{message}"}
+        end
+
+      _ ->
+        nil
+    end)
+  end
+
+  defp encode_json([]), do: {:ok, ""}
+
+  defp encode_json(plain) do
+    case Krait.JSON.encode(Map.new(plain)) do
+      {:ok, text} ->
+        {:ok, text}
+
+      {:error, _} ->
+        {:error,
+         "tool arguments cannot be encoded as JSON: #{inspect(Map.new(plain), limit: 10)}"}
+    end
+  end
 end

@@ -16,31 +16,10 @@ defmodule Krait.Pool do
 
   ## Options
 
-    * `:adapter` (required) - the Python adapter, `"module:Class"`.
-    * `:name` - the pool's registered name (an atom), default `Krait.Pool`.
-    * `:size` - number of workers, default `System.schedulers_online()`.
-    * `:python` - the Python executable, default `"python3"`; a relative path is resolved against
-      `:cwd`, a bare name through `PATH`.
-    * `:cwd` - the workers' working directory (where `python_worker` and the adapter can be imported),
-      default the current directory.
-    * `:env` - extra environment variables for the workers, a map or list of `{name, value}`
-      (`nil` unsets one).
-    * `:worker_args` - extra command-line arguments for `python -m python_worker serve`.
-    * `:startup_timeout` - ms a worker may take to report ready before it is killed and retried,
-      default 30_000.
-    * `:max_queue` - callers that may wait for a worker at once; beyond it calls fail with
-      `:pool_saturated`. Default 1_000.
-    * `:health_interval` - ms between health pings of a ready worker (or `:infinity`), default 5_000.
-    * `:health_timeout` - ms a ping may take, default 5_000.
-    * `:health_failures` - failed pings in a row after which a worker is killed, default 2.
-    * `:backoff_min`, `:backoff_max` - ms before a dead worker's replacement starts: `backoff_min`
-      after a first failure, doubling on each consecutive one, at most `backoff_max`. Defaults 100
-      and 10_000.
-    * `:session_ttl` - ms after which an unused session binding is forgotten, default 3_600_000.
-    * `:lease_grace` - ms past a call's deadline after which the pool takes a worker back from a caller
-      that still holds it, default 1_000.
-    * `:shutdown_grace` - ms a worker's process gets to exit after SIGTERM before SIGKILL, default 2_000.
-    * `:connect_timeout` - ms for the gRPC connection to a worker, default 5_000.
+  Declared once in `Krait.Pool.Config`; unknown options and wrong types are refused by
+  `start_link/1` with a `%Krait.Error{category: :invalid_argument}` naming the option.
+
+  #{Krait.Options.docs(Krait.Pool.Config.schema())}
 
   Workers start concurrently and calls made before they are ready wait in the queue; use
   `await_ready/2` to wait for all of them.
@@ -52,26 +31,6 @@ defmodule Krait.Pool do
   use Supervisor
 
   @type option :: {atom(), term()}
-
-  @defaults [
-    name: __MODULE__,
-    python: "python3",
-    startup_timeout: 30_000,
-    max_queue: 1_000,
-    health_interval: 5_000,
-    health_timeout: 5_000,
-    health_failures: 2,
-    backoff_min: 100,
-    backoff_max: 10_000,
-    session_ttl: 3_600_000,
-    lease_grace: 1_000,
-    shutdown_grace: 2_000,
-    connect_timeout: 5_000,
-    host: "127.0.0.1",
-    env: [],
-    worker_args: [],
-    worker_module: Krait.Worker
-  ]
 
   @doc "The child spec: `{Krait.Pool, opts}` in a supervisor's children."
   @spec child_spec([option()]) :: Supervisor.child_spec()
@@ -86,9 +45,9 @@ defmodule Krait.Pool do
   end
 
   @doc "Starts a pool (see the module doc for the options)."
-  @spec start_link([option()]) :: Supervisor.on_start()
+  @spec start_link([option()]) :: Supervisor.on_start() | {:error, Krait.Error.t()}
   def start_link(opts) do
-    case build_config(opts) do
+    case Krait.Pool.Config.build(opts) do
       {:ok, config} ->
         Supervisor.start_link(__MODULE__, config, name: supervisor_name(config.name))
 
@@ -111,10 +70,21 @@ defmodule Krait.Pool do
   @spec stats(GenServer.server()) :: map()
   def stats(pool \\ __MODULE__), do: Krait.Pool.Scheduler.stats(pool)
 
-  @doc "Waits until every worker of the pool is ready: `:ok` or `{:error, :timeout}`."
-  @spec await_ready(GenServer.server(), timeout()) :: :ok | {:error, :timeout}
-  def await_ready(pool \\ __MODULE__, timeout \\ 60_000),
-    do: Krait.Pool.Scheduler.await_ready(pool, timeout)
+  @doc """
+  Waits until every worker of the pool is ready: `:ok`, `{:error, :timeout}`, or, as soon as every
+  worker's start has failed, `{:error, %Krait.Error{category: :pool, details: %{reason:
+  :workers_failing, last_error: output}}}` (see `Krait.Error`).
+  """
+  @spec await_ready(GenServer.server(), timeout()) :: :ok | {:error, :timeout | Krait.Error.t()}
+  def await_ready(pool \\ __MODULE__, timeout \\ 60_000) do
+    case Krait.Pool.Scheduler.await_ready(pool, timeout) do
+      {:error, {:workers_failing, _} = reason} ->
+        {:error, Krait.Error.pool(reason, %{pool: pool})}
+
+      other ->
+        other
+    end
+  end
 
   @doc "Stops a pool started with `start_link/1` and its workers."
   @spec stop(atom(), timeout()) :: :ok
@@ -133,65 +103,4 @@ defmodule Krait.Pool do
   end
 
   defp supervisor_name(name), do: Module.concat(name, Supervisor)
-
-  @doc false
-  @spec build_config([option()]) :: {:ok, map()} | {:error, term()}
-  def build_config(opts) do
-    opts = Keyword.merge(@defaults, opts)
-    name = opts[:name]
-    cwd = Path.expand(opts[:cwd] || File.cwd!())
-
-    with :ok <- check(is_atom(name), "pool :name must be an atom"),
-         :ok <- check(is_binary(opts[:adapter]), "pool :adapter (\"module:Class\") is required"),
-         size = opts[:size] || System.schedulers_online(),
-         :ok <- check(is_integer(size) and size > 0, "pool :size must be a positive integer"),
-         :ok <- check(File.dir?(cwd), "pool :cwd #{cwd} is not a directory"),
-         {:ok, python} <- resolve_python(opts[:python], cwd) do
-      worker = %{
-        adapter: opts[:adapter],
-        python: python,
-        cwd: cwd,
-        env: Enum.to_list(opts[:env]),
-        worker_args: opts[:worker_args],
-        host: opts[:host],
-        startup_timeout: opts[:startup_timeout],
-        connect_timeout: opts[:connect_timeout],
-        health_interval: opts[:health_interval],
-        health_timeout: opts[:health_timeout],
-        health_failures: opts[:health_failures],
-        shutdown_grace: opts[:shutdown_grace]
-      }
-
-      {:ok,
-       %{
-         name: name,
-         size: size,
-         id_prefix: name |> Atom.to_string() |> String.replace_prefix("Elixir.", ""),
-         worker_sup: Module.concat(name, WorkerSupervisor),
-         worker_module: opts[:worker_module],
-         worker: worker,
-         max_queue: opts[:max_queue],
-         backoff_min: opts[:backoff_min],
-         backoff_max: opts[:backoff_max],
-         session_ttl: opts[:session_ttl],
-         lease_grace: opts[:lease_grace]
-       }}
-    end
-  end
-
-  defp check(true, _message), do: :ok
-  defp check(false, message), do: {:error, {:invalid_option, message}}
-
-  defp resolve_python(python, cwd) when is_binary(python) do
-    path =
-      if String.contains?(python, "/"),
-        do: Path.expand(python, cwd),
-        else: System.find_executable(python)
-
-    if path && File.regular?(path),
-      do: {:ok, path},
-      else: {:error, {:python_not_found, python}}
-  end
-
-  defp resolve_python(python, _cwd), do: {:error, {:python_not_found, python}}
 end

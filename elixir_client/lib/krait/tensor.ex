@@ -144,6 +144,47 @@ defmodule Krait.Tensor do
 
   def from_npy(_), do: {:error, "not a .npy document"}
 
+  @known_dtypes for {_kind, _size, dtype} <- @dtypes, do: dtype
+
+  @doc """
+  Checks that a tensor can be sent: a known dtype (or a `.npy` descr string), a shape of
+  non-negative integers, a byte order, and data whose size matches. `:ok` or `{:error, message}`.
+  """
+  @spec check(term()) :: :ok | {:error, String.t()}
+  def check(%__MODULE__{dtype: dtype, shape: shape, data: data, byte_order: order} = t) do
+    cond do
+      not (dtype in @known_dtypes or descr_string?(dtype)) ->
+        {:error, "unknown tensor dtype #{inspect(dtype)}; known: #{inspect(@known_dtypes)}"}
+
+      not (is_tuple(shape) and Enum.all?(Tuple.to_list(shape), &(is_integer(&1) and &1 >= 0))) ->
+        {:error, "tensor shape must be a tuple of non-negative integers, got: #{inspect(shape)}"}
+
+      order not in [:little, :big, :none] ->
+        {:error, "tensor byte_order must be :little, :big or :none, got: #{inspect(order)}"}
+
+      not is_binary(data) ->
+        {:error, "tensor data must be a binary"}
+
+      byte_size(data) != element_count(t) * item_size(dtype) ->
+        {:error,
+         "tensor data is #{byte_size(data)} bytes, shape #{inspect(shape)} of #{inspect(dtype)} " <>
+           "needs #{element_count(t) * item_size(dtype)}"}
+
+      true ->
+        :ok
+    end
+  end
+
+  def check(other), do: {:error, "not a Krait.Tensor: #{inspect(other, limit: 5)}"}
+
+  defp descr_string?(dtype) when is_binary(dtype) do
+    match?({_, _, size} when is_integer(size) and size > 0, parse_descr(dtype))
+  rescue
+    _ -> false
+  end
+
+  defp descr_string?(_), do: false
+
   @doc "Encodes a tensor as a `.npy` document (version 1.0 when the header fits, else 2.0)."
   @spec to_npy(t()) :: iodata()
   def to_npy(%__MODULE__{} = t) do

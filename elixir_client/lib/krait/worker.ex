@@ -4,26 +4,39 @@ defmodule Krait.Worker do
 
   Life of a worker:
 
-    1. spawns `python -m python_worker serve --adapter A --port 0 --worker-id ID` through a Port. The
-       Python process exits by itself when its stdin closes, so it never outlives this Port, or the BEAM;
+    1. spawns `python -m python_worker serve --adapter A --port 0 --worker-id ID --log-format json`
+       through a Port. The Python process makes itself a process group leader and exits by itself,
+       with the processes its tools started, when its stdin closes: it never outlives this Port, or
+       the BEAM;
     2. reads the process's output line by line: the `KRAIT_READY {json}` line gives the port to connect
-       to; every other line (Python's logging goes to the same pipe) is logged through `Logger` with
-       `worker_id` metadata;
+       to; each `KRAIT_LOG {json}` line is one Python log record (traceback included), logged through
+       `Logger` at its level with metadata `worker_id`, and `tool`, `session_id` and `call_id` when it
+       comes from a call (see `docs/logging.md`); other output (prints) is logged at `:info`, lines that
+       arrive together as one event (`:error` when it holds a traceback);
     3. connects (`Krait.GRPC.Connection`, linked) and tells the pool `{:krait_worker_ready, pid, info}`;
     4. pings the worker every `health_interval` ms; after `health_failures` pings in a row without an
        answer within `health_timeout` ms it kills the process (SIGKILL) and stops, so a hung tool cannot
        silently take a worker out of the pool;
-    5. stops when the process exits or the connection closes; on shutdown it sends SIGTERM and, if the
-       process has not exited after `shutdown_grace` ms, SIGKILL.
+    5. stops when the process exits or the connection closes; on shutdown it sends SIGTERM to the
+       worker's process group and, if the worker has not exited after `shutdown_grace` ms, SIGKILL;
+       whatever is left of the group is then killed.
 
-  The pool's scheduler monitors each worker and starts a replacement when one stops.
+  Whenever it stops, it first tells the pool (`{:krait_worker_down, pid, reason, last_output}`), so
+  the pool stops handing it out before the cleanup runs; the scheduler also monitors each worker and
+  starts a replacement when one stops.
   """
 
   use GenServer, restart: :temporary
   require Logger
 
   @ping_path "/krait.v1.ToolWorker/Ping"
+  # Pool workers serve loopback only.
+  @host "127.0.0.1"
   @ready_prefix "KRAIT_READY "
+  @log_prefix "KRAIT_LOG "
+  # Raw output lines (prints, a crash before logging is set up) arriving within this many ms of each
+  # other are logged as one event.
+  @raw_flush_ms 20
   # Output lines kept for the log of a failed start or an exit, and how many of them are shown.
   @tail_lines 40
   @tail_shown 12
@@ -55,7 +68,9 @@ defmodule Krait.Worker do
       tail_len: 0,
       startup_timer: nil,
       health: nil,
-      health_failures: 0
+      health_failures: 0,
+      raw: [],
+      raw_timer: nil
     }
 
     {:ok, state, {:continue, :spawn}}
@@ -67,7 +82,7 @@ defmodule Krait.Worker do
 
     args =
       ["-m", "python_worker", "serve", "--adapter", opts.adapter, "--port", "0"] ++
-        ["--host", opts.host, "--worker-id", state.id] ++ opts.worker_args
+        ["--host", @host, "--worker-id", state.id] ++ opts.worker_args
 
     env = [{~c"PYTHONUNBUFFERED", ~c"1"} | Enum.map(opts.env, &env_pair/1)]
 
@@ -102,6 +117,11 @@ defmodule Krait.Worker do
   @impl true
   def handle_call(:os_pid, _from, state), do: {:reply, state.os_pid, state}
 
+  # A caller saw this worker's connection or process die during a call (the pool has already taken
+  # it out): stop, and take the OS process down if it is still there.
+  @impl true
+  def handle_cast(:lost, state), do: {:stop, {:shutdown, :connection_lost}, state}
+
   @impl true
   def handle_info({port, {:data, {:noeol, part}}}, %{port: port} = state) do
     {:noreply, %{state | partial: state.partial <> part}}
@@ -112,12 +132,16 @@ defmodule Krait.Worker do
     state = %{state | partial: ""}
 
     case line do
-      @ready_prefix <> json when state.status == :starting -> ready(state, json)
-      _ -> {:noreply, log_output(state, line)}
+      @ready_prefix <> json when state.status == :starting -> ready(flush_raw(state), json)
+      @log_prefix <> json -> {:noreply, state |> flush_raw() |> log_record(json)}
+      _ -> {:noreply, raw_output(state, line)}
     end
   end
 
+  def handle_info(:flush_raw, state), do: {:noreply, flush_raw(%{state | raw_timer: nil})}
+
   def handle_info({port, {:exit_status, code}}, %{port: port} = state) do
+    state = flush_raw(state)
     level = if state.status == :stopping, do: :debug, else: :error
 
     Logger.log(
@@ -173,7 +197,9 @@ defmodule Krait.Worker do
   def handle_info(_msg, state), do: {:noreply, state}
 
   @impl true
-  def terminate(_reason, state) do
+  def terminate(reason, state) do
+    state = flush_raw(state)
+    send(state.opts.pool, {:krait_worker_down, self(), reason, :queue.to_list(state.tail)})
     stop_process(%{state | status: :stopping})
     :ok
   end
@@ -198,7 +224,7 @@ defmodule Krait.Worker do
 
   defp connect(state, tcp_port) do
     Krait.GRPC.Connection.start_link(
-      host: state.opts.host,
+      host: @host,
       port: tcp_port,
       connect_timeout: state.opts.connect_timeout
     )
@@ -247,29 +273,66 @@ defmodule Krait.Worker do
 
   ## Output
 
-  defp log_output(state, line) do
-    {level, message} = parse_line(line)
-    Logger.log(level, "[#{state.id}] " <> message)
-    tail = :queue.in(line, state.tail)
+  # One Python log record: {"level", "logger", "message", "exception"?, "worker_id", "tool"?,
+  # "session_id"?, "call_id"?}.
+  defp log_record(state, json) do
+    case Krait.JSON.decode(json) do
+      {:ok, %{"message" => message} = record} when is_binary(message) ->
+        text =
+          case record["exception"] do
+            exc when is_binary(exc) and exc != "" -> message <> "\n" <> exc
+            _ -> message
+          end
+
+        metadata =
+          for {key, meta} <- [{"tool", :tool}, {"session_id", :session_id}, {"call_id", :call_id}],
+              is_binary(record[key]) and record[key] != "",
+              do: {meta, record[key]}
+
+        Logger.log(
+          python_level(record["level"]),
+          text,
+          [python_logger: record["logger"]] ++ metadata
+        )
+
+        remember(state, text)
+
+      _ ->
+        raw_output(state, @log_prefix <> json)
+    end
+  end
+
+  defp python_level("DEBUG"), do: :debug
+  defp python_level("INFO"), do: :info
+  defp python_level("WARNING"), do: :warning
+  defp python_level("CRITICAL"), do: :critical
+  defp python_level(_), do: :error
+
+  defp raw_output(state, line) do
+    timer = state.raw_timer || Process.send_after(self(), :flush_raw, @raw_flush_ms)
+    %{state | raw: [line | state.raw], raw_timer: timer}
+  end
+
+  defp flush_raw(%{raw: []} = state), do: state
+
+  defp flush_raw(state) do
+    if state.raw_timer, do: Process.cancel_timer(state.raw_timer)
+    text = state.raw |> Enum.reverse() |> Enum.join("\n")
+
+    level =
+      if String.contains?(text, "Traceback (most recent call last)"), do: :error, else: :info
+
+    Logger.log(level, text)
+    remember(%{state | raw: [], raw_timer: nil}, text)
+  end
+
+  # The last output, for the log of a failed start or an exit and for the pool's `last_error`.
+  defp remember(state, text) do
+    tail = :queue.in(text, state.tail)
 
     if state.tail_len >= @tail_lines,
       do: %{state | tail: :queue.drop(tail)},
       else: %{state | tail: tail, tail_len: state.tail_len + 1}
-  end
-
-  # Python's logging format is "date time LEVEL [worker_id] logger: message": its level becomes the
-  # Logger level, and its timestamp and worker id give way to Logger's own. Anything else (prints,
-  # traceback lines) is logged as is at :info.
-  defp parse_line(line) do
-    case Regex.run(~r/^\S+ \S+ (DEBUG|INFO|WARNING|ERROR|CRITICAL) (?:\[[^\]]*\] )?(.*)$/s, line,
-           capture: :all_but_first
-         ) do
-      ["DEBUG", message] -> {:debug, message}
-      ["INFO", message] -> {:info, message}
-      ["WARNING", message] -> {:warning, message}
-      [_, message] -> {:error, message}
-      nil -> {:info, line}
-    end
   end
 
   defp tail_text(%{tail_len: 0}), do: ""
@@ -281,7 +344,10 @@ defmodule Krait.Worker do
 
   ## Stopping the OS process
 
-  defp stop_process(%{port: nil}), do: :ok
+  # The process has exited (and been reaped): only its group can be left, e.g. a tool's child after
+  # the worker was SIGKILLed. Only the group is signalled, as the pid itself may be reused by now.
+  defp stop_process(%{port: nil, os_pid: nil}), do: :ok
+  defp stop_process(%{port: nil, os_pid: os_pid}), do: signal_group(os_pid, "KILL")
 
   defp stop_process(%{port: port, os_pid: os_pid, opts: opts}) do
     signal(os_pid, "TERM")
@@ -290,10 +356,12 @@ defmodule Krait.Worker do
       {^port, {:exit_status, _}} -> :ok
     after
       opts.shutdown_grace ->
-        signal(os_pid, "KILL")
         # Closing the Port closes Python's stdin as well.
         catch_port_close(port)
     end
+
+    # Whatever is left of the group (a child that ignored SIGTERM) goes now.
+    signal_group(os_pid, "KILL")
   end
 
   defp kill(%{port: nil} = state), do: state
@@ -312,8 +380,17 @@ defmodule Krait.Worker do
 
   defp signal(nil, _), do: :ok
 
+  # The worker leads its own process group (its pgid is its pid): signalling the group reaches the
+  # processes its tools started too. The pid itself is signalled as well, for a worker killed before
+  # it could set up its group.
   defp signal(os_pid, sig) do
-    System.cmd("kill", ["-#{sig}", Integer.to_string(os_pid)], stderr_to_stdout: true)
+    pid = Integer.to_string(os_pid)
+    System.cmd("kill", ["-#{sig}", "--", "-" <> pid, pid], stderr_to_stdout: true)
+    :ok
+  end
+
+  defp signal_group(os_pid, sig) do
+    System.cmd("kill", ["-#{sig}", "--", "-#{os_pid}"], stderr_to_stdout: true)
     :ok
   end
 

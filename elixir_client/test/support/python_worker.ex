@@ -123,7 +123,7 @@ defmodule Krait.Test.PythonWorker do
 
   defp wait_exit(os_pid, deadline) do
     cond do
-      not alive?(os_pid) ->
+      not Krait.TestHelpers.os_alive?(os_pid) ->
         :ok
 
       System.monotonic_time(:millisecond) > deadline ->
@@ -133,15 +133,6 @@ defmodule Krait.Test.PythonWorker do
       true ->
         Process.sleep(20)
         wait_exit(os_pid, deadline)
-    end
-  end
-
-  @doc "True while the OS process exists (and is not a zombie)."
-  @spec alive?(pos_integer) :: boolean
-  def alive?(os_pid) do
-    case File.read("/proc/#{os_pid}/stat") do
-      {:ok, stat} -> not String.contains?(stat, ") Z ")
-      {:error, _} -> false
     end
   end
 end

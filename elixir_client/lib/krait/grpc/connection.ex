@@ -331,13 +331,17 @@ defmodule Krait.GRPC.Connection do
   def handle_call({:open, kind, path, body, timeout, metadata, owner}, from, state) do
     cond do
       state.goaway != nil ->
-        {:reply, {:error, Error.unavailable("connection is going away (GOAWAY received)")}, state}
+        {:reply, {:error, Error.unprocessed("connection is going away (GOAWAY received)")}, state}
 
       state.next_id > @max_stream_id ->
-        {:reply, {:error, Error.unavailable("stream ids exhausted on this connection")}, state}
+        {:reply, {:error, Error.unprocessed("stream ids exhausted on this connection")}, state}
 
       state.peer_max_streams != :infinity and map_size(state.streams) >= state.peer_max_streams ->
-        {:reply, {:error, Error.unavailable("server's concurrent stream limit reached")}, state}
+        {:reply, {:error, Error.unprocessed("server's concurrent stream limit reached")}, state}
+
+      # The server has closed the connection but that is still in the mailbox: nothing is sent.
+      closed?(state.socket) ->
+        {:reply, {:error, Error.unprocessed("connection closed by the server")}, state}
 
       true ->
         {ref, state} = open_stream(state, kind, path, body, timeout, metadata, owner, from)
@@ -635,7 +639,7 @@ defmodule Krait.GRPC.Connection do
       |> Map.values()
       |> Enum.filter(&(&1.id > last_id))
       |> Enum.reduce(%{state | goaway: {last_id, code, debug}}, fn stream, state ->
-        close_stream(state, stream, {:error, Error.unavailable(message)}, rst: nil)
+        close_stream(state, stream, {:error, Error.unprocessed(message)}, rst: nil)
       end)
 
     {:ok, state}
@@ -881,10 +885,29 @@ defmodule Krait.GRPC.Connection do
   defp deliver(%Stream{kind: :stream, owner: owner, ref: ref}, outcome),
     do: send(owner, {:krait_grpc, ref, {:done, outcome}})
 
+  # Every stream fails with `error`; those that had no response headers yet never started on a Krait
+  # worker (it answers headers before running a tool), so they are marked unprocessed.
   defp fail_all(state, error) do
     state.streams
     |> Map.values()
-    |> Enum.reduce(state, &close_stream(&2, &1, {:error, error}, rst: nil))
+    |> Enum.reduce(state, fn stream, state ->
+      error = if stream.headers == nil, do: %{error | unprocessed: true}, else: error
+      close_stream(state, stream, {:error, error}, rst: nil)
+    end)
+  end
+
+  defp closed?(socket) do
+    receive do
+      {:tcp_closed, ^socket} = message ->
+        send(self(), message)
+        true
+
+      {:tcp_error, ^socket, _} = message ->
+        send(self(), message)
+        true
+    after
+      0 -> false
+    end
   end
 
   defp connection_error(state, code, reason) do

@@ -7,6 +7,10 @@ defmodule Krait.GRPC.Error do
   Transport failures (connection lost, stream refused, connection going away) are reported
   as `UNAVAILABLE` (14); a deadline reached locally as `DEADLINE_EXCEEDED` (4).
   `trailers` holds every trailer the server sent, `-bin` values base64-decoded.
+
+  `unprocessed` is true when the call certainly never started on the server: it was refused before
+  being sent, refused by the server's GOAWAY, or its connection was lost before any response
+  headers arrived (Krait workers send theirs before a tool runs). Such a call is safe to retry.
   """
 
   @codes %{
@@ -29,13 +33,14 @@ defmodule Krait.GRPC.Error do
     16 => "UNAUTHENTICATED"
   }
 
-  defexception status: 2, message: "", details: nil, trailers: %{}
+  defexception status: 2, message: "", details: nil, trailers: %{}, unprocessed: false
 
   @type t :: %__MODULE__{
           status: non_neg_integer,
           message: String.t(),
           details: binary | nil,
-          trailers: %{optional(String.t()) => binary}
+          trailers: %{optional(String.t()) => binary},
+          unprocessed: boolean()
         }
 
   @impl true
@@ -50,6 +55,10 @@ defmodule Krait.GRPC.Error do
   @doc "An `UNAVAILABLE` error for a transport failure."
   @spec unavailable(String.t()) :: t
   def unavailable(message), do: %__MODULE__{status: 14, message: message}
+
+  @doc "An `UNAVAILABLE` error for a call that never started on the server (see `unprocessed`)."
+  @spec unprocessed(String.t()) :: t
+  def unprocessed(message), do: %__MODULE__{status: 14, message: message, unprocessed: true}
 
   @doc "A `DEADLINE_EXCEEDED` error raised locally."
   @spec deadline_exceeded() :: t

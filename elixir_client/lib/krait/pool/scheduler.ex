@@ -12,9 +12,18 @@ defmodule Krait.Pool.Scheduler do
     * the waiting queue: callers wait in FIFO order in a `:gb_trees` keyed by arrival number (insert,
       remove and take-oldest are O(log n)), either for any worker or, when session affinity requires
       it, for one particular worker. Each waiter has a timer at its deadline;
-    * session bindings: `session_id => worker_id`, made by a session's first checkout. While that
-      first call runs, the binding is *pending* and every other call of the session waits for the
-      same worker whatever its affinity, so concurrent first calls never land on different workers.
+    * session bindings: `session_id => worker_id`, made when a session's first call is given a
+      worker. Calls that were already waiting when the binding was made (concurrent first calls)
+      follow it to that worker, so they never land on different workers; calls made after it follow
+      their affinity (`:hint` takes any free worker while the session's worker is busy);
+    * the workers' health as callers see it: a caller whose call failed because its worker's
+      process or connection died checks the lease in as `:lost`, and the worker leaves the pool at
+      once (a worker also reports its own death before cleaning up), so no call is handed to a dead
+      worker;
+    * start failures: when every slot's last start failed and no worker is up, the pool is
+      *failing*: waiting and new callers get `{:workers_failing, last_error}` at once (with the
+      worker's last output, e.g. the adapter's import error) while restarts go on with backoff;
+      the first worker that comes up ends it.
   """
 
   use GenServer
@@ -30,6 +39,7 @@ defmodule Krait.Pool.Scheduler do
           | :pool_saturated
           | :queue_timeout
           | :pool_not_running
+          | {:workers_failing, map()}
 
   # A checkout's GenServer.call outlives the caller's deadline by this margin, so the pool's own reply
   # (:queue_timeout) normally wins.
@@ -64,9 +74,14 @@ defmodule Krait.Pool.Scheduler do
     :exit, _ -> {:error, :pool_not_running}
   end
 
-  @doc "Returns a leased worker to the pool. Unknown or already returned leases are ignored."
-  @spec checkin(Lease.t()) :: :ok
-  def checkin(%Lease{pool: pool, ref: ref}), do: GenServer.cast(pool, {:checkin, ref})
+  @doc """
+  Returns a leased worker to the pool. `:lost` says the call failed because the worker's process or
+  connection died: the worker leaves the pool at once instead of becoming idle. Unknown or already
+  returned leases are ignored.
+  """
+  @spec checkin(Lease.t(), :ok | :lost) :: :ok
+  def checkin(%Lease{pool: pool, ref: ref}, outcome \\ :ok),
+    do: GenServer.cast(pool, {:checkin, ref, outcome})
 
   @doc "Drops a session's binding (the session's next call picks a worker again)."
   @spec forget_session(GenServer.server(), String.t()) :: :ok
@@ -77,7 +92,8 @@ defmodule Krait.Pool.Scheduler do
   def stats(pool), do: GenServer.call(pool, :stats)
 
   @doc "See `Krait.Pool.await_ready/2`."
-  @spec await_ready(GenServer.server(), timeout()) :: :ok | {:error, :timeout}
+  @spec await_ready(GenServer.server(), timeout()) ::
+          :ok | {:error, :timeout | {:workers_failing, map()}}
   def await_ready(pool, timeout) do
     GenServer.call(pool, :await_ready, timeout)
   catch
@@ -93,7 +109,7 @@ defmodule Krait.Pool.Scheduler do
     state = %{
       config: config,
       name: config.name,
-      # slot => %{worker_id, gen, failures, restarts, timer}
+      # slot => %{worker_id, gen, failures, restarts, timer, start_failed, last_error}
       slots: %{},
       # worker_id => %{pid, slot, status, conn, os_pid, lease, calls, ready_at}
       workers: %{},
@@ -109,9 +125,11 @@ defmodule Krait.Pool.Scheduler do
       # worker_id => :gb_trees of waiters that need that worker
       own: %{},
       seq: 0,
-      # session_id => %{worker: worker_id, pending: lease ref | nil, used: ms}
+      # session_id => %{worker: worker_id, used: ms}
       sessions: %{},
-      awaiting: []
+      awaiting: [],
+      # nil, or the last start failure while every slot is failing to start
+      failing: nil
     }
 
     state = Enum.reduce(1..config.size, state, fn slot, acc -> start_worker(acc, slot, 0) end)
@@ -144,16 +162,20 @@ defmodule Krait.Pool.Scheduler do
   def handle_call(:stats, _from, state), do: {:reply, build_stats(state), state}
 
   def handle_call(:await_ready, from, state) do
-    if ready_count(state) >= state.config.size do
-      {:reply, :ok, state}
-    else
-      {:noreply, %{state | awaiting: [from | state.awaiting]}}
+    cond do
+      ready_count(state) >= state.config.size -> {:reply, :ok, state}
+      state.failing -> {:reply, {:error, {:workers_failing, state.failing}}, state}
+      true -> {:noreply, %{state | awaiting: [from | state.awaiting]}}
     end
   end
 
   @impl true
-  def handle_cast({:checkin, ref}, state) do
+  def handle_cast({:checkin, ref, outcome}, state) do
     case Map.fetch(state.leases, ref) do
+      {:ok, lease} when outcome == :lost ->
+        Process.demonitor(ref, [:flush])
+        {:noreply, lost(state, lease.worker_id)}
+
       {:ok, lease} ->
         Process.demonitor(ref, [:flush])
         {:noreply, release(state, ref, lease)}
@@ -173,6 +195,8 @@ defmodule Krait.Pool.Scheduler do
 
         w = %{w | status: :idle, conn: info.conn, os_pid: info.os_pid, ready_at: now()}
         state = put_in(state.workers[info.worker_id], w)
+        state = update_in(state.slots[w.slot], &%{&1 | start_failed: false})
+        state = %{state | failing: nil}
         state = state |> serve(info.worker_id) |> notify_awaiting()
         {:noreply, state}
 
@@ -181,10 +205,23 @@ defmodule Krait.Pool.Scheduler do
     end
   end
 
+  # A worker reports its death before cleaning up (stopping its OS process can take the shutdown
+  # grace): it leaves the pool now, not when its DOWN arrives.
+  def handle_info({:krait_worker_down, pid, reason, output}, state) do
+    case Enum.find(state.worker_mons, fn {_mon, wid} -> state.workers[wid].pid == pid end) do
+      {mon, _wid} ->
+        Process.demonitor(mon, [:flush])
+        {:noreply, worker_down(state, mon, reason, output)}
+
+      nil ->
+        {:noreply, state}
+    end
+  end
+
   def handle_info({:DOWN, ref, :process, _pid, reason}, state) do
     cond do
       Map.has_key?(state.worker_mons, ref) ->
-        {:noreply, worker_down(state, ref, reason)}
+        {:noreply, worker_down(state, ref, reason, [])}
 
       Map.has_key?(state.leases, ref) ->
         # The caller died holding a worker: its gRPC stream is cancelled by the connection (which
@@ -243,9 +280,11 @@ defmodule Krait.Pool.Scheduler do
   def handle_info(:sweep_sessions, state) do
     cutoff = now() - state.config.session_ttl
 
+    busy_sessions = MapSet.new(state.leases, fn {_ref, lease} -> lease.session end)
+
     sessions =
       for {id, s} <- state.sessions,
-          s.used > cutoff or Map.has_key?(state.leases, s.pending),
+          s.used > cutoff or MapSet.member?(busy_sessions, id),
           into: %{},
           do: {id, s}
 
@@ -260,7 +299,7 @@ defmodule Krait.Pool.Scheduler do
   defp place(%{session: nil} = _req, state) do
     case state.idle do
       [wid | _] -> {:assign, wid, state}
-      [] -> {:enqueue, :any, state}
+      [] -> unavailable_or_enqueue(state)
     end
   end
 
@@ -269,7 +308,7 @@ defmodule Krait.Pool.Scheduler do
       nil ->
         first_call(req, state)
 
-      %{worker: wid} = binding ->
+      %{worker: wid} ->
         case state.workers[wid] do
           nil when affinity == :hint ->
             first_call(req, %{state | sessions: Map.delete(state.sessions, sid)})
@@ -283,7 +322,7 @@ defmodule Krait.Pool.Scheduler do
           %{status: :busy} ->
             cond do
               affinity == :strict_fail_fast -> {:error, :worker_busy, state}
-              affinity == :strict_queue or binding.pending != nil -> {:enqueue, wid, state}
+              affinity == :strict_queue -> {:enqueue, wid, state}
               state.idle != [] -> {:assign, hd(state.idle), state}
               true -> {:enqueue, :any, state}
             end
@@ -293,11 +332,19 @@ defmodule Krait.Pool.Scheduler do
 
   defp first_call(req, state) do
     case state.idle do
-      [wid | _] -> {:assign, wid, state}
-      [] when req.affinity == :strict_fail_fast -> {:error, :worker_busy, state}
-      [] -> {:enqueue, :any, state}
+      [wid | _] ->
+        {:assign, wid, state}
+
+      [] when req.affinity == :strict_fail_fast and state.failing == nil ->
+        {:error, :worker_busy, state}
+
+      [] ->
+        unavailable_or_enqueue(state)
     end
   end
+
+  defp unavailable_or_enqueue(%{failing: nil} = state), do: {:enqueue, :any, state}
+  defp unavailable_or_enqueue(state), do: {:error, {:workers_failing, state.failing}, state}
 
   ## Queueing
 
@@ -318,7 +365,9 @@ defmodule Krait.Pool.Scheduler do
           if remaining != :infinity,
             do: :erlang.start_timer(req.deadline, self(), {:queue_timeout, req.ref}, abs: true)
 
-        waiter = Map.merge(req, %{seq: state.seq, timer: timer, queue: queue})
+        # A first call of its session: when the session gets bound while it waits, it follows.
+        first? = req.session != nil and not Map.has_key?(state.sessions, req.session)
+        waiter = Map.merge(req, %{seq: state.seq, timer: timer, queue: queue, first: first?})
         state = %{state | seq: state.seq + 1}
         {:noreply, insert_waiter(state, waiter)}
     end
@@ -407,7 +456,7 @@ defmodule Krait.Pool.Scheduler do
       %{worker: ^wid} ->
         hand_over(state, w.ref, wid)
 
-      %{worker: other} = binding ->
+      %{worker: other} ->
         case state.workers[other] do
           nil when w.affinity == :hint ->
             state = %{state | sessions: Map.delete(state.sessions, w.session)}
@@ -417,7 +466,7 @@ defmodule Krait.Pool.Scheduler do
             state = reject_waiter(state, w, :session_worker_unavailable)
             serve(state, wid)
 
-          %{status: :busy} when w.affinity == :hint and binding.pending == nil ->
+          %{status: :busy} when w.affinity == :hint and not w.first ->
             hand_over(state, w.ref, wid)
 
           %{status: :idle} ->
@@ -467,16 +516,16 @@ defmodule Krait.Pool.Scheduler do
     }
 
     state = update_in(state.workers[wid], &%{&1 | status: :busy, lease: req.ref})
-    bind_session(state, req.session, wid, req.ref)
+    bind_session(state, req.session, wid)
   end
 
-  defp bind_session(state, nil, _wid, _ref), do: state
+  defp bind_session(state, nil, _wid), do: state
 
-  defp bind_session(state, sid, wid, ref) do
+  defp bind_session(state, sid, wid) do
     sessions =
       case state.sessions do
         %{^sid => b} -> Map.put(state.sessions, sid, %{b | used: now()})
-        _ -> Map.put(state.sessions, sid, %{worker: wid, pending: ref, used: now()})
+        _ -> Map.put(state.sessions, sid, %{worker: wid, used: now()})
       end
 
     %{state | sessions: sessions}
@@ -485,12 +534,6 @@ defmodule Krait.Pool.Scheduler do
   defp release(state, ref, lease) do
     if lease.timer, do: :erlang.cancel_timer(lease.timer)
     state = %{state | leases: Map.delete(state.leases, ref)}
-
-    state =
-      case state.sessions[lease.session] do
-        %{pending: ^ref} = b -> put_in(state.sessions[lease.session], %{b | pending: nil})
-        _ -> state
-      end
 
     case state.workers[lease.worker_id] do
       %{lease: ^ref} = w ->
@@ -514,15 +557,11 @@ defmodule Krait.Pool.Scheduler do
     config = state.config
     wid = "#{config.id_prefix}-#{slot}.#{gen}"
     opts = Map.merge(config.worker, %{worker_id: wid, pool: self()})
-    prev = Map.get(state.slots, slot, %{failures: 0, restarts: 0})
 
-    slot_state = %{
-      worker_id: wid,
-      gen: gen,
-      failures: prev.failures,
-      restarts: prev.restarts,
-      timer: nil
-    }
+    prev =
+      Map.get(state.slots, slot, %{failures: 0, restarts: 0, start_failed: false, last_error: nil})
+
+    slot_state = Map.merge(prev, %{worker_id: wid, gen: gen, timer: nil})
 
     case DynamicSupervisor.start_child(config.worker_sup, {config.worker_module, opts}) do
       {:ok, pid} ->
@@ -548,11 +587,29 @@ defmodule Krait.Pool.Scheduler do
 
       {:error, reason} ->
         Logger.error("Krait could not start worker #{wid}: #{inspect(reason)}", worker_id: wid)
-        schedule_restart(%{state | slots: Map.put(state.slots, slot, slot_state)}, slot)
+        error = %{worker_id: wid, reason: reason, output: ""}
+        slot_state = %{slot_state | start_failed: true, last_error: error}
+        state = %{state | slots: Map.put(state.slots, slot, slot_state)}
+        state |> check_failing(error) |> schedule_restart(slot)
     end
   end
 
-  defp worker_down(state, mon, reason) do
+  # A caller saw the worker's process or connection die during its call: the worker leaves the pool
+  # now (and is told to stop, so its OS process goes too) rather than when its own DOWN arrives.
+  defp lost(state, wid) do
+    case Enum.find(state.worker_mons, fn {_mon, w} -> w == wid end) do
+      {mon, ^wid} ->
+        pid = state.workers[wid].pid
+        Process.demonitor(mon, [:flush])
+        GenServer.cast(pid, :lost)
+        worker_down(state, mon, :connection_lost, [])
+
+      nil ->
+        state
+    end
+  end
+
+  defp worker_down(state, mon, reason, output) do
     {wid, worker_mons} = Map.pop(state.worker_mons, mon)
     {w, workers} = Map.pop(state.workers, wid)
 
@@ -586,11 +643,52 @@ defmodule Krait.Pool.Scheduler do
     stable? = w.ready_at != nil and now() - w.ready_at > @stable_after
     slot = state.slots[w.slot]
     failures = if stable?, do: 1, else: slot.failures + 1
+    slot = %{slot | failures: failures, restarts: slot.restarts + 1}
 
-    slots =
-      Map.put(state.slots, w.slot, %{slot | failures: failures, restarts: slot.restarts + 1})
+    {slot, state} =
+      if w.status == :starting do
+        error = %{worker_id: wid, reason: unwrap(reason), output: Enum.join(output, "\n")}
+        slot = %{slot | start_failed: true, last_error: error}
+        {slot, check_failing(put_in(state.slots[w.slot], slot), error)}
+      else
+        {slot, state}
+      end
 
-    schedule_restart(%{state | slots: slots}, w.slot)
+    schedule_restart(put_in(state.slots[w.slot], slot), w.slot)
+  end
+
+  defp unwrap({:shutdown, reason}), do: reason
+  defp unwrap(reason), do: reason
+
+  # The pool is failing when no worker is up and every slot's last start failed: nothing will serve
+  # the queue soon, so waiting callers (and new ones, see place/2) get the start error now.
+  defp check_failing(state, error) do
+    failing? =
+      ready_count(state) == 0 and
+        Enum.all?(1..state.config.size, fn slot ->
+          match?(%{start_failed: true}, state.slots[slot])
+        end)
+
+    if failing? do
+      if state.failing == nil do
+        Logger.error(
+          "Krait pool #{inspect(state.name)}: every worker fails to start; calls fail fast " <>
+            "until one starts. Last error: #{inspect(error.reason)} #{error.output}"
+        )
+      end
+
+      reply = {:error, {:workers_failing, error}}
+      Enum.each(state.awaiting, &GenServer.reply(&1, reply))
+
+      state = %{state | failing: error, awaiting: []}
+
+      Enum.reduce(Map.values(state.waiters), state, fn w, acc ->
+        acc = reject_waiter(acc, w, {:workers_failing, error})
+        remove_from_queue(acc, w)
+      end)
+    else
+      state
+    end
   end
 
   # Waiters that needed the dead worker: strict ones fail, hint ones go back to the general queue
@@ -665,7 +763,8 @@ defmodule Krait.Pool.Scheduler do
               pid: w.pid,
               os_pid: w.os_pid,
               calls: w.calls,
-              restarts: s.restarts
+              restarts: s.restarts,
+              last_error: s.last_error
             }
 
           nil ->
@@ -676,7 +775,8 @@ defmodule Krait.Pool.Scheduler do
               pid: nil,
               os_pid: nil,
               calls: 0,
-              restarts: s.restarts
+              restarts: s.restarts,
+              last_error: s.last_error
             }
         end
       end
@@ -691,6 +791,7 @@ defmodule Krait.Pool.Scheduler do
       starting: count.(:starting) + count.(:restarting),
       queue_length: map_size(state.waiters),
       sessions: map_size(state.sessions),
+      failing: state.failing,
       workers: workers
     }
   end

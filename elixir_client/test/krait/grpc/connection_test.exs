@@ -6,6 +6,7 @@ defmodule Krait.GRPC.ConnectionTest do
   """
   use ExUnit.Case, async: true
 
+  import Krait.TestHelpers, only: [eventually: 1]
   alias Krait.GRPC.{Connection, Error}
   alias Krait.Proto
 
@@ -79,17 +80,6 @@ defmodule Krait.GRPC.ConnectionTest do
   defp events(conn, tag) do
     {:ok, %{data: data}} = execute(conn, "stream_events", %{tag: tag})
     json(data)
-  end
-
-  defp eventually(fun, timeout \\ 3000) do
-    deadline = System.monotonic_time(:millisecond) + timeout
-
-    Stream.repeatedly(fn ->
-      result = fun.()
-      if !result, do: Process.sleep(20)
-      result
-    end)
-    |> Enum.find(fn result -> result || System.monotonic_time(:millisecond) > deadline end)
   end
 
   test "unary calls: Ping, ListTools, ExecuteTool", %{conn: conn} do
@@ -261,8 +251,9 @@ defmodule Krait.GRPC.ConnectionTest do
   test "a slow owner bounds memory to about one stream window", %{conn: conn} do
     # 64 messages of 256 KiB: 16 MiB in all, four times the 4 MiB stream window.
     {:ok, ref} = stream_tool(conn, "stream_arrays", %{batches: 64, batch_rows: 64, cols: 1024})
-    Process.sleep(1000)
-    held = drain(ref, 0)
+    # everything the server may send without an acknowledgement, until it stops (quiet for 300 ms)
+    assert_receive {:krait_grpc, ^ref, {:messages, _, first}}, 5_000
+    held = drain(ref, first)
     assert held > 0
     assert held <= 4 * 1024 * 1024 + 300_000, "received #{held} bytes without acknowledging any"
 
@@ -277,7 +268,7 @@ defmodule Krait.GRPC.ConnectionTest do
     receive do
       {:krait_grpc, ^ref, {:messages, _messages, n}} -> drain(ref, bytes + n)
     after
-      100 -> bytes
+      300 -> bytes
     end
   end
 

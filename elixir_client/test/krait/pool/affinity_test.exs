@@ -91,7 +91,25 @@ defmodule Krait.Pool.AffinityTest do
     release.()
   end
 
-  for affinity <- [:hint, :strict_queue, :strict_fail_fast] do
+  test "concurrent first calls of one session land on one worker (hint)", %{pool: pool} do
+    # Both workers busy: the session's calls all wait as first calls; the binding made for the
+    # first one to get a worker takes the others there too.
+    releases = for _ <- 1..2, do: occupy(pool, session())
+    s = session()
+
+    tasks =
+      for _ <- 1..8, do: Task.async(fn -> count(pool, s, affinity: :hint, timeout: 30_000) end)
+
+    assert eventually(fn -> Krait.Pool.stats(pool).queue_length == 8 end)
+    Enum.each(releases, & &1.())
+
+    served = for {:ok, r} <- Enum.map(tasks, &Task.await(&1, 30_000)), do: r
+    assert length(served) == 8
+    assert served |> Enum.map(& &1["worker_id"]) |> Enum.uniq() |> length() == 1
+    assert served |> Enum.map(& &1["count"]) |> Enum.sort() == Enum.to_list(1..8)
+  end
+
+  for affinity <- [:strict_queue, :strict_fail_fast] do
     test "concurrent first calls of one session land on one worker (#{affinity})", %{pool: pool} do
       s = session()
 
@@ -110,6 +128,15 @@ defmodule Krait.Pool.AffinityTest do
         assert unquote(affinity) == :strict_fail_fast
       end
     end
+  end
+
+  test ":hint does not wait for a session's long first call", %{pool: pool} do
+    # The issue's case: the first call of the session is a long stream; other calls of the session
+    # run on the idle worker instead of waiting for it.
+    s = session()
+    release = occupy(pool, s)
+    assert {:ok, %{"count" => 1}} = count(pool, s, affinity: :hint, timeout: 2_000)
+    release.()
   end
 
   test "end_session drops the session's state and binding", %{pool: pool} do

@@ -211,44 +211,28 @@ defmodule Krait.Pool.LifecycleTest do
     refute Enum.any?(os_pids, &os_alive?/1)
   end
 
-  test "a worker that cannot start is retried with backoff; calls wait, then time out" do
-    log =
-      capture_log(fn ->
-        name = :"KraitBadAdapter#{System.unique_integer([:positive])}"
+  test "pool options are checked at start, with absolute paths in errors" do
+    assert {:error, %Error{category: :invalid_argument, message: message}} =
+             Krait.Pool.start_link(pool_opts(name: :krait_bad_python, python: "nope/python"))
 
-        opts =
-          pool_opts(
-            name: name,
-            size: 1,
-            adapter: "no_such_module:Nope",
-            backoff_min: 100,
-            backoff_max: 400
-          )
+    assert message =~ Path.join(root(), "nope/python")
 
-        start_supervised!({Krait.Pool, opts})
+    File.cd!(root(), fn ->
+      assert {:error, %Error{message: message}} =
+               Krait.Pool.start_link(pool_opts(name: :krait_bad_cwd, cwd: "no_such_dir"))
 
-        assert eventually(fn -> hd(Krait.Pool.stats(name).workers).restarts >= 3 end, 10_000)
-        assert %{ready: 0, starting: 1} = Krait.Pool.stats(name)
+      assert message =~ Path.join(root(), "no_such_dir")
+    end)
 
-        assert {:error, %Error{category: :pool, details: %{reason: :queue_timeout}}} =
-                 Krait.execute("add", %{a: 1, b: 1}, pool: name, timeout: 200)
-
-        assert {:error, :timeout} = Krait.Pool.await_ready(name, 100)
-      end)
-
-    assert log =~ ~r/KraitBadAdapter\d+-1\.0 exited/
-    assert log =~ "no_such_module"
-  end
-
-  test "pool options are checked at start" do
-    assert {:error, {:python_not_found, _}} =
-             Krait.Pool.start_link(pool_opts(name: :krait_bad_python, python: "/nope/python"))
-
-    assert {:error, {:invalid_option, _}} =
+    assert {:error, %Error{category: :invalid_argument, message: message}} =
              Krait.Pool.start_link(pool_opts(name: :krait_bad_size, size: 0))
 
-    assert {:error, {:invalid_option, _}} =
+    assert message =~ ":size must be a positive integer, got: 0"
+
+    assert {:error, %Error{message: message}} =
              Krait.Pool.start_link(Keyword.delete(pool_opts(name: :krait_no_adapter), :adapter))
+
+    assert message =~ ":adapter is required"
   end
 
   test "the default pool is Krait.Pool" do

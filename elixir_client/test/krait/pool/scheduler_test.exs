@@ -191,12 +191,24 @@ defmodule Krait.Pool.SchedulerTest do
       assert lease!(waiter).worker_id == a.worker_id
     end
 
-    test "while the first call runs, other calls of the session wait for its worker", %{
+    test "while the first call runs, a :hint call of the session takes a free worker", %{
       pool: pool
     } do
       first = client(pool, "s3", :hint)
       a = lease!(first)
       second = client(pool, "s3", :hint)
+      assert lease!(second).worker_id != a.worker_id
+      assert queue_length(pool) == 0
+      release(second)
+      release(first)
+    end
+
+    test "while the first call runs, a :strict_queue call of the session waits for its worker", %{
+      pool: pool
+    } do
+      first = client(pool, "s3q", :hint)
+      a = lease!(first)
+      second = client(pool, "s3q", :strict_queue)
       wait_queue(pool, 1)
       release(first)
       assert lease!(second).worker_id == a.worker_id

@@ -1,0 +1,235 @@
+defmodule Krait.Pool.Config do
+  @moduledoc """
+  A pool's configuration: the pool options' one declaration (`schema/0`, whose table is in
+  `Krait.Pool`'s docs) and the struct `build/1` makes from them, with paths resolved.
+  """
+
+  alias Krait.Options
+
+  @schema [
+    adapter: [
+      type: :string,
+      required: true,
+      doc: "the Python adapter, `\"module:Class\"`"
+    ],
+    name: [
+      type: :atom,
+      default: Krait.Pool,
+      doc: "the pool's registered name; calls name it with `pool:`"
+    ],
+    size: [
+      type: :pos_integer,
+      default_doc: "`System.schedulers_online()`",
+      doc: "number of workers"
+    ],
+    python: [
+      type: :string,
+      default: "python3",
+      doc:
+        "the Python executable: a path with a `/` is resolved against `:cwd`, a bare name through `PATH`"
+    ],
+    cwd: [
+      type: :string,
+      default_doc: "the current directory",
+      doc: "the workers' working directory (where `python_worker` and the adapter import from)"
+    ],
+    env: [
+      type: :env,
+      default: [],
+      doc: "extra environment variables for the workers (`nil` unsets one)"
+    ],
+    worker_args: [
+      type: {:list, :string},
+      default: [],
+      doc: "extra arguments for `python -m python_worker serve`"
+    ],
+    startup_timeout: [
+      type: :pos_integer,
+      default: 30_000,
+      doc: "ms a worker may take to report ready before it is killed and retried"
+    ],
+    max_queue: [
+      type: :non_neg_integer,
+      default: 1_000,
+      doc:
+        "callers that may wait for a worker at once; beyond it calls fail with `:pool_saturated`"
+    ],
+    health_interval: [
+      type: :timeout,
+      default: 5_000,
+      doc: "ms between health pings of a ready worker"
+    ],
+    health_timeout: [
+      type: :pos_integer,
+      default: 5_000,
+      doc: "ms a health ping may take"
+    ],
+    health_failures: [
+      type: :pos_integer,
+      default: 2,
+      doc: "failed pings in a row after which a worker is killed"
+    ],
+    backoff_min: [
+      type: :pos_integer,
+      default: 100,
+      doc: "ms before a dead worker's replacement starts, after a first failure"
+    ],
+    backoff_max: [
+      type: :pos_integer,
+      default: 10_000,
+      doc: "the most that delay grows to (it doubles with each failure in a row)"
+    ],
+    session_ttl: [
+      type: :timeout,
+      default: 3_600_000,
+      doc: "ms after which an unused session binding is forgotten"
+    ],
+    lease_grace: [
+      type: :non_neg_integer,
+      default: 1_000,
+      doc:
+        "ms past a call's deadline after which the pool takes back a worker its caller still holds"
+    ],
+    shutdown_grace: [
+      type: :non_neg_integer,
+      default: 2_000,
+      doc: "ms a worker's processes get to exit after SIGTERM before SIGKILL"
+    ],
+    connect_timeout: [
+      type: :pos_integer,
+      default: 5_000,
+      doc: "ms for the connection to a started worker"
+    ],
+    worker_module: [type: :atom, default: Krait.Worker, doc: false]
+  ]
+
+  @enforce_keys [:name, :size, :adapter, :python, :cwd, :worker]
+  defstruct [
+    :name,
+    :size,
+    :adapter,
+    :python,
+    :cwd,
+    :worker,
+    :id_prefix,
+    :worker_sup,
+    worker_module: Krait.Worker,
+    max_queue: 1_000,
+    backoff_min: 100,
+    backoff_max: 10_000,
+    session_ttl: 3_600_000,
+    lease_grace: 1_000
+  ]
+
+  @typedoc "What a pool's worker needs to start (see `Krait.Worker`)."
+  @type worker :: %{
+          adapter: String.t(),
+          python: String.t(),
+          cwd: String.t(),
+          env: [{String.t() | atom(), String.t() | atom() | nil | false}],
+          worker_args: [String.t()],
+          startup_timeout: pos_integer(),
+          connect_timeout: pos_integer(),
+          health_interval: timeout(),
+          health_timeout: pos_integer(),
+          health_failures: pos_integer(),
+          shutdown_grace: non_neg_integer()
+        }
+
+  @type t :: %__MODULE__{
+          name: atom(),
+          size: pos_integer(),
+          adapter: String.t(),
+          python: String.t(),
+          cwd: String.t(),
+          worker: worker(),
+          id_prefix: String.t(),
+          worker_sup: atom(),
+          worker_module: module(),
+          max_queue: non_neg_integer(),
+          backoff_min: pos_integer(),
+          backoff_max: pos_integer(),
+          session_ttl: timeout(),
+          lease_grace: non_neg_integer()
+        }
+
+  @doc "The pool options' declaration."
+  @spec schema() :: Options.schema()
+  def schema, do: @schema
+
+  @doc """
+  Validates pool options and builds the config. Errors are `%Krait.Error{category:
+  :invalid_argument}` naming the option; paths in them are absolute.
+  """
+  @spec build(keyword()) :: {:ok, t()} | {:error, Krait.Error.t()}
+  def build(opts) do
+    with {:ok, o} <- validate(opts),
+         cwd = Path.expand(Map.get_lazy(o, :cwd, &File.cwd!/0)),
+         :ok <- check_dir(cwd),
+         {:ok, python} <- resolve_python(o.python, cwd) do
+      worker =
+        o
+        |> Map.take([
+          :adapter,
+          :worker_args,
+          :startup_timeout,
+          :connect_timeout,
+          :health_interval,
+          :health_timeout,
+          :health_failures,
+          :shutdown_grace
+        ])
+        |> Map.merge(%{python: python, cwd: cwd, env: Enum.to_list(o.env)})
+
+      {:ok,
+       %__MODULE__{
+         name: o.name,
+         size: Map.get_lazy(o, :size, &System.schedulers_online/0),
+         adapter: o.adapter,
+         python: python,
+         cwd: cwd,
+         worker: worker,
+         id_prefix: o.name |> Atom.to_string() |> String.replace_prefix("Elixir.", ""),
+         worker_sup: Module.concat(o.name, WorkerSupervisor),
+         worker_module: o.worker_module,
+         max_queue: o.max_queue,
+         backoff_min: o.backoff_min,
+         backoff_max: max(o.backoff_max, o.backoff_min),
+         session_ttl: o.session_ttl,
+         lease_grace: o.lease_grace
+       }}
+    end
+  end
+
+  defp validate(opts) do
+    case Options.validate(opts, @schema) do
+      {:ok, o} -> {:ok, o}
+      {:error, message} -> invalid("Krait.Pool: " <> message)
+    end
+  end
+
+  defp check_dir(cwd) do
+    if File.dir?(cwd), do: :ok, else: invalid("Krait.Pool: :cwd #{cwd} is not a directory")
+  end
+
+  defp resolve_python(python, cwd) do
+    path =
+      if String.contains?(python, "/"),
+        do: Path.expand(python, cwd),
+        else: System.find_executable(python)
+
+    cond do
+      path == nil ->
+        invalid("Krait.Pool: :python #{inspect(python)} was not found on PATH", python: python)
+
+      not File.regular?(path) ->
+        invalid("Krait.Pool: :python #{path} does not exist", python: path)
+
+      true ->
+        {:ok, path}
+    end
+  end
+
+  defp invalid(message, details \\ []),
+    do: {:error, Krait.Error.new(:invalid_argument, message, Map.new(details))}
+end
