@@ -94,7 +94,7 @@ class AsyncClient:
         self.session_id = session_id
         self._owns_channel = channel is None
         self._channel = channel or grpc.aio.insecure_channel(target, options=channel_options(max_message_bytes))
-        self._stub = pb_grpc.ToolWorkerStub(self._channel)
+        self._stub = pb_grpc.ToolWorkerStub(self._channel)  # type: ignore[no-untyped-call]  # generated
         self._batched = self._channel.unary_stream(
             "/krait.v1.ToolWorker/ExecuteStreamingToolBatched",
             request_serializer=pb.ExecuteToolRequest.SerializeToString,

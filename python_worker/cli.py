@@ -131,4 +131,4 @@ def main(argv: list[str] | None = None) -> int:
     call.set_defaults(func=_call)
 
     ns = parser.parse_args(argv)
-    return ns.func(ns)
+    return int(ns.func(ns))

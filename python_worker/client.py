@@ -16,7 +16,7 @@ arguments, never inside the JSON.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -104,9 +104,9 @@ _ERRORS = {
 
 
 def _translate(error: grpc.RpcError) -> KraitError:
-    code = error.code()  # type: ignore[attr-defined]
+    code = error.code()
     details = tool_error_from_rpc_error(error)
-    message = error.details() or code.name  # type: ignore[attr-defined]
+    message = error.details() or code.name
     cls = _ERRORS.get(code, KraitError)
     if details is not None:
         fields = codec.decode_json(details.details_json) if details.details_json else {}
@@ -143,7 +143,7 @@ class ChunkStream:
         self._call = call
         self._chunks = self._iterate()
 
-    def _iterate(self) -> Iterator[Chunk]:
+    def _iterate(self) -> Generator[Chunk, None, None]:
         decode = codec.decode_value
         try:
             # each message arrives as decode_batch's tuples: a large chunk's data is a view of the message, so
@@ -195,7 +195,7 @@ class Client:
         self.session_id = session_id
         self._owns_channel = channel is None
         self._channel = channel or grpc.insecure_channel(target, options=channel_options(max_message_bytes))
-        self._stub = pb_grpc.ToolWorkerStub(self._channel)
+        self._stub = pb_grpc.ToolWorkerStub(self._channel)  # type: ignore[no-untyped-call]  # generated
         self._batched = self._channel.unary_stream(
             "/krait.v1.ToolWorker/ExecuteStreamingToolBatched",
             request_serializer=pb.ExecuteToolRequest.SerializeToString,
@@ -268,10 +268,10 @@ class Client:
 
     def initialize_session(self, session_id: str, metadata: Mapping[str, str] | None = None) -> bool:
         request = pb.InitializeSessionRequest(session_id=session_id, metadata=dict(metadata or {}))
-        return self._stub.InitializeSession(request, timeout=10.0).created
+        return bool(self._stub.InitializeSession(request, timeout=10.0).created)
 
     def cleanup_session(self, session_id: str) -> bool:
-        return self._stub.CleanupSession(pb.CleanupSessionRequest(session_id=session_id), timeout=10.0).existed
+        return bool(self._stub.CleanupSession(pb.CleanupSessionRequest(session_id=session_id), timeout=10.0).existed)
 
     def wait_ready(self, timeout: float = 10.0) -> None:
         """Block until the channel is connected (raises ``grpc.FutureTimeoutError`` after ``timeout``)."""

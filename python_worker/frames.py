@@ -8,6 +8,8 @@ Elixir) without a row-by-row conversion. pyarrow writes and reads it; it is an o
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from typing import Any
 
 ARROW = "application/vnd.apache.arrow.stream"
@@ -24,12 +26,12 @@ def is_frame(value: Any) -> bool:
 
 
 def _pyarrow() -> Any:
+    # imported by name: an optional dependency, used untyped (so type checkers need no pyarrow stubs)
     try:
-        import pyarrow
-        import pyarrow.ipc
+        importlib.import_module("pyarrow.ipc")
+        return importlib.import_module("pyarrow")
     except ImportError:
         raise ImportError(_MISSING_PYARROW) from None
-    return pyarrow
 
 
 def encode_frame(value: Any) -> bytes:
@@ -46,8 +48,4 @@ def decode_frame(data: bytes | memoryview) -> Any:
     """A pandas DataFrame from an Arrow IPC stream (a pyarrow Table when pandas is not installed)."""
     pa = _pyarrow()
     table = pa.ipc.open_stream(pa.py_buffer(data)).read_all()
-    try:
-        import pandas  # noqa: F401
-    except ImportError:
-        return table
-    return table.to_pandas()
+    return table.to_pandas() if importlib.util.find_spec("pandas") is not None else table

@@ -22,7 +22,7 @@ class CancelEvent(threading.Event):
 
     def __init__(self) -> None:
         super().__init__()
-        self._callbacks: list[Callable[[], None]] = []
+        self._callbacks: list[Callable[[], object]] = []
         self._callbacks_lock = threading.Lock()
 
     def set(self) -> None:
@@ -37,7 +37,7 @@ class CancelEvent(threading.Event):
             except Exception:
                 log.exception("a cancellation callback failed")
 
-    def add_callback(self, callback: Callable[[], None]) -> Callable[[], None]:
+    def add_callback(self, callback: Callable[[], object]) -> Callable[[], None]:
         """Run ``callback`` when the event is set (at once if it already is); returns a function that removes it."""
         with self._callbacks_lock:
             if not self.is_set():
@@ -46,7 +46,7 @@ class CancelEvent(threading.Event):
         callback()
         return lambda: None
 
-    def _remove(self, callback: Callable[[], None]) -> None:
+    def _remove(self, callback: Callable[[], object]) -> None:
         with self._callbacks_lock:
             if callback in self._callbacks:
                 self._callbacks.remove(callback)

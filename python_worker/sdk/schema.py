@@ -28,13 +28,14 @@ import typing_extensions
 from pydantic import ConfigDict, WithJsonSchema
 
 from .. import codec
+from ..frames import ARROW
 from .chunk import StreamChunk, chunk_data_type
 
 BINARY_SCHEMA: dict[str, dict[str, Any]] = {
     "npy": {"type": "string", "contentMediaType": codec.NPY, "x-krait-binary": True},
     "bytes": {"type": "string", "contentMediaType": codec.BYTES, "x-krait-binary": True},
 }
-DATAFRAME_SCHEMA: dict[str, Any] = {"type": "string", "contentMediaType": codec.ARROW, "x-krait-binary": True}
+DATAFRAME_SCHEMA: dict[str, Any] = {"type": "string", "contentMediaType": ARROW, "x-krait-binary": True}
 
 _ITERATORS = (abc.Iterator, abc.Iterable, abc.Generator, abc.AsyncIterator, abc.AsyncIterable, abc.AsyncGenerator)
 
@@ -92,7 +93,7 @@ def _as_extensions_typeddict(cls: Any) -> Any:
             hint = typing.get_args(hint)[0]
         wrap = typing_extensions.Required if required else typing_extensions.NotRequired
         fields[key] = wrap[compatible(hint)]
-    rebuilt: Any = typing_extensions.TypedDict(cls.__name__, fields)  # type: ignore[operator]
+    rebuilt: Any = typing_extensions.TypedDict(cls.__name__, fields)  # type: ignore[misc]  # a computed name
     rebuilt.__module__, rebuilt.__qualname__, rebuilt.__doc__ = cls.__module__, cls.__qualname__, cls.__doc__
     return rebuilt
 

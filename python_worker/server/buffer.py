@@ -39,7 +39,7 @@ class ChunkBuffer:
         self._consumer_waiting = False
         self._producer_waiting = False
         # called (on the consumer's thread) once room is made after has_room() said no, and on cancel
-        self.on_room: Callable[[], None] | None = None
+        self.on_room: Callable[[], object] | None = None
         self._room_wanted = False
 
     def put(self, item: Any, nbytes: int) -> None:
@@ -129,7 +129,7 @@ class ChunkBuffer:
                     self._cond.notify_all()
                 self._made_room()
             else:
-                out = []
+                out: list[Any] = []
                 size = 0
                 while items and len(out) < max_chunks:
                     item, nbytes = items[0]
