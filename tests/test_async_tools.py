@@ -142,13 +142,19 @@ def test_async_tools_run_concurrently_up_to_max_calls(modern: Worker, client: Cl
         execute = channel.unary_unary(
             "/krait.v1.ToolWorker/ExecuteTool", request_serializer=lambda r: r.SerializeToString()
         )
-        waits = [
-            execute.future(build_request("wait", {"seconds": 60, "tag": f"slot{i}"}, "", None), timeout=30)
-            for i in range(MAX_CALLS)
-        ]
-        # a call of ours needs a slot too: once all are taken, it is refused at once
-        eventually(lambda: _refused(client))
-        for call in waits:
+        waits: dict[int, Any] = {}
+
+        def fill() -> bool:
+            # a slot is freed just after its call's response: a wait refused meanwhile is sent again
+            for i in range(MAX_CALLS):
+                call = waits.get(i)
+                if call is None or (call.done() and call.code() == grpc.StatusCode.RESOURCE_EXHAUSTED):
+                    request = build_request("wait", {"seconds": 60, "tag": f"slot{i}"}, "", None)
+                    waits[i] = execute.future(request, timeout=30)
+            return all(not call.done() for call in waits.values()) and _refused(client)
+
+        eventually(fill)
+        for call in waits.values():
             call.cancel()
         for i in range(MAX_CALLS):
             assert "cancelled" in _events(client, f"slot{i}", "finally")
