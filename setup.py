@@ -1,9 +1,10 @@
 """The package build generates the gRPC stubs from proto/ (they are never committed).
 
 setuptools runs ``build_py`` for wheels and for editable installs; this hook adds one step to it: grpcio-tools'
-protoc compiles ``proto/krait/v1/worker.proto`` into ``python_worker/_generated`` (in the build directory for a
-wheel, in the source tree for an editable install). The package list is here too, because pyproject.toml
-cannot rename a folder (``adapters/`` installs as ``krait_adapters``); the rest is declared in pyproject.toml.
+protoc compiles the files scripts/gen-proto names (``proto/krait/v1/*.proto``) into ``python_worker/_generated``
+(in the build directory for a wheel, in the source tree for an editable install). The package list is here
+too, because pyproject.toml cannot rename a folder (``adapters/`` installs as ``krait_adapters``); the rest is
+declared in pyproject.toml.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
-PROTO = "krait/v1/worker.proto"
+PROTOS = ("krait/v1/worker.proto", "krait/v1/link.proto")
 
 
 def generate_stubs(out: Path) -> list[str]:
-    """Compile the proto into ``out/python_worker/_generated``; returns the files written."""
+    """Compile the protos into ``out/python_worker/_generated``; returns the files written."""
     import grpc_tools
     from grpc_tools import protoc
 
@@ -30,12 +31,12 @@ def generate_stubs(out: Path) -> list[str]:
         f"--python_out={out}",
         f"--grpc_python_out={out}",
         f"--pyi_out={out}",
-        str(ROOT / "proto" / PROTO),
+        *(str(ROOT / "proto" / proto) for proto in PROTOS),
     ]
     if protoc.main(args) != 0:
-        raise RuntimeError(f"protoc failed on proto/{PROTO}")
-    generated = out / "python_worker" / "_generated" / Path(PROTO).parent
-    return [str(p) for p in sorted(generated.glob("worker_pb2*"))]
+        raise RuntimeError(f"protoc failed on {', '.join(PROTOS)}")
+    generated = out / "python_worker" / "_generated" / "krait" / "v1"
+    return [str(p) for p in sorted(generated.glob("*_pb2*"))]
 
 
 class BuildPyWithStubs(build_py):

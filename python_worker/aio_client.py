@@ -49,7 +49,7 @@ class AsyncChunkStream:
                 batch = await self._call.read()
             except grpc.RpcError as error:
                 self._done = True
-                raise _translate(error) from None
+                raise _translate(error, streaming=True) from None
             if batch is grpc.aio.EOF:
                 self._done = True
                 raise StopAsyncIteration
@@ -141,7 +141,7 @@ class AsyncClient:
         try:
             return await self._stub.ExecuteTool(request, timeout=timeout or self.timeout)
         except grpc.RpcError as error:
-            raise _translate(error) from None
+            raise _translate(error, streaming=False) from None
 
     def stream(
         self,

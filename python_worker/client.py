@@ -103,15 +103,24 @@ _ERRORS = {
 }
 
 
-def _translate(error: grpc.RpcError) -> KraitError:
+# The worker's WrongRpc message names gRPC methods; a Python caller is told which method of Client to use.
+_WRONG_RPC = {
+    False: "{tool} is a streaming tool: use Client.execute_stream() or Client.stream()",
+    True: "{tool} is not a streaming tool: use Client.execute() or Client.call()",
+}
+
+
+def _translate(error: grpc.RpcError, *, streaming: bool) -> KraitError:
     code = error.code()
     details = tool_error_from_rpc_error(error)
     message = error.details() or code.name
     cls = _ERRORS.get(code, KraitError)
-    if details is not None:
-        fields = codec.decode_json(details.details_json) if details.details_json else {}
-        return cls(code, message, type=details.type, traceback=details.traceback, details=fields)
-    return cls(code, message)
+    if details is None:
+        return cls(code, message)
+    if details.type == "WrongRpc":
+        message = f"WrongRpc: {_WRONG_RPC[streaming].format(tool=details.tool_name)}"
+    fields = codec.decode_json(details.details_json) if details.details_json else {}
+    return cls(code, message, type=details.type, traceback=details.traceback, details=fields)
 
 
 def build_request(
@@ -152,7 +161,7 @@ class ChunkStream:
                 for seq, data, content_type, is_final, meta in batch:
                     yield Chunk(seq, decode(data, content_type), content_type, is_final, meta)
         except grpc.RpcError as error:
-            raise _translate(error) from None
+            raise _translate(error, streaming=True) from None
 
     def __iter__(self) -> Iterator[Chunk]:
         return self
@@ -242,7 +251,7 @@ class Client:
         try:
             return self._stub.ExecuteTool(request, timeout=timeout or self.timeout)
         except grpc.RpcError as error:
-            raise _translate(error) from None
+            raise _translate(error, streaming=False) from None
 
     def stream(
         self,

@@ -2,9 +2,10 @@
 
 ``QuotaExceeded(retry_after=2.5)`` reaches the caller as ``{"retry_after": 2.5}``: the exception's attributes
 whose names do not start with ``_``, or, when it declares a ``details`` mapping, exactly that mapping. Values
-JSON cannot hold appear as their ``repr()``. Error details travel in a gRPC trailer, whose size is bounded
-(grpc's default limit for all metadata is 8 KiB, shared with the traceback): details longer than
-:data:`MAX_DETAILS_CHARS` are replaced by a note saying so, and logged whole by the worker.
+JSON cannot hold appear as their ``repr()``. Error details travel in the status trailer, whose size is bounded
+(see :mod:`python_worker.errors`: the message, the details and the traceback share about 7000 bytes on the
+wire, the traceback giving way first): details over :data:`MAX_DETAILS_BYTES` (UTF-8) are replaced by a note
+saying so, and logged whole by the worker.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from . import codec
 
 log = logging.getLogger("krait.worker")
 
-MAX_DETAILS_CHARS = 2000
+MAX_DETAILS_BYTES = 1500
 
 
 def _fields(exc: BaseException) -> dict[str, Any]:
@@ -40,15 +41,10 @@ def details_json(exc: BaseException) -> str:
     fields = _fields(exc)
     if not fields:
         return ""
-    text = codec.encode_json({k: _jsonable(v) for k, v in fields.items()}).decode()
-    if len(text) <= MAX_DETAILS_CHARS:
-        return text
-    log.warning(
-        "details of %s (%d characters, over the limit of %d): %s",
-        type(exc).__name__,
-        len(text),
-        MAX_DETAILS_CHARS,
-        text,
-    )
-    note = f"the details of {len(text)} characters exceed the limit of {MAX_DETAILS_CHARS}; the worker's log has them"
+    encoded = codec.encode_json({k: _jsonable(v) for k, v in fields.items()})
+    if len(encoded) <= MAX_DETAILS_BYTES:
+        return encoded.decode()
+    size, name = len(encoded), type(exc).__name__
+    log.warning("details of %s (%d bytes, over the limit of %d): %s", name, size, MAX_DETAILS_BYTES, encoded.decode())
+    note = f"the details of {size} bytes exceed the limit of {MAX_DETAILS_BYTES}; the worker's log has them"
     return codec.encode_json({"krait.details_omitted": note}).decode()

@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from python_worker.client import Client, InvalidArgumentsError, ToolError
+from python_worker.client import Client, InvalidArgumentsError, ToolError, build_request
+from python_worker.proto import pb, pb_grpc
 
 from .workers import Worker, running_worker
 
@@ -221,7 +222,22 @@ def test_custom_exception_fields_reach_the_caller(client: Client) -> None:
     assert info.value.details["handle"].startswith("<object object at")  # not JSON: its repr
     with pytest.raises(ToolError) as info:
         client.execute("huge_fields")
-    assert "exceed the limit of 2000" in info.value.details["krait.details_omitted"]
+    assert "exceed the limit of 1500" in info.value.details["krait.details_omitted"]
     with pytest.raises(ToolError) as info:
         client.execute("plain_error")
     assert info.value.details == {}
+
+
+def test_binary_values_for_json_parameters_are_refused(modern: Worker) -> None:
+    with grpc.insecure_channel(modern.target) as channel:
+        stub = pb_grpc.ToolWorkerStub(channel)
+        for name, message in [
+            ("ratio", "argument 'ratio' takes JSON, not a binary argument"),
+            ("nope", "unknown argument 'nope' (describe takes: color"),
+        ]:
+            request = build_request("describe", {**GOOD, name: np.zeros(2)}, "", None)
+            assert isinstance(request, pb.ExecuteToolRequest)
+            with pytest.raises(grpc.RpcError) as info:
+                stub.ExecuteTool(request, timeout=10)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert message in (info.value.details() or "")

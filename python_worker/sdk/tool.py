@@ -76,10 +76,23 @@ class ToolSpec:
     def validate(self, args: dict[str, Any]) -> dict[str, Any]:
         """Check ``args`` (JSON values, plus arrays and bytes from binary arguments) against the signature; return
         the keyword arguments to call the tool with."""
-        plain = {k: v for k, v in args.items() if k not in self.binary_params}
-        problems = [p for name in self.binary_params if (p := self._check_binary(name, args))]
-        values: dict[str, Any] = {}
         model = self.json_model or self.model
+        problems = [p for name in self.binary_params if (p := self._check_binary(name, args))]
+        plain: dict[str, Any] = {}
+        passed: dict[str, Any] = {}  # binary values for **kwargs
+        for name, value in args.items():
+            if name in self.binary_params:
+                continue
+            if not isinstance(value, (np.ndarray, bytes, bytearray, memoryview)):
+                plain[name] = value
+            elif name in self.param_names:
+                problems.append(f"argument '{name}' takes JSON, not a binary argument")
+            elif model.model_config.get("extra") == "allow":
+                passed[name] = value
+            else:
+                known = ", ".join(self.param_names) or "no arguments"
+                problems.append(f"unknown argument '{name}' ({self.name} takes: {known})")
+        values: dict[str, Any] = {}
         try:
             validated = model.model_validate_json(codec.encode_json(plain))
         except pydantic.ValidationError as exc:
@@ -91,6 +104,7 @@ class ToolSpec:
         if problems:
             raise ArgumentError(f"{self.name}: " + "; ".join(problems))
         values.update((k, args[k]) for k in self.binary_params if k in args)
+        values.update(passed)
         return values
 
     def _check_binary(self, name: str, args: dict[str, Any]) -> str | None:
