@@ -61,6 +61,8 @@ def _show(value: Any) -> str:
         return json.dumps({"ndarray": {"dtype": str(value.dtype), "shape": list(value.shape)}})
     if isinstance(value, bytes):
         return json.dumps({"bytes": len(value)})
+    if hasattr(value, "columns") and hasattr(value, "shape"):  # a DataFrame (from an Arrow payload)
+        return json.dumps({"dataframe": {"shape": list(value.shape), "columns": [str(c) for c in value.columns]}})
     return json.dumps(value)
 
 
