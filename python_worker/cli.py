@@ -1,4 +1,4 @@
-"""Command line: ``serve`` a worker, list its ``tools``, ``call`` a tool.
+"""Command line: ``serve`` a worker, list its ``tools``, ``call`` a tool (``krait-worker`` is the same command).
 
 python -m python_worker serve --adapter adapters.showcase:ShowcaseAdapter --port 0
 python -m python_worker tools --target 127.0.0.1:50051
@@ -19,6 +19,11 @@ import numpy as np
 def _serve(ns: argparse.Namespace) -> int:
     from .server import ServeOptions, serve
     from .server.logs import configure
+
+    # adapters are imported from the current directory first, as `python -m` does (the krait-worker script's
+    # own sys.path starts at its bin directory)
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
 
     worker_id = ns.worker_id or f"worker-{os.getpid()}"
     link = None
@@ -63,6 +68,8 @@ def _show(value: Any) -> str:
         return json.dumps({"ndarray": {"dtype": str(value.dtype), "shape": list(value.shape)}})
     if isinstance(value, bytes):
         return json.dumps({"bytes": len(value)})
+    if hasattr(value, "columns") and hasattr(value, "shape"):  # a DataFrame (from an Arrow payload)
+        return json.dumps({"dataframe": {"shape": list(value.shape), "columns": [str(c) for c in value.columns]}})
     return json.dumps(value)
 
 
@@ -108,7 +115,8 @@ def _call(ns: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m python_worker", description="Krait Python worker")
+    prog = "krait-worker" if os.path.basename(sys.argv[0]) == "krait-worker" else "python -m python_worker"
+    parser = argparse.ArgumentParser(prog=prog, description="Krait Python worker")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="serve an adapter's tools over gRPC")
@@ -182,4 +190,4 @@ def main(argv: list[str] | None = None) -> int:
     call.set_defaults(func=_call)
 
     ns = parser.parse_args(argv)
-    return ns.func(ns)
+    return int(ns.func(ns))

@@ -126,6 +126,7 @@ class Engine:
                 description=spec.description,
                 supports_streaming=spec.supports_streaming,
                 parameters_schema_json=json.dumps(spec.json_schema()),
+                result_schema_json=json.dumps(spec.result_schema) if spec.result_schema is not None else "",
             )
             for spec in sorted(self.specs.values(), key=lambda s: s.name)
         ]

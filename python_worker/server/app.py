@@ -30,6 +30,7 @@ from ..proto import SERVICE_NAME, pb
 from ..sdk import AdapterPathError, BaseAdapter, load_adapter
 from ..transports.link import LinkServer
 from ..transports.link_io import READY, FrameReader, FrameWriter
+from . import aio_runner
 from .servicer import ToolWorkerServicer, register
 from .sessions import DEFAULT_MAX_SESSIONS, SessionStore
 from .shutdown import GROUP_TERM_WAIT_S, Shutdown, exit_now, lead_process_group, stop_group
@@ -168,6 +169,7 @@ def serve(options: ServeOptions, link: FrameWriter | None = None) -> int:
         if not link_server.closed.is_set():  # told to stop by the pool: its calls may finish
             _drain(engine, options.grace / 2, shutdown)
         link_server.cancel_all("the worker is stopping")
+    aio_runner.shutdown(min(options.grace / 2, shutdown.remaining()))
     _close(adapter, sessions)
     stuck = engine.calls_in_flight()
     stop_group(wait=min(GROUP_TERM_WAIT_S, shutdown.remaining()))

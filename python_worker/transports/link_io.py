@@ -40,7 +40,7 @@ OPEN, STARTED, MESSAGE, END, CANCEL, CREDIT, LOG, READY = (
 )
 
 _LENGTH = struct.Struct(">I")
-_KIND_FIELDS = {kind: b"\x10" + varint(kind) for kind in (STARTED, MESSAGE, END, LOG, READY)}
+_KIND_FIELDS: dict[int, bytes] = {kind: b"\x10" + varint(kind) for kind in (STARTED, MESSAGE, END, LOG, READY)}
 
 
 def frame_header(call_id: int, kind: int, payload_len: int, metadata: dict[str, str] | None = None) -> bytes:
