@@ -256,8 +256,8 @@ class Engine:
         """:meth:`status` as a serialized ``google.rpc.Status`` (what grpc-status-details-bin holds)."""
         status = self.status(exc, rpc, tool_name)
         for key, value in status.trailing_metadata or ():
-            if key == "grpc-status-details-bin":
-                return bytes(value)
+            if key == "grpc-status-details-bin" and isinstance(value, bytes):
+                return value
         raise AssertionError("to_status always sets grpc-status-details-bin")
 
     # -- internals ------------------------------------------------------------------------------------------

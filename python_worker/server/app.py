@@ -150,7 +150,7 @@ def serve(options: ServeOptions, link: FrameWriter | None = None) -> int:
 
     if not shutdown.requested:
         port = grpc_server.start() if grpc_server is not None else None
-        if link_server is not None:
+        if link_server is not None and link is not None:
             link_server.start()
             metadata = {"grpc_port": str(port)} if port is not None else None
             ready = engine.ping(pb.PingRequest(message="ready"))

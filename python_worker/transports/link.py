@@ -31,7 +31,8 @@ _TOOL_METHODS = frozenset({"ExecuteTool", "ExecuteStreamingTool", "ExecuteStream
 
 
 def _status(code: int, message: str) -> bytes:
-    return status_pb2.Status(code=code, message=message).SerializeToString()
+    data: bytes = status_pb2.Status(code=code, message=message).SerializeToString()
+    return data
 
 
 class LinkCall:
@@ -150,12 +151,12 @@ class LinkServer:
             return lambda: self._serve_small(frame)
         if kind in (CANCEL, CREDIT):
             with self._calls_lock:
-                call = self._calls.get(call_id)
-            if call is not None:
+                open_call = self._calls.get(call_id)
+            if open_call is not None:
                 if kind == CANCEL:
-                    call.cancel(code_pb2.CANCELLED, "cancelled by the caller")
+                    open_call.cancel(code_pb2.CANCELLED, "cancelled by the caller")
                 else:
-                    call.add_credit(frame.credit)
+                    open_call.add_credit(frame.credit)
             return None
         log.warning("unexpected link frame kind %s (call %d): ignored", kind, call_id)
         return None
