@@ -240,7 +240,7 @@ class Engine:
         status = to_status(exc, tool_name=tool_name, worker_id=self.worker_id)
         what = f"{rpc} {clip(tool_name)}" if tool_name else rpc
         # logged as the call's, although the call is over by now
-        token = CURRENT_CALL.set(getattr(exc, "krait_call", None) or CURRENT_CALL.get())
+        token = CURRENT_CALL.set(getattr(exc, "_krait_call", None) or CURRENT_CALL.get())
         try:
             if isinstance(exc, CallError):
                 log.warning("%s refused: %s %s", what, exc.code.name, status.details)
@@ -289,6 +289,6 @@ def _checked(request: Any) -> Any:
 
 def _tag(exc: BaseException, info: CallInfo) -> None:
     # the status of a failed call is logged once the call is over: the record still names the call
-    if getattr(exc, "krait_call", None) is None:
+    if getattr(exc, "_krait_call", None) is None:
         with contextlib.suppress(AttributeError):  # an exception type with __slots__
-            exc.krait_call = info  # type: ignore[attr-defined]
+            exc._krait_call = info  # type: ignore[attr-defined]
