@@ -26,8 +26,8 @@ import grpc.aio
 from . import codec
 from .client import Chunk, _translate, build_request
 from .proto import pb, pb_grpc
-from .server.app import channel_options
-from .server.wire import Decoded, decode_batch
+from .transports.grpc.channel import channel_options
+from .wire import Decoded, decode_batch
 
 
 class AsyncChunkStream:

@@ -17,8 +17,8 @@ import numpy as np
 
 
 def _serve(ns: argparse.Namespace) -> int:
-    from .server import ServeOptions, serve
-    from .server.logs import configure
+    from .logs import configure
+    from .worker.serve import ServeOptions, serve
 
     # adapters are imported from the current directory first, as `python -m` does (the krait-worker script's
     # own sys.path starts at its bin directory)

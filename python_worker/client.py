@@ -26,8 +26,8 @@ import numpy as np
 from . import codec
 from .errors import tool_error_from_rpc_error
 from .proto import pb, pb_grpc
-from .server.app import channel_options
-from .server.wire import decode_batch
+from .transports.grpc.channel import channel_options
+from .wire import decode_batch
 
 if TYPE_CHECKING:
     from .aio_client import AsyncClient as AsyncClient

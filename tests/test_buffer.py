@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from python_worker.server.buffer import Cancelled, ChunkBuffer
+from python_worker.engine.buffer import Cancelled, ChunkBuffer
 
 from .support import eventually
 

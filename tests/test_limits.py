@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from python_worker.client import Client, KraitError
-from python_worker.server.streams import MAX_AUX_STREAMS
+from python_worker.transports.grpc.aux_streams import MAX_AUX_STREAMS
 
 from .support import eventually
 from .workers import Worker, running_worker

@@ -7,7 +7,7 @@ import pytest
 
 from python_worker.codec import decode_npy, npy_parts
 from python_worker.proto import pb
-from python_worker.server.wire import LARGE, decode_batch, encode_batch, frame
+from python_worker.wire import LARGE, decode_batch, encode_batch, frame
 
 
 def test_hand_encoded_batches_parse_as_protobuf() -> None:

@@ -20,13 +20,13 @@ from typing import Any
 import grpc
 
 from ..errors import CallError, InvalidArguments, Overloaded, clip, to_status
+from ..logs import CURRENT_CALL, CallInfo, call_ended, call_id_from, in_call
 from ..proto import pb
 from ..sdk import BaseAdapter, ToolContext
-from ..server.buffer import Cancelled, ChunkBuffer
-from ..server.call import StreamingCall, prepare, run_unary
-from ..server.logs import CURRENT_CALL, CallInfo, call_ended, call_id_from, in_call
-from ..server.requests import Malformed, deserializer
-from ..server.sessions import SessionStore, check_session_id
+from .buffer import Cancelled, ChunkBuffer
+from .call import StreamingCall, prepare, run_unary
+from .requests import Malformed, deserializer
+from .sessions import SessionStore, check_session_id
 
 log = logging.getLogger("krait.worker")
 

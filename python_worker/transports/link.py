@@ -21,7 +21,7 @@ from google.rpc import code_pb2, status_pb2
 from ..engine import Engine, StreamHandle
 from ..engine.deadlines import Deadline, Deadlines
 from ..proto import pb
-from ..server.wire import encode_batch
+from ..wire import encode_batch
 from .link_io import CANCEL, CREDIT, END, MESSAGE, OPEN, STARTED, FrameReader, FrameWriter
 
 log = logging.getLogger("krait.worker")

@@ -21,9 +21,9 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from ..logs import record_fields
 from ..proto import link_pb
-from ..server.logs import record_fields
-from ..server.wire import varint
+from ..wire import varint
 
 log = logging.getLogger("krait.worker")
 

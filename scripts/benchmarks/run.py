@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from python_worker.client import Client  # noqa: E402
-from python_worker.server.streams import MAX_AUX_STREAMS  # noqa: E402
+from python_worker.transports.grpc.aux_streams import MAX_AUX_STREAMS  # noqa: E402
 from scripts.benchmarks.raw_grpc import RawClient  # noqa: E402
 from tests.workers import running_worker  # noqa: E402
 

@@ -28,10 +28,10 @@ from ..errors import CallError, InvalidArguments, ProtocolViolation, ToolNotFoun
 from ..proto import pb
 from ..sdk import BaseAdapter, StreamChunk, ToolContext, ToolSpec
 from ..sdk.tool import ArgumentError
+from ..wire import LARGE, Chunk, frame
 from . import aio_runner
 from .buffer import Cancelled, ChunkBuffer
 from .sessions import SessionStore, check_session_id
-from .wire import LARGE, Chunk, frame
 
 log = logging.getLogger("krait.worker")
 

@@ -1,6 +1,6 @@
 """Async generator tools: driven on the worker's event loop, feeding the call's bounded buffer.
 
-The same rules as sync streams (:mod:`python_worker.server.call`): one chunk per yield, the final chunk held
+The same rules as sync streams (:mod:`python_worker.engine.call`): one chunk per yield, the final chunk held
 until the generator has returned, a yield after it fails the call. What differs is waiting: the loop must
 never block, so when the buffer is full the driver awaits room (the consumer's thread wakes it) while the
 generator stays suspended at its ``yield``: a slow consumer pauses it and memory stays bounded. A chunk is
@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 from .. import codec
 from ..errors import ProtocolViolation
+from ..wire import Chunk
 from . import aio_runner
 from .buffer import Cancelled
-from .wire import Chunk
 
 if TYPE_CHECKING:
     from .call import StreamingCall

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from .. import codec
-from ..proto import pb
+from . import codec
+from .proto import pb
 
 # A chunk as the server queues it: (seq, data, content_type, is_final, metadata or None), or a large chunk
 # already framed as a batch entry (bytes, see frame())

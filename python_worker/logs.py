@@ -25,7 +25,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from types import TracebackType
 
-from ..errors import clip
+from .errors import clip
 
 LOG_PREFIX = "KRAIT_LOG "
 CALL_ID_HEADER = "krait-call-id"

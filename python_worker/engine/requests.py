@@ -15,7 +15,7 @@ from typing import Any
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import DecodeError
 
-from .wire import read_varint, skip_field
+from ..wire import read_varint, skip_field
 
 
 class Malformed:

@@ -8,12 +8,12 @@ from typing import Any
 
 import grpc
 
-from ..engine import Engine, StreamHandle
-from ..errors import CallError, InvalidArguments
-from ..proto import pb, pb_grpc
-from ..sdk import ToolContext
-from .requests import Malformed, deserializer
-from .wire import encode_batch
+from ...engine import Engine, StreamHandle
+from ...engine.requests import Malformed, deserializer
+from ...errors import CallError, InvalidArguments
+from ...proto import pb, pb_grpc
+from ...sdk import ToolContext
+from ...wire import encode_batch
 
 log = logging.getLogger("krait.worker")
 

@@ -17,24 +17,17 @@ import stat
 import sys
 import threading
 import time
-from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-
-from ..engine import Engine
-from ..proto import SERVICE_NAME, pb
+from ..engine import Engine, aio_runner
+from ..engine.sessions import DEFAULT_MAX_SESSIONS, SessionStore
+from ..proto import pb
 from ..sdk import AdapterPathError, BaseAdapter, load_adapter
+from ..transports.grpc.server import GrpcServer
 from ..transports.link import LinkServer
 from ..transports.link_io import READY, FrameReader, FrameWriter
-from . import aio_runner
-from .servicer import ToolWorkerServicer, register
-from .sessions import DEFAULT_MAX_SESSIONS, SessionStore
 from .shutdown import GROUP_TERM_WAIT_S, Shutdown, exit_now, lead_process_group, stop_group
-from .streams import MAX_AUX_STREAMS, AuxStreamLimit
 
 log = logging.getLogger("krait.worker")
 
@@ -61,20 +54,6 @@ class ServeOptions:
     stdin_watch: bool | None = None  # None: watch when stdin is a pipe or socket
     process_group: bool | None = None  # None: lead a process group when stdin is watched (supervised)
     grace: float = 2.0
-
-
-def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
-    """Message-size and keepalive options, shared by the server and Krait's Python client."""
-    return [
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.keepalive_time_ms", 30_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-        # clients may ping every 10 s without being sent GOAWAY too_many_pings
-        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-        ("grpc.http2.max_pings_without_data", 0),
-    ]
 
 
 def _watch_stdin(shutdown: Shutdown) -> None:
@@ -141,7 +120,20 @@ def serve(options: ServeOptions, link: FrameWriter | None = None) -> int:
     )
     grpc_server = None
     if link is None or options.port is not None:
-        grpc_server = _GrpcServer(engine, options, sessions)
+
+        def cannot_listen() -> None:
+            sessions.close()
+            stop_group()
+            exit_now(1)
+
+        grpc_server = GrpcServer(
+            engine,
+            host=options.host,
+            port=options.port or 0,
+            max_calls=options.max_calls,
+            max_message_bytes=options.max_message_bytes,
+            on_fail=cannot_listen,
+        )
     link_server = None
     if link is not None:
         # one thread per tool call allowed, one reading, one for a session call or a refusal beside them
@@ -164,7 +156,7 @@ def serve(options: ServeOptions, link: FrameWriter | None = None) -> int:
     # in-flight calls get half the grace to finish, then they are cancelled (their generators closed, their
     # flags raised); the rest of the grace is for the tools to wind down and the adapter to close
     if grpc_server is not None:
-        grpc_server.stop(options.grace / 2, shutdown)
+        grpc_server.stop(options.grace / 2, shutdown.remaining())
     if link_server is not None:
         if not link_server.closed.is_set():  # told to stop by the pool: its calls may finish
             _drain(engine, options.grace / 2, shutdown)
@@ -180,44 +172,6 @@ def serve(options: ServeOptions, link: FrameWriter | None = None) -> int:
             log.warning("exiting with %d tool call(s) still running: they ignored cancellation", stuck)
         exit_now(0)
     return 0
-
-
-class _GrpcServer:
-    """The gRPC front: the ToolWorker service, health and reflection, on ``options.host:options.port``."""
-
-    def __init__(self, engine: Engine, options: ServeOptions, sessions: SessionStore) -> None:
-        self.options = options
-        # One thread per in-flight RPC (grpcio's sync server): room for every tool call, every reflection or
-        # health-watch stream allowed, and the short calls (pings, health checks, refusals) beside them.
-        self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=options.max_calls + MAX_AUX_STREAMS + 8, thread_name_prefix="grpc"),
-            options=[*channel_options(options.max_message_bytes), ("grpc.so_reuseport", 0)],
-            interceptors=[AuxStreamLimit(SERVICE_NAME)],
-        )
-        register(ToolWorkerServicer(engine), self.server)
-        self.health = health.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            self.server,
-        )
-        try:
-            self.port = self.server.add_insecure_port(f"{options.host}:{options.port or 0}")
-        except RuntimeError as exc:
-            log.error("cannot listen on %s:%d: %s", options.host, options.port or 0, exc)
-            sessions.close()
-            stop_group()
-            exit_now(1)
-
-    def start(self) -> int:
-        self.server.start()
-        for name in ("", SERVICE_NAME):
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        return self.port
-
-    def stop(self, grace: float, shutdown: Shutdown) -> None:
-        self.health.enter_graceful_shutdown()
-        self.server.stop(grace).wait(shutdown.remaining())
 
 
 def _await_link_close(link_server: LinkServer, shutdown: Shutdown) -> None:

@@ -1,0 +1,1 @@
+"""A worker process's life: serving its engine over its transports, and stopping within its grace."""
