@@ -47,8 +47,7 @@ def a_weighting(f: np.ndarray | float) -> np.ndarray:
     """A(f) in dB, equation (E.2)."""
     f2 = np.asarray(f, dtype=np.float64) ** 2
     return (
-        20 * np.log10(F4**2 * f2**2 / ((f2 + F1**2) * np.sqrt(f2 + F2**2) * np.sqrt(f2 + F3**2) * (f2 + F4**2)))
-        - A1000
+        20 * np.log10(F4**2 * f2**2 / ((f2 + F1**2) * np.sqrt(f2 + F2**2) * np.sqrt(f2 + F3**2) * (f2 + F4**2))) - A1000
     )
 
 

@@ -147,7 +147,7 @@ class OctaveFilterBank:
             rate = self.stage_rates[self.stage[i]]
             self._sos.append(sps.butter(self.orders[i], [low, high], btype="bandpass", fs=rate, output="sos"))
             # 0 dB at the mid-band frequency, through the decimation filters too
-            self._sos[i][0, :3] /= 10 ** (float(self.response_db(self.centres[i])[i, 0]) / 20)
+            self._sos[i][0, :3] /= 10 ** (float(self.response_db(self.centres[i], [i])[0, 0]) / 20)
         self._zi = [np.zeros((s.shape[0], 2)) for s in self._sos]
 
     def _stage_of(self, upper_edge: float) -> int:
@@ -173,8 +173,9 @@ class OctaveFilterBank:
             out.append(rows)
         return out
 
-    def response_db(self, frequencies_hz: np.ndarray | float) -> np.ndarray:
-        """Each band's gain (dB) for a sinusoid at the given frequencies: shape (bands, frequencies).
+    def response_db(self, frequencies_hz: np.ndarray | float, bands: list[int] | None = None) -> np.ndarray:
+        """Each band's gain (dB) for a sinusoid at the given frequencies: shape (bands, frequencies); ``bands``
+        limits it to those band indices (in that order).
 
         A sinusoid keeps its amplitude when a stage drops every second sample, reappearing at its alias in
         [0, rate/2]: the gain is the product of the decimation filters' gains along the way and the band
@@ -183,14 +184,15 @@ class OctaveFilterBank:
         f = np.atleast_1d(np.asarray(frequencies_hz, dtype=np.float64))
         stage_gain = [np.ones_like(f)]
         aliases = [f]
-        for k, decimator in enumerate(self._decimators):
+        deepest = max(self.stage) if bands is None else max(self.stage[i] for i in bands)
+        for k, decimator in enumerate(self._decimators[:deepest]):
             _, h = sps.sosfreqz(decimator.sos, worN=aliases[k], fs=self.stage_rates[k])
             stage_gain.append(stage_gain[k] * np.abs(h))
             half = self.stage_rates[k + 1]
             aliases.append(np.abs(np.mod(aliases[k] + half / 2, half) - half / 2))
         rows = []
-        for i, sos in enumerate(self._sos):
+        for i in range(len(self._sos)) if bands is None else bands:
             k = self.stage[i]
-            _, h = sps.sosfreqz(sos, worN=aliases[k], fs=self.stage_rates[k])
+            _, h = sps.sosfreqz(self._sos[i], worN=aliases[k], fs=self.stage_rates[k])
             rows.append(20 * np.log10(np.maximum(np.abs(h) * stage_gain[k], 1e-20)))
         return np.array(rows)
