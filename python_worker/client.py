@@ -116,6 +116,7 @@ class ChunkStream:
 
     def __init__(self, call: Any) -> None:
         self._call = call
+        self._closed = False
         self._chunks = self._iterate()
 
     def _iterate(self) -> Iterator[Chunk]:
@@ -127,6 +128,8 @@ class ChunkStream:
                 for seq, data, content_type, is_final, meta in batch:
                     yield Chunk(seq, decode(data, content_type), content_type, is_final, meta)
         except grpc.RpcError as error:
+            if self._closed and error.code() == grpc.StatusCode.CANCELLED:  # type: ignore[attr-defined]
+                return  # close() from another thread: the iteration just ends
             raise _translate(error) from None
 
     def __iter__(self) -> Iterator[Chunk]:
@@ -136,9 +139,14 @@ class ChunkStream:
         return next(self._chunks)
 
     def close(self) -> None:
-        """Cancel the call on the worker (a no-op once the stream has ended)."""
+        """Cancel the call on the worker (a no-op once the stream has ended). Safe from any thread: a thread
+        iterating the stream meanwhile sees it end."""
+        self._closed = True
         self._call.cancel()
-        self._chunks.close()
+        try:
+            self._chunks.close()
+        except ValueError:  # "generator already executing": another thread is in next(), and ends with the call
+            pass
 
     def __enter__(self) -> ChunkStream:
         return self

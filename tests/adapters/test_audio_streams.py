@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -404,6 +405,32 @@ def test_cancelling_any_stream_closes_its_source_promptly(client: Client, tool: 
     ended = wait_closed(client, tool)
     assert ended["outcome"] == "cancelled" and ended["released"] is True
     assert ended["closed_at"] - ended["opened_at"] < 10  # it did not run to some other bound
+
+
+def test_closing_a_stream_from_another_thread(client: Client) -> None:
+    """A consumer thread iterates an endless stream; another thread closes it (a GUI's stop button): close()
+    returns without "generator already executing", the consumer's loop just ends, and the source is released."""
+    stream = client.execute_stream("stream_levels")  # a real-time signal with no bound
+    seen: list[Any] = []
+    failures: list[BaseException] = []
+
+    def consume() -> None:
+        try:
+            seen.extend(stream)
+        except BaseException as exc:
+            failures.append(exc)
+
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    deadline = time.monotonic() + PROMPT
+    while not seen and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert seen, "no chunk arrived"
+    stream.close()  # while the consumer waits inside next()
+    consumer.join(PROMPT)
+    assert not consumer.is_alive() and failures == []
+    ended = wait_closed(client, "stream_levels")
+    assert ended["outcome"] == "cancelled" and ended["released"] is True
 
 
 # -- bad options ------------------------------------------------------------------------------------------------
