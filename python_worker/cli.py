@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
+import os
 import sys
 from typing import Any
 
@@ -18,24 +18,37 @@ import numpy as np
 
 def _serve(ns: argparse.Namespace) -> int:
     from .server import ServeOptions, serve
+    from .server.logs import configure
 
-    logging.basicConfig(
-        level=getattr(logging, ns.log_level.upper()),
-        format=f"%(asctime)s %(levelname)s [{ns.worker_id or 'worker'}] %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    worker_id = ns.worker_id or f"worker-{os.getpid()}"
+    configure(log_format=ns.log_format, level=ns.log_level, worker_id=worker_id)
+    auto = {"auto": None, "on": True, "off": False}
     options = ServeOptions(
         adapter=ns.adapter,
         host=ns.host,
         port=ns.port,
-        worker_id=ns.worker_id,
+        worker_id=worker_id,
         ready_file=ns.ready_file,
         max_message_bytes=int(ns.max_message_mb * (1 << 20)),
         max_calls=ns.max_calls,
         session_ttl=ns.session_ttl,
-        stdin_watch={"auto": None, "on": True, "off": False}[ns.stdin_watch],
+        max_sessions=ns.max_sessions,
+        stdin_watch=auto[ns.stdin_watch],
+        process_group=auto[ns.process_group],
+        grace=ns.grace,
     )
     return serve(options)
+
+
+def _positive(kind: type[int] | type[float]) -> Any:
+    def parse(text: str) -> int | float:
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its error
+    return parse
 
 
 def _show(value: Any) -> str:
@@ -98,15 +111,43 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--worker-id", default="", help="id reported in final-chunk metadata (default worker-PID)")
     serve.add_argument("--ready-file", help="write the readiness JSON (port, pid, worker_id) here once serving")
     serve.add_argument("--max-message-mb", type=float, default=64, help="max gRPC message size (default 64)")
-    serve.add_argument("--max-calls", type=int, default=32, help="concurrent tool calls allowed (default 32)")
-    serve.add_argument("--session-ttl", type=float, default=3600, help="idle seconds before a session expires")
+    serve.add_argument(
+        "--max-calls", type=_positive(int), default=32, help="concurrent tool calls allowed (default 32)"
+    )
+    serve.add_argument(
+        "--session-ttl", type=_positive(float), default=3600, help="idle seconds before a session expires"
+    )
+    serve.add_argument(
+        "--max-sessions",
+        type=_positive(int),
+        default=10_000,
+        help="sessions kept at once; a new one beyond evicts the least recently used idle one (default 10000)",
+    )
     serve.add_argument(
         "--stdin-watch",
         choices=("auto", "on", "off"),
         default="auto",
         help="exit when stdin closes (auto: when stdin is a pipe, as under a supervisor)",
     )
+    serve.add_argument(
+        "--process-group",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="lead a process group of its own, stopped with the worker (auto: when stdin is watched)",
+    )
+    serve.add_argument(
+        "--grace",
+        type=_positive(float),
+        default=2.0,
+        help="seconds from SIGTERM or stdin closing to exit, whatever the tools are doing (default 2)",
+    )
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    serve.add_argument(
+        "--log-format",
+        default="text",
+        choices=("text", "json"),
+        help="text for a terminal; json: one 'KRAIT_LOG {...}' line per record, for a supervisor",
+    )
     serve.set_defaults(func=_serve)
 
     tools = sub.add_parser("tools", help="list a worker's tools")

@@ -79,14 +79,23 @@ _ERRORS = {
 }
 
 
-def _translate(error: grpc.RpcError) -> KraitError:
+# The worker's WrongRpc message names gRPC methods; a Python caller is told which method of Client to use.
+_WRONG_RPC = {
+    False: "{tool} is a streaming tool: use Client.execute_stream() or Client.stream()",
+    True: "{tool} is not a streaming tool: use Client.execute() or Client.call()",
+}
+
+
+def _translate(error: grpc.RpcError, *, streaming: bool) -> KraitError:
     code = error.code()  # type: ignore[attr-defined]
     details = tool_error_from_rpc_error(error)
     message = error.details() or code.name  # type: ignore[attr-defined]
     cls = _ERRORS.get(code, KraitError)
-    if details is not None:
-        return cls(code, message, type=details.type, traceback=details.traceback)
-    return cls(code, message)
+    if details is None:
+        return cls(code, message)
+    if details.type == "WrongRpc":
+        message = f"WrongRpc: {_WRONG_RPC[streaming].format(tool=details.tool_name)}"
+    return cls(code, message, type=details.type, traceback=details.traceback)
 
 
 def build_request(
@@ -130,7 +139,7 @@ class ChunkStream:
         except grpc.RpcError as error:
             if self._closed and error.code() == grpc.StatusCode.CANCELLED:  # type: ignore[attr-defined]
                 return  # close() from another thread: the iteration just ends
-            raise _translate(error) from None
+            raise _translate(error, streaming=True) from None
 
     def __iter__(self) -> Iterator[Chunk]:
         return self
@@ -225,7 +234,7 @@ class Client:
         try:
             return self._stub.ExecuteTool(request, timeout=timeout or self.timeout)
         except grpc.RpcError as error:
-            raise _translate(error) from None
+            raise _translate(error, streaming=False) from None
 
     def stream(
         self,

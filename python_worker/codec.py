@@ -3,6 +3,8 @@
 - ``application/json``: dicts, lists, numbers, strings, bools and None. orjson encodes (fast, and it turns NumPy
   scalars into plain numbers); integers beyond 64 bits, which orjson refuses, fall back to the standard library so
   they stay exact. JSON has no NaN or Infinity: non-finite floats become ``null`` (documented in the README).
+  Decoding is strict and the same whichever parser runs: NaN, Infinity, numbers beyond a double's range, lone
+  surrogates and nesting deeper than about a thousand levels are errors (:class:`JSONValueError` names where).
 - ``application/x-npy``: NumPy arrays in the standard ``.npy`` format (magic, header with dtype and shape, raw
   bytes), so any language with an npy reader decodes them. The header is written by hand because
   ``numpy.lib.format.write_array`` wants a file object and would copy the buffer twice; decoding parses the
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import re
 from typing import Any
 
@@ -58,12 +61,102 @@ def encode_json(value: Any) -> bytes:
         raise EncodeError(f"cannot encode {type(value).__name__} as JSON: {exc}") from None
 
 
+class JSONValueError(ValueError):
+    """A JSON document holds a value Krait refuses (a non-finite number, a lone surrogate); ``path`` is where:
+    the keys and indices from the top of the document."""
+
+    def __init__(self, path: tuple[str | int, ...], problem: str) -> None:
+        super().__init__(f"{format_path(path) or 'the document'}: {problem}")
+        self.path = path
+        self.problem = problem
+
+
+def format_path(path: tuple[str | int, ...]) -> str:
+    """``('opts', 'k', 2)`` as ``'opts'['k'][2]``."""
+    return "".join(repr(p) if i == 0 else f"[{p!r}]" for i, p in enumerate(path))
+
+
+# \ud800-\udfff escapes: the only way a lone surrogate gets into a document the standard library parses
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+_NON_FINITE = "not a finite number (JSON has no NaN or Infinity; numbers beyond a double's range are refused)"
+
+
 def decode_json(data: bytes | str) -> Any:
-    """Parse JSON; integers stay exact whatever their size."""
-    raw = data.encode() if isinstance(data, str) else data
-    if _LONG_DIGITS.search(raw):
-        return json.loads(raw)
-    return orjson.loads(raw)
+    """Parse JSON; integers stay exact whatever their size. Raises ValueError (:class:`JSONValueError` when a
+    value is refused, naming where) for anything orjson would refuse, whichever parser runs."""
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    if not _LONG_DIGITS.search(raw):
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise _explain(raw, exc) from None
+    try:
+        value = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except (ValueError, RecursionError) as exc:
+        raise _explain(raw, exc) from None
+    if _SURROGATE_ESCAPE.search(raw) and (found := _first_refused(value)) is not None:
+        raise JSONValueError(*found)
+    return value
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]} is beyond a double's range")
+    return value
+
+
+_NOTHING = object()
+
+
+def _explain(raw: bytes, error: BaseException) -> ValueError:
+    """The error for a refused document: where the refused value is when a lenient parse finds one, else the
+    parser's own message."""
+    try:
+        lenient = json.loads(raw)
+    except RecursionError:
+        return ValueError("JSON nesting is too deep")
+    except ValueError:
+        lenient = _NOTHING
+    if lenient is not _NOTHING and (found := _first_refused(lenient)) is not None:
+        return JSONValueError(*found)
+    if isinstance(error, RecursionError):
+        return ValueError("JSON nesting is too deep")
+    return ValueError(str(error))
+
+
+def _first_refused(value: Any) -> tuple[tuple[str | int, ...], str] | None:
+    """The path to the first non-finite number or lone surrogate in a parsed document, and what it is (walked
+    with a stack: documents nest deeper than Python recursion allows)."""
+    stack: list[tuple[tuple[str | int, ...], Any]] = [((), value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return path, _NON_FINITE
+        elif isinstance(item, str):
+            if not _utf8(item):
+                return path, "a lone surrogate (\\ud800-\\udfff) is not text"
+        elif isinstance(item, dict):
+            for key, child in reversed(item.items()):
+                if not _utf8(key):
+                    return path, "a key holds a lone surrogate (\\ud800-\\udfff)"
+                stack.append(((*path, key), child))
+        elif isinstance(item, list):
+            stack.extend(((*path, i), child) for i, child in reversed(list(enumerate(item))))
+    return None
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def npy_header(array: np.ndarray) -> bytes:
@@ -94,19 +187,29 @@ def encode_npy(array: np.ndarray) -> bytes:
 
 
 def decode_npy(data: bytes | memoryview) -> np.ndarray:
-    """Decode .npy bytes; the array is a read-only view of ``data`` (no copy)."""
-    buf = memoryview(data)
-    stream = io.BytesIO(buf[:4096].tobytes() if len(buf) > 4096 else buf.tobytes())
+    """Decode .npy bytes; the array is a read-only view of ``data`` (no copy). Any malformed payload raises
+    ValueError saying what is wrong."""
+    buf = memoryview(data).cast("B")
+    # the header's length is in the preamble: version 1 has 2 bytes of it, versions 2 and 3 have 4
+    size = 10 if bytes(buf[6:7]) == b"\x01" else 12
+    header_end = size + int.from_bytes(buf[size - (2 if size == 10 else 4) : size], "little")
+    stream = io.BytesIO(buf[: min(len(buf), header_end)].tobytes())
     try:
         version = np.lib.format.read_magic(stream)
         read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, fortran, dtype = read_header(stream)
-    except ValueError as exc:
-        raise ValueError(f"not a valid .npy payload: {exc}") from None
+    except Exception as exc:
+        # NumPy parses the header with the tokenizer and ast.literal_eval: a malformed one raises whatever they
+        # raise (TokenError, SyntaxError, OverflowError, RecursionError, ...), and every one means the same here
+        raise ValueError(f"not a valid .npy payload: {type(exc).__name__}: {str(exc)[:200]}") from None
+    if dtype.hasobject:
+        raise ValueError(f".npy payload of dtype {dtype}: arrays of Python objects cannot be received (no pickle)")
+    if any(n < 0 for n in shape):
+        raise ValueError(f".npy payload has a negative dimension in its shape {shape}")
     offset = stream.tell()
-    count = int(np.prod(shape)) if shape else 1
-    if len(buf) - offset != count * dtype.itemsize:
-        have, need = len(buf) - offset, count * dtype.itemsize
+    count = math.prod(shape)  # exact: NumPy's prod would wrap around on a huge shape
+    have, need = len(buf) - offset, count * dtype.itemsize
+    if have != need:
         raise ValueError(f".npy payload holds {have} data bytes, its header {shape} {dtype} needs {need}")
     array = np.frombuffer(buf, dtype=dtype, count=count, offset=offset)
     return array.reshape(shape, order="F" if fortran else "C")

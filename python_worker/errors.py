@@ -18,9 +18,16 @@ from grpc_status import rpc_status
 
 from .proto import pb
 
-# Trailers are bounded (grpc's default max metadata size is 8 KiB): keep the end of a long traceback,
-# which holds the frames that matter, and say how much was cut.
-MAX_TRACEBACK_CHARS = 4000
+# A status travels in trailers, which clients bound: grpcio refuses trailers over 16 KiB, and over 8 KiB at
+# random ("received metadata size exceeds soft limit"), and reports that instead of the error. What goes in is
+# bounded by its size on the wire: the message twice (percent-encoded in grpc-message, in the base64
+# grpc-status-details-bin), the traceback once. Messages and names, which may come from the caller (a 1 MB tool
+# name, an argument name), keep their start and say their length; a traceback keeps its end, which holds the
+# frames that matter, and says how much was cut (the worker's log has all of it).
+MAX_MESSAGE_BYTES = 1000
+MAX_TRACEBACK_BYTES = 4000
+MAX_NAME_CHARS = 64
+TRAILER_BUDGET = 7000  # bytes of grpc-message + grpc-status-details-bin: under 8 KiB with the other trailers
 
 
 class CallError(Exception):
@@ -76,11 +83,36 @@ def _tool_frames(trace: TracebackType | None) -> TracebackType | None:
     return trace
 
 
-def _clip(text: str) -> str:
-    if len(text) <= MAX_TRACEBACK_CHARS:
+def clip(text: str, limit: int = MAX_NAME_CHARS) -> str:
+    """``text``, or its first ``limit`` characters and how long it was."""
+    if len(text) <= limit:
         return text
-    cut = len(text) - MAX_TRACEBACK_CHARS
-    return f"... ({cut} characters of traceback omitted; the worker's log has all of it)\n" + text[cut:]
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
+def clip_bytes(text: str, limit: int = MAX_MESSAGE_BYTES) -> str:
+    """``text``, or as much of its start as fits in ``limit`` UTF-8 bytes and how long it was."""
+    data = text.encode("utf-8", "backslashreplace")
+    if len(data) <= limit:
+        return text
+    return f"{data[:limit].decode('utf-8', 'ignore')}... ({len(text)} characters)"
+
+
+def _clip_traceback(text: str, limit: int) -> str:
+    data = text.encode("utf-8", "backslashreplace")
+    if len(data) <= limit:
+        return text
+    tail = data[len(data) - limit :].decode("utf-8", "ignore") if limit > 0 else ""
+    cut = len(text) - len(tail)
+    return f"... ({cut} characters of traceback omitted; the worker's log has all of it)\n" + tail
+
+
+def _wire_size(message: str, status: status_pb2.Status) -> int:
+    """Bytes of grpc-message (percent-encoded: all but printable ASCII take 3) and grpc-status-details-bin
+    (base64 of the serialized status)."""
+    encoded = message.encode("utf-8", "backslashreplace")
+    percent = len(encoded) + 2 * sum(1 for b in encoded if b < 0x20 or b > 0x7E or b == 0x25)
+    return percent + (status.ByteSize() * 4 + 2) // 3
 
 
 def to_status(exc: BaseException, *, tool_name: str, worker_id: str) -> grpc.Status:
@@ -92,19 +124,33 @@ def to_status(exc: BaseException, *, tool_name: str, worker_id: str) -> grpc.Sta
         trace = "".join(tb.format_exception(type(exc), exc, _tool_frames(exc.__traceback__)))
         if type(exc).__name__ == "ToolCancelled":
             code = grpc.StatusCode.CANCELLED
-    message = f"{error_type}: {exc}"
-    error = pb.ToolError(
-        type=error_type, message=str(exc), traceback=_clip(trace), tool_name=tool_name, worker_id=worker_id
-    )
-    detail = any_pb2.Any()
-    detail.Pack(error)
-    status = status_pb2.Status(code=code.value[0], message=message, details=[detail])
+    text = clip_bytes(str(exc))
+    message = f"{clip(error_type)}: {text}"
+    limit = MAX_TRACEBACK_BYTES
+    while True:
+        error = pb.ToolError(
+            type=clip(error_type),
+            message=text,
+            traceback=_clip_traceback(trace, limit) if trace else "",
+            tool_name=clip(tool_name),
+            worker_id=worker_id,
+        )
+        detail = any_pb2.Any()
+        detail.Pack(error)
+        status = status_pb2.Status(code=code.value[0], message=message, details=[detail])
+        excess = _wire_size(message, status) - TRAILER_BUDGET
+        if excess <= 0 or not trace or limit == 0:
+            break
+        limit = max(0, limit - excess)  # a traceback byte costs 4/3 on the wire: this converges in a step or two
     return rpc_status.to_status(status)
 
 
 def tool_error_from_rpc_error(error: grpc.RpcError) -> pb.ToolError | None:
     """The ToolError inside a failed call's status details, if the server sent one."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    try:
+        status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    except ValueError:  # details that do not match the status (e.g. the client's own RESOURCE_EXHAUSTED)
+        return None
     if status is None:
         return None
     for detail in status.details:

@@ -12,6 +12,7 @@ import pytest
 
 from python_worker.client import Client, DeadlineExceededError
 
+from .support import eventually
 from .workers import ROOT
 
 # Bounds here prove "promptly, not eventually"; the latency targets themselves are measured in scripts/bench.
@@ -19,13 +20,12 @@ PROMPT = 2.0
 
 
 def _events(client: Client, tag: str, wait_for: str, timeout: float = 5.0) -> dict[str, float]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def seen() -> dict[str, float]:
         events = client.execute("stream_events", tag=tag)
-        if wait_for in events:
-            return events
-        time.sleep(0.01)
-    raise AssertionError(f"{tag}: no {wait_for!r} event, got {events}")
+        assert wait_for in events, f"{tag}: no {wait_for!r} event, got {events}"
+        return events
+
+    return eventually(seen, timeout=timeout)
 
 
 @pytest.mark.parametrize("tool", ["endless_stream", "blocking_stream"])
@@ -57,13 +57,15 @@ def test_slow_consumer_pauses_the_generator(client: Client) -> None:
 
     stream = client.stream("endless_stream", {"tag": "paused", "interval_ms": 0})
     next(stream)
-    # the producer fills the bounded buffer and the transport's windows, then must stop
-    deadline = time.monotonic() + 20
-    previous, current = -1, ticks()
-    while current != previous:
-        assert time.monotonic() < deadline, "the generator never paused"
-        time.sleep(0.5)
-        previous, current = current, ticks()
+    # the producer fills the bounded buffer and the transport's windows, then must stop: two readings half a
+    # second apart agree
+    last = [-1]
+
+    def paused() -> int | None:
+        previous, last[0] = last[0], ticks()
+        return last[0] if last[0] == previous else None
+
+    current = eventually(paused, timeout=20, interval=0.5, what="the generator pausing")
     assert current < 200_000  # paused on a bounded buffer, not producing into unbounded memory
     for _ in range(current):  # draining what was produced lets it go on
         next(stream)

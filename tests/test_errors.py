@@ -90,15 +90,20 @@ def test_bad_binary_argument(worker, client: Client) -> None:
     _still_serving(client)
 
 
-def test_streaming_tool_through_unary_rpc_and_the_reverse(client: Client) -> None:
+def test_streaming_tool_through_unary_rpc_and_the_reverse(worker, client: Client) -> None:
     with pytest.raises(KraitError) as info:
         client.execute("stream_progress", steps=2)
-    assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
-    assert "stream_progress is a streaming tool: call it with ExecuteStreamingTool" in info.value.message
+    # the Python client names its own methods; the worker's status names the gRPC methods (for any client)
+    assert (info.value.code, info.value.type) == (grpc.StatusCode.FAILED_PRECONDITION, "WrongRpc")
+    assert info.value.message == (
+        "WrongRpc: stream_progress is a streaming tool: use Client.execute_stream() or Client.stream()"
+    )
     with pytest.raises(KraitError) as info:
         list(client.execute_stream("add", a=1, b=2))
-    assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
-    assert "add is not a streaming tool: call it with ExecuteTool" in info.value.message
+    assert (info.value.code, info.value.type) == (grpc.StatusCode.FAILED_PRECONDITION, "WrongRpc")
+    assert info.value.message == "WrongRpc: add is not a streaming tool: use Client.execute() or Client.call()"
+    error = _raw_call(worker.target, pb.ExecuteToolRequest(tool_name="stream_progress"))
+    assert error.details() == "WrongRpc: stream_progress is a streaming tool: call it with ExecuteStreamingTool"
     _still_serving(client)
 
 
@@ -117,3 +122,15 @@ def test_oversized_messages_both_ways() -> None:
         assert "more than the worker's maximum message size" in info.value.message
         assert info.value.type == "ChunkTooLarge"
         _still_serving(client)
+
+
+@pytest.mark.parametrize("char", ["m", "\N{EURO SIGN}"])
+def test_huge_error_messages_are_clipped_to_fit_the_trailers(client: Client, char: str) -> None:
+    # grpcio clients refuse trailers over 8-16 KiB: the worker keeps the status within them, whatever the text
+    with pytest.raises(ToolError) as info:
+        client.execute("fail", message=char * 48_000)
+    assert info.value.code == grpc.StatusCode.UNKNOWN
+    assert info.value.message.startswith(f"ValueError: {char * 100}")
+    assert info.value.message.endswith("... (48000 characters)")
+    assert info.value.traceback.startswith("... (") and "characters of traceback omitted" in info.value.traceback
+    _still_serving(client)

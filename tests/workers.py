@@ -7,10 +7,11 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from .support import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -50,22 +51,25 @@ def spawn(adapter: str, *args: str, env: dict[str, str] | None = None, stderr=No
 
 def wait_ready(process: subprocess.Popen[bytes], timeout: float = 30.0) -> dict:
     """Read stdout until the KRAIT_READY line (bounded by ``timeout``)."""
-    deadline = time.monotonic() + timeout
     assert process.stdout is not None
-    os.set_blocking(process.stdout.fileno(), False)
-    buffered = b""
-    while time.monotonic() < deadline:
-        chunk = process.stdout.read()
-        if chunk:
-            buffered += chunk
-            for line in buffered.decode(errors="replace").splitlines():
-                if line.startswith("KRAIT_READY "):
-                    return json.loads(line.removeprefix("KRAIT_READY "))
+    stdout = process.stdout
+    os.set_blocking(stdout.fileno(), False)
+    buffered = [b""]
+
+    def ready() -> dict | None:
+        buffered[0] += stdout.read() or b""
+        for line in buffered[0].decode(errors="replace").splitlines():
+            if line.startswith("KRAIT_READY "):
+                return json.loads(line.removeprefix("KRAIT_READY "))
         if process.poll() is not None:
             raise RuntimeError(f"worker exited with {process.returncode} before it was ready")
-        time.sleep(0.02)
-    process.kill()
-    raise TimeoutError("worker did not report ready")
+        return None
+
+    try:
+        return eventually(ready, timeout=timeout, interval=0.02, what="the worker's KRAIT_READY line")
+    except AssertionError:
+        process.kill()
+        raise TimeoutError("worker did not report ready") from None
 
 
 @contextlib.contextmanager

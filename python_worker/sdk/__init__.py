@@ -1,11 +1,12 @@
 """The adapter SDK: what an adapter author imports."""
 
-from .adapter import BaseAdapter, load_adapter
+from .adapter import AdapterPathError, BaseAdapter, load_adapter
 from .chunk import StreamChunk
 from .context import Session, ToolCancelled, ToolContext
 from .tool import ArgumentError, ToolSpec, tool
 
 __all__ = [
+    "AdapterPathError",
     "ArgumentError",
     "BaseAdapter",
     "Session",

@@ -37,18 +37,31 @@ class BaseAdapter:
         return specs
 
 
+class AdapterPathError(ValueError):
+    """``module:Class`` names no adapter class: malformed, no such module or class, or not a BaseAdapter.
+
+    Any other exception from :func:`load_adapter` was raised by the adapter's own code (its module's import,
+    its constructor or ``setup()``)."""
+
+
 def load_adapter(path: str) -> BaseAdapter:
     """Import ``module:Class`` and create the adapter; errors name what is wrong."""
     module_name, sep, class_name = path.partition(":")
     if not sep or not module_name or not class_name:
-        raise ValueError(f"adapter must be given as module:Class, got {path!r}")
-    module = importlib.import_module(module_name)
+        raise AdapterPathError(f"adapter must be given as module:Class, got {path!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        # the adapter's module (or a package above it) is missing; a module *it* imports is its own error
+        if exc.name is not None and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise AdapterPathError(f"No module named {exc.name!r}") from None
+        raise
     try:
         cls: Any = getattr(module, class_name)
     except AttributeError:
-        raise ValueError(f"module {module_name!r} has no class {class_name!r}") from None
+        raise AdapterPathError(f"module {module_name!r} has no class {class_name!r}") from None
     if not (isinstance(cls, type) and issubclass(cls, BaseAdapter)):
-        raise TypeError(f"{path} is not a subclass of python_worker.BaseAdapter")
+        raise AdapterPathError(f"{path} is not a subclass of python_worker.BaseAdapter")
     adapter = cls()
     adapter.setup()
     return adapter

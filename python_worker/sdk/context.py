@@ -30,6 +30,8 @@ class ToolContext:
     - ``session_id`` / ``session``: the caller's session and its state dict (``session.state``); ``session`` is
       None for calls without a session.
     - ``metadata``: the request metadata.
+    - ``call_id``: this call's id in the worker's log records (the caller's ``krait-call-id`` header, or made
+      by the worker).
     - ``cancelled`` / ``check_cancelled()`` / ``sleep()``: the cancellation flag. A generator only sees
       ``GeneratorExit`` at its next ``yield``; a tool blocked between yields polls this flag (or sleeps with
       :meth:`sleep`, which wakes at once on cancellation) to stop promptly.
@@ -42,6 +44,7 @@ class ToolContext:
     session_id: str = ""
     session: Session | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    call_id: str = ""
     cancel_event: threading.Event = field(default_factory=threading.Event)
     progress_sink: Callable[[dict[str, Any]], None] | None = None
 

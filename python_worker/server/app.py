@@ -1,7 +1,8 @@
 """Serving a worker: the gRPC server, health and reflection, readiness, and the ways a worker stops.
 
 A worker stops on SIGTERM/SIGINT, and by itself when its stdin (a pipe from its supervisor) closes, so no
-worker outlives a crashed supervisor. Readiness is announced once serving, on stdout as
+worker outlives a crashed supervisor; it is gone within its grace either way, with the processes its tools
+started (see shutdown.py). Readiness is announced once serving, on stdout as
 ``KRAIT_READY {"port": ..., "pid": ..., "worker_id": ..., "adapter": ...}`` and in the ready file.
 """
 
@@ -23,9 +24,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ..proto import SERVICE_NAME
-from ..sdk import load_adapter
+from ..sdk import AdapterPathError, BaseAdapter, load_adapter
 from .servicer import ToolWorkerServicer, register
-from .sessions import SessionStore
+from .sessions import DEFAULT_MAX_SESSIONS, SessionStore
+from .shutdown import GROUP_TERM_WAIT_S, Shutdown, exit_now, lead_process_group, stop_group
+from .streams import MAX_AUX_STREAMS, AuxStreamLimit
 
 log = logging.getLogger("krait.worker")
 
@@ -48,7 +51,9 @@ class ServeOptions:
     max_message_bytes: int = 64 << 20
     max_calls: int = 32
     session_ttl: float = 3600.0
+    max_sessions: int = DEFAULT_MAX_SESSIONS
     stdin_watch: bool | None = None  # None: watch when stdin is a pipe or socket
+    process_group: bool | None = None  # None: lead a process group when stdin is watched (supervised)
     grace: float = 2.0
 
 
@@ -66,7 +71,7 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
     ]
 
 
-def _watch_stdin(stop: threading.Event) -> None:
+def _watch_stdin(shutdown: Shutdown) -> None:
     # os.read on the raw descriptor: a thread blocked in sys.stdin's buffered reader holds its lock and makes
     # interpreter shutdown abort
     try:
@@ -74,8 +79,9 @@ def _watch_stdin(stop: threading.Event) -> None:
             pass
     except OSError:
         pass
-    log.info("stdin closed: the supervisor has gone, stopping")
-    stop.set()
+    if not shutdown.requested:
+        log.info("stdin closed: the supervisor has gone")
+    shutdown.request("stdin closed")
 
 
 def _should_watch_stdin() -> bool:
@@ -102,8 +108,19 @@ def serve(options: ServeOptions) -> int:
     """Run a worker until it is told to stop; returns the process exit code."""
     options.worker_id = options.worker_id or f"worker-{os.getpid()}"
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-    adapter = load_adapter(options.adapter)
-    sessions = SessionStore(ttl=options.session_ttl, on_end=adapter.on_session_end)
+    watch_stdin = options.stdin_watch if options.stdin_watch is not None else _should_watch_stdin()
+    # before any adapter code runs: whatever it starts is in the group from its first moment
+    if options.process_group if options.process_group is not None else watch_stdin:
+        lead_process_group()
+    shutdown = Shutdown(options.grace)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: shutdown.request(signal.Signals(signum).name))
+    if watch_stdin:
+        threading.Thread(target=_watch_stdin, args=(shutdown,), name="stdin-watch", daemon=True).start()
+
+    adapter = _load(options.adapter)
+    sessions = SessionStore(ttl=options.session_ttl, on_end=adapter.on_session_end, max_sessions=options.max_sessions)
+    sessions.start_sweeping()
     servicer = ToolWorkerServicer(
         adapter,
         adapter_path=options.adapter,
@@ -112,11 +129,12 @@ def serve(options: ServeOptions) -> int:
         max_calls=options.max_calls,
         max_message_bytes=options.max_message_bytes,
     )
-    # One thread per in-flight RPC (grpcio's sync server): room for every tool call plus health checks and
-    # pings, so those never starve behind long streams.
+    # One thread per in-flight RPC (grpcio's sync server): room for every tool call, every reflection or
+    # health-watch stream allowed, and the short calls (pings, health checks, refusals) beside them.
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=options.max_calls + 8, thread_name_prefix="grpc"),
+        futures.ThreadPoolExecutor(max_workers=options.max_calls + MAX_AUX_STREAMS + 8, thread_name_prefix="grpc"),
         options=[*channel_options(options.max_message_bytes), ("grpc.so_reuseport", 0)],
+        interceptors=[AuxStreamLimit(SERVICE_NAME)],
     )
     register(servicer, server)
     health_servicer = health.HealthServicer()
@@ -127,27 +145,48 @@ def serve(options: ServeOptions) -> int:
     try:
         port = server.add_insecure_port(f"{options.host}:{options.port}")
     except RuntimeError as exc:
-        raise SystemExit(f"cannot listen on {options.host}:{options.port}: {exc}") from None
-    server.start()
-    for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.error("cannot listen on %s:%d: %s", options.host, options.port, exc)
+        _close(adapter, sessions)
+        stop_group()
+        exit_now(1)
+    if not shutdown.requested:
+        server.start()
+        for name in ("", SERVICE_NAME):
+            health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving %s on %s:%d", options.adapter, options.host, port)
+        _announce(options, port)
 
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    if options.stdin_watch if options.stdin_watch is not None else _should_watch_stdin():
-        threading.Thread(target=_watch_stdin, args=(stop,), name="stdin-watch", daemon=True).start()
-
-    log.info("worker %s serving %s on %s:%d", options.worker_id, options.adapter, options.host, port)
-    _announce(options, port)
-    while not stop.wait(3600):
-        pass
-    log.info("worker %s stopping", options.worker_id)
+    log.info("stopping: %s", shutdown.wait())
+    # in-flight calls get half the grace to finish, then they are cancelled (their generators closed, their
+    # flags raised); the rest of the grace is for the tools to wind down and the adapter to close
     health_servicer.enter_graceful_shutdown()
-    server.stop(options.grace).wait()
+    server.stop(options.grace / 2).wait(shutdown.remaining())
+    _close(adapter, sessions)
+    stuck = servicer.calls_in_flight()
+    stop_group(wait=min(GROUP_TERM_WAIT_S, shutdown.remaining()))
+    if stuck:
+        # a unary tool deaf to cancellation holds a non-daemon executor thread: returning would wait for it
+        log.warning("exiting with %d tool call(s) still running: they ignored cancellation", stuck)
+        exit_now(0)
+    return 0
+
+
+def _load(path: str) -> BaseAdapter:
+    """The adapter; on failure, one error record naming the adapter and the cause, and a quick exit (1). The
+    record carries a traceback only when the failure is in the adapter's own code."""
+    try:
+        return load_adapter(path)
+    except AdapterPathError as exc:
+        log.error("cannot load adapter %s: %s", path, exc)
+    except Exception as exc:
+        log.error("adapter %s failed to load: %s: %s", path, type(exc).__name__, exc, exc_info=exc)
+    stop_group()  # whatever its setup started
+    exit_now(1)
+
+
+def _close(adapter: BaseAdapter, sessions: SessionStore) -> None:
     sessions.close()
     try:
         adapter.close()
     except Exception:
         log.exception("adapter close() failed")
-    return 0

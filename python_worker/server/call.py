@@ -13,6 +13,7 @@ Streaming rules (documented in the README):
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -23,12 +24,12 @@ import grpc
 import numpy as np
 
 from .. import codec
-from ..errors import CallError, InvalidArguments, ProtocolViolation, ToolNotFound, WrongRpc
+from ..errors import CallError, InvalidArguments, ProtocolViolation, ToolNotFound, WrongRpc, clip
 from ..proto import pb
 from ..sdk import BaseAdapter, StreamChunk, ToolContext, ToolSpec
 from ..sdk.tool import ArgumentError
 from .buffer import Cancelled, ChunkBuffer
-from .sessions import SessionStore
+from .sessions import SessionStore, check_session_id
 from .wire import LARGE, Chunk, frame
 
 log = logging.getLogger("krait.worker")
@@ -41,12 +42,14 @@ def prepare(
     streaming: bool,
     sessions: SessionStore,
     worker_id: str,
+    call_id: str = "",
 ) -> tuple[ToolSpec, dict[str, Any], ToolContext]:
     """Resolve the tool, check the RPC fits it, decode and validate the arguments, build the context."""
+    check_session_id(request.session_id)
     spec = specs.get(request.tool_name)
     if spec is None:
         known = ", ".join(sorted(specs)) or "none"
-        raise ToolNotFound(f"unknown tool {request.tool_name!r}; this worker serves: {known}")
+        raise ToolNotFound(f"unknown tool {clip(request.tool_name)!r}; this worker serves: {known}")
     if spec.supports_streaming != streaming:
         if spec.supports_streaming:
             raise WrongRpc(f"{spec.name} is a streaming tool: call it with ExecuteStreamingTool")
@@ -60,13 +63,15 @@ def prepare(
         kwargs = spec.validate(args)
     except ArgumentError as exc:
         raise InvalidArguments(str(exc)) from None
-    session = sessions.touch(request.session_id) if request.session_id else None
+    # last: a session acquired here is released by the caller once the call ends
+    session = sessions.acquire(request.session_id) if request.session_id else None
     ctx = ToolContext(
         tool_name=spec.name,
         worker_id=worker_id,
         session_id=request.session_id,
         session=session,
         metadata=dict(request.metadata),
+        call_id=call_id,
     )
     if spec.context_param:
         kwargs[spec.context_param] = ctx
@@ -78,6 +83,9 @@ def _parse_args(text: str, tool_name: str) -> dict[str, Any]:
         return {}
     try:
         args = codec.decode_json(text)
+    except codec.JSONValueError as exc:
+        where = f"argument {codec.format_path(exc.path)}" if exc.path else "args_json"
+        raise InvalidArguments(f"{tool_name}: {where}: {exc.problem}") from None
     except ValueError as exc:  # orjson's and json's decode errors are both ValueErrors
         raise InvalidArguments(f"{tool_name}: args_json is not valid JSON: {exc}") from None
     if not isinstance(args, dict):
@@ -150,7 +158,9 @@ class StreamingCall:
         self._seq = 0
         self._emit_lock = threading.Lock()
         ctx.progress_sink = self._progress
-        self.thread = threading.Thread(target=self._run, name=f"tool-{spec.name}", daemon=True)
+        # the tool's thread logs as part of the call (see logs.py): it runs in a copy of this thread's context
+        context = contextvars.copy_context()
+        self.thread = threading.Thread(target=context.run, args=(self._run,), name=f"tool-{spec.name}", daemon=True)
 
     def start(self) -> None:
         self.thread.start()

@@ -6,17 +6,19 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
 
-from ..errors import CallError, Overloaded, to_status
+from ..errors import CallError, InvalidArguments, Overloaded, clip, to_status
 from ..proto import pb, pb_grpc
-from ..sdk import BaseAdapter
+from ..sdk import BaseAdapter, ToolContext
 from .buffer import Cancelled, ChunkBuffer
 from .call import StreamingCall, prepare, run_unary
-from .sessions import SessionStore
+from .logs import call_ended, call_id_from, in_call
+from .requests import Malformed, deserializer
+from .sessions import SessionStore, check_session_id
 from .wire import encode_batch
 
 log = logging.getLogger("krait.worker")
@@ -51,6 +53,8 @@ class ToolWorkerServicer(pb_grpc.ToolWorkerServicer):
         self.specs = type(adapter).tool_specs()
         self.max_calls = max_calls
         self._slots = threading.BoundedSemaphore(max_calls)
+        self._count_lock = threading.Lock()
+        self._in_flight = 0
         # room for the message framing around a chunk's data
         self.max_chunk_bytes = max_message_bytes - 4096
         self._started = time.monotonic()
@@ -80,66 +84,124 @@ class ToolWorkerServicer(pb_grpc.ToolWorkerServicer):
         return pb.ListToolsResponse(tools=tools, worker_id=self.worker_id, adapter=self.adapter_path)
 
     def InitializeSession(self, request: Any, context: grpc.ServicerContext) -> Any:
-        if not request.session_id:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "session_id must not be empty")
+        try:
+            if not request.session_id:
+                raise InvalidArguments("session_id must not be empty")
+            check_session_id(request.session_id)
+        except CallError as exc:
+            self._abort(context, exc, "InitializeSession")
         return pb.InitializeSessionResponse(
             created=self.sessions.initialize(request.session_id, dict(request.metadata))
         )
 
     def CleanupSession(self, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            check_session_id(request.session_id)
+        except CallError as exc:
+            self._abort(context, exc, "CleanupSession")
         return pb.CleanupSessionResponse(existed=self.sessions.cleanup(request.session_id))
 
     # -- tool calls ---------------------------------------------------------------------------------------
-    def _abort(self, context: grpc.ServicerContext, exc: BaseException, tool_name: str) -> None:
-        if not isinstance(exc, CallError):
-            log.error("%s failed", tool_name, exc_info=exc)
-        context.abort_with_status(to_status(exc, tool_name=tool_name, worker_id=self.worker_id))
+    def _abort(self, context: grpc.ServicerContext, exc: BaseException, rpc: str, tool_name: str = "") -> None:
+        """End the RPC with the status reporting ``exc``. Expected failures (bad input, an overloaded worker)
+        are logged as one warning line; a traceback is logged only for a bug in a tool or in Krait."""
+        status = to_status(exc, tool_name=tool_name, worker_id=self.worker_id)
+        what = f"{rpc} {clip(tool_name)}" if tool_name else rpc
+        if isinstance(exc, CallError):
+            log.warning("%s refused: %s %s", what, exc.code.name, status.details)
+        elif type(exc).__name__ == "ToolCancelled":
+            log.info("%s: the tool stopped on cancellation (%s)", what, exc)
+        else:
+            log.error("%s failed", what, exc_info=exc)
+        context.abort_with_status(status)
+
+    def refuse_malformed(self, rpc: str, request: Malformed, context: grpc.ServicerContext) -> None:
+        self._abort(context, InvalidArguments(request.reason), rpc)
 
     def _acquire(self) -> None:
         if not self._slots.acquire(blocking=False):
             raise Overloaded(f"worker {self.worker_id} is running its maximum of {self.max_calls} calls")
+        with self._count_lock:
+            self._in_flight += 1
+
+    def _release(self) -> None:
+        with self._count_lock:
+            self._in_flight -= 1
+        self._slots.release()
+
+    def calls_in_flight(self) -> int:
+        """Tool calls whose handlers have not returned (a unary tool deaf to cancellation stays counted)."""
+        return self._in_flight
+
+    def _begin(self, request: Any, context: grpc.ServicerContext) -> str:
+        """Mark this thread's log records as the call's; returns its call id."""
+        call_id = call_id_from(context.invocation_metadata())
+        in_call(request.tool_name, request.session_id, call_id)
+        return call_id
+
+    def _end(self, ctx: ToolContext | None, acquired: bool) -> None:
+        if ctx is not None and ctx.session is not None:
+            self.sessions.release(ctx.session_id)
+        if acquired:
+            self._release()
+        call_ended()
 
     def ExecuteTool(self, request: Any, context: grpc.ServicerContext) -> Any:
         started = time.perf_counter()
+        call_id = self._begin(request, context)
+        ctx: ToolContext | None = None
+        acquired = False
         try:
             self._acquire()
-        except CallError as exc:
-            self._abort(context, exc, request.tool_name)
-        try:
+            acquired = True
             spec, kwargs, ctx = prepare(
-                request, specs=self.specs, streaming=False, sessions=self.sessions, worker_id=self.worker_id
+                request,
+                specs=self.specs,
+                streaming=False,
+                sessions=self.sessions,
+                worker_id=self.worker_id,
+                call_id=call_id,
             )
             context.add_callback(ctx.cancel_event.set)
             # headers go out before the tool runs: a client that saw none knows the call never started
             context.send_initial_metadata(())
             return run_unary(self.adapter, spec, kwargs, ctx, started)
         except Exception as exc:
-            self._abort(context, exc, request.tool_name)
+            self._abort(context, exc, "ExecuteTool", request.tool_name)
         finally:
-            self._slots.release()
+            self._end(ctx, acquired)
 
     def ExecuteStreamingTool(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        for batch in self._stream(request, context, max_chunks=1, frame_large=False):
+        for batch in self._stream(request, context, rpc="ExecuteStreamingTool", max_chunks=1, frame_large=False):
             seq, data, content_type, is_final, meta = batch[0]
             yield pb.ToolChunk(seq=seq, data=data, content_type=content_type, is_final=is_final, metadata=meta)
 
     def ExecuteStreamingToolBatched(self, request: Any, context: grpc.ServicerContext) -> Iterator[bytes]:
         # already serialized: registered with a pass-through serializer (see register())
-        for batch in self._stream(request, context, max_chunks=BATCH_MAX_CHUNKS, frame_large=True):
+        stream = self._stream(
+            request, context, rpc="ExecuteStreamingToolBatched", max_chunks=BATCH_MAX_CHUNKS, frame_large=True
+        )
+        for batch in stream:
             yield encode_batch(batch)
 
     def _stream(
-        self, request: Any, context: grpc.ServicerContext, *, max_chunks: int, frame_large: bool
+        self, request: Any, context: grpc.ServicerContext, *, rpc: str, max_chunks: int, frame_large: bool
     ) -> Iterator[list[Any]]:
         started = time.perf_counter()
-        try:
-            self._acquire()
-        except CallError as exc:
-            self._abort(context, exc, request.tool_name)
+        call_id = self._begin(request, context)
+        ctx: ToolContext | None = None
+        acquired = False
         call: StreamingCall | None = None
         try:
+            self._acquire()
+            acquired = True
             spec, kwargs, ctx = prepare(
-                request, specs=self.specs, streaming=True, sessions=self.sessions, worker_id=self.worker_id
+                request,
+                specs=self.specs,
+                streaming=True,
+                sessions=self.sessions,
+                worker_id=self.worker_id,
+                call_id=call_id,
             )
             call = StreamingCall(
                 self.adapter,
@@ -164,11 +226,11 @@ class ToolWorkerServicer(pb_grpc.ToolWorkerServicer):
         except Cancelled:
             return
         except Exception as exc:
-            self._abort(context, exc, request.tool_name)
+            self._abort(context, exc, rpc, request.tool_name)
         finally:
             if call is not None:
                 call.cancel()  # no-op after a normal end; stops the tool if the stream was abandoned
-            self._slots.release()
+            self._end(ctx, acquired)
 
 
 # methods whose handlers return serialized bytes (hand-encoded on the hot path)
@@ -185,9 +247,20 @@ def register(servicer: ToolWorkerServicer, server: grpc.Server) -> None:
         response_type = getattr(pb, method.output_type.name)
         make = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
         handlers[method.name] = make(
-            getattr(servicer, method.name),
-            request_deserializer=request_type.FromString,
+            _refusing_malformed(servicer, method.name, getattr(servicer, method.name)),
+            request_deserializer=deserializer(request_type),
             response_serializer=None if method.name in PRESERIALIZED else response_type.SerializeToString,
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
     server.add_registered_method_handlers(service.full_name, handlers)
+
+
+def _refusing_malformed(servicer: ToolWorkerServicer, rpc: str, behavior: Callable[[Any, Any], Any]) -> Any:
+    # the deserializer hands over a Malformed instead of raising (see requests.py); a streaming behavior returns
+    # its generator from here, so this wrapper adds no per-chunk cost
+    def handle(request: Any, context: grpc.ServicerContext) -> Any:
+        if isinstance(request, Malformed):
+            servicer.refuse_malformed(rpc, request, context)
+        return behavior(request, context)
+
+    return handle

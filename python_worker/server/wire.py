@@ -122,7 +122,7 @@ def frame(
 Decoded = tuple[int, "bytes | memoryview", str, bool, dict[str, str]]
 
 
-def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
+def read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
     result = shift = 0
     while True:
         byte = buf[pos]
@@ -133,13 +133,13 @@ def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _skip(buf: memoryview, pos: int, wire_type: int) -> int:
+def skip_field(buf: memoryview, pos: int, wire_type: int) -> int:
     if wire_type == 0:
-        return _read_varint(buf, pos)[1]
+        return read_varint(buf, pos)[1]
     if wire_type == 1:
         return pos + 8
     if wire_type == 2:
-        n, pos = _read_varint(buf, pos)
+        n, pos = read_varint(buf, pos)
         return pos + n
     if wire_type == 5:
         return pos + 4
@@ -151,26 +151,26 @@ def _decode_large(entry: memoryview) -> Decoded:
     seq, data, content_type, is_final, meta = 0, entry[:0], "", False, {}
     pos, end = 0, len(entry)
     while pos < end:
-        key, pos = _read_varint(entry, pos)
+        key, pos = read_varint(entry, pos)
         field, wire_type = key >> 3, key & 7
         if field == 1 and wire_type == 0:
-            seq, pos = _read_varint(entry, pos)
+            seq, pos = read_varint(entry, pos)
         elif field == 2 and wire_type == 2:
-            n, pos = _read_varint(entry, pos)
+            n, pos = read_varint(entry, pos)
             data, pos = entry[pos : pos + n], pos + n
         elif field == 3 and wire_type == 2:
-            n, pos = _read_varint(entry, pos)
+            n, pos = read_varint(entry, pos)
             content_type, pos = str(entry[pos : pos + n], "utf-8"), pos + n
         elif field == 4 and wire_type == 0:
-            flag, pos = _read_varint(entry, pos)
+            flag, pos = read_varint(entry, pos)
             is_final = flag != 0
         elif field == 5 and wire_type == 2:
-            n, pos = _read_varint(entry, pos)
+            n, pos = read_varint(entry, pos)
             pair = pb.ToolChunk.FromString(b"\x2a" + varint(n) + entry[pos : pos + n].tobytes()).metadata
             meta.update(pair)
             pos += n
         else:
-            pos = _skip(entry, pos, wire_type)
+            pos = skip_field(entry, pos, wire_type)
     if pos != end:
         raise ValueError("truncated ToolChunk")
     return seq, data, content_type, is_final, meta
@@ -197,11 +197,11 @@ def decode_batch(message: bytes) -> list[Decoded]:
     run, run_length = -1, 0  # where the current run of small entries began, and its length
     while pos < end:
         start = pos
-        key, pos = _read_varint(buf, pos)
+        key, pos = read_varint(buf, pos)
         if key != 0x0A:
-            pos = _skip(buf, pos, key & 7)  # an unknown field of the batch
+            pos = skip_field(buf, pos, key & 7)  # an unknown field of the batch
             continue
-        n, pos = _read_varint(buf, pos)
+        n, pos = read_varint(buf, pos)
         if n < LARGE:
             if run < 0:
                 run, run_length = start, 0

@@ -15,6 +15,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,11 +25,13 @@ import grpc
 import numpy as np
 import orjson
 import psutil
+from grpc_reflection.v1alpha import reflection_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from python_worker.client import Client  # noqa: E402
+from python_worker.server.streams import MAX_AUX_STREAMS  # noqa: E402
 from scripts.benchmarks.raw_grpc import RawClient  # noqa: E402
 from tests.workers import running_worker  # noqa: E402
 
@@ -46,6 +49,7 @@ QUICK = {
     "cancel_samples": 5,
     "slow_chunks": 24,
     "pool_sizes": [1, 4, 8],
+    "ping_samples": 50,
 }
 FULL = {
     "items": 200_000,
@@ -58,7 +62,9 @@ FULL = {
     "cancel_samples": 50,
     "slow_chunks": 256,
     "pool_sizes": [1, 4, 8],
+    "ping_samples": 500,
 }
+IDLE_STREAMS = 200
 
 
 def rate(count: float, fn: Callable[[], Any]) -> float:
@@ -140,9 +146,46 @@ def python_benchmarks(cfg: dict[str, Any], runs: int) -> dict[str, float]:
             ),
         )
         out["py_worker_rss_mb"] = psutil.Process(worker.process.pid).memory_info().rss / MiB
+        out.update(ping_beside_idle_streams(worker.target, client, cfg["ping_samples"]))
         client.close()
         raw.close()
     return out
+
+
+class _IdleRequests:
+    """A reflection request stream that sends nothing until released: an idle client."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def __iter__(self) -> _IdleRequests:
+        return self
+
+    def __next__(self) -> Any:
+        self.release.wait(600)
+        raise StopIteration
+
+
+def ping_beside_idle_streams(target: str, client: Client, samples: int) -> dict[str, float]:
+    """Ping latency while one client holds IDLE_STREAMS idle reflection streams open (the worker serves a few
+    and refuses the rest: Ping must not wait behind them)."""
+    idle = _IdleRequests()
+    with grpc.insecure_channel(target) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        streams = [stub.ServerReflectionInfo(idle, timeout=600) for _ in range(IDLE_STREAMS)]
+        deadline = time.monotonic() + 30
+        while sum(s.done() for s in streams) < IDLE_STREAMS - MAX_AUX_STREAMS and time.monotonic() < deadline:
+            time.sleep(0.01)
+        latencies = []
+        for _ in range(samples):
+            started = time.perf_counter()
+            client.ping(timeout=10)
+            latencies.append((time.perf_counter() - started) * 1000)
+        for s in streams:
+            s.cancel()
+        idle.release.set()
+    p50, p99 = np.percentile(latencies, [50, 99])
+    return {"py_ping_idle_streams_p50_ms": float(p50), "py_ping_idle_streams_p99_ms": float(p99)}
 
 
 def elixir_benchmarks(cfg: dict[str, Any]) -> dict[str, float]:
@@ -278,6 +321,14 @@ def table(r: dict[str, float]) -> list[tuple[str, str, str, str]]:
         "n/a" if worker is None or beam is None else f"{worker:.0f} / {beam:.0f} MiB",
         growth,
         "bounded",
+    )
+    row(
+        f"9. Ping beside {IDLE_STREAMS} idle reflection streams, p50 / p99",
+        "n/a"
+        if get("py_ping_idle_streams_p99_ms") is None
+        else f"{get('py_ping_idle_streams_p50_ms'):.1f} / {get('py_ping_idle_streams_p99_ms'):.1f} ms",
+        "",
+        "p99 <= 50 ms",
     )
     return rows
 

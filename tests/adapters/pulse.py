@@ -16,13 +16,14 @@ import contextlib
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy.io import wavfile
+
+from tests.support import eventually
 
 SINK = "krait_null"
 RATE = 48000
@@ -119,19 +120,17 @@ def pulse_server(directory: Path) -> Iterator[PulseServer]:
     )
     server = PulseServer(directory, process, client_env)
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
+
+        def answers() -> bool:
             if process.poll() is not None:
                 raise RuntimeError(f"pulseaudio exited with {process.returncode}; its log:\n{server.log}")
             try:
                 server.pactl("info")
-                break
-            except RuntimeError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"pulseaudio not ready after {START_TIMEOUT_S} s; its log:\n{server.log}"
-                    ) from None
-                time.sleep(0.1)
+            except RuntimeError as exc:
+                raise AssertionError(f"pulseaudio not ready; its log:\n{server.log}") from exc
+            return True
+
+        eventually(answers, timeout=START_TIMEOUT_S, interval=0.1)
         server.pactl("set-sink-volume", SINK, "100%")
         server.pactl("set-source-volume", f"{SINK}.monitor", "100%")
         yield server

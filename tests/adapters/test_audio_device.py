@@ -5,7 +5,6 @@ PulseAudio). The tone has peak amplitude 0.5: -6.02 dBFS peak, -9.03 dBFS RMS at
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +13,7 @@ import pytest
 
 from adapters.audio.signal.octave import OctaveFilterBank
 from python_worker.client import Client, KraitError
+from tests.support import eventually
 from tests.workers import running_worker
 
 from .pulse import PulseServer, missing_tools, pulse_server, write_tone
@@ -49,8 +49,12 @@ def tone(pulse: PulseServer, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     """The tone plays into the null sink for the whole module (60 s is far longer than the tests)."""
     wav = write_tone(tmp_path_factory.mktemp("tone") / "a440.wav", TONE_HZ, AMPLITUDE, 60.0)
     with pulse.playing(wav) as player:
-        time.sleep(0.3)
-        assert player.poll() is None, f"paplay exited: {player.stderr.read().decode() if player.stderr else ''}"
+
+        def playing() -> str:
+            assert player.poll() is None, f"paplay exited: {player.stderr.read().decode() if player.stderr else ''}"
+            return pulse.pactl("list", "short", "sink-inputs").strip()  # its stream reached the server
+
+        eventually(playing, what="paplay's stream in the server")
         yield
 
 
@@ -138,22 +142,20 @@ def test_spectrogram_of_the_played_tone(client: Client, tone: None) -> None:
 
 def test_cancelling_a_device_stream_closes_the_device(client: Client, tone: None) -> None:
     # streams of earlier tests close asynchronously (a cancelled generator closes at its next block)
-    deadline = time.monotonic() + 5.0
-    while client.execute("active_streams")["open"] and time.monotonic() < deadline:
-        time.sleep(0.02)
+    eventually(lambda: not client.execute("active_streams")["open"], interval=0.02, what="earlier streams closing")
     stream = client.stream("stream_scope", {"source": "device", "device": DEVICE}, timeout=STREAM_TIMEOUT_S)
     first = next(stream).data
     assert len(first["samples"]) == 1
     opened = client.execute("active_streams")["open"]
     assert [(e["source"], e["device"]) for e in opened] == [("device", DEVICE)]
     stream.close()
-    deadline = time.monotonic() + 2.0  # promptly
-    while True:
+
+    def device_closed() -> dict[str, Any]:
         streams = client.execute("active_streams")
-        if not streams["open"]:
-            break
-        assert time.monotonic() < deadline, f"the device is still open: {streams}"
-        time.sleep(0.02)
+        assert not streams["open"], f"the device is still open: {streams}"
+        return streams
+
+    streams = eventually(device_closed, timeout=2.0, interval=0.02)  # promptly
     ended = streams["closed"][-1]
     # released: PortAudio's own `closed` flag of the InputStream, read after close()
     assert (ended["tool"], ended["outcome"], ended["released"]) == ("stream_scope", "cancelled", True)

@@ -21,6 +21,7 @@ from scipy.io import wavfile
 
 from adapters.audio.signal.octave import OctaveFilterBank
 from python_worker.client import Client, KraitError
+from tests.support import eventually
 from tests.workers import ROOT, Worker, running_worker, wait_ready
 
 from . import iec
@@ -49,15 +50,14 @@ def signal(kind: str = "sine", **spec: Any) -> dict[str, Any]:
 
 def wait_closed(client: Client, tool: str, timeout: float = PROMPT) -> dict[str, Any]:
     """Poll active_streams until no stream is open; return how the last one of ``tool`` ended."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def closed() -> dict[str, Any]:
         streams = client.execute("active_streams")
-        closed = [e for e in streams["closed"] if e["tool"] == tool]
-        if not streams["open"] and closed:
-            return closed[-1]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"a {tool} stream is still open after {timeout} s: {streams}")
-        time.sleep(0.02)
+        ended = [e for e in streams["closed"] if e["tool"] == tool]
+        assert not streams["open"] and ended, f"a {tool} stream is still open: {streams}"
+        return ended[-1]
+
+    return eventually(closed, timeout=timeout, interval=0.02)
 
 
 # -- levels -----------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from adapters.dataset.npy_reader import NpyRows
 from adapters.dataset.synthetic import generate_batches
 from python_worker.client import Chunk, Client, KraitError
 
+from ..support import eventually
 from ..workers import Worker, running_worker
 
 PROMPT = 2.0  # "promptly": cancellation bounds, not speed targets
@@ -263,9 +264,12 @@ def _held(pid: int, path: Path) -> dict[str, int]:
 
 
 def _wait_released(pid: int, path: Path, since: float) -> None:
-    while _held(pid, path) != {"fds": 0, "maps": 0}:
-        assert time.monotonic() - since < PROMPT, f"{path.name} still held: {_held(pid, path)}"
-        time.sleep(0.01)
+    def released() -> bool:
+        held = _held(pid, path)
+        assert held == {"fds": 0, "maps": 0}, f"{path.name} still held: {held}"
+        return True
+
+    eventually(released, timeout=max(0.0, since + PROMPT - time.monotonic()))
 
 
 @pytest.fixture(scope="module")

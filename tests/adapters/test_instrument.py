@@ -24,6 +24,7 @@ from adapters.instrument.sources.simulated import SimulatedSource
 from adapters.instrument.sources.simulated_models import Qubit, Thermometer
 from python_worker.client import Client, InvalidArgumentsError, ToolError
 
+from ..support import eventually
 from ..workers import running_worker
 
 ADAPTER = "adapters.instrument:InstrumentAdapter"
@@ -67,14 +68,14 @@ def stream_data(client: Client, **args: Any) -> list[dict[str, Any]]:
 
 
 def wait_finished(client: Client, monitor_id: str, timeout: float = 5.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def finished() -> dict[str, Any]:
         status = client.execute("active_monitors")
         for record in status["finished"]:
             if record["monitor_id"] == monitor_id:
                 return {**record, "active": status["active"]}
-        time.sleep(0.01)
-    raise AssertionError(f"monitor {monitor_id!r} did not finish: {status}")
+        raise AssertionError(f"monitor {monitor_id!r} did not finish: {status}")
+
+    return eventually(finished, timeout=timeout)
 
 
 # -- change detection ----------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from adapters.ml.metrics import confusion_matrix
 from adapters.ml.training import Hyperparameters, Trainer
 from python_worker.client import Client, KraitError
 
+from ..support import eventually
 from ..workers import Worker, running_worker
 
 PROMPT = 2.0  # "promptly": cancellation bounds, not speed targets
@@ -242,22 +243,13 @@ def test_cancel_mid_epoch_stops_training_promptly(client: Client) -> None:
     session = _session(client)
     # batch_size 1 with a wide layer: the first epoch alone is 1437 minibatches and takes seconds
     stream = session.stream("train_model", {"epochs": 50, "hidden": 4096, "batch_size": 1})
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        runs = _runs(session)
-        if runs and runs[0]["steps"] > 0:
-            break
-        time.sleep(0.01)
-    else:
-        raise AssertionError("training did not start")
+    eventually(lambda: (runs := _runs(session)) and runs[0]["steps"] > 0, timeout=20, what="training starting")
     cancelled_at = time.time()
     stream.close()  # no chunk was ever read: the tool is between yields, inside epoch 1
 
-    while True:
-        run = _runs(session)[0]
-        if run["state"] != "running" or time.time() - cancelled_at > PROMPT + 3:
-            break
-        time.sleep(0.01)
+    run = eventually(
+        lambda: (run := _runs(session)[0])["state"] != "running" and run, timeout=PROMPT + 3, what="the run stopping"
+    )
     assert run["state"] == "cancelled"
     assert run["ended_at"] - cancelled_at < PROMPT
     assert run["epochs_done"] == 0 and 0 < run["steps"] < 1437  # stopped between minibatches of epoch 1

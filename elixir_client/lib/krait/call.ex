@@ -19,7 +19,6 @@ defmodule Krait.Call do
   """
 
   alias Krait.{Chunk, Error, Payload}
-  alias Krait.GRPC.Connection
   alias Krait.Pool.{Lease, Scheduler}
 
   @unary_path "/krait.v1.ToolWorker/ExecuteTool"
@@ -320,9 +319,9 @@ defmodule Krait.Call do
 
   defp explain_wrong_rpc(result, _what), do: result
 
-  ## One gRPC stream on the leased worker
+  ## One stream on the leased worker's channel
 
-  defp open(%Lease{conn: conn} = lease, path, request, o, tool) do
+  defp open(%Lease{conn: conn, channel: channel} = lease, path, request, o, tool) do
     ctx = %{worker_id: lease.worker_id, tool_name: tool && to_string(tool), call_id: o.call_id}
 
     case remaining(o.deadline) do
@@ -335,13 +334,13 @@ defmodule Krait.Call do
         stream_opts = [owner: self(), metadata: %{@call_id_header => o.call_id}] ++ timeout_opt
 
         try do
-          Connection.start_stream(conn, path, request, stream_opts)
+          channel.start_stream(conn, path, request, stream_opts)
         catch
           :exit, _ -> {:error, :noproc}
         end
         |> case do
           {:ok, ref} ->
-            {:ok, %{ref: ref, conn: conn, mon: mon, ctx: ctx}}
+            {:ok, %{ref: ref, conn: conn, channel: channel, mon: mon, ctx: ctx, started: false}}
 
           # The connection is gone: its worker is dead, and the call never reached it.
           {:error, :noproc} ->
@@ -358,8 +357,11 @@ defmodule Krait.Call do
   # `delivered?`: whether a chunk has reached the callback (a call that has delivered is never retried).
   defp stream_loop(%{ref: ref, conn: conn, mon: mon} = s, callback, o, delivered?) do
     receive do
-      {:krait_grpc, ^ref, {:messages, payloads, bytes}} ->
-        Connection.ack(conn, ref, bytes)
+      {:krait_stream, ^ref, :started} ->
+        stream_loop(%{s | started: true}, callback, o, delivered?)
+
+      {:krait_stream, ^ref, {:messages, payloads, bytes}} ->
+        s.channel.ack(conn, ref, bytes)
 
         case deliver(payloads, callback, s.ctx, o.deadline) do
           :ok ->
@@ -378,13 +380,13 @@ defmodule Krait.Call do
             error
         end
 
-      {:krait_grpc, ^ref, {:done, result}} ->
+      {:krait_stream, ^ref, {:done, result}} ->
         Process.demonitor(mon, [:flush])
         done_result(result, s.ctx, delivered?)
 
-      {:DOWN, ^mon, :process, _, _} ->
+      {:DOWN, ^mon, :process, _, reason} ->
         flush(ref)
-        {:error, worker_error(s.ctx)}
+        down_result(s, reason, delivered?)
     after
       remaining(o.deadline) ->
         cancel(s)
@@ -402,6 +404,15 @@ defmodule Krait.Call do
     do: {:retry, Error.from_grpc(grpc_error, ctx)}
 
   defp failed(grpc_error, ctx), do: {:error, Error.from_grpc(grpc_error, ctx)}
+
+  # The channel's process died without ending the call. The call never reached the worker when the
+  # process was gone before it was opened, or when the channel reports starts and this one had none.
+  defp down_result(s, reason, delivered?) do
+    never_ran? =
+      not delivered? and (reason == :noproc or (s.channel.tells_started?() and not s.started))
+
+    if never_ran?, do: {:retry, worker_error(s.ctx)}, else: {:error, worker_error(s.ctx)}
+  end
 
   defp unary(lease, path, request, o, tool) do
     with {:ok, payload} <- unary_raw(lease, path, request, o, tool) do
@@ -430,11 +441,14 @@ defmodule Krait.Call do
 
   defp unary_loop(%{ref: ref, conn: conn, mon: mon} = s, o, acc) do
     receive do
-      {:krait_grpc, ^ref, {:messages, payloads, bytes}} ->
-        Connection.ack(conn, ref, bytes)
+      {:krait_stream, ^ref, :started} ->
+        unary_loop(%{s | started: true}, o, acc)
+
+      {:krait_stream, ^ref, {:messages, payloads, bytes}} ->
+        s.channel.ack(conn, ref, bytes)
         unary_loop(s, o, Enum.reverse(payloads, acc))
 
-      {:krait_grpc, ^ref, {:done, :ok}} ->
+      {:krait_stream, ^ref, {:done, :ok}} ->
         Process.demonitor(mon, [:flush])
 
         case acc do
@@ -442,13 +456,13 @@ defmodule Krait.Call do
           [] -> {:error, Error.new(:protocol, "the worker sent no response message", s.ctx)}
         end
 
-      {:krait_grpc, ^ref, {:done, {:error, grpc_error}}} ->
+      {:krait_stream, ^ref, {:done, {:error, grpc_error}}} ->
         Process.demonitor(mon, [:flush])
         failed(grpc_error, s.ctx)
 
-      {:DOWN, ^mon, :process, _, _} ->
+      {:DOWN, ^mon, :process, _, reason} ->
         flush(ref)
-        {:error, worker_error(s.ctx)}
+        down_result(s, reason, false)
     after
       remaining(o.deadline) ->
         cancel(s)
@@ -585,19 +599,22 @@ defmodule Krait.Call do
     if remaining(o.deadline) == 0, do: raise(timeout_error(o, s.ctx))
 
     receive do
-      {:krait_grpc, ^ref, {:messages, payloads, bytes}} ->
-        Connection.ack(conn, ref, bytes)
+      {:krait_stream, ^ref, :started} ->
+        {[], %{st | s: %{s | started: true}}}
+
+      {:krait_stream, ^ref, {:messages, payloads, bytes}} ->
+        s.channel.ack(conn, ref, bytes)
 
         case decode_chunks(payloads, s.ctx) do
           {:ok, chunks} -> {chunks, %{st | delivered: st.delivered or chunks != []}}
           {:error, error} -> raise error
         end
 
-      {:krait_grpc, ^ref, {:done, :ok}} ->
+      {:krait_stream, ^ref, {:done, :ok}} ->
         Process.demonitor(mon, [:flush])
         {:halt, %{st | s: :done}}
 
-      {:krait_grpc, ^ref, {:done, {:error, grpc_error}}} ->
+      {:krait_stream, ^ref, {:done, {:error, grpc_error}}} ->
         Process.demonitor(mon, [:flush])
 
         case done_result({:error, grpc_error}, s.ctx, st.delivered) do
@@ -609,8 +626,15 @@ defmodule Krait.Call do
             lazy_raise(%{st | s: :done}, st.lease, error)
         end
 
-      {:DOWN, ^mon, :process, _, _} ->
-        lazy_raise(%{st | s: :done}, st.lease, worker_error(s.ctx))
+      {:DOWN, ^mon, :process, _, reason} ->
+        case down_result(s, reason, st.delivered) do
+          {:retry, error} ->
+            Scheduler.checkin(st.lease, :lost)
+            {[], lazy_retry(%{st | s: :done}, error)}
+
+          {:error, error} ->
+            lazy_raise(%{st | s: :done}, st.lease, error)
+        end
     after
       remaining(o.deadline) -> raise timeout_error(o, s.ctx)
     end
@@ -623,11 +647,11 @@ defmodule Krait.Call do
 
   ## Helpers
 
-  defp cancel(%{ref: ref, conn: conn, mon: mon}) do
+  defp cancel(%{ref: ref, conn: conn, channel: channel, mon: mon}) do
     Process.demonitor(mon, [:flush])
 
     try do
-      Connection.cancel(conn, ref)
+      channel.cancel(conn, ref)
     catch
       :exit, _ -> :ok
     end
@@ -637,7 +661,7 @@ defmodule Krait.Call do
 
   defp flush(ref) do
     receive do
-      {:krait_grpc, ^ref, _} -> flush(ref)
+      {:krait_stream, ^ref, _} -> flush(ref)
     after
       0 -> :ok
     end

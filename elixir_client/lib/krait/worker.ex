@@ -1,47 +1,49 @@
 defmodule Krait.Worker do
   @moduledoc """
-  One Python worker: owns its OS process (through a Port) and its gRPC connection.
+  One of a pool's Python workers: owns its OS process, through an Erlang Port, and the channel calls
+  reach it by.
+
+  The pool reaches its workers over the **local link** by default (`transport: :link`): frames on the
+  worker's own stdin/stdout (`docs/link.md`). This process owns the Port, routes each frame to its
+  call's owner (`Krait.Link.Calls`), and the worker's death is one signal, the Port's exit: every open
+  call fails at once and the pool drops the worker in the same step. With `transport: :grpc` the worker
+  serves gRPC on a loopback port and this process connects to it (`Krait.GRPC.Connection`, linked).
 
   Life of a worker:
 
-    1. spawns `python -m python_worker serve --adapter A --port 0 --worker-id ID --log-format json`
-       through a Port. The Python process makes itself a process group leader and exits by itself,
-       with the processes its tools started, when its stdin closes: it never outlives this Port, or
-       the BEAM;
-    2. reads the process's output line by line: the `KRAIT_READY {json}` line gives the port to connect
-       to; each `KRAIT_LOG {json}` line is one Python log record (traceback included), logged through
-       `Logger` at its level with metadata `worker_id`, and `tool`, `session_id` and `call_id` when it
-       comes from a call (see `docs/logging.md`); other output (prints) is logged at `:info`, lines that
-       arrive together as one event (`:error` when it holds a traceback);
-    3. connects (`Krait.GRPC.Connection`, linked) and tells the pool `{:krait_worker_ready, pid, info}`;
+    1. spawns `python -m python_worker serve --adapter A --worker-id ID` with `--link` (or
+       `--port 0 --log-format json`). The Python process leads its own process group, and exits by
+       itself, with the processes its tools started, when its stdin closes: it never outlives this
+       Port, or the BEAM;
+    2. waits for it to be ready: a `READY` frame (link), or the `KRAIT_READY {json}` line giving the
+       port to connect to (gRPC); then tells the pool `{:krait_worker_ready, pid, info}`;
+    3. logs what the worker says: each Python log record is one `Logger` event at its level, traceback
+       included, with metadata `worker_id`, and `tool`, `session_id` and `call_id` when it comes from a
+       call (see `Krait.Worker.Output`);
     4. pings the worker every `health_interval` ms; after `health_failures` pings in a row without an
-       answer within `health_timeout` ms it kills the process (SIGKILL) and stops, so a hung tool cannot
-       silently take a worker out of the pool;
-    5. stops when the process exits or the connection closes; on shutdown it sends SIGTERM to the
-       worker's process group and, if the worker has not exited after `shutdown_grace` ms, SIGKILL;
-       whatever is left of the group is then killed.
+       answer within `health_timeout` ms it kills the process (SIGKILL) and stops, so a hung worker cannot
+       silently stay in the pool;
+    5. stops when the process exits (or, over gRPC, the connection closes); on shutdown it sends SIGTERM
+       to the worker's process group and, if the worker has not exited after `shutdown_grace` ms,
+       SIGKILL; whatever is left of the group is then killed.
 
   Whenever it stops, it first tells the pool (`{:krait_worker_down, pid, reason, last_output}`), so
-  the pool stops handing it out before the cleanup runs; the scheduler also monitors each worker and
-  starts a replacement when one stops.
+  the pool stops handing it out before the cleanup runs; the scheduler also monitors each worker.
   """
 
   use GenServer, restart: :temporary
   require Logger
+
+  alias Krait.Link.{Calls, Frame}
+  alias Krait.Worker.Output
 
   @ping_path "/krait.v1.ToolWorker/Ping"
   # Pool workers serve loopback only.
   @host "127.0.0.1"
   @ready_prefix "KRAIT_READY "
   @log_prefix "KRAIT_LOG "
-  # Raw output lines (prints, a crash before logging is set up) arriving within this many ms of each
-  # other are logged as one event.
-  @raw_flush_ms 20
-  # Output lines kept for the log of a failed start or an exit, and how many of them are shown.
-  @tail_lines 40
-  @tail_shown 12
 
-  @doc "Starts a worker; `opts` is the map `Krait.Pool` builds (plus `:worker_id` and `:pool`)."
+  @doc "Starts a worker; `opts` is the worker map of `Krait.Pool.Config` (plus `:worker_id` and `:pool`)."
   @spec start_link(map()) :: GenServer.on_start()
   def start_link(opts), do: GenServer.start_link(__MODULE__, opts)
 
@@ -51,7 +53,7 @@ defmodule Krait.Worker do
 
   @impl true
   def init(opts) do
-    # Trapping exits makes terminate/2 run on shutdown (to stop Python) and turns the connection's
+    # Trapping exits makes terminate/2 run on shutdown (to stop Python) and turns a gRPC connection's
     # exit into a message.
     Process.flag(:trap_exit, true)
     Logger.metadata(worker_id: opts.worker_id)
@@ -59,60 +61,76 @@ defmodule Krait.Worker do
     state = %{
       opts: opts,
       id: opts.worker_id,
+      transport: Map.get(opts, :transport, :link),
       port: nil,
       os_pid: nil,
+      # over gRPC: the connection; over the link: nil (calls go through this process)
       conn: nil,
+      calls: nil,
       status: :starting,
       partial: "",
-      tail: :queue.new(),
-      tail_len: 0,
+      output: %Output{},
       startup_timer: nil,
       health: nil,
-      health_failures: 0,
-      raw: [],
-      raw_timer: nil
+      health_failures: 0
     }
 
     {:ok, state, {:continue, :spawn}}
   end
 
   @impl true
-  def handle_continue(:spawn, state) do
-    %{opts: opts} = state
-
-    args =
-      ["-m", "python_worker", "serve", "--adapter", opts.adapter, "--port", "0"] ++
-        ["--host", @host, "--worker-id", state.id] ++ opts.worker_args
-
+  def handle_continue(:spawn, %{opts: opts} = state) do
     env = [{~c"PYTHONUNBUFFERED", ~c"1"} | Enum.map(opts.env, &env_pair/1)]
 
-    port_opts = [
-      :binary,
-      :exit_status,
-      :stderr_to_stdout,
-      :use_stdio,
-      :hide,
-      {:line, 16_384},
-      {:args, args},
-      {:cd, opts.cwd},
-      {:env, env}
-    ]
+    port_opts =
+      [
+        :binary,
+        :exit_status,
+        :use_stdio,
+        :hide,
+        {:args, args(state)},
+        {:cd, opts.cwd},
+        {:env, env}
+      ] ++
+        transport_port_opts(state.transport)
 
     try do
       port = Port.open({:spawn_executable, opts.python}, port_opts)
       {:os_pid, os_pid} = Port.info(port, :os_pid)
       timer = Process.send_after(self(), :startup_timeout, opts.startup_timeout)
       Logger.debug("Krait worker #{state.id} spawned (os pid #{os_pid})")
-      {:noreply, %{state | port: port, os_pid: os_pid, startup_timer: timer}}
+      calls = if state.transport == :link, do: Calls.new(port)
+      {:noreply, %{state | port: port, os_pid: os_pid, startup_timer: timer, calls: calls}}
     rescue
       e ->
         Logger.error(
           "Krait worker #{state.id} could not spawn #{opts.python}: #{Exception.message(e)}"
         )
 
-        {:stop, {:shutdown, {:spawn_failed, e}}, state}
+        {:stop, {:shutdown, {:spawn_failed, Exception.message(e)}}, state}
     end
   end
+
+  defp args(%{opts: opts, id: id, transport: transport}) do
+    base = ["-m", "python_worker", "serve", "--adapter", opts.adapter, "--worker-id", id]
+
+    transport_args =
+      case transport do
+        :link ->
+          ["--link"] ++ if(Map.get(opts, :expose_grpc, false), do: ["--port", "0"], else: [])
+
+        :grpc ->
+          ["--host", @host, "--port", "0", "--log-format", "json"]
+      end
+
+    base ++ transport_args ++ opts.worker_args
+  end
+
+  # The link's frames are {packet, 4}; Python's own stderr stays apart (the worker sends its output as
+  # LOG frames once it runs; an interpreter that fails before that writes to the BEAM's stderr). Over
+  # gRPC, output is read as lines.
+  defp transport_port_opts(:link), do: [{:packet, 4}]
+  defp transport_port_opts(:grpc), do: [:stderr_to_stdout, {:line, 16_384}]
 
   @impl true
   def handle_call(:os_pid, _from, state), do: {:reply, state.os_pid, state}
@@ -122,7 +140,60 @@ defmodule Krait.Worker do
   @impl true
   def handle_cast(:lost, state), do: {:stop, {:shutdown, :connection_lost}, state}
 
+  ## The link: calls from owners, frames from the worker
+
   @impl true
+  def handle_info({:krait_open, ref, owner, method, request, timeout_ms, metadata}, state) do
+    case state.calls do
+      nil ->
+        send(
+          owner,
+          {:krait_stream, ref,
+           {:done, {:error, Krait.GRPC.Error.unprocessed("worker not running")}}}
+        )
+
+        {:noreply, state}
+
+      calls ->
+        {:noreply,
+         %{state | calls: Calls.open(calls, ref, owner, method, request, timeout_ms, metadata)}}
+    end
+  end
+
+  def handle_info({:krait_ack, ref, bytes}, %{calls: %Calls{} = calls} = state),
+    do: {:noreply, %{state | calls: Calls.ack(calls, ref, bytes)}}
+
+  def handle_info({:krait_cancel, ref}, %{calls: %Calls{} = calls} = state),
+    do: {:noreply, %{state | calls: Calls.cancel(calls, ref)}}
+
+  def handle_info({port, {:data, packet}}, %{port: port, transport: :link} = state)
+      when is_binary(packet) do
+    case Frame.decode(packet) do
+      {:log, 0, payload} ->
+        record = Krait.Proto.LogRecord.decode(payload)
+        {:noreply, %{state | output: Output.record(state.output, record)}}
+
+      {:ready, 0, payload} when state.status == :starting ->
+        link_ready(state, payload)
+
+      {kind, id, payload} when id > 0 ->
+        {:noreply, %{state | calls: Calls.frame(state.calls, kind, id, payload)}}
+
+      other ->
+        Logger.warning("Krait worker #{state.id}: unexpected frame #{inspect(other, limit: 5)}")
+        {:noreply, state}
+    end
+  rescue
+    e in Krait.Proto.DecodeError ->
+      Logger.error(
+        "Krait worker #{state.id}: undecodable frame (#{Exception.message(e)}); stopping it"
+      )
+
+      {:stop, {:shutdown, :protocol_error}, kill(state)}
+  end
+
+  ## Output over gRPC: lines
+
   def handle_info({port, {:data, {:noeol, part}}}, %{port: port} = state) do
     {:noreply, %{state | partial: state.partial <> part}}
   end
@@ -132,31 +203,41 @@ defmodule Krait.Worker do
     state = %{state | partial: ""}
 
     case line do
-      @ready_prefix <> json when state.status == :starting -> ready(flush_raw(state), json)
-      @log_prefix <> json -> {:noreply, state |> flush_raw() |> log_record(json)}
-      _ -> {:noreply, raw_output(state, line)}
+      @ready_prefix <> json when state.status == :starting ->
+        grpc_ready(%{state | output: Output.flush(state.output)}, json)
+
+      @log_prefix <> json ->
+        {:noreply, %{state | output: json_record(Output.flush(state.output), json)}}
+
+      _ ->
+        {:noreply, %{state | output: Output.raw(state.output, line)}}
     end
   end
 
-  def handle_info(:flush_raw, state), do: {:noreply, flush_raw(%{state | raw_timer: nil})}
+  def handle_info(:flush_raw, state),
+    do: {:noreply, %{state | output: Output.flush(%{state.output | raw_timer: nil})}}
+
+  ## The process's end
 
   def handle_info({port, {:exit_status, code}}, %{port: port} = state) do
-    state = flush_raw(state)
+    state = %{state | output: Output.flush(state.output), port: nil}
+    state = fail_calls(state, "worker process exited with status #{code}")
+    state = if state.status == :starting, do: diagnose(state, code), else: state
     level = if state.status == :stopping, do: :debug, else: :error
 
     Logger.log(
       level,
       "Krait worker #{state.id} exited with status #{code} (os pid #{state.os_pid})" <>
-        tail_text(state)
+        Output.tail_text(state.output)
     )
 
-    {:stop, {:shutdown, {:exit_status, code}}, %{state | port: nil}}
+    {:stop, {:shutdown, {:exit_status, code}}, state}
   end
 
   def handle_info(:startup_timeout, %{status: :starting} = state) do
     Logger.error(
       "Krait worker #{state.id} not ready after #{state.opts.startup_timeout} ms; killing it" <>
-        tail_text(state)
+        Output.tail_text(state.output)
     )
 
     {:stop, {:shutdown, :startup_timeout}, kill(state)}
@@ -164,13 +245,21 @@ defmodule Krait.Worker do
 
   def handle_info(:startup_timeout, state), do: {:noreply, state}
 
-  def handle_info(:health_check, %{status: :ready, conn: conn} = state) do
+  ## Health
+
+  def handle_info(:health_check, %{status: :ready} = state) do
     parent = self()
     ref = make_ref()
     timeout = state.opts.health_timeout
+    channel = channel(state)
+    request = Krait.Proto.PingRequest.encode(%Krait.Proto.PingRequest{message: "health"})
 
-    # The ping runs in its own process so the worker keeps reading the Port meanwhile.
-    pid = spawn(fn -> send(parent, {:health, ref, ping(conn, timeout)}) end)
+    # The ping runs in its own process (its owner) while this one keeps routing frames.
+    pid =
+      spawn(fn ->
+        send(parent, {:health, ref, Krait.Channel.unary(channel, @ping_path, request, timeout)})
+      end)
+
     deadline = Process.send_after(self(), {:health_deadline, ref}, timeout + 500)
     {:noreply, %{state | health: {ref, pid, deadline}}}
   end
@@ -185,36 +274,49 @@ defmodule Krait.Worker do
     health_result(%{state | health: nil}, {:error, :no_answer})
   end
 
+  ## Owners and links
+
+  def handle_info({:DOWN, mon, :process, _pid, _reason}, %{calls: %Calls{} = calls} = state) do
+    case Calls.owner_down(calls, mon) do
+      :unknown -> {:noreply, state}
+      calls -> {:noreply, %{state | calls: calls}}
+    end
+  end
+
   def handle_info({:EXIT, conn, reason}, %{conn: conn} = state) when conn != nil do
     Logger.warning("Krait worker #{state.id}: connection closed (#{inspect(reason)})")
     {:stop, {:shutdown, :connection_closed}, %{state | conn: nil}}
   end
 
   def handle_info({:EXIT, port, _reason}, %{port: port} = state) when port != nil do
-    {:stop, {:shutdown, :port_closed}, %{state | port: nil}}
+    {:stop, {:shutdown, :port_closed}, fail_calls(%{state | port: nil}, "worker port closed")}
   end
 
   def handle_info(_msg, state), do: {:noreply, state}
 
   @impl true
   def terminate(reason, state) do
-    state = flush_raw(state)
-    send(state.opts.pool, {:krait_worker_down, self(), reason, :queue.to_list(state.tail)})
+    state = %{state | output: Output.flush(state.output)}
+    send(state.opts.pool, {:krait_worker_down, self(), reason, Output.lines(state.output)})
+    state = fail_calls(state, "worker stopped")
     stop_process(%{state | status: :stopping})
     :ok
   end
 
   ## Startup
 
-  defp ready(state, json) do
+  defp link_ready(state, payload) do
+    Process.cancel_timer(state.startup_timer)
+    info = Krait.Proto.PingResponse.decode(payload)
+    announce(%{state | status: :ready}, %{adapter: info.adapter})
+  end
+
+  defp grpc_ready(state, json) do
     Process.cancel_timer(state.startup_timer)
 
     with {:ok, %{"port" => tcp_port}} <- Krait.JSON.decode(json),
-         {:ok, conn} <- connect(state, tcp_port) do
-      info = %{worker_id: state.id, conn: conn, os_pid: state.os_pid, port: tcp_port}
-      send(state.opts.pool, {:krait_worker_ready, self(), info})
-      schedule_health(state)
-      {:noreply, %{state | conn: conn, status: :ready}}
+         {:ok, conn} <- connect(tcp_port, state.opts.connect_timeout) do
+      announce(%{state | conn: conn, status: :ready}, %{grpc_port: tcp_port})
     else
       error ->
         Logger.error("Krait worker #{state.id} could not connect: #{inspect(error)}")
@@ -222,37 +324,79 @@ defmodule Krait.Worker do
     end
   end
 
-  defp connect(state, tcp_port) do
-    Krait.GRPC.Connection.start_link(
-      host: @host,
-      port: tcp_port,
-      connect_timeout: state.opts.connect_timeout
-    )
+  defp announce(state, extra) do
+    {module, pid} = channel(state)
+
+    info =
+      Map.merge(extra, %{
+        worker_id: state.id,
+        conn: pid,
+        channel: module,
+        os_pid: state.os_pid,
+        transport: state.transport
+      })
+
+    send(state.opts.pool, {:krait_worker_ready, self(), info})
+    schedule_health(state)
+    {:noreply, state}
   end
+
+  defp channel(%{transport: :link}), do: {Krait.Link, self()}
+  defp channel(%{transport: :grpc, conn: conn}), do: {Krait.GRPC.Connection, conn}
+
+  defp connect(tcp_port, timeout),
+    do: Krait.GRPC.Connection.start_link(host: @host, port: tcp_port, connect_timeout: timeout)
+
+  # A link worker that exits before it could say anything has failed in the interpreter itself (no
+  # python_worker importable, say), writing to stderr, which is not the link: ask the same Python, so
+  # that the pool's last_error holds the cause.
+  defp diagnose(%{transport: :link, output: %{tail_len: 0}, opts: opts} = state, _code) do
+    task =
+      Task.async(fn ->
+        System.cmd(opts.python, ["-c", "import python_worker"],
+          cd: opts.cwd,
+          env: Enum.map(opts.env, fn {k, v} -> {to_string(k), v && to_string(v)} end),
+          stderr_to_stdout: true
+        )
+      end)
+
+    case Task.yield(task, 10_000) || Task.shutdown(task, :brutal_kill) do
+      {:ok, {text, _status}} when text != "" ->
+        %{state | output: Output.remember(state.output, String.trim_trailing(text))}
+
+      _ ->
+        state
+    end
+  end
+
+  defp diagnose(state, _code), do: state
+
+  defp json_record(output, json) do
+    case Krait.JSON.decode(json) do
+      {:ok, %{"message" => message} = record} when is_binary(message) ->
+        Output.record(output, record)
+
+      _ ->
+        Output.raw(output, @log_prefix <> json)
+    end
+  end
+
+  defp fail_calls(%{calls: %Calls{} = calls} = state, message),
+    do: %{state | calls: Calls.fail_all(calls, message)}
+
+  defp fail_calls(state, _message), do: state
 
   ## Health
 
-  defp ping(conn, timeout) do
-    request = Krait.Proto.PingRequest.encode(%Krait.Proto.PingRequest{message: "health"})
-
-    case Krait.GRPC.Connection.unary(conn, @ping_path, request, timeout: timeout, metadata: %{}) do
-      {:ok, _} -> :ok
-      {:error, error} -> {:error, error}
-    end
-  catch
-    :exit, reason -> {:error, {:exit, reason}}
-  end
-
-  defp health_result(state, :ok) do
+  defp health_result(state, {:ok, _}) do
     schedule_health(state)
     {:noreply, %{state | health_failures: 0}}
   end
 
   defp health_result(state, {:error, reason}) do
     failures = state.health_failures + 1
-    max = state.opts.health_failures
 
-    if failures >= max do
+    if failures >= state.opts.health_failures do
       Logger.error(
         "Krait worker #{state.id} unresponsive (#{failures} health checks failed, last: " <>
           "#{inspect(reason)}); killing os pid #{state.os_pid}"
@@ -270,77 +414,6 @@ defmodule Krait.Worker do
 
   defp schedule_health(%{opts: %{health_interval: interval}}),
     do: Process.send_after(self(), :health_check, interval)
-
-  ## Output
-
-  # One Python log record: {"level", "logger", "message", "exception"?, "worker_id", "tool"?,
-  # "session_id"?, "call_id"?}.
-  defp log_record(state, json) do
-    case Krait.JSON.decode(json) do
-      {:ok, %{"message" => message} = record} when is_binary(message) ->
-        text =
-          case record["exception"] do
-            exc when is_binary(exc) and exc != "" -> message <> "\n" <> exc
-            _ -> message
-          end
-
-        metadata =
-          for {key, meta} <- [{"tool", :tool}, {"session_id", :session_id}, {"call_id", :call_id}],
-              is_binary(record[key]) and record[key] != "",
-              do: {meta, record[key]}
-
-        Logger.log(
-          python_level(record["level"]),
-          text,
-          [python_logger: record["logger"]] ++ metadata
-        )
-
-        remember(state, text)
-
-      _ ->
-        raw_output(state, @log_prefix <> json)
-    end
-  end
-
-  defp python_level("DEBUG"), do: :debug
-  defp python_level("INFO"), do: :info
-  defp python_level("WARNING"), do: :warning
-  defp python_level("CRITICAL"), do: :critical
-  defp python_level(_), do: :error
-
-  defp raw_output(state, line) do
-    timer = state.raw_timer || Process.send_after(self(), :flush_raw, @raw_flush_ms)
-    %{state | raw: [line | state.raw], raw_timer: timer}
-  end
-
-  defp flush_raw(%{raw: []} = state), do: state
-
-  defp flush_raw(state) do
-    if state.raw_timer, do: Process.cancel_timer(state.raw_timer)
-    text = state.raw |> Enum.reverse() |> Enum.join("\n")
-
-    level =
-      if String.contains?(text, "Traceback (most recent call last)"), do: :error, else: :info
-
-    Logger.log(level, text)
-    remember(%{state | raw: [], raw_timer: nil}, text)
-  end
-
-  # The last output, for the log of a failed start or an exit and for the pool's `last_error`.
-  defp remember(state, text) do
-    tail = :queue.in(text, state.tail)
-
-    if state.tail_len >= @tail_lines,
-      do: %{state | tail: :queue.drop(tail)},
-      else: %{state | tail: tail, tail_len: state.tail_len + 1}
-  end
-
-  defp tail_text(%{tail_len: 0}), do: ""
-
-  defp tail_text(state) do
-    lines = state.tail |> :queue.to_list() |> Enum.take(-@tail_shown)
-    "; last output:\n" <> Enum.join(lines, "\n")
-  end
 
   ## Stopping the OS process
 
@@ -369,7 +442,7 @@ defmodule Krait.Worker do
   defp kill(%{port: port, os_pid: os_pid} = state) do
     signal(os_pid, "KILL")
     catch_port_close(port)
-    %{state | port: nil}
+    fail_calls(%{state | port: nil}, "worker killed")
   end
 
   defp catch_port_close(port) do
@@ -377,8 +450,6 @@ defmodule Krait.Worker do
   rescue
     ArgumentError -> :ok
   end
-
-  defp signal(nil, _), do: :ok
 
   # The worker leads its own process group (its pgid is its pid): signalling the group reaches the
   # processes its tools started too. The pid itself is signalled as well, for a worker killed before

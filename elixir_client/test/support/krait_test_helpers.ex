@@ -125,12 +125,17 @@ defmodule Krait.TestHelpers do
 
   @doc """
   What the showcase adapter of one worker recorded for `tag` (`stream_events`), asked over the
-  worker's connection directly, so it works while the pool has the worker checked out.
+  worker's channel directly, so it works while the pool has the worker checked out.
   """
   @spec worker_events(atom(), String.t(), String.t()) :: map()
   def worker_events(pool, worker_id, tag) do
     %{pid: pid} = Enum.find(Krait.Pool.stats(pool).workers, &(&1.id == worker_id))
-    conn = :sys.get_state(pid).conn
+
+    channel =
+      case :sys.get_state(pid) do
+        %{transport: :grpc, conn: conn} -> {Krait.GRPC.Connection, conn}
+        _ -> {Krait.Link, pid}
+      end
 
     request =
       Krait.Proto.ExecuteToolRequest.encode(%Krait.Proto.ExecuteToolRequest{
@@ -139,7 +144,7 @@ defmodule Krait.TestHelpers do
       })
 
     path = "/krait.v1.ToolWorker/ExecuteTool"
-    {:ok, response} = Krait.GRPC.Connection.unary(conn, path, request, timeout: 5_000)
+    {:ok, response} = Krait.Channel.unary(channel, path, request, 5_000)
     Krait.JSON.decode!(Krait.Proto.ExecuteToolResponse.decode(response).data)
   end
 

@@ -17,8 +17,8 @@ defmodule Krait.GRPC.Connection do
     * `start_stream/4` starts a server-streaming call whose messages are sent to an owner
       process:
 
-          {:krait_grpc, ref, {:messages, [binary], byte_count}}   # zero or more times
-          {:krait_grpc, ref, {:done, :ok | {:error, %Krait.GRPC.Error{}}}}  # once, last
+          {:krait_stream, ref, {:messages, [binary], byte_count}}   # zero or more times
+          {:krait_stream, ref, {:done, :ok | {:error, %Krait.GRPC.Error{}}}}  # once, last
 
       The owner must call `ack(conn, ref, byte_count)` once it has consumed each
       `:messages` delivery: the server is granted stream window only for acknowledged
@@ -53,6 +53,8 @@ defmodule Krait.GRPC.Connection do
   """
 
   use GenServer
+
+  @behaviour Krait.Channel
 
   alias Krait.GRPC.{Error, Frame, HPACK, Metadata, Stream}
 
@@ -165,6 +167,7 @@ defmodule Krait.GRPC.Connection do
   """
   @spec start_stream(conn, String.t(), iodata, call_opts) ::
           {:ok, reference} | {:error, Error.t()}
+  @impl Krait.Channel
   def start_stream(conn, path, request, opts \\ []) do
     open(conn, :stream, path, request, Keyword.put_new(opts, :owner, self()))
   end
@@ -174,6 +177,7 @@ defmodule Krait.GRPC.Connection do
   lets the server send that much more on the stream.
   """
   @spec ack(conn, reference, non_neg_integer) :: :ok
+  @impl Krait.Channel
   def ack(conn, ref, byte_count) when is_reference(ref) and is_integer(byte_count) do
     GenServer.cast(conn, {:ack, ref, byte_count})
   end
@@ -183,11 +187,16 @@ defmodule Krait.GRPC.Connection do
   any more (not even `:done`); earlier ones may still be in the owner's mailbox.
   """
   @spec cancel(conn, reference) :: :ok
+  @impl Krait.Channel
   def cancel(conn, ref) when is_reference(ref) do
     GenServer.call(conn, {:cancel, ref})
   catch
     :exit, _ -> :ok
   end
+
+  @doc "A gRPC stream does not report `:started` (see `Krait.Channel`)."
+  @impl Krait.Channel
+  def tells_started?, do: false
 
   @doc """
   Closes the connection gracefully: sends GOAWAY, fails open calls with `UNAVAILABLE`
@@ -703,7 +712,7 @@ defmodule Krait.GRPC.Connection do
     case Stream.receive_data(stream, data, flow_length) do
       {:ok, messages, bytes, stream} ->
         if stream.kind == :stream and messages != [] do
-          send(stream.owner, {:krait_grpc, stream.ref, {:messages, messages, bytes}})
+          send(stream.owner, {:krait_stream, stream.ref, {:messages, messages, bytes}})
         end
 
         if end_stream? do
@@ -883,7 +892,7 @@ defmodule Krait.GRPC.Connection do
   end
 
   defp deliver(%Stream{kind: :stream, owner: owner, ref: ref}, outcome),
-    do: send(owner, {:krait_grpc, ref, {:done, outcome}})
+    do: send(owner, {:krait_stream, ref, {:done, outcome}})
 
   # Every stream fails with `error`; those that had no response headers yet never started on a Krait
   # worker (it answers headers before running a tool), so they are marked unprocessed.

@@ -100,6 +100,20 @@ defmodule Krait.Pool.Config do
       default: 5_000,
       doc: "ms for the connection to a started worker"
     ],
+    transport: [
+      type: {:in, [:link, :grpc]},
+      default: :grpc,
+      doc:
+        "how the pool reaches its workers: `:link`, frames over their stdin/stdout (nothing listens), " <>
+          "or `:grpc` on a loopback port"
+    ],
+    expose_grpc: [
+      type: :boolean,
+      default: false,
+      doc:
+        "with `transport: :link`, also serve each worker's gRPC service on a loopback port (shown as " <>
+          "`grpc_port` in `Krait.Pool.stats/1`), for debugging or callers in other languages"
+    ],
     worker_module: [type: :atom, default: Krait.Worker, doc: false]
   ]
 
@@ -133,7 +147,9 @@ defmodule Krait.Pool.Config do
           health_interval: timeout(),
           health_timeout: pos_integer(),
           health_failures: pos_integer(),
-          shutdown_grace: non_neg_integer()
+          shutdown_grace: non_neg_integer(),
+          transport: :link | :grpc,
+          expose_grpc: boolean()
         }
 
   @type t :: %__MODULE__{
@@ -177,7 +193,9 @@ defmodule Krait.Pool.Config do
           :health_interval,
           :health_timeout,
           :health_failures,
-          :shutdown_grace
+          :shutdown_grace,
+          :transport,
+          :expose_grpc
         ])
         |> Map.merge(%{python: python, cwd: cwd, env: Enum.to_list(o.env)})
 

@@ -193,7 +193,16 @@ defmodule Krait.Pool.Scheduler do
           worker_id: info.worker_id
         )
 
-        w = %{w | status: :idle, conn: info.conn, os_pid: info.os_pid, ready_at: now()}
+        w = %{
+          w
+          | status: :idle,
+            conn: info.conn,
+            channel: Map.get(info, :channel, Krait.GRPC.Connection),
+            grpc_port: Map.get(info, :grpc_port),
+            os_pid: info.os_pid,
+            ready_at: now()
+        }
+
         state = put_in(state.workers[info.worker_id], w)
         state = update_in(state.slots[w.slot], &%{&1 | start_failed: false})
         state = %{state | failing: nil}
@@ -548,7 +557,15 @@ defmodule Krait.Pool.Scheduler do
 
   defp lease(state, ref, wid) do
     w = state.workers[wid]
-    %Lease{ref: ref, pool: self(), worker_id: wid, worker_pid: w.pid, conn: w.conn}
+
+    %Lease{
+      ref: ref,
+      pool: self(),
+      worker_id: wid,
+      worker_pid: w.pid,
+      conn: w.conn,
+      channel: w.channel
+    }
   end
 
   ## Workers
@@ -572,6 +589,8 @@ defmodule Krait.Pool.Scheduler do
           slot: slot,
           status: :starting,
           conn: nil,
+          channel: nil,
+          grpc_port: nil,
           os_pid: nil,
           lease: nil,
           calls: 0,
@@ -762,6 +781,7 @@ defmodule Krait.Pool.Scheduler do
               status: w.status,
               pid: w.pid,
               os_pid: w.os_pid,
+              grpc_port: w.grpc_port,
               calls: w.calls,
               restarts: s.restarts,
               last_error: s.last_error
@@ -774,6 +794,7 @@ defmodule Krait.Pool.Scheduler do
               status: :restarting,
               pid: nil,
               os_pid: nil,
+              grpc_port: nil,
               calls: 0,
               restarts: s.restarts,
               last_error: s.last_error

@@ -146,8 +146,8 @@ defmodule Krait.GRPC.ConnectionProtocolTest do
 
   defp collect_messages(ref) do
     receive do
-      {:krait_grpc, ^ref, {:messages, messages, _}} -> messages ++ collect_messages(ref)
-      {:krait_grpc, ^ref, {:done, :ok}} -> []
+      {:krait_stream, ^ref, {:messages, messages, _}} -> messages ++ collect_messages(ref)
+      {:krait_stream, ^ref, {:done, :ok}} -> []
     after
       2000 -> flunk("stream did not finish")
     end
@@ -207,8 +207,8 @@ defmodule Krait.GRPC.ConnectionProtocolTest do
     {id, _, _, server} = Server.recv_request(server)
     server = Server.send_response_headers(server, id)
     Server.send_frames(server, [{:data, id, Server.grpc_message("one"), true}])
-    assert_receive {:krait_grpc, ^ref, {:messages, ["one"], 8}}, 2000
-    assert_receive {:krait_grpc, ^ref, {:done, {:error, %Error{status: 13}}}}, 2000
+    assert_receive {:krait_stream, ^ref, {:messages, ["one"], 8}}, 2000
+    assert_receive {:krait_stream, ^ref, {:done, {:error, %Error{status: 13}}}}, 2000
   end
 
   test "the server's dynamic table is followed across responses" do
@@ -298,8 +298,8 @@ defmodule Krait.GRPC.ConnectionProtocolTest do
     <<a::binary-size(16_000), b::binary>> = Server.grpc_message(:binary.copy("m", 20_000))
     Server.send_frames(server, for(part <- [a, b, a, b], do: {:data, id, part, false}))
 
-    assert_receive {:krait_grpc, ^ref, {:messages, [_], 20_005}}, 2000
-    assert_receive {:krait_grpc, ^ref, {:messages, [_], 20_005}}, 2000
+    assert_receive {:krait_stream, ^ref, {:messages, [_], 20_005}}, 2000
+    assert_receive {:krait_stream, ^ref, {:messages, [_], 20_005}}, 2000
     # No acknowledgement yet: no WINDOW_UPDATE for the stream.
     server = refute_frame(server, &match?({:window_update, ^id, _}, &1))
 
@@ -311,7 +311,7 @@ defmodule Krait.GRPC.ConnectionProtocolTest do
     assert frame == {:window_update, id, 40_010}
 
     Server.send_trailers(server, id, 0)
-    assert_receive {:krait_grpc, ^ref, {:done, :ok}}, 2000
+    assert_receive {:krait_stream, ^ref, {:done, :ok}}, 2000
   end
 
   test "GOAWAY fails the streams above last_stream_id, refuses new ones, then stops" do
@@ -324,7 +324,8 @@ defmodule Krait.GRPC.ConnectionProtocolTest do
 
     Server.send_frames(server, [{:goaway, 1, 0, "draining"}])
 
-    assert_receive {:krait_grpc, ^ref3, {:done, {:error, %Error{status: 14, message: message}}}},
+    assert_receive {:krait_stream, ^ref3,
+                    {:done, {:error, %Error{status: 14, message: message}}}},
                    2000
 
     assert message =~ "draining"
@@ -332,7 +333,7 @@ defmodule Krait.GRPC.ConnectionProtocolTest do
 
     server = Server.send_response_headers(server, 1)
     Server.send_trailers(server, 1, 0)
-    assert_receive {:krait_grpc, ^ref1, {:done, :ok}}, 2000
+    assert_receive {:krait_stream, ^ref1, {:done, :ok}}, 2000
     assert_receive {:DOWN, ^monitor, :process, ^conn, {:shutdown, :goaway}}, 2000
   end
 
@@ -345,7 +346,7 @@ defmodule Krait.GRPC.ConnectionProtocolTest do
     server = Server.send_response_headers(server, id)
     Server.send_frames(server, [{:data, id, Server.grpc_message("late"), false}])
     Server.send_trailers(server, id, 0)
-    refute_receive {:krait_grpc, ^ref, _}, 200
+    refute_receive {:krait_stream, ^ref, _}, 200
     # The connection still works (and its HPACK state followed the ignored headers).
     task = async_unary(conn)
     {id2, _, _, server} = Server.recv_request(server)
@@ -370,7 +371,7 @@ defmodule Krait.GRPC.ConnectionProtocolTest do
     {_id, _, _, server} = Server.recv_request(server)
     # An indexed header field pointing past both tables.
     Server.send_frames(server, [{:headers, 1, <<0xFF, 0x7F>>, false, true}])
-    assert_receive {:krait_grpc, ^ref, {:done, {:error, %Error{status: 14}}}}, 2000
+    assert_receive {:krait_stream, ^ref, {:done, {:error, %Error{status: 14}}}}, 2000
     {{:goaway, 0, 9, _}, _, _} = Server.recv_until(server, &match?({:goaway, _, _, _}, &1))
     assert_receive {:DOWN, ^monitor, :process, ^conn, {:shutdown, {:protocol_error, _}}}, 2000
   end
@@ -383,7 +384,7 @@ defmodule Krait.GRPC.ConnectionProtocolTest do
     {_, _, _, server} = Server.recv_request(server)
     {_, _, _, server} = Server.recv_request(server)
     Server.close(server)
-    assert_receive {:krait_grpc, ^ref, {:done, {:error, %Error{status: 14}}}}, 2000
+    assert_receive {:krait_stream, ^ref, {:done, {:error, %Error{status: 14}}}}, 2000
     assert {:error, %Error{status: 14}} = Task.await(task)
     assert_receive {:DOWN, ^monitor, :process, ^conn, {:shutdown, :closed}}, 2000
   end

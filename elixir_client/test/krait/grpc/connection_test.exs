@@ -61,12 +61,12 @@ defmodule Krait.GRPC.ConnectionTest do
   # Receives a stream to its end, acknowledging each delivery; returns the payloads.
   defp collect(conn, ref, timeout \\ 10_000) do
     receive do
-      {:krait_grpc, ^ref, {:messages, messages, bytes}} ->
+      {:krait_stream, ^ref, {:messages, messages, bytes}} ->
         Connection.ack(conn, ref, bytes)
         {rest, result} = collect(conn, ref, timeout)
         {messages ++ rest, result}
 
-      {:krait_grpc, ^ref, {:done, result}} ->
+      {:krait_stream, ^ref, {:done, result}} ->
         {[], result}
     after
       timeout -> flunk("stream #{inspect(ref)} did not finish in #{timeout} ms")
@@ -205,12 +205,18 @@ defmodule Krait.GRPC.ConnectionTest do
     assert tb =~ "Traceback"
   end
 
-  test "trailers too big for one frame arrive in CONTINUATION frames", %{conn: conn} do
+  # (trailers in CONTINUATION frames are tested against a fake server in connection_protocol_test)
+  test "a huge error message arrives as the tool's error, clipped to fit the trailers", %{
+    conn: conn
+  } do
     message = String.duplicate("long error text ", 3000)
     assert {:error, %Error{status: 2} = error} = execute(conn, "fail", %{message: message})
 
-    assert %Proto.ToolError{message: ^message} =
+    assert %Proto.ToolError{type: "ValueError", message: clipped} =
              Proto.tool_error_from_status_details(error.details)
+
+    assert String.starts_with?(message, String.slice(clipped, 0, 100))
+    assert byte_size(clipped) < byte_size(message)
   end
 
   test "a unary deadline ends the call with DEADLINE_EXCEEDED", %{conn: conn} do
@@ -231,18 +237,18 @@ defmodule Krait.GRPC.ConnectionTest do
   test "cancel resets the stream and the tool sees it", %{conn: conn} do
     tag = "cancel-#{System.unique_integer([:positive])}"
     {:ok, ref} = stream_tool(conn, "endless_stream", %{interval_ms: 10, tag: tag})
-    assert_receive {:krait_grpc, ^ref, {:messages, _, _}}, 5000
+    assert_receive {:krait_stream, ^ref, {:messages, _, _}}, 5000
     assert :ok = Connection.cancel(conn, ref)
     # Flushing what was already delivered is the owner's business.
     flush_stream(ref)
-    refute_receive {:krait_grpc, ^ref, _}, 200
+    refute_receive {:krait_stream, ^ref, _}, 200
     assert eventually(fn -> Map.has_key?(events(conn, tag), "cancel_seen") end)
     assert :sys.get_state(conn).streams == %{}
   end
 
   defp flush_stream(ref) do
     receive do
-      {:krait_grpc, ^ref, _} -> flush_stream(ref)
+      {:krait_stream, ^ref, _} -> flush_stream(ref)
     after
       0 -> :ok
     end
@@ -252,7 +258,7 @@ defmodule Krait.GRPC.ConnectionTest do
     # 64 messages of 256 KiB: 16 MiB in all, four times the 4 MiB stream window.
     {:ok, ref} = stream_tool(conn, "stream_arrays", %{batches: 64, batch_rows: 64, cols: 1024})
     # everything the server may send without an acknowledgement, until it stops (quiet for 300 ms)
-    assert_receive {:krait_grpc, ^ref, {:messages, _, first}}, 5_000
+    assert_receive {:krait_stream, ^ref, {:messages, _, first}}, 5_000
     held = drain(ref, first)
     assert held > 0
     assert held <= 4 * 1024 * 1024 + 300_000, "received #{held} bytes without acknowledging any"
@@ -266,7 +272,7 @@ defmodule Krait.GRPC.ConnectionTest do
 
   defp drain(ref, bytes) do
     receive do
-      {:krait_grpc, ^ref, {:messages, _messages, n}} -> drain(ref, bytes + n)
+      {:krait_stream, ^ref, {:messages, _messages, n}} -> drain(ref, bytes + n)
     after
       300 -> bytes
     end
@@ -335,7 +341,7 @@ defmodule Krait.GRPC.ConnectionTest do
     conn = connect(worker)
     monitor = Process.monitor(conn)
     {:ok, ref} = stream_tool(conn, "endless_stream", %{interval_ms: 10})
-    assert_receive {:krait_grpc, ^ref, {:messages, _, _}}, 5000
+    assert_receive {:krait_stream, ^ref, {:messages, _, _}}, 5000
     PythonWorker.stop(worker)
     assert {_, {:error, %Error{status: status}}} = collect(conn, ref, 10_000)
     assert status in [1, 14]

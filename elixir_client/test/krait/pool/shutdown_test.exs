@@ -68,6 +68,7 @@ defmodule Krait.Pool.ShutdownTest do
       })
 
     beam = :peer.call(peer, :os, :getpid, []) |> List.to_integer()
+    {:ok, _} = :peer.call(peer, Application, :ensure_all_started, [:logger])
     :ok = :peer.call(peer, Logger, :configure, [[level: :warning]])
     opts = pool_opts(adapter: @hostile, size: 2, name: Krait.Pool)
     :ok = :peer.call(peer, Application, :put_env, [:krait, :pool, opts])

@@ -129,6 +129,8 @@ defmodule Krait.Pool.WorkerDeathTest do
         [os_pid | _] = ready_os_pids(pool)
         os_kill(os_pid, "KILL")
         assert {:ok, 3.0} = Krait.execute("add", %{a: 1, b: 2}, pool: pool, timeout: 30_000)
+        # the killed worker is out, and its replacement up
+        assert eventually(fn -> os_pid not in ready_os_pids(pool) end)
         assert eventually(fn -> Krait.Pool.stats(pool).ready == 2 end, 20_000)
       end
     end)

@@ -1,0 +1,75 @@
+defmodule Krait.Channel do
+  @moduledoc """
+  How a call reaches a worker: the local link (`Krait.Link`, the pool's own workers, over their
+  stdin/stdout) or a gRPC connection (`Krait.GRPC.Connection`). A call does the same on both: it starts
+  a stream, takes messages, acknowledges them (flow control) and cancels it when its caller gives up.
+
+  A started stream sends its owner:
+
+    * `{:krait_stream, ref, :started}` - the call reached the worker (channels whose
+      `tells_started?/0` is true send it before any message);
+    * `{:krait_stream, ref, {:messages, [payload], bytes}}` - response messages, each a binary;
+      `bytes` is what to `ack/3` once they are taken from the mailbox;
+    * `{:krait_stream, ref, {:done, :ok | {:error, Krait.GRPC.Error.t()}}}` - the end. An error whose
+      `unprocessed` is true is one the worker certainly never started.
+  """
+
+  @typedoc "A channel: its module and the process behind it."
+  @type t :: {module(), pid()}
+
+  @doc "Starts `path` (a `ToolWorker` method's gRPC path) with `request`; options: `:owner`, `:timeout`, `:metadata`."
+  @callback start_stream(pid(), String.t(), iodata(), keyword()) ::
+              {:ok, reference()} | {:error, term()}
+  @doc "Acknowledges `bytes` of messages taken by the owner."
+  @callback ack(pid(), reference(), non_neg_integer()) :: :ok
+  @doc "Cancels the stream (the worker stops the call); later messages for it are dropped."
+  @callback cancel(pid(), reference()) :: :ok
+  @doc "Whether the channel sends `:started`, so that a call without it is known not to have run."
+  @callback tells_started?() :: boolean()
+
+  @doc """
+  A whole unary call: `{:ok, response_binary}` or `{:error, reason}`; the caller waits at most
+  `timeout` ms. Used for health pings, where nothing else is needed.
+  """
+  @spec unary(t(), String.t(), iodata(), timeout()) :: {:ok, binary()} | {:error, term()}
+  def unary({module, pid}, path, request, timeout) do
+    mon = Process.monitor(pid)
+
+    try do
+      with {:ok, ref} <- module.start_stream(pid, path, request, owner: self(), timeout: timeout) do
+        await(module, pid, ref, mon, timeout, nil)
+      end
+    catch
+      :exit, reason -> {:error, {:exit, reason}}
+    after
+      Process.demonitor(mon, [:flush])
+    end
+  end
+
+  defp await(module, pid, ref, mon, timeout, acc) do
+    receive do
+      {:krait_stream, ^ref, :started} ->
+        await(module, pid, ref, mon, timeout, acc)
+
+      {:krait_stream, ^ref, {:messages, [message | _], bytes}} ->
+        module.ack(pid, ref, bytes)
+        await(module, pid, ref, mon, timeout, message)
+
+      {:krait_stream, ^ref, {:done, :ok}} when acc != nil ->
+        {:ok, acc}
+
+      {:krait_stream, ^ref, {:done, :ok}} ->
+        {:error, :no_response}
+
+      {:krait_stream, ^ref, {:done, {:error, error}}} ->
+        {:error, error}
+
+      {:DOWN, ^mon, :process, _, reason} ->
+        {:error, {:down, reason}}
+    after
+      timeout ->
+        module.cancel(pid, ref)
+        {:error, :timeout}
+    end
+  end
+end

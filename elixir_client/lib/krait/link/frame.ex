@@ -1,0 +1,92 @@
+defmodule Krait.Link.Frame do
+  @moduledoc """
+  `krait.v1.LinkFrame` (`proto/krait/v1/link.proto`): the envelope of the local link, one per
+  `{packet, 4}` packet on a worker's stdin/stdout (see `docs/link.md`).
+
+  Written out rather than declared with `Krait.Proto.Message`: every message of every call on the link
+  passes through here, encoding takes the request as iodata (no copy of a large argument), and
+  decoding keeps `payload` a sub-binary of the packet.
+  """
+
+  import Bitwise
+
+  alias Krait.Proto.Wire
+
+  @kinds %{
+    open: 1,
+    started: 2,
+    message: 3,
+    end: 4,
+    cancel: 5,
+    credit: 6,
+    log: 7,
+    ready: 8
+  }
+  @names Map.new(@kinds, fn {name, n} -> {n, name} end)
+
+  @typedoc "A frame's kind."
+  @type kind :: :open | :started | :message | :end | :cancel | :credit | :log | :ready
+
+  @typedoc "A decoded frame from a worker: its kind, call id and payload (a sub-binary)."
+  @type t :: {kind() | {:unknown, non_neg_integer()}, non_neg_integer(), binary()}
+
+  @doc "An `OPEN` frame: starts call `call_id` of `method` with its encoded `request`."
+  @spec open(pos_integer(), String.t(), iodata(), non_neg_integer(), non_neg_integer(), map()) ::
+          iodata()
+  def open(call_id, method, request, timeout_ms, credit, metadata) do
+    [
+      Wire.field(1, :uint64, call_id),
+      Wire.field(2, :uint64, @kinds.open),
+      Wire.field(3, :string, method),
+      Wire.field(4, :uint64, timeout_ms),
+      Wire.delimited(5, request),
+      Wire.field(6, :uint64, credit),
+      Wire.map_field(7, metadata, &Wire.field(2, :string, &1))
+    ]
+  end
+
+  @doc "A `CANCEL` frame for `call_id`."
+  @spec cancel(pos_integer()) :: iodata()
+  def cancel(call_id),
+    do: [Wire.field(1, :uint64, call_id), Wire.field(2, :uint64, @kinds.cancel)]
+
+  @doc "A `CREDIT` frame: `call_id` may send `bytes` more bytes of message payload."
+  @spec credit(pos_integer(), pos_integer()) :: iodata()
+  def credit(call_id, bytes) do
+    [
+      Wire.field(1, :uint64, call_id),
+      Wire.field(2, :uint64, @kinds.credit),
+      Wire.field(6, :uint64, bytes)
+    ]
+  end
+
+  @doc """
+  Decodes a frame from a worker into `{kind, call_id, payload}`. Fields a worker does not send are
+  skipped. Raises `Krait.Proto.DecodeError` on malformed input.
+  """
+  @spec decode(binary()) :: t()
+  def decode(binary), do: fields(binary, 0, 0, "")
+
+  defp fields(<<>>, call_id, kind, payload),
+    do: {Map.get(@names, kind, {:unknown, kind}), call_id, payload}
+
+  # call_id = 1, a one- or two-octet varint (the usual sizes)
+  defp fields(<<0x08, 0::1, v::7, rest::binary>>, _id, kind, payload),
+    do: fields(rest, v, kind, payload)
+
+  defp fields(<<0x08, 1::1, lo::7, 0::1, hi::7, rest::binary>>, _id, kind, payload),
+    do: fields(rest, hi <<< 7 ||| lo, kind, payload)
+
+  # kind = 2
+  defp fields(<<0x10, 0::1, v::7, rest::binary>>, id, _kind, payload),
+    do: fields(rest, id, v, payload)
+
+  defp fields(binary, id, kind, payload) do
+    case Wire.decode_field(binary) do
+      {1, {:varint, v}, rest} -> fields(rest, v, kind, payload)
+      {2, {:varint, v}, rest} -> fields(rest, id, v, payload)
+      {5, {:bytes, v}, rest} -> fields(rest, id, kind, v)
+      {_, _, rest} -> fields(rest, id, kind, payload)
+    end
+  end
+end

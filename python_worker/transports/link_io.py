@@ -1,0 +1,127 @@
+"""The local link's byte level: ``LinkFrame``s on the pool's pipe, and the worker's own output kept off it.
+
+Each frame is a 4-byte big-endian length, then one serialized ``krait.v1.LinkFrame`` (``proto/krait/v1/link.proto``,
+Erlang's ``{packet, 4}``). Frames from the pool are parsed with the generated classes. Frames to the pool are
+framed by hand (``call_id``, ``kind``, then ``payload`` last), so that a large payload (a 4 MiB batch of arrays)
+is written from its own buffer with ``os.writev``: building a protobuf message around it would copy it twice.
+Field numbers are those of link.proto; a test parses the output with the generated classes.
+
+Stdout is the frame channel, so nothing else may write to it: :func:`capture_output` moves file descriptors 1
+and 2 onto pipes of the worker's own, whose text becomes LOG records (a ``print()`` in a tool, or a C library
+writing to stderr, can never corrupt a frame).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import struct
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ..proto import link_pb
+from ..server.wire import varint
+
+log = logging.getLogger("krait.worker")
+
+Kind = link_pb.LinkFrame.Kind
+OPEN, STARTED, MESSAGE, END, CANCEL, CREDIT, LOG, READY = (
+    Kind.OPEN,
+    Kind.STARTED,
+    Kind.MESSAGE,
+    Kind.END,
+    Kind.CANCEL,
+    Kind.CREDIT,
+    Kind.LOG,
+    Kind.READY,
+)
+
+_LENGTH = struct.Struct(">I")
+_KIND_FIELDS = {kind: b"\x10" + varint(kind) for kind in (STARTED, MESSAGE, END, LOG, READY)}
+
+
+def frame_header(call_id: int, kind: int, payload_len: int) -> bytes:
+    """The length prefix and every field of a frame to the pool but its payload's bytes."""
+    fields = (b"\x08" + varint(call_id) if call_id else b"") + _KIND_FIELDS[kind]
+    if payload_len:
+        fields += b"\x2a" + varint(payload_len)
+    return _LENGTH.pack(len(fields) + payload_len) + fields
+
+
+class FrameWriter:
+    """Writes whole frames to the pool; safe from any thread (a frame is never interleaved with another)."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._lock = threading.Lock()
+        self.closed = False
+
+    def send(self, call_id: int, kind: int, payload: bytes | memoryview = b"") -> None:
+        self.send_parts([(call_id, kind, payload)])
+
+    def send_parts(self, frames: Iterable[tuple[int, int, bytes | memoryview]]) -> None:
+        """Several frames in one write (a unary call's MESSAGE and END, say)."""
+        parts: list[bytes | memoryview] = []
+        for call_id, kind, payload in frames:
+            parts.append(frame_header(call_id, kind, len(payload)))
+            if payload:
+                parts.append(payload)
+        with self._lock:
+            if self.closed:
+                return
+            try:
+                _write_all(self._fd, parts)
+            except OSError:  # the pool has gone: the reader sees EOF and the worker stops
+                self.closed = True
+
+
+def _write_all(fd: int, parts: list[bytes | memoryview]) -> None:
+    views = [memoryview(p) for p in parts]
+    while views:
+        written = os.writev(fd, views[:1024])
+        while written:
+            if written >= len(views[0]):
+                written -= len(views[0])
+                views.pop(0)
+            else:
+                views[0] = views[0][written:]
+                written = 0
+
+
+class FrameReader:
+    """Reads frames from the pool; :meth:`read` returns None at end of input (the pool has gone)."""
+
+    def __init__(self, fd: int) -> None:
+        self._file = io.open(fd, "rb", buffering=1 << 16, closefd=False)  # noqa: SIM115, UP020 - an fd, not a path
+
+    def read(self) -> Any | None:
+        head = self._file.read(4)
+        if len(head) < 4:
+            return None
+        (size,) = _LENGTH.unpack(head)
+        body = self._file.read(size)
+        if len(body) < size:
+            return None
+        return link_pb.LinkFrame.FromString(body)
+
+
+def capture_output(on_text: Callable[[str, str], None]) -> int:
+    """Move fds 1 and 2 onto pipes whose text goes to ``on_text(stream, text)`` ("stdout" / "stderr"); return
+    a new fd for the original stdout, the frame channel."""
+    frames_fd = os.dup(1)
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        read_end, write_end = os.pipe()
+        os.dup2(write_end, fd)
+        os.close(write_end)
+        threading.Thread(target=_pump, args=(read_end, name, on_text), name=f"capture-{name}", daemon=True).start()
+    return frames_fd
+
+
+def _pump(fd: int, name: str, on_text: Callable[[str, str], None]) -> None:
+    # each read is what was written at once (a print, a traceback): one record
+    while chunk := os.read(fd, 65536):
+        text = chunk.decode("utf-8", "replace").rstrip("\n")
+        if text:
+            on_text(name, text)
