@@ -14,6 +14,7 @@ arguments, never inside the JSON.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -152,10 +153,9 @@ class ChunkStream:
         iterating the stream meanwhile sees it end."""
         self._closed = True
         self._call.cancel()
-        try:
+        # "generator already executing": another thread is in next(), and its loop ends with the call
+        with contextlib.suppress(ValueError):
             self._chunks.close()
-        except ValueError:  # "generator already executing": another thread is in next(), and ends with the call
-            pass
 
     def __enter__(self) -> ChunkStream:
         return self
