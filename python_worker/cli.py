@@ -1,4 +1,4 @@
-"""Command line: ``serve`` a worker, list its ``tools``, ``call`` a tool.
+"""Command line: ``serve`` a worker, list its ``tools``, ``call`` a tool (``krait-worker`` is the same command).
 
 python -m python_worker serve --adapter adapters.showcase:ShowcaseAdapter --port 0
 python -m python_worker tools --target 127.0.0.1:50051
@@ -20,13 +20,25 @@ def _serve(ns: argparse.Namespace) -> int:
     from .server import ServeOptions, serve
     from .server.logs import configure
 
+    # adapters are imported from the current directory first, as `python -m` does (the krait-worker script's
+    # own sys.path starts at its bin directory)
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+
     worker_id = ns.worker_id or f"worker-{os.getpid()}"
-    configure(log_format=ns.log_format, level=ns.log_level, worker_id=worker_id)
+    link = None
+    if ns.link:
+        from .transports.link_io import LogFrameHandler, open_link
+
+        link = open_link()  # first: nothing may write to stdout but the link from here on
+        configure(log_format="link", level=ns.log_level, worker_id=worker_id, handler=LogFrameHandler(link))
+    else:
+        configure(log_format=ns.log_format, level=ns.log_level, worker_id=worker_id)
     auto = {"auto": None, "on": True, "off": False}
     options = ServeOptions(
         adapter=ns.adapter,
         host=ns.host,
-        port=ns.port,
+        port=ns.port if ns.port is not None or ns.link else 0,
         worker_id=worker_id,
         ready_file=ns.ready_file,
         max_message_bytes=int(ns.max_message_mb * (1 << 20)),
@@ -37,7 +49,7 @@ def _serve(ns: argparse.Namespace) -> int:
         process_group=auto[ns.process_group],
         grace=ns.grace,
     )
-    return serve(options)
+    return serve(options, link=link)
 
 
 def _positive(kind: type[int] | type[float]) -> Any:
@@ -56,6 +68,8 @@ def _show(value: Any) -> str:
         return json.dumps({"ndarray": {"dtype": str(value.dtype), "shape": list(value.shape)}})
     if isinstance(value, bytes):
         return json.dumps({"bytes": len(value)})
+    if hasattr(value, "columns") and hasattr(value, "shape"):  # a DataFrame (from an Arrow payload)
+        return json.dumps({"dataframe": {"shape": list(value.shape), "columns": [str(c) for c in value.columns]}})
     return json.dumps(value)
 
 
@@ -101,13 +115,24 @@ def _call(ns: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m python_worker", description="Krait Python worker")
+    prog = "krait-worker" if os.path.basename(sys.argv[0]) == "krait-worker" else "python -m python_worker"
+    parser = argparse.ArgumentParser(prog=prog, description="Krait Python worker")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="serve an adapter's tools over gRPC")
     serve.add_argument("--adapter", required=True, help="module:Class, e.g. adapters.showcase:ShowcaseAdapter")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=0, help="port to bind; 0 picks a free one (default)")
+    serve.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="gRPC port to bind; 0 picks a free one (the default, unless --link: then gRPC only with --port)",
+    )
+    serve.add_argument(
+        "--link",
+        action="store_true",
+        help="serve the local link on stdin/stdout (what a Krait pool uses; see docs/link.md)",
+    )
     serve.add_argument("--worker-id", default="", help="id reported in final-chunk metadata (default worker-PID)")
     serve.add_argument("--ready-file", help="write the readiness JSON (port, pid, worker_id) here once serving")
     serve.add_argument("--max-message-mb", type=float, default=64, help="max gRPC message size (default 64)")
@@ -165,4 +190,4 @@ def main(argv: list[str] | None = None) -> int:
     call.set_defaults(func=_call)
 
     ns = parser.parse_args(argv)
-    return ns.func(ns)
+    return int(ns.func(ns))

@@ -6,6 +6,8 @@
             for chunk in chunks:
                 print(chunk.data, chunk.is_final)
 
+:class:`AsyncClient` (``python_worker.aio_client``, on ``grpc.aio``) is the same client for asyncio code.
+
 Streams use the batched RPC (many chunks per gRPC message) and yield one :class:`Chunk` per tool yield, decoded
 by content type. Closing a stream (or leaving its ``with`` block, or breaking out of a ``for`` over it and
 dropping it) cancels the call on the worker. NumPy arrays and bytes given as arguments travel as binary
@@ -15,9 +17,9 @@ arguments, never inside the JSON.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
@@ -27,6 +29,18 @@ from .errors import tool_error_from_rpc_error
 from .proto import pb, pb_grpc
 from .server.app import channel_options
 from .server.wire import decode_batch
+
+if TYPE_CHECKING:
+    from .aio_client import AsyncClient as AsyncClient
+
+
+def __getattr__(name: str) -> Any:
+    # AsyncClient lives in aio_client (which imports this module): loaded on first use, and grpc.aio with it
+    if name == "AsyncClient":
+        from .aio_client import AsyncClient
+
+        return AsyncClient
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(slots=True)
@@ -46,14 +60,24 @@ class Chunk:
 
 
 class KraitError(Exception):
-    """A call failed. ``code`` is the gRPC status; ``type``/``traceback`` come from the worker when it sent them."""
+    """A call failed. ``code`` is the gRPC status; ``type``/``traceback`` come from the worker when it sent them,
+    ``details`` holds the public fields of the tool's exception (``{"retry_after": 2.5}``), if any."""
 
-    def __init__(self, code: grpc.StatusCode, message: str, *, type: str = "", traceback: str = "") -> None:
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        *,
+        type: str = "",
+        traceback: str = "",
+        details: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.type = type
         self.traceback = traceback
+        self.details: dict[str, Any] = details or {}
 
 
 class ToolError(KraitError):
@@ -88,15 +112,16 @@ _WRONG_RPC = {
 
 
 def _translate(error: grpc.RpcError, *, streaming: bool) -> KraitError:
-    code = error.code()  # type: ignore[attr-defined]
+    code = error.code()
     details = tool_error_from_rpc_error(error)
-    message = error.details() or code.name  # type: ignore[attr-defined]
+    message = error.details() or code.name
     cls = _ERRORS.get(code, KraitError)
     if details is None:
         return cls(code, message)
     if details.type == "WrongRpc":
         message = f"WrongRpc: {_WRONG_RPC[streaming].format(tool=details.tool_name)}"
-    return cls(code, message, type=details.type, traceback=details.traceback)
+    fields = codec.decode_json(details.details_json) if details.details_json else {}
+    return cls(code, message, type=details.type, traceback=details.traceback, details=fields)
 
 
 def build_request(
@@ -129,7 +154,7 @@ class ChunkStream:
         self._closed = False
         self._chunks = self._iterate()
 
-    def _iterate(self) -> Iterator[Chunk]:
+    def _iterate(self) -> Generator[Chunk, None, None]:
         decode = codec.decode_value
         try:
             # each message arrives as decode_batch's tuples: a large chunk's data is a view of the message, so
@@ -187,7 +212,7 @@ class Client:
         self.session_id = session_id
         self._owns_channel = channel is None
         self._channel = channel or grpc.insecure_channel(target, options=channel_options(max_message_bytes))
-        self._stub = pb_grpc.ToolWorkerStub(self._channel)
+        self._stub = pb_grpc.ToolWorkerStub(self._channel)  # type: ignore[no-untyped-call]  # generated
         self._batched = self._channel.unary_stream(
             "/krait.v1.ToolWorker/ExecuteStreamingToolBatched",
             request_serializer=pb.ExecuteToolRequest.SerializeToString,
@@ -260,10 +285,10 @@ class Client:
 
     def initialize_session(self, session_id: str, metadata: Mapping[str, str] | None = None) -> bool:
         request = pb.InitializeSessionRequest(session_id=session_id, metadata=dict(metadata or {}))
-        return self._stub.InitializeSession(request, timeout=10.0).created
+        return bool(self._stub.InitializeSession(request, timeout=10.0).created)
 
     def cleanup_session(self, session_id: str) -> bool:
-        return self._stub.CleanupSession(pb.CleanupSessionRequest(session_id=session_id), timeout=10.0).existed
+        return bool(self._stub.CleanupSession(pb.CleanupSessionRequest(session_id=session_id), timeout=10.0).existed)
 
     def wait_ready(self, timeout: float = 10.0) -> None:
         """Block until the channel is connected (raises ``grpc.FutureTimeoutError`` after ``timeout``)."""

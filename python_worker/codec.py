@@ -10,6 +10,13 @@
   ``numpy.lib.format.write_array`` wants a file object and would copy the buffer twice; decoding parses the
   header with NumPy's own reader and maps the data with ``np.frombuffer`` (no copy).
 - ``application/octet-stream``: raw bytes. ``text/plain; charset=utf-8``: text (only when asked for explicitly).
+- ``application/vnd.apache.arrow.stream``: a pandas DataFrame or pyarrow Table as an Arrow IPC stream
+  (:mod:`python_worker.frames`).
+
+JSON values beyond JSON's own types take pydantic's JSON forms, the ones the tools' result schemas describe:
+dataclasses and pydantic models are objects (by alias), ``datetime``/``date``/``time`` ISO 8601 strings,
+``UUID`` strings, ``Enum`` members their values, ``Decimal`` a string of its exact digits (``"12.50"``: a JSON
+number would pass through a float in most readers), sets and tuples arrays, NumPy scalars numbers.
 
 Nothing is ever pickled.
 """
@@ -24,6 +31,9 @@ from typing import Any
 
 import numpy as np
 import orjson
+import pydantic_core
+
+from .frames import ARROW, decode_frame, encode_frame, is_frame
 
 JSON = "application/json"
 NPY = "application/x-npy"
@@ -45,7 +55,10 @@ def _json_fallback(value: Any) -> Any:
         return value.item()
     if isinstance(value, (set, frozenset, tuple)):
         return list(value)
-    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+    try:  # pydantic models, Decimal, timedelta, ...: pydantic's JSON form
+        return pydantic_core.to_jsonable_python(value, by_alias=True)
+    except pydantic_core.PydanticSerializationError:
+        raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable") from None
 
 
 def encode_json(value: Any) -> bytes:
@@ -222,7 +235,11 @@ def encode_value(value: Any, content_type: str | None = None) -> tuple[bytes, st
             return encode_npy(value), NPY
         if isinstance(value, (bytes, bytearray, memoryview)):
             return bytes(value), BYTES
+        if is_frame(value):
+            return encode_frame(value), ARROW
         return encode_json(value), JSON
+    if content_type == ARROW:
+        return encode_frame(value), ARROW
     if content_type == NPY:
         return encode_npy(np.asarray(value)), NPY
     if content_type == JSON:
@@ -241,6 +258,8 @@ def decode_value(data: bytes | memoryview, content_type: str) -> Any:
     memoryview aliases it; any other value is independent of the memoryview."""
     if content_type == NPY:
         return decode_npy(data)
+    if content_type == ARROW:
+        return decode_frame(data)
     if isinstance(data, memoryview):
         data = data.tobytes()
     if content_type == JSON:

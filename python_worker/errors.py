@@ -2,7 +2,8 @@
 
 The status message reads like Python (``ValueError: epochs must be > 0``); the ``grpc-status-details-bin``
 trailer holds a ``google.rpc.Status`` whose ``details`` carry a ``krait.v1.ToolError`` with the exception type,
-message and traceback, so any gRPC client can show the whole story.
+message, traceback and public fields (:mod:`python_worker.error_details`), so any gRPC client can show the
+whole story.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from google.protobuf import any_pb2
 from google.rpc import status_pb2
 from grpc_status import rpc_status
 
+from .error_details import details_json
 from .proto import pb
 
 # A status travels in trailers, which clients bound: grpcio refuses trailers over 16 KiB, and over 8 KiB at
@@ -112,7 +114,7 @@ def _wire_size(message: str, status: status_pb2.Status) -> int:
     (base64 of the serialized status)."""
     encoded = message.encode("utf-8", "backslashreplace")
     percent = len(encoded) + 2 * sum(1 for b in encoded if b < 0x20 or b > 0x7E or b == 0x25)
-    return percent + (status.ByteSize() * 4 + 2) // 3
+    return percent + (int(status.ByteSize()) * 4 + 2) // 3
 
 
 def to_status(exc: BaseException, *, tool_name: str, worker_id: str) -> grpc.Status:
@@ -126,6 +128,7 @@ def to_status(exc: BaseException, *, tool_name: str, worker_id: str) -> grpc.Sta
             code = grpc.StatusCode.CANCELLED
     text = clip_bytes(str(exc))
     message = f"{clip(error_type)}: {text}"
+    fields = "" if isinstance(exc, CallError) else details_json(exc)  # bounded: error_details.MAX_DETAILS_BYTES
     limit = MAX_TRACEBACK_BYTES
     while True:
         error = pb.ToolError(
@@ -134,6 +137,7 @@ def to_status(exc: BaseException, *, tool_name: str, worker_id: str) -> grpc.Sta
             traceback=_clip_traceback(trace, limit) if trace else "",
             tool_name=clip(tool_name),
             worker_id=worker_id,
+            details_json=fields,
         )
         detail = any_pb2.Any()
         detail.Pack(error)

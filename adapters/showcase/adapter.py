@@ -12,11 +12,21 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from python_worker import BaseAdapter, StreamChunk, ToolContext, tool
+
+
+class QuotaExceeded(Exception):
+    """An exception with fields: the caller gets them as error details (``{"retry_after": 2.5, "limit": 100}``)."""
+
+    def __init__(self, retry_after: float, limit: int) -> None:
+        super().__init__(f"quota of {limit} calls exceeded, retry in {retry_after} s")
+        self.retry_after = retry_after
+        self.limit = limit
 
 
 class ShowcaseAdapter(BaseAdapter):
@@ -119,8 +129,8 @@ class ShowcaseAdapter(BaseAdapter):
         yield {"too": "late"}
 
     @tool(description="Broken on purpose: a streaming tool that returns a dict", supports_streaming=True)
-    def returns_dict(self) -> Any:
-        return {"not": "a stream"}
+    def returns_dict(self) -> Iterator[Any]:
+        return {"not": "a stream"}  # type: ignore[return-value]  # lies about its type on purpose
 
     # -- unary ----------------------------------------------------------------------------------------------
     @tool(description="Return the value unchanged")
@@ -146,6 +156,10 @@ class ShowcaseAdapter(BaseAdapter):
     @tool(description="Raise ValueError(message)")
     def fail(self, message: str = "epochs must be > 0") -> None:
         raise ValueError(message)
+
+    @tool(description="Raise QuotaExceeded(retry_after, limit=100): its fields reach the caller as details")
+    def quota(self, retry_after: float = 2.5) -> None:
+        raise QuotaExceeded(retry_after=retry_after, limit=100)
 
     @tool(description="Statistics of an array argument")
     def array_stats(self, values: np.ndarray) -> dict[str, Any]:

@@ -95,7 +95,9 @@ defmodule Krait do
 
   @doc """
   The tools of the pool's adapter, as one of its workers reports them:
-  `[%{name: "add", description: "...", streaming: false, parameters: json_schema_map}]`.
+  `[%{name: "add", description: "...", streaming: false, parameters: json_schema_map,
+  result: json_schema_map_or_nil}]` (`result` describes the value, or each chunk's data of a stream;
+  nil when the tool does not say).
   Accepts `:pool` and `:timeout`.
   """
   @spec list_tools([option()]) :: {:ok, [map()]} | {:error, Krait.Error.t()}

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-from typing import Any
+from typing import Any, ClassVar
 
 from .context import Session
-from .tool import ToolSpec, build_spec, is_tool
+from .tool import ToolSpec, UnresolvedHint, build_spec, is_tool
 
 
 class BaseAdapter:
@@ -14,7 +15,20 @@ class BaseAdapter:
 
     Override :meth:`setup` for expensive one-time work (loading a model), :meth:`close` to release what the
     adapter holds at shutdown, and :meth:`on_session_end` to release per-session resources.
+
+    The tools are checked when the class is created (at import): a definition Krait cannot serve raises
+    TypeError naming the tool. Type hints naming something defined later in the module are checked when the
+    worker first lists the tools.
     """
+
+    _krait_specs: ClassVar[dict[str, ToolSpec] | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._krait_specs = None
+        # a forward reference is resolved (or reported) by the first tool_specs() call instead
+        with contextlib.suppress(UnresolvedHint):
+            cls.tool_specs()
 
     def setup(self) -> None:
         """Called once, after construction and before the worker reports ready."""
@@ -28,12 +42,15 @@ class BaseAdapter:
     @classmethod
     def tool_specs(cls) -> dict[str, ToolSpec]:
         """Every tool of this adapter class, by name."""
+        if cls._krait_specs is not None:
+            return cls._krait_specs
         specs: dict[str, ToolSpec] = {}
         for klass in reversed(cls.__mro__):
             for attr in vars(klass).values():
                 if is_tool(attr):
                     spec = build_spec(attr)
                     specs[spec.name] = spec
+        cls._krait_specs = specs
         return specs
 
 

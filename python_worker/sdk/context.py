@@ -2,14 +2,54 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+log = logging.getLogger("krait.worker")
+
 
 class ToolCancelled(Exception):
     """Raised by :meth:`ToolContext.check_cancelled` once the caller has gone or the deadline has passed."""
+
+
+class CancelEvent(threading.Event):
+    """A ``threading.Event`` that also runs callbacks, once, when it is set: how a cancellation raised on a
+    gRPC thread reaches an asyncio task on the worker's event loop (the callback cancels the task)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._callbacks: list[Callable[[], object]] = []
+        self._callbacks_lock = threading.Lock()
+
+    def set(self) -> None:
+        with self._callbacks_lock:
+            if self.is_set():
+                return
+            super().set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("a cancellation callback failed")
+
+    def add_callback(self, callback: Callable[[], object]) -> Callable[[], None]:
+        """Run ``callback`` when the event is set (at once if it already is); returns a function that removes it."""
+        with self._callbacks_lock:
+            if not self.is_set():
+                self._callbacks.append(callback)
+                return lambda: self._remove(callback)
+        callback()
+        return lambda: None
+
+    def _remove(self, callback: Callable[[], object]) -> None:
+        with self._callbacks_lock:
+            if callback in self._callbacks:
+                self._callbacks.remove(callback)
 
 
 @dataclass(slots=True)
@@ -32,9 +72,12 @@ class ToolContext:
     - ``metadata``: the request metadata.
     - ``call_id``: this call's id in the worker's log records (the caller's ``krait-call-id`` header, or made
       by the worker).
-    - ``cancelled`` / ``check_cancelled()`` / ``sleep()``: the cancellation flag. A generator only sees
-      ``GeneratorExit`` at its next ``yield``; a tool blocked between yields polls this flag (or sleeps with
-      :meth:`sleep`, which wakes at once on cancellation) to stop promptly.
+    - ``cancelled`` / ``check_cancelled()`` / ``sleep()`` / ``wait_cancelled()``: the cancellation flag. A
+      generator only sees ``GeneratorExit`` at its next ``yield``; a tool blocked between yields polls this flag
+      (or sleeps with :meth:`sleep`, which wakes at once on cancellation) to stop promptly.
+    - ``async_sleep()`` / ``async_wait_cancelled()``: the same waits for ``async def`` tools, without blocking
+      the event loop. An async tool's task is also cancelled (``asyncio.CancelledError`` at its current
+      ``await``), so these return early only where that error does not reach, e.g. under ``asyncio.shield``.
     - ``report_progress()``: on a streaming call, sends a progress chunk (metadata ``krait.event=progress``) in
       order with the tool's own chunks; on a unary call it keeps the last report in the response metadata.
     """
@@ -45,7 +88,7 @@ class ToolContext:
     session: Session | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     call_id: str = ""
-    cancel_event: threading.Event = field(default_factory=threading.Event)
+    cancel_event: CancelEvent = field(default_factory=CancelEvent)
     progress_sink: Callable[[dict[str, Any]], None] | None = None
 
     @property
@@ -61,6 +104,33 @@ class ToolContext:
     def sleep(self, seconds: float) -> bool:
         """Sleep up to ``seconds``; return False at once if the call is cancelled meanwhile (True otherwise)."""
         return not self.cancel_event.wait(seconds)
+
+    def wait_cancelled(self, timeout: float | None = None) -> bool:
+        """Block until the call is cancelled (True) or ``timeout`` seconds pass (False)."""
+        return self.cancel_event.wait(timeout)
+
+    async def async_sleep(self, seconds: float) -> bool:
+        """``await``-able :meth:`sleep`: False as soon as the call is cancelled, True after ``seconds``."""
+        return not await self.async_wait_cancelled(seconds)
+
+    async def async_wait_cancelled(self, timeout: float | None = None) -> bool:
+        """``await``-able :meth:`wait_cancelled`: True once the call is cancelled, False after ``timeout``."""
+        if self.cancel_event.is_set():
+            return True
+        loop = asyncio.get_running_loop()
+        woken: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:
+            if not woken.done():
+                woken.set_result(None)
+
+        remove = self.cancel_event.add_callback(lambda: loop.call_soon_threadsafe(wake))
+        try:
+            done, _ = await asyncio.wait({woken}, timeout=timeout)
+            return bool(done)
+        finally:
+            remove()
+            woken.cancel()
 
     def report_progress(self, progress: float, total: float | None = None, message: str = "") -> None:
         """Report progress (``progress`` out of ``total``, or a fraction when ``total`` is None)."""

@@ -1,9 +1,10 @@
-"""Serving a worker: the gRPC server, health and reflection, readiness, and the ways a worker stops.
+"""Serving a worker: its engine behind the local link (``--link``), the gRPC server (health and reflection
+included), or both; readiness; and the ways a worker stops.
 
-A worker stops on SIGTERM/SIGINT, and by itself when its stdin (a pipe from its supervisor) closes, so no
-worker outlives a crashed supervisor; it is gone within its grace either way, with the processes its tools
-started (see shutdown.py). Readiness is announced once serving, on stdout as
-``KRAIT_READY {"port": ..., "pid": ..., "worker_id": ..., "adapter": ...}`` and in the ready file.
+A worker stops on SIGTERM/SIGINT, and by itself when its stdin (a pipe from its supervisor, or the link) closes,
+so no worker outlives a crashed supervisor; it is gone within its grace either way, with the processes its tools
+started (see shutdown.py). Readiness is announced once serving: over the link as a READY frame; otherwise on
+stdout as ``KRAIT_READY {"port": ..., "pid": ..., "worker_id": ..., "adapter": ...}``, and in the ready file.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import signal
 import stat
 import sys
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +25,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from ..proto import SERVICE_NAME
+from ..engine import Engine
+from ..proto import SERVICE_NAME, pb
 from ..sdk import AdapterPathError, BaseAdapter, load_adapter
+from ..transports.link import LinkServer
+from ..transports.link_io import READY, FrameReader, FrameWriter
+from . import aio_runner
 from .servicer import ToolWorkerServicer, register
 from .sessions import DEFAULT_MAX_SESSIONS, SessionStore
 from .shutdown import GROUP_TERM_WAIT_S, Shutdown, exit_now, lead_process_group, stop_group
@@ -45,7 +51,7 @@ SWITCH_INTERVAL_S = 0.002
 class ServeOptions:
     adapter: str
     host: str = "127.0.0.1"
-    port: int = 0
+    port: int | None = 0  # None: no gRPC (with a link)
     worker_id: str = ""
     ready_file: str | None = None
     max_message_bytes: int = 64 << 20
@@ -104,13 +110,17 @@ def _announce(options: ServeOptions, port: int) -> None:
     sys.stdout.flush()
 
 
-def serve(options: ServeOptions) -> int:
-    """Run a worker until it is told to stop; returns the process exit code."""
+def serve(options: ServeOptions, link: FrameWriter | None = None) -> int:
+    """Run a worker until it is told to stop; returns the process exit code. With ``link`` (the writer of the
+    frames to the pool, see :func:`..transports.link_io.open_link`), the worker serves the local link on
+    stdin/stdout, and gRPC as well only when ``options.port`` is set."""
     options.worker_id = options.worker_id or f"worker-{os.getpid()}"
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-    watch_stdin = options.stdin_watch if options.stdin_watch is not None else _should_watch_stdin()
+    supervised = link is not None or _should_watch_stdin()
+    # over the link, stdin is the link: its reader sees the pool go
+    watch_stdin = link is None and (options.stdin_watch if options.stdin_watch is not None else supervised)
     # before any adapter code runs: whatever it starts is in the group from its first moment
-    if options.process_group if options.process_group is not None else watch_stdin:
+    if options.process_group if options.process_group is not None else supervised:
         lead_process_group()
     shutdown = Shutdown(options.grace)
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -121,7 +131,7 @@ def serve(options: ServeOptions) -> int:
     adapter = _load(options.adapter)
     sessions = SessionStore(ttl=options.session_ttl, on_end=adapter.on_session_end, max_sessions=options.max_sessions)
     sessions.start_sweeping()
-    servicer = ToolWorkerServicer(
+    engine = Engine(
         adapter,
         adapter_path=options.adapter,
         worker_id=options.worker_id,
@@ -129,46 +139,101 @@ def serve(options: ServeOptions) -> int:
         max_calls=options.max_calls,
         max_message_bytes=options.max_message_bytes,
     )
-    # One thread per in-flight RPC (grpcio's sync server): room for every tool call, every reflection or
-    # health-watch stream allowed, and the short calls (pings, health checks, refusals) beside them.
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=options.max_calls + MAX_AUX_STREAMS + 8, thread_name_prefix="grpc"),
-        options=[*channel_options(options.max_message_bytes), ("grpc.so_reuseport", 0)],
-        interceptors=[AuxStreamLimit(SERVICE_NAME)],
-    )
-    register(servicer, server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
-    )
-    try:
-        port = server.add_insecure_port(f"{options.host}:{options.port}")
-    except RuntimeError as exc:
-        log.error("cannot listen on %s:%d: %s", options.host, options.port, exc)
-        _close(adapter, sessions)
-        stop_group()
-        exit_now(1)
+    grpc_server = None
+    if link is None or options.port is not None:
+        grpc_server = _GrpcServer(engine, options, sessions)
+    link_server = None
+    if link is not None:
+        # one thread per tool call allowed, one reading, one for a session call or a refusal beside them
+        link_server = LinkServer(engine, FrameReader(0), link, threads=options.max_calls + 2)
+        threading.Thread(target=_await_link_close, args=(link_server, shutdown), name="link-watch", daemon=True).start()
+
     if not shutdown.requested:
-        server.start()
-        for name in ("", SERVICE_NAME):
-            health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving %s on %s:%d", options.adapter, options.host, port)
-        _announce(options, port)
+        port = grpc_server.start() if grpc_server is not None else None
+        if link_server is not None and link is not None:
+            link_server.start()
+            metadata = {"grpc_port": str(port)} if port is not None else None
+            ready = engine.ping(pb.PingRequest(message="ready"))
+            link.send(0, READY, ready.SerializeToString(), metadata=metadata)
+            log.info("serving %s over the link%s", options.adapter, f" and on {options.host}:{port}" if port else "")
+        elif port is not None:
+            log.info("serving %s on %s:%d", options.adapter, options.host, port)
+            _announce(options, port)
 
     log.info("stopping: %s", shutdown.wait())
     # in-flight calls get half the grace to finish, then they are cancelled (their generators closed, their
     # flags raised); the rest of the grace is for the tools to wind down and the adapter to close
-    health_servicer.enter_graceful_shutdown()
-    server.stop(options.grace / 2).wait(shutdown.remaining())
+    if grpc_server is not None:
+        grpc_server.stop(options.grace / 2, shutdown)
+    if link_server is not None:
+        if not link_server.closed.is_set():  # told to stop by the pool: its calls may finish
+            _drain(engine, options.grace / 2, shutdown)
+        link_server.cancel_all("the worker is stopping")
+    aio_runner.shutdown(min(options.grace / 2, shutdown.remaining()))
     _close(adapter, sessions)
-    stuck = servicer.calls_in_flight()
+    stuck = engine.calls_in_flight()
     stop_group(wait=min(GROUP_TERM_WAIT_S, shutdown.remaining()))
-    if stuck:
-        # a unary tool deaf to cancellation holds a non-daemon executor thread: returning would wait for it
-        log.warning("exiting with %d tool call(s) still running: they ignored cancellation", stuck)
+    if stuck or link_server is not None:
+        # a unary tool deaf to cancellation holds a thread (grpcio's are not daemon threads): returning would
+        # wait for it; over the link, the pool has its answer once the pipe closes
+        if stuck:
+            log.warning("exiting with %d tool call(s) still running: they ignored cancellation", stuck)
         exit_now(0)
     return 0
+
+
+class _GrpcServer:
+    """The gRPC front: the ToolWorker service, health and reflection, on ``options.host:options.port``."""
+
+    def __init__(self, engine: Engine, options: ServeOptions, sessions: SessionStore) -> None:
+        self.options = options
+        # One thread per in-flight RPC (grpcio's sync server): room for every tool call, every reflection or
+        # health-watch stream allowed, and the short calls (pings, health checks, refusals) beside them.
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=options.max_calls + MAX_AUX_STREAMS + 8, thread_name_prefix="grpc"),
+            options=[*channel_options(options.max_message_bytes), ("grpc.so_reuseport", 0)],
+            interceptors=[AuxStreamLimit(SERVICE_NAME)],
+        )
+        register(ToolWorkerServicer(engine), self.server)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self.server,
+        )
+        try:
+            self.port = self.server.add_insecure_port(f"{options.host}:{options.port or 0}")
+        except RuntimeError as exc:
+            log.error("cannot listen on %s:%d: %s", options.host, options.port or 0, exc)
+            sessions.close()
+            stop_group()
+            exit_now(1)
+
+    def start(self) -> int:
+        self.server.start()
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        return self.port
+
+    def stop(self, grace: float, shutdown: Shutdown) -> None:
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait(shutdown.remaining())
+
+
+def _await_link_close(link_server: LinkServer, shutdown: Shutdown) -> None:
+    link_server.closed.wait()
+    if not shutdown.requested:
+        log.info("the link closed: the supervisor has gone")
+    shutdown.request("the link closed")
+
+
+def _drain(engine: Engine, seconds: float, shutdown: Shutdown) -> None:
+    """Give the link's calls up to ``seconds`` to finish before they are cancelled."""
+    deadline = min(seconds, shutdown.remaining())
+    step = 0.01
+    while engine.calls_in_flight() and deadline > 0:
+        time.sleep(step)
+        deadline -= step
 
 
 def _load(path: str) -> BaseAdapter:

@@ -4,12 +4,16 @@ A full buffer blocks the producer (so a slow consumer pauses the generator and m
 consumer takes everything that is ready in one go (so batches form by themselves when the producer is fast and
 nothing ever waits to fill one when it is slow). ``queue.Queue`` takes its lock per item on both sides and
 cannot hand over "all that is ready, up to N bytes", which is why this is written here.
+
+A producer that must not block (an async generator on the worker's event loop) uses :meth:`has_room` and
+:meth:`put_nowait` instead of :meth:`put`, and is told through ``on_room`` when the consumer has made room.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 
@@ -34,6 +38,9 @@ class ChunkBuffer:
         self._cancelled = False
         self._consumer_waiting = False
         self._producer_waiting = False
+        # called (on the consumer's thread) once room is made after has_room() said no, and on cancel
+        self.on_room: Callable[[], object] | None = None
+        self._room_wanted = False
 
     def put(self, item: Any, nbytes: int) -> None:
         """Append ``item``; block while the buffer is full. Raises :class:`Cancelled` once cancelled."""
@@ -53,6 +60,35 @@ class ChunkBuffer:
             if self._consumer_waiting:
                 self._cond.notify_all()
 
+    def has_room(self) -> bool:
+        """True when :meth:`put` would not block; otherwise False, and ``on_room`` is called once there is room.
+        Raises :class:`Cancelled` once cancelled."""
+        with self._lock:
+            if self._cancelled:
+                raise Cancelled
+            if not self._items or (len(self._items) < self._max_chunks and self._bytes < self._max_bytes):
+                return True
+            self._room_wanted = True
+            return False
+
+    def put_nowait(self, item: Any, nbytes: int) -> None:
+        """Append ``item`` even if the buffer is full (after :meth:`has_room`, or for small out-of-band items).
+        Raises :class:`Cancelled` once cancelled."""
+        with self._lock:
+            if self._cancelled:
+                raise Cancelled
+            self._items.append((item, nbytes))
+            self._bytes += nbytes
+            if self._consumer_waiting:
+                self._cond.notify_all()
+
+    def _made_room(self) -> None:
+        # with the lock held
+        if self._room_wanted:
+            self._room_wanted = False
+            if self.on_room is not None:
+                self.on_room()
+
     def finish(self, error: BaseException | None = None) -> None:
         """The producer is done (with ``error`` if it failed); the consumer drains what is left first."""
         with self._cond:
@@ -67,6 +103,8 @@ class ChunkBuffer:
             self._items.clear()
             self._bytes = 0
             self._cond.notify_all()
+            self._room_wanted = True
+            self._made_room()
 
     def take(self, max_chunks: int, max_bytes: int) -> list[Any] | None:
         """Block until something is ready; return up to ``max_chunks`` items / ``max_bytes`` bytes (at least one
@@ -89,8 +127,9 @@ class ChunkBuffer:
                 self._items, self._bytes = deque(), 0
                 if self._producer_waiting:
                     self._cond.notify_all()
+                self._made_room()
             else:
-                out = []
+                out: list[Any] = []
                 size = 0
                 while items and len(out) < max_chunks:
                     item, nbytes = items[0]
@@ -102,5 +141,6 @@ class ChunkBuffer:
                 self._bytes -= size
                 if self._producer_waiting:
                     self._cond.notify_all()
+                self._made_room()
                 return out
         return [item for item, _ in items]

@@ -28,6 +28,7 @@ from ..errors import CallError, InvalidArguments, ProtocolViolation, ToolNotFoun
 from ..proto import pb
 from ..sdk import BaseAdapter, StreamChunk, ToolContext, ToolSpec
 from ..sdk.tool import ArgumentError
+from . import aio_runner
 from .buffer import Cancelled, ChunkBuffer
 from .sessions import SessionStore, check_session_id
 from .wire import LARGE, Chunk, frame
@@ -120,6 +121,8 @@ def run_unary(adapter: BaseAdapter, spec: ToolSpec, kwargs: dict[str, Any], ctx:
     progress: list[dict[str, Any]] = []
     ctx.progress_sink = progress.append
     value = spec.func(adapter, **kwargs)
+    if spec.is_async:
+        value = aio_runner.run(value, ctx)
     content_type = None
     meta: dict[str, str] | None = None
     if isinstance(value, StreamChunk):
@@ -132,7 +135,8 @@ def run_unary(adapter: BaseAdapter, spec: ToolSpec, kwargs: dict[str, Any], ctx:
 
 
 class StreamingCall:
-    """Runs a streaming tool on its own thread, feeding a :class:`ChunkBuffer`."""
+    """Runs a streaming tool on its own thread, feeding a :class:`ChunkBuffer` (an async generator tool runs on
+    the worker's event loop instead: :mod:`.aio_stream`)."""
 
     def __init__(
         self,
@@ -163,7 +167,12 @@ class StreamingCall:
         self.thread = threading.Thread(target=context.run, args=(self._run,), name=f"tool-{spec.name}", daemon=True)
 
     def start(self) -> None:
-        self.thread.start()
+        if self.spec.is_async:
+            from . import aio_stream
+
+            aio_stream.start(self)
+        else:
+            self.thread.start()
 
     def cancel(self) -> None:
         """The caller has gone: raise the flag and unblock the tool."""
@@ -204,6 +213,19 @@ class StreamingCall:
         self.buffer.put(chunk, nbytes)
         self._seq += 1
 
+    def _emit_nowait(self, chunk: Chunk | bytes, nbytes: int) -> None:
+        self.buffer.put_nowait(chunk, nbytes)
+        self._seq += 1
+
+    def after_final_message(self, final_seq: int) -> str:
+        return (
+            f"{self.spec.name} yielded after its final chunk (seq {final_seq}); the final chunk must be"
+            " the last thing a tool yields"
+        )
+
+    def final_meta(self, meta: Mapping[str, str] | None) -> dict[str, str]:
+        return final_metadata(meta, self.started, self.ctx.worker_id)
+
     def _progress(self, event: dict[str, Any]) -> None:
         data = codec.encode_json(event)
         with self._emit_lock:
@@ -226,15 +248,12 @@ class StreamingCall:
             if final is not None:
                 # the call ends when the tool ends: look for a (forbidden) yield after the final chunk
                 for _extra in iterator:
-                    raise ProtocolViolation(
-                        f"{self.spec.name} yielded after its final chunk (seq {final[0]}); the final chunk must be"
-                        " the last thing a tool yields"
-                    )
+                    raise ProtocolViolation(self.after_final_message(final[0]))
                 seq, data, content_type, _, meta = final
             else:
                 seq, data, content_type, meta = self._seq, b"", "", {"synthetic_final": "true"}
             with self._emit_lock:
-                meta = final_metadata(meta, self.started, self.ctx.worker_id)
+                meta = self.final_meta(meta)
                 self._emit((seq, data, content_type, True, meta), len(data))
         except Cancelled:
             log.info("%s cancelled by the caller", self.spec.name)

@@ -1,5 +1,6 @@
 """The worker's log: text for a human at a terminal, or one JSON record per line for a supervisor.
 
+Over the local link (``serve --link``) every record is one LOG frame (:mod:`..transports.link_io`); otherwise
 ``--log-format json`` writes every record as one line on stderr, ``KRAIT_LOG `` and a JSON object::
 
     {"level": "WARNING", "logger": "krait.worker", "message": "...", "worker_id": "w1",
@@ -86,33 +87,41 @@ def _text(value: str) -> str:
     return value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def record_fields(record: logging.LogRecord, formatter: logging.Formatter) -> dict[str, str]:
+    """A record as the fields of a ``krait.v1.LogRecord`` (and of its JSON line): level, logger, message, the
+    traceback when it has one, the worker, and the call it was emitted in."""
+    message = record.getMessage()
+    if record.stack_info:
+        message += "\n" + formatter.formatStack(record.stack_info)
+    out: dict[str, str] = {"level": record.levelname, "logger": record.name, "message": _text(message)}
+    if record.exc_info:
+        out["exception"] = _text(formatter.formatException(record.exc_info))
+    elif record.exc_text:
+        out["exception"] = _text(record.exc_text)
+    out["worker_id"] = getattr(record, "worker_id", "")
+    call: CallInfo | None = getattr(record, "krait_call", None)
+    if call is not None:
+        out["tool"], out["session_id"], out["call_id"] = call.tool, call.session_id, call.call_id
+    return out
+
+
 class JsonFormatter(logging.Formatter):
     """One ``KRAIT_LOG {json}`` line per record."""
 
     def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
-        if record.stack_info:
-            message += "\n" + self.formatStack(record.stack_info)
-        out: dict[str, str] = {"level": record.levelname, "logger": record.name, "message": _text(message)}
-        if record.exc_info:
-            out["exception"] = _text(self.formatException(record.exc_info))
-        elif record.exc_text:
-            out["exception"] = _text(record.exc_text)
-        out["worker_id"] = getattr(record, "worker_id", "")
-        call: CallInfo | None = getattr(record, "krait_call", None)
-        if call is not None:
-            out["tool"], out["session_id"], out["call_id"] = call.tool, call.session_id, call.call_id
-        return LOG_PREFIX + json.dumps(out, ensure_ascii=False)
+        return LOG_PREFIX + json.dumps(record_fields(record, self), ensure_ascii=False)
 
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s [%(worker_id)s%(call_text)s] %(name)s: %(message)s"
 
 
-def configure(*, log_format: str, level: str, worker_id: str) -> None:
-    """Send every record to stderr in ``log_format`` (``text`` or ``json``), each carrying ``worker_id``."""
-    handler = logging.StreamHandler(sys.stderr)
+def configure(*, log_format: str, level: str, worker_id: str, handler: logging.Handler | None = None) -> None:
+    """Send every record to stderr in ``log_format`` (``text`` or ``json``), or to ``handler`` (the local
+    link's), each carrying ``worker_id`` and its call."""
+    if handler is None:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
     handler.addFilter(_CallFields(worker_id))
-    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -73,7 +73,7 @@ def _bad_utf8(descriptor: Descriptor, buf: memoryview, prefix: str) -> str | Non
                 str(value, "utf-8")
             except UnicodeDecodeError:
                 return name
-        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+        elif field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type is not None:
             found = _bad_utf8(field.message_type, value, name + ".")
             if found is not None:
                 return found

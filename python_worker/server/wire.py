@@ -148,7 +148,8 @@ def skip_field(buf: memoryview, pos: int, wire_type: int) -> int:
 
 def _decode_large(entry: memoryview) -> Decoded:
     """A ToolChunk parsed by hand; its data is a view of ``entry``."""
-    seq, data, content_type, is_final, meta = 0, entry[:0], "", False, {}
+    seq, data, content_type, is_final = 0, entry[:0], "", False
+    meta: dict[str, str] = {}
     pos, end = 0, len(entry)
     while pos < end:
         key, pos = read_varint(entry, pos)
@@ -177,7 +178,7 @@ def _decode_large(entry: memoryview) -> Decoded:
 
 
 def _small(message: bytes | memoryview) -> list[Decoded]:
-    batch = pb.ToolChunkBatch.FromString(message)
+    batch = pb.ToolChunkBatch.FromString(message)  # type: ignore[arg-type]  # upb reads any buffer
     return [(c.seq, c.data, c.content_type, c.is_final, dict(c.metadata)) for c in batch.chunks]
 
 

@@ -6,7 +6,7 @@ framed by hand (``call_id``, ``kind``, then ``payload`` last), so that a large p
 is written from its own buffer with ``os.writev``: building a protobuf message around it would copy it twice.
 Field numbers are those of link.proto; a test parses the output with the generated classes.
 
-Stdout is the frame channel, so nothing else may write to it: :func:`capture_output` moves file descriptors 1
+Stdout is the frame channel, so nothing else may write to it: :func:`open_link` moves file descriptors 1
 and 2 onto pipes of the worker's own, whose text becomes LOG records (a ``print()`` in a tool, or a C library
 writing to stderr, can never corrupt a frame).
 """
@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..proto import link_pb
+from ..server.logs import record_fields
 from ..server.wire import varint
 
 log = logging.getLogger("krait.worker")
@@ -39,15 +40,22 @@ OPEN, STARTED, MESSAGE, END, CANCEL, CREDIT, LOG, READY = (
 )
 
 _LENGTH = struct.Struct(">I")
-_KIND_FIELDS = {kind: b"\x10" + varint(kind) for kind in (STARTED, MESSAGE, END, LOG, READY)}
+_KIND_FIELDS: dict[int, bytes] = {kind: b"\x10" + varint(kind) for kind in (STARTED, MESSAGE, END, LOG, READY)}
 
 
-def frame_header(call_id: int, kind: int, payload_len: int) -> bytes:
-    """The length prefix and every field of a frame to the pool but its payload's bytes."""
+def frame_header(call_id: int, kind: int, payload_len: int, metadata: dict[str, str] | None = None) -> bytes:
+    """The length prefix and every field of a frame to the pool but its payload's bytes (which come last)."""
     fields = (b"\x08" + varint(call_id) if call_id else b"") + _KIND_FIELDS[kind]
+    for key, value in (metadata or {}).items():
+        entry = _delimited(b"\x0a", key.encode()) + _delimited(b"\x12", value.encode())
+        fields += _delimited(b"\x3a", entry)
     if payload_len:
         fields += b"\x2a" + varint(payload_len)
     return _LENGTH.pack(len(fields) + payload_len) + fields
+
+
+def _delimited(tag: bytes, value: bytes) -> bytes:
+    return tag + varint(len(value)) + value
 
 
 class FrameWriter:
@@ -58,8 +66,13 @@ class FrameWriter:
         self._lock = threading.Lock()
         self.closed = False
 
-    def send(self, call_id: int, kind: int, payload: bytes | memoryview = b"") -> None:
-        self.send_parts([(call_id, kind, payload)])
+    def send(
+        self, call_id: int, kind: int, payload: bytes | memoryview = b"", metadata: dict[str, str] | None = None
+    ) -> None:
+        if metadata:
+            self._write([frame_header(call_id, kind, len(payload), metadata), payload])
+        else:
+            self.send_parts([(call_id, kind, payload)])
 
     def send_parts(self, frames: Iterable[tuple[int, int, bytes | memoryview]]) -> None:
         """Several frames in one write (a unary call's MESSAGE and END, say)."""
@@ -68,11 +81,14 @@ class FrameWriter:
             parts.append(frame_header(call_id, kind, len(payload)))
             if payload:
                 parts.append(payload)
+        self._write(parts)
+
+    def _write(self, parts: list[bytes | memoryview]) -> None:
         with self._lock:
             if self.closed:
                 return
             try:
-                _write_all(self._fd, parts)
+                _write_all(self._fd, [p for p in parts if p])
             except OSError:  # the pool has gone: the reader sees EOF and the worker stops
                 self.closed = True
 
@@ -107,16 +123,17 @@ class FrameReader:
         return link_pb.LinkFrame.FromString(body)
 
 
-def capture_output(on_text: Callable[[str, str], None]) -> int:
-    """Move fds 1 and 2 onto pipes whose text goes to ``on_text(stream, text)`` ("stdout" / "stderr"); return
-    a new fd for the original stdout, the frame channel."""
-    frames_fd = os.dup(1)
+def open_link() -> FrameWriter:
+    """Take stdout for the link's frames and return their writer; file descriptors 1 and 2 then lead to pipes
+    whose text becomes LOG records (see :func:`output_to_log`). Call it before anything else can write."""
+    writer = FrameWriter(os.dup(1))
+    on_text = output_to_log(writer)
     for fd, name in ((1, "stdout"), (2, "stderr")):
         read_end, write_end = os.pipe()
         os.dup2(write_end, fd)
         os.close(write_end)
         threading.Thread(target=_pump, args=(read_end, name, on_text), name=f"capture-{name}", daemon=True).start()
-    return frames_fd
+    return writer
 
 
 def _pump(fd: int, name: str, on_text: Callable[[str, str], None]) -> None:
@@ -125,3 +142,32 @@ def _pump(fd: int, name: str, on_text: Callable[[str, str], None]) -> None:
         text = chunk.decode("utf-8", "replace").rstrip("\n")
         if text:
             on_text(name, text)
+
+
+class LogFrameHandler(logging.Handler):
+    """Sends each log record to the pool as one LOG frame (a ``krait.v1.LogRecord``)."""
+
+    def __init__(self, writer: FrameWriter) -> None:
+        super().__init__()
+        self._writer = writer
+        self._formatter = logging.Formatter()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            fields = record_fields(record, self._formatter)
+            fields.pop("worker_id", None)  # the pool knows which worker it is
+            self._writer.send(0, LOG, link_pb.LogRecord(**fields).SerializeToString())
+        except Exception:
+            self.handleError(record)
+
+
+def output_to_log(writer: FrameWriter) -> Callable[[str, str], None]:
+    """What :func:`open_link` does with a worker's stray output: a LOG record per write, logger
+    ``stdout`` (INFO) or ``stderr`` (WARNING)."""
+
+    def on_text(stream: str, text: str) -> None:
+        level = "INFO" if stream == "stdout" else "WARNING"
+        record = link_pb.LogRecord(level=level, logger=stream, message=text)
+        writer.send(0, LOG, record.SerializeToString())
+
+    return on_text

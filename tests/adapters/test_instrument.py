@@ -356,7 +356,7 @@ def test_cancellation_stops_polling_promptly(client: Client, poll_interval: floa
     [
         ({"poll_interval": 0}, ["poll_interval", "greater than or equal to 0.001"]),
         ({"poll_interval": -1.0}, ["poll_interval"]),
-        ({"include": "q*"}, ["include", "valid list"]),
+        ({"include": "q*"}, ["include", "valid array"]),  # arguments are validated as JSON
         ({"exclude": [3]}, ["exclude", "valid string"]),
         ({"include": [""]}, ["include", "at least 1 character"]),
         ({"source": "labview"}, ["source", "'simulated' or 'qcodes'"]),

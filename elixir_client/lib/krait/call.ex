@@ -184,18 +184,22 @@ defmodule Krait.Call do
   end
 
   defp tool_info(info) do
-    schema =
-      case Krait.JSON.decode(info.parameters_schema_json) do
-        {:ok, schema} -> schema
-        {:error, _} -> %{}
-      end
-
     %{
       name: info.name,
       description: info.description,
       streaming: info.supports_streaming,
-      parameters: schema
+      parameters: json_schema(info.parameters_schema_json) || %{},
+      result: json_schema(info.result_schema_json)
     }
+  end
+
+  defp json_schema(""), do: nil
+
+  defp json_schema(text) do
+    case Krait.JSON.decode(text) do
+      {:ok, schema} -> schema
+      {:error, _} -> nil
+    end
   end
 
   ## Options and request

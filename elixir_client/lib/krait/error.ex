@@ -19,7 +19,8 @@ defmodule Krait.Error do
         and serves again once one is up.
     * `:timeout` - the call's deadline passed while the tool ran (the tool is stopped too).
     * `:python` - the tool raised; `details` has `:type` (exception class), `:traceback`,
-      `:tool_name` and `:worker_id`.
+      `:tool_name` and `:worker_id`, plus the exception's public fields under their string names
+      (`QuotaExceeded(retry_after=2.5)` gives `details["retry_after"] == 2.5`).
     * `:worker` - the worker process died or its connection broke while the call ran on it (a call
       that had not reached the worker yet is retried on another one instead).
     * `:invalid_argument` - bad arguments or options (from Elixir or from the worker): the message
@@ -128,11 +129,22 @@ defmodule Krait.Error do
           |> Map.merge(%{type: tool_error.type, traceback: tool_error.traceback})
           |> put_present(:tool_name, tool_error.tool_name)
           |> put_present(:worker_id, tool_error.worker_id)
+          |> Map.merge(exception_fields(tool_error.details_json))
 
         new(category, tool_error.message, details)
 
       _ ->
         new(category, grpc_message || "", details)
+    end
+  end
+
+  # the exception's public fields, under their (string) names beside Krait's atom keys
+  defp exception_fields(""), do: %{}
+
+  defp exception_fields(json) do
+    case Krait.JSON.decode(json) do
+      {:ok, %{} = fields} -> fields
+      _ -> %{"krait.details_json" => json}
     end
   end
 

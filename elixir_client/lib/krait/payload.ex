@@ -10,6 +10,7 @@ defmodule Krait.Payload do
   | `application/x-npy`         | `%Krait.Tensor{}`             |
   | `application/octet-stream`  | a binary                      |
   | `text/plain; charset=utf-8` | a string                      |
+  | `application/vnd.apache.arrow.stream` | the binary: a table (a pandas DataFrame) as an Arrow IPC stream, which `Explorer.DataFrame.load_ipc_stream/1` reads |
   | empty (with empty data)     | `nil` (no payload)            |
   """
 

@@ -174,7 +174,7 @@ defmodule Krait.Worker do
         {:noreply, %{state | output: Output.record(state.output, record)}}
 
       {:ready, 0, payload} when state.status == :starting ->
-        link_ready(state, payload)
+        link_ready(state, payload, Frame.metadata(packet))
 
       {kind, id, payload} when id > 0 ->
         {:noreply, %{state | calls: Calls.frame(state.calls, kind, id, payload)}}
@@ -305,10 +305,17 @@ defmodule Krait.Worker do
 
   ## Startup
 
-  defp link_ready(state, payload) do
+  defp link_ready(state, payload, metadata) do
     Process.cancel_timer(state.startup_timer)
     info = Krait.Proto.PingResponse.decode(payload)
-    announce(%{state | status: :ready}, %{adapter: info.adapter})
+
+    grpc_port =
+      case Integer.parse(Map.get(metadata, "grpc_port", "")) do
+        {port, ""} -> port
+        _ -> nil
+      end
+
+    announce(%{state | status: :ready}, %{adapter: info.adapter, grpc_port: grpc_port})
   end
 
   defp grpc_ready(state, json) do

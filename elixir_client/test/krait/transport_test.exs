@@ -106,18 +106,25 @@ defmodule Krait.TransportTest do
         do: parse_address(local)
   end
 
+  defp ipv4(hex) do
+    <<a, b, c, d>> = <<String.to_integer(hex, 16)::little-32>>
+    {a, b, c, d}
+  end
+
   defp parse_address(local) do
     [hex_ip, hex_port] = String.split(local, ":")
     port = String.to_integer(hex_port, 16)
 
+    # IPv4 as a little-endian word; IPv6 as four of them (an IPv4-mapped address ends in the IPv4 one)
     ip =
       case String.length(hex_ip) do
         8 ->
-          <<a, b, c, d>> = <<String.to_integer(hex_ip, 16)::little-32>>
-          {a, b, c, d}
+          ipv4(hex_ip)
 
-        _ ->
-          hex_ip
+        32 ->
+          if String.starts_with?(hex_ip, "0000000000000000FFFF0000"),
+            do: ipv4(String.slice(hex_ip, 24, 8)),
+            else: hex_ip
       end
 
     {ip, port}

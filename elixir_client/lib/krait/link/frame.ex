@@ -67,6 +67,26 @@ defmodule Krait.Link.Frame do
   @spec decode(binary()) :: t()
   def decode(binary), do: fields(binary, 0, 0, "")
 
+  @doc "The `metadata` map of a frame (only `READY` frames from a worker carry one)."
+  @spec metadata(binary()) :: %{optional(String.t()) => String.t()}
+  def metadata(binary), do: metadata(binary, %{})
+
+  defp metadata(<<>>, acc), do: acc
+
+  defp metadata(binary, acc) do
+    case Wire.decode_field(binary) do
+      {7, {:bytes, entry}, rest} ->
+        {key, value} = Wire.map_entry(entry, &string_value/1, "")
+        metadata(rest, Map.put(acc, key, value))
+
+      {_, _, rest} ->
+        metadata(rest, acc)
+    end
+  end
+
+  defp string_value({:bytes, value}), do: value
+  defp string_value(_), do: ""
+
   defp fields(<<>>, call_id, kind, payload),
     do: {Map.get(@names, kind, {:unknown, kind}), call_id, payload}
 

@@ -102,7 +102,7 @@ defmodule Krait.Pool.Config do
     ],
     transport: [
       type: {:in, [:link, :grpc]},
-      default: :grpc,
+      default: :link,
       doc:
         "how the pool reaches its workers: `:link`, frames over their stdin/stdout (nothing listens), " <>
           "or `:grpc` on a loopback port"

@@ -1,13 +1,14 @@
 defmodule Krait.Proto.ToolInfo do
   @moduledoc """
-  `krait.v1.ToolInfo`: one tool of the adapter, with the JSON Schema of its parameters
-  as text.
+  `krait.v1.ToolInfo`: one tool of the adapter, with the JSON Schemas of its parameters and
+  of its result (each chunk's data for a streaming tool; empty when the tool does not say) as text.
   """
   use Krait.Proto.Message,
     fields: [
       name: {1, :string},
       description: {2, :string},
       supports_streaming: {3, :bool},
-      parameters_schema_json: {4, :string}
+      parameters_schema_json: {4, :string},
+      result_schema_json: {5, :string}
     ]
 end

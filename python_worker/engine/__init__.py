@@ -1,0 +1,294 @@
+"""The engine: one call's life, whatever transport brought it (the pool's local link, gRPC).
+
+What a call does lives here once: the call slots (``--max-calls``), the log context, argument validation and
+the tool's context, the tool's thread and its bounded buffer, final metadata, and how an exception becomes a
+status (and a log line). A transport only reads requests, hands them to :meth:`Engine.execute` or
+:meth:`Engine.stream`, lets the call know when its caller cancels, and writes what comes back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import grpc
+
+from ..errors import CallError, InvalidArguments, Overloaded, clip, to_status
+from ..proto import pb
+from ..sdk import BaseAdapter, ToolContext
+from ..server.buffer import Cancelled, ChunkBuffer
+from ..server.call import StreamingCall, prepare, run_unary
+from ..server.logs import CURRENT_CALL, CallInfo, call_ended, call_id_from, in_call
+from ..server.requests import Malformed, deserializer
+from ..server.sessions import SessionStore, check_session_id
+
+log = logging.getLogger("krait.worker")
+
+# One message carries at most this many chunks / bytes: big enough to amortise a transport's per-message cost,
+# small enough that the first chunks of a fast stream are not held back behind a huge batch.
+BATCH_MAX_CHUNKS = 4096
+BATCH_MAX_BYTES = 1 << 20
+# What a stream may hold between its tool and its transport before the tool blocks at its next yield: enough to
+# keep a fast producer and the sender busy at once, and what bounds a worker's memory when the consumer is slow.
+# A larger chunk still goes through, alone (ChunkBuffer admits any chunk into an empty buffer).
+BUFFER_MAX_BYTES = 8 << 20
+
+_SMALL_REQUESTS = {
+    "Ping": pb.PingRequest,
+    "ListTools": pb.ListToolsRequest,
+    "InitializeSession": pb.InitializeSessionRequest,
+    "CleanupSession": pb.CleanupSessionRequest,
+}
+_parse_tool_request = deserializer(pb.ExecuteToolRequest)
+
+
+class StreamHandle:
+    """A streaming call: :meth:`start` its tool, take its :meth:`batches`, :meth:`cancel` it when the caller
+    goes, and always :meth:`close` it."""
+
+    def __init__(self, engine: Engine, call: StreamingCall, acquired: bool, info: CallInfo) -> None:
+        self._engine = engine
+        self.call = call
+        self.ctx = call.ctx
+        self._acquired = acquired
+        self._info = info
+
+    def start(self) -> None:
+        self.call.start()
+
+    def cancel(self) -> None:
+        self.call.cancel()
+
+    def batches(self, *, batched: bool = True) -> Iterator[list[Any]]:
+        """Lists of queued chunks, whatever is ready (one chunk each when not ``batched``), until the tool ends;
+        the tool's error is raised after its last chunk. Ends quietly once cancelled."""
+        max_chunks = BATCH_MAX_CHUNKS if batched else 1
+        try:
+            while (batch := self.call.buffer.take(max_chunks, BATCH_MAX_BYTES)) is not None:
+                yield batch
+        except Cancelled:
+            return
+        except BaseException as exc:
+            _tag(exc, self._info)
+            raise
+
+    def close(self) -> None:
+        self.call.cancel()  # no-op after a normal end; stops the tool if the stream was abandoned
+        self._engine._end(self.ctx, self._acquired)
+
+
+class Engine:
+    """Runs the tools of ``adapter`` for any transport; at most ``max_calls`` tool calls at once."""
+
+    def __init__(
+        self,
+        adapter: BaseAdapter,
+        *,
+        adapter_path: str,
+        worker_id: str,
+        sessions: SessionStore,
+        max_calls: int,
+        max_message_bytes: int,
+    ) -> None:
+        self.adapter = adapter
+        self.adapter_path = adapter_path
+        self.worker_id = worker_id
+        self.sessions = sessions
+        self.specs = type(adapter).tool_specs()
+        self.max_calls = max_calls
+        self._slots = threading.BoundedSemaphore(max_calls)
+        self._count_lock = threading.Lock()
+        self._in_flight = 0
+        # room for the message framing around a chunk's data
+        self.max_chunk_bytes = max_message_bytes - 4096
+        self._started = time.monotonic()
+
+    # -- small calls ----------------------------------------------------------------------------------------
+    def ping(self, request: Any) -> Any:
+        return pb.PingResponse(
+            message=request.message,
+            worker_id=self.worker_id,
+            adapter=self.adapter_path,
+            pid=os.getpid(),
+            uptime_ms=int((time.monotonic() - self._started) * 1000),
+        )
+
+    def list_tools(self, request: Any = None) -> Any:
+        tools = [
+            pb.ToolInfo(
+                name=spec.name,
+                description=spec.description,
+                supports_streaming=spec.supports_streaming,
+                parameters_schema_json=json.dumps(spec.json_schema()),
+                result_schema_json=json.dumps(spec.result_schema) if spec.result_schema is not None else "",
+            )
+            for spec in sorted(self.specs.values(), key=lambda s: s.name)
+        ]
+        return pb.ListToolsResponse(tools=tools, worker_id=self.worker_id, adapter=self.adapter_path)
+
+    def initialize_session(self, request: Any) -> Any:
+        if not request.session_id:
+            raise InvalidArguments("session_id must not be empty")
+        check_session_id(request.session_id)
+        return pb.InitializeSessionResponse(
+            created=self.sessions.initialize(request.session_id, dict(request.metadata))
+        )
+
+    def cleanup_session(self, request: Any) -> Any:
+        check_session_id(request.session_id)
+        return pb.CleanupSessionResponse(existed=self.sessions.cleanup(request.session_id))
+
+    def small_call(self, method: str, payload: bytes) -> Any:
+        """A non-tool call by its ``ToolWorker`` method name, from its serialized request."""
+        request_type = _SMALL_REQUESTS.get(method)
+        if request_type is None:
+            raise CallError(f"unknown method {clip(method)!r}", code=grpc.StatusCode.UNIMPLEMENTED)
+        request = _checked(deserializer(request_type)(payload))
+        handler: Callable[[Any], Any] = {
+            "Ping": self.ping,
+            "ListTools": self.list_tools,
+            "InitializeSession": self.initialize_session,
+            "CleanupSession": self.cleanup_session,
+        }[method]
+        return handler(request)
+
+    def parse_request(self, payload: bytes) -> Any:
+        """An ``ExecuteToolRequest`` from its bytes; malformed input (invalid UTF-8...) is INVALID_ARGUMENT."""
+        return _checked(_parse_tool_request(payload))
+
+    # -- tool calls -----------------------------------------------------------------------------------------
+    def execute(
+        self,
+        request: Any,
+        metadata: Mapping[str, str],
+        *,
+        on_ready: Callable[[ToolContext], None] = lambda ctx: None,
+    ) -> Any:
+        """Run a unary tool on this thread; ``on_ready(ctx)`` is called once the call is accepted, before the tool
+        runs (to hook up cancellation and tell the caller it started). Raises what ends the call."""
+        started = time.perf_counter()
+        info = self._begin(request, metadata)
+        ctx: ToolContext | None = None
+        acquired = False
+        try:
+            self._acquire()
+            acquired = True
+            spec, kwargs, ctx = prepare(
+                request,
+                specs=self.specs,
+                streaming=False,
+                sessions=self.sessions,
+                worker_id=self.worker_id,
+                call_id=info.call_id,
+            )
+            on_ready(ctx)
+            return run_unary(self.adapter, spec, kwargs, ctx, started)
+        except BaseException as exc:
+            _tag(exc, info)
+            raise
+        finally:
+            self._end(ctx, acquired)
+
+    def stream(self, request: Any, metadata: Mapping[str, str], *, frame_large: bool) -> StreamHandle:
+        """Accept a streaming call (its tool starts with :meth:`StreamHandle.start`). ``frame_large``: queue large
+        chunks already framed as batch entries (for batched transports). Raises what refuses the call."""
+        started = time.perf_counter()
+        info = self._begin(request, metadata)
+        ctx: ToolContext | None = None
+        acquired = False
+        try:
+            self._acquire()
+            acquired = True
+            spec, kwargs, ctx = prepare(
+                request,
+                specs=self.specs,
+                streaming=True,
+                sessions=self.sessions,
+                worker_id=self.worker_id,
+                call_id=info.call_id,
+            )
+            call = StreamingCall(
+                self.adapter,
+                spec,
+                kwargs,
+                ctx,
+                started=started,
+                max_chunk_bytes=self.max_chunk_bytes,
+                frame_large=frame_large,
+                buffer=ChunkBuffer(max_chunks=2 * BATCH_MAX_CHUNKS, max_bytes=BUFFER_MAX_BYTES),
+            )
+        except BaseException as exc:
+            _tag(exc, info)
+            self._end(ctx, acquired)
+            raise
+        return StreamHandle(self, call, acquired, info)
+
+    def calls_in_flight(self) -> int:
+        """Tool calls not yet over (a unary tool deaf to cancellation stays counted)."""
+        return self._in_flight
+
+    # -- errors ---------------------------------------------------------------------------------------------
+    def status(self, exc: BaseException, rpc: str, tool_name: str = "") -> grpc.Status:
+        """The status that reports ``exc``, logged: expected failures (bad input, an overloaded worker) as one
+        warning line; a traceback only for a bug in a tool or in Krait."""
+        status = to_status(exc, tool_name=tool_name, worker_id=self.worker_id)
+        what = f"{rpc} {clip(tool_name)}" if tool_name else rpc
+        # logged as the call's, although the call is over by now
+        token = CURRENT_CALL.set(getattr(exc, "krait_call", None) or CURRENT_CALL.get())
+        try:
+            if isinstance(exc, CallError):
+                log.warning("%s refused: %s %s", what, exc.code.name, status.details)
+            elif type(exc).__name__ == "ToolCancelled":
+                log.info("%s: the tool stopped on cancellation (%s)", what, exc)
+            else:
+                log.error("%s failed", what, exc_info=exc)
+        finally:
+            CURRENT_CALL.reset(token)
+        return status
+
+    def status_bytes(self, exc: BaseException, rpc: str, tool_name: str = "") -> bytes:
+        """:meth:`status` as a serialized ``google.rpc.Status`` (what grpc-status-details-bin holds)."""
+        status = self.status(exc, rpc, tool_name)
+        for key, value in status.trailing_metadata or ():
+            if key == "grpc-status-details-bin" and isinstance(value, bytes):
+                return value
+        raise AssertionError("to_status always sets grpc-status-details-bin")
+
+    # -- internals ------------------------------------------------------------------------------------------
+    def _begin(self, request: Any, metadata: Mapping[str, str]) -> CallInfo:
+        """Mark this thread's log records as the call's."""
+        return in_call(request.tool_name, request.session_id, call_id_from(metadata.items()))
+
+    def _acquire(self) -> None:
+        if not self._slots.acquire(blocking=False):
+            raise Overloaded(f"worker {self.worker_id} is running its maximum of {self.max_calls} calls")
+        with self._count_lock:
+            self._in_flight += 1
+
+    def _end(self, ctx: ToolContext | None, acquired: bool) -> None:
+        if ctx is not None and ctx.session is not None:
+            self.sessions.release(ctx.session_id)
+        if acquired:
+            with self._count_lock:
+                self._in_flight -= 1
+            self._slots.release()
+        call_ended()
+
+
+def _checked(request: Any) -> Any:
+    if isinstance(request, Malformed):
+        raise InvalidArguments(request.reason)
+    return request
+
+
+def _tag(exc: BaseException, info: CallInfo) -> None:
+    # the status of a failed call is logged once the call is over: the record still names the call
+    if getattr(exc, "krait_call", None) is None:
+        with contextlib.suppress(AttributeError):  # an exception type with __slots__
+            exc.krait_call = info  # type: ignore[attr-defined]
