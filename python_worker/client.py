@@ -163,7 +163,7 @@ class ChunkStream:
                 for seq, data, content_type, is_final, meta in batch:
                     yield Chunk(seq, decode(data, content_type), content_type, is_final, meta)
         except grpc.RpcError as error:
-            if self._closed and error.code() == grpc.StatusCode.CANCELLED:  # type: ignore[attr-defined]
+            if self._closed and error.code() == grpc.StatusCode.CANCELLED:
                 return  # close() from another thread: the iteration just ends
             raise _translate(error, streaming=True) from None
 
