@@ -16,6 +16,7 @@ arguments, never inside the JSON.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -150,6 +151,7 @@ class ChunkStream:
 
     def __init__(self, call: Any) -> None:
         self._call = call
+        self._closed = False
         self._chunks = self._iterate()
 
     def _iterate(self) -> Generator[Chunk, None, None]:
@@ -161,6 +163,8 @@ class ChunkStream:
                 for seq, data, content_type, is_final, meta in batch:
                     yield Chunk(seq, decode(data, content_type), content_type, is_final, meta)
         except grpc.RpcError as error:
+            if self._closed and error.code() == grpc.StatusCode.CANCELLED:
+                return  # close() from another thread: the iteration just ends
             raise _translate(error, streaming=True) from None
 
     def __iter__(self) -> Iterator[Chunk]:
@@ -170,9 +174,13 @@ class ChunkStream:
         return next(self._chunks)
 
     def close(self) -> None:
-        """Cancel the call on the worker (a no-op once the stream has ended)."""
+        """Cancel the call on the worker (a no-op once the stream has ended). Safe from any thread: a thread
+        iterating the stream meanwhile sees it end."""
+        self._closed = True
         self._call.cancel()
-        self._chunks.close()
+        # "generator already executing": another thread is in next(), and its loop ends with the call
+        with contextlib.suppress(ValueError):
+            self._chunks.close()
 
     def __enter__(self) -> ChunkStream:
         return self

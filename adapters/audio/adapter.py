@@ -1,9 +1,9 @@
 """AudioAdapter: live audio analysis streams in the spirit of Friture's streaming API.
 
-Five streams — levels, FFT spectrum, fractional-octave bands, pitch and the raw waveform (scope) — over one of
-three sources: a real input device (``sounddevice``/PortAudio), a WAV file, or a generated test signal, so every
-stream also runs where no sound card exists. Every stream takes the same source and pacing options; the chunk
-schemas are in docs/adapters/audio.md and in each analyser (adapters/audio/analysers.py).
+Six streams — levels, FFT spectrum, spectrogram, fractional-octave bands, pitch and the raw waveform (scope) —
+over one of three sources: a real input device (``sounddevice``/PortAudio), a WAV file, or a generated test
+signal, so every stream also runs where no sound card exists. Every stream takes the same source and pacing
+options; the chunk schemas are in docs/adapters/audio.md and in each analyser (adapters/audio/analysers.py).
 
 A device is opened only while a stream runs and closed when it ends, fails or is cancelled (the ``finally`` below);
 ``active_streams()`` shows what is open now and how recent streams ended, including PortAudio's own closed flag.
@@ -28,6 +28,7 @@ from .analysers import (
     OctaveAnalyser,
     PitchAnalyser,
     ScopeAnalyser,
+    SpectrogramAnalyser,
     SpectrumAnalyser,
 )
 from .sources import SignalSpec, SourceKind, list_input_devices, open_source
@@ -140,7 +141,7 @@ class AudioAdapter(BaseAdapter):
         peak_hold_s: Annotated[float, Field(description="seconds a peak is held")] = 1.0,
         ctx: ToolContext | None = None,
     ) -> Iterator[dict[str, Any]]:
-        """Peak, time-weighted RMS, Leq and held peak per channel in dBFS (IEC 61672 Fast/Slow, A/C/Z)."""
+        """Per channel in dBFS: time-weighted level and its maximum, Leq, peak, C-weighted peak, held peak."""
 
         def make(rate: int, n: int) -> LevelsAnalyser:
             return LevelsAnalyser(rate, n, time_weighting=time_weighting, weighting=weighting, peak_hold_s=peak_hold_s)
@@ -179,18 +180,74 @@ class AudioAdapter(BaseAdapter):
         fmax: Annotated[float | None, Field(description="highest frequency shown, Hz; null = Nyquist")] = None,
         channel: Channel = None,
         format: Format = "json",
+        response_time_s: Annotated[
+            float | None, Field(description="exponential averaging of frames every fft_size/2 samples; null = none")
+        ] = None,
+        peak_decay_db_s: Annotated[
+            float | None, Field(description="peak markers falling this many dB/s (0 = max hold); null = none")
+        ] = None,
         ctx: ToolContext | None = None,
     ) -> Iterator[dict[str, Any] | StreamChunk]:
-        """FFT amplitude spectrum in dBFS (window, A/C/Z weighting), its interpolated peak, optionally reduced."""
+        """FFT amplitude spectrum in dBFS (window, A/C/Z weighting, averaging, peak markers), its peak, reduced."""
 
         def make(rate: int, n: int) -> SpectrumAnalyser:
             return SpectrumAnalyser(
                 rate, n, fft_size=fft_size, window=window, weighting=weighting, points=points, reduce=reduce,
-                fmin=fmin, fmax=fmax, channel=channel, format=format,
+                fmin=fmin, fmax=fmax, channel=channel, format=format, response_time_s=response_time_s,
+                peak_decay_db_s=peak_decay_db_s,
             )  # fmt: skip
 
         return self._stream(
             "stream_spectrum", make, ctx, source=source, device=device, path=path, signal=signal,
+            sample_rate=sample_rate, channels=channels, block_size=block_size, max_rate_hz=max_rate_hz,
+            duration_s=duration_s, max_chunks=max_chunks, realtime=realtime,
+        )  # fmt: skip
+
+    @tool(supports_streaming=True)
+    def stream_spectrogram(
+        self,
+        source: Source = "signal",
+        device: Device = None,
+        path: FilePath = None,
+        signal: Signal = None,
+        sample_rate: SampleRate = None,
+        channels: Channels = None,
+        block_size: BlockSize = 1024,
+        max_rate_hz: MaxRate = 10.0,
+        duration_s: Duration = None,
+        max_chunks: MaxChunks = None,
+        realtime: Realtime = True,
+        fft_size: Annotated[int, Field(description="samples per FFT frame")] = 2048,
+        hop_s: Annotated[
+            float | None, Field(description="seconds between frames (rows); null = fft_size/2 samples")
+        ] = None,
+        window: Annotated[
+            Literal["hann", "hamming", "blackman", "blackmanharris", "flattop", "rectangular"],
+            Field(description="FFT window"),
+        ] = "hann",
+        weighting: Weighting = "Z",
+        points: Annotated[
+            int | None, Field(description="reduce each row to this many log-spaced points; null = every bin")
+        ] = 256,
+        reduce: Annotated[Literal["max", "mean"], Field(description="how bins combine into a point")] = "max",
+        fmin: Annotated[float, Field(description="lowest frequency shown, Hz")] = 20.0,
+        fmax: Annotated[float | None, Field(description="highest frequency shown, Hz; null = Nyquist")] = None,
+        channel: Channel = None,
+        format: Annotated[
+            Literal["json", "npy"], Field(description="'npy' (default): a float32 array, frequencies in row 0")
+        ] = "npy",
+        ctx: ToolContext | None = None,
+    ) -> Iterator[dict[str, Any] | StreamChunk]:
+        """A rolling spectrogram: every chunk holds the dB rows of the frames completed since the previous one."""
+
+        def make(rate: int, n: int) -> SpectrogramAnalyser:
+            return SpectrogramAnalyser(
+                rate, n, fft_size=fft_size, hop_s=hop_s, window=window, weighting=weighting, points=points,
+                reduce=reduce, fmin=fmin, fmax=fmax, channel=channel, format=format,
+            )  # fmt: skip
+
+        return self._stream(
+            "stream_spectrogram", make, ctx, source=source, device=device, path=path, signal=signal,
             sample_rate=sample_rate, channels=channels, block_size=block_size, max_rate_hz=max_rate_hz,
             duration_s=duration_s, max_chunks=max_chunks, realtime=realtime,
         )  # fmt: skip
@@ -219,7 +276,7 @@ class AudioAdapter(BaseAdapter):
         channel: Channel = None,
         ctx: ToolContext | None = None,
     ) -> Iterator[dict[str, Any]]:
-        """Fractional-octave band levels in dB (IEC 61260 Butterworth filter bank, Fast/Slow, A/C/Z)."""
+        """Fractional-octave band levels in dB (IEC 61260 class 1 multirate bank, Fast/Slow, A/C/Z before the bank)."""
 
         def make(rate: int, n: int) -> OctaveAnalyser:
             return OctaveAnalyser(
@@ -247,10 +304,13 @@ class AudioAdapter(BaseAdapter):
         duration_s: Duration = None,
         max_chunks: MaxChunks = None,
         realtime: Realtime = True,
-        fmin: Annotated[float, Field(description="lowest pitch searched, Hz")] = 50.0,
-        fmax: Annotated[float, Field(description="highest pitch searched, Hz")] = 2000.0,
-        threshold: Annotated[float, Field(description="YIN absolute threshold on d'")] = 0.15,
-        min_confidence: Annotated[float, Field(description="voicing gate: minimum confidence 0..1")] = 0.8,
+        fmin: Annotated[float, Field(description="lowest pitch searched, Hz")] = 65.0,
+        fmax: Annotated[float, Field(description="highest pitch searched, Hz (a tone above it is unvoiced)")] = 2000.0,
+        frame_s: Annotated[
+            float | None, Field(description="analysis frame, s (>= 2/fmin); null = 3/fmin (46 ms at 65 Hz)")
+        ] = None,
+        threshold: Annotated[float, Field(description="YIN absolute threshold on d'")] = 0.1,
+        min_confidence: Annotated[float, Field(description="voicing gate: minimum confidence 0..1")] = 0.7,
         min_level_dbfs: Annotated[float, Field(description="voicing gate: minimum frame RMS, dBFS")] = -60.0,
         channel: Channel = None,
         ctx: ToolContext | None = None,
@@ -259,7 +319,7 @@ class AudioAdapter(BaseAdapter):
 
         def make(rate: int, n: int) -> PitchAnalyser:
             return PitchAnalyser(
-                rate, n, fmin=fmin, fmax=fmax, threshold=threshold, min_confidence=min_confidence,
+                rate, n, fmin=fmin, fmax=fmax, frame_s=frame_s, threshold=threshold, min_confidence=min_confidence,
                 min_level_dbfs=min_level_dbfs, channel=channel,
             )  # fmt: skip
 

@@ -5,6 +5,10 @@ the block just read. Rate limiting is in audio time as well — consecutive chun
 — so a file or a signal read faster than real time yields exactly the chunks a live device would; chunks leave at
 block boundaries, so the actual rate is at most ``max_rate_hz`` (and at most one chunk per block).
 
+When the source ends (the end of a file) or ``duration_s`` is reached, the audio read since the last chunk is
+reported in one more chunk, however short that interval, so every sample is reported: the last two chunks may
+then be closer than 1/max_rate_hz. A stream stopped by ``max_chunks`` or cancellation reports nothing more.
+
 With ``realtime`` a file or a signal is paced to the wall clock, as if it came from a device; a device is paced
 by its hardware anyway. Cancellation is checked between blocks and while waiting (the device read times out every
 0.1 s), so a cancelled stream stops within about a block or 0.1 s.
@@ -60,15 +64,24 @@ def run(
     rate = source.sample_rate
     frame_limit = round(duration_s * rate) if duration_s else None
     frames = chunks = 0
+    emitted_at = 0  # frames read when the last chunk was made
     next_emit = 0.0
     started = time.monotonic()
     pace = realtime and not source.live
     cancel = ctx.cancel_event if ctx is not None else threading.Event()  # no context: never cancelled
+
+    def chunk() -> dict[str, Any] | StreamChunk:
+        nonlocal chunks, emitted_at
+        header = {"t_s": round(frames / rate, 6), "index": chunks, "overflows": source.overflows}
+        chunks += 1
+        emitted_at = frames
+        return analyser.snapshot(header)
+
     while not cancel.is_set():
         block = source.read(READ_TIMEOUT_S)
         if block is None:
             if source.ended:
-                return
+                break
             continue
         if frame_limit is not None:
             block = block[: frame_limit - frames]
@@ -80,11 +93,14 @@ def run(
             if ahead > 0 and cancel.wait(ahead):  # wakes at once on cancellation
                 return
         if analyser.ready and t >= next_emit - 1e-9:
-            header = {"t_s": round(t, 6), "index": chunks, "overflows": source.overflows}
-            yield analyser.snapshot(header)
-            chunks += 1
+            yield chunk()
             next_emit = t + interval
             if max_chunks is not None and chunks >= max_chunks:
                 return
         if frame_limit is not None and frames >= frame_limit:
-            return
+            break
+    else:
+        return  # cancelled
+    # the end of the file or of duration_s: report the last partial interval, so every sample is reported
+    if analyser.ready and frames > emitted_at:
+        yield chunk()

@@ -124,6 +124,11 @@ class ChangeTracker:
                 self.reported[new.full_name] = new
         return events
 
+    def forget(self, full_names: Iterable[str]) -> None:
+        """Drop parameters that went away."""
+        for name in full_names:
+            self.reported.pop(name, None)
+
     def current(self) -> list[Reading]:
         """The last reported reading of every parameter."""
         return list(self.reported.values())

@@ -9,6 +9,12 @@ comes first, and then sends an ``end`` chunk as the stream's final chunk. A canc
 
 Heartbeats: when ``heartbeat_s`` is set and nothing has been sent for that long (no change), a heartbeat chunk
 says the monitor is alive; it is sent on time even between polls, so it works with long poll intervals too.
+
+Before every poll but the first the source lists its instruments again (``refresh``): parameters that appeared
+(and pass include/exclude) are read and reported in the delta's ``added`` readings, parameters that went away
+in its ``removed`` names. Sources that hear sets (QCoDeS) hand over the sets of the monitored parameters made
+since the previous poll, in order, in ``sets``: a set undone before the poll is still reported. A delta is sent
+when anything of these, or a change, happened.
 """
 
 from __future__ import annotations
@@ -20,10 +26,14 @@ from typing import Any
 
 from python_worker import StreamChunk
 
-from .changes import ChangeTracker
+from .changes import ChangeTracker, Tolerance
 from .readings import read_all
+from .recent import RecentChanges
 from .registry import MonitorRecord
 from .sources.base import InstrumentSource, ParameterInfo
+
+Choose = Callable[[list[ParameterInfo]], list[ParameterInfo]]
+Tolerances = Callable[[list[ParameterInfo]], dict[str, Tolerance]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,11 +54,18 @@ def run_monitor(
     *,
     sleep: Callable[[float], bool],
     cancelled: Callable[[], bool],
+    choose: Choose | None = None,
+    tolerances: Tolerances | None = None,
+    recent: RecentChanges | None = None,
 ) -> Iterator[dict[str, Any] | StreamChunk]:
     """Yield the update chunks of one monitor; ``record`` counts polls and updates and gets the end reason.
 
-    ``sleep(seconds)`` returns False when the call was cancelled meanwhile (``ToolContext.sleep``).
+    ``sleep(seconds)`` returns False when the call was cancelled meanwhile (``ToolContext.sleep``). ``choose``
+    selects the parameters to monitor among those a refreshed source lists (include/exclude), ``tolerances``
+    gives the tolerances of new ones; ``recent`` records every change reported.
     """
+    params = list(params)
+    subscription = source.subscribe_sets()
     started = time.monotonic()
     end_at = None if schedule.duration_s is None else started + schedule.duration_s
     next_poll = started
@@ -80,6 +97,17 @@ def run_monitor(
                 record.reason = "cancelled"
                 return
         poll_index = record.polls
+        added: list[ParameterInfo] = []
+        removed: list[ParameterInfo] = []
+        if poll_index and choose is not None and source.refresh():
+            chosen = choose(source.parameters())
+            before, after = {p.full_name for p in params}, {p.full_name for p in chosen}
+            added = [p for p in chosen if p.full_name not in before]
+            removed = [p for p in params if p.full_name not in after]
+            if tolerances is not None:
+                tracker.tolerances.update(tolerances(added))
+            params = chosen
+            record.parameters = len(params)
         poll_ts = time.time()
         readings = read_all(source, params, stop=cancelled)
         if readings is None:
@@ -100,15 +128,31 @@ def run_monitor(
             record.updates = 1
             last_sent = time.monotonic()
         else:
-            events = tracker.update(readings)
-            if events:
-                yield {
+            new_names = {p.full_name for p in added}
+            fresh = [r for r in readings if r.full_name in new_names]
+            events = tracker.update([r for r in readings if r.full_name not in new_names])
+            tracker.forget(p.full_name for p in removed)
+            tracker.reported.update({r.full_name: r for r in fresh})
+            sets, dropped = subscription.drain() if subscription is not None else ([], 0)
+            watched = {p.full_name for p in params}
+            sets = [e for e in sets if e.full_name in watched]
+            if recent is not None:
+                for event in events:
+                    recent.add_change(record.monitor_id, event)
+            if events or sets or fresh or removed or dropped:
+                delta: dict[str, Any] = {
                     "type": "delta",
                     "update_index": record.updates,
                     "poll_index": poll_index,
                     "ts": poll_ts,
                     "changes": [e.to_dict() for e in events],
+                    "sets": [e.to_dict() for e in sets],
+                    "added": [r.to_dict() for r in fresh],
+                    "removed": [p.full_name for p in removed],
                 }
+                if dropped:
+                    delta["sets_dropped"] = dropped
+                yield delta
                 record.updates += 1
                 last_sent = time.monotonic()
         if schedule.max_updates is not None and record.updates >= schedule.max_updates:

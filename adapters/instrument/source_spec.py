@@ -1,8 +1,9 @@
 """Which source a call asked for, and opening it.
 
 The simulated source is built fresh for every call from its seed (a random seed, reported back, when none is
-given). QCoDeS instruments are worker-wide: their stations live in a :class:`StationCache` owned by the adapter,
-and the QCoDeS source module is imported only when asked for.
+given). QCoDeS instruments are worker-wide: their stations live in a :class:`StationCache` owned by the adapter
+(station files only from the worker's station directory, by name), and the QCoDeS source module is imported
+only when asked for.
 """
 
 from __future__ import annotations
@@ -23,15 +24,15 @@ class SourceSpec:
     kind: SourceKind = "simulated"
     seed: int | None = None
     faults: Sequence[str] = field(default_factory=tuple)
-    station_config: str | None = None
+    station: str | None = None
     read_mode: ReadMode = "get"
 
     def check(self) -> None:
         """Reject options given to the wrong source (they would be silently ignored otherwise)."""
         if self.kind != "simulated" and (self.seed is not None or self.faults):
             raise ValueError(f"seed and faults are options of source='simulated', not of source={self.kind!r}")
-        if self.kind != "qcodes" and self.station_config is not None:
-            raise ValueError(f"station_config is an option of source='qcodes', not of source={self.kind!r}")
+        if self.kind != "qcodes" and self.station is not None:
+            raise ValueError(f"station is an option of source='qcodes', not of source={self.kind!r}")
 
 
 def open_source(spec: SourceSpec, stations: Any) -> InstrumentSource:
@@ -45,6 +46,5 @@ def open_source(spec: SourceSpec, stations: Any) -> InstrumentSource:
     if spec.kind == "qcodes":
         from .sources.qcodes_source import QcodesSource
 
-        instruments, path = stations.instruments(spec.station_config)
-        return QcodesSource(instruments, read_mode=spec.read_mode, station_config=path)
+        return QcodesSource(stations.instruments(spec.station), read_mode=spec.read_mode, station=spec.station)
     raise ValueError(f"unknown source {spec.kind!r}; sources: simulated, qcodes")

@@ -63,6 +63,8 @@ def _loudest_dbfs(chunk: dict[str, Any]) -> float:
     for key in ("level_dbfs", "peak_db"):
         if key in chunk:
             return chunk[key]
+    if "rows_db" in chunk:
+        return max(max(row) for row in chunk["rows_db"])
     return max(chunk.get("rms_dbfs") or chunk["band_levels_db"])
 
 
@@ -104,6 +106,9 @@ def test_level_of_the_played_tone(client: Client, tone: None) -> None:
         assert chunk["rms_dbfs"][0] == pytest.approx(TONE_RMS_DBFS, abs=1.5)
         assert chunk["leq_dbfs"][0] == pytest.approx(TONE_RMS_DBFS, abs=1.5)
         assert chunk["peak_dbfs"][0] == pytest.approx(TONE_RMS_DBFS + 3.01, abs=1.5)
+        # a steady tone: the interval's Fast maximum is its level, the C-weighted peak its peak (C(440) = 0 dB)
+        assert chunk["max_dbfs"][0] == pytest.approx(chunk["rms_dbfs"][0], abs=0.1)
+        assert chunk["c_peak_dbfs"][0] == pytest.approx(chunk["peak_dbfs"][0], abs=0.1)
         assert chunk["overflows"] == 0
 
 
@@ -125,6 +130,14 @@ def test_spectrum_peak_of_the_played_tone(client: Client, tone: None) -> None:
     for chunk in chunks:
         assert chunk["peak_frequency_hz"] == pytest.approx(TONE_HZ, abs=2.0)
         assert chunk["peak_db"] == pytest.approx(TONE_RMS_DBFS, abs=1.5)
+
+
+def test_spectrogram_of_the_played_tone(client: Client, tone: None) -> None:
+    chunks = device_chunks(client, "stream_spectrogram", settle_s=0.2, count=3, format="json", points=None)
+    for chunk in chunks:
+        assert chunk["hop_s"] == pytest.approx(1024 / 48000, abs=1e-6)
+        for row in chunk["rows_db"]:
+            assert chunk["frequencies_hz"][int(np.argmax(row))] == pytest.approx(TONE_HZ, abs=chunk["bin_hz"])
 
 
 def test_cancelling_a_device_stream_closes_the_device(client: Client, tone: None) -> None:

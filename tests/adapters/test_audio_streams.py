@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,9 +19,12 @@ import psutil
 import pytest
 from scipy.io import wavfile
 
+from adapters.audio.signal.octave import OctaveFilterBank
 from python_worker.client import Client, KraitError
 from tests.support import eventually
 from tests.workers import ROOT, Worker, running_worker, wait_ready
+
+from . import iec
 
 ADAPTER = "adapters.audio:AudioAdapter"
 PROMPT = 2.0  # "promptly": the bound for a cancelled stream to release its source
@@ -62,7 +66,9 @@ def test_levels_of_a_full_scale_sine(client: Client) -> None:
     last = chunks[-1]
     assert last["rms_dbfs"] == [pytest.approx(-3.01, abs=0.05)]  # Fast-weighted, settled after 8 time constants
     assert last["leq_dbfs"] == [pytest.approx(-3.01, abs=0.02)]
+    assert last["max_dbfs"] == [pytest.approx(-3.01, abs=0.05)]
     assert last["peak_dbfs"] == [pytest.approx(0.0, abs=0.01)]
+    assert last["c_peak_dbfs"] == [pytest.approx(0.0, abs=0.01)]  # C(1 kHz) = 0 dB
     assert last["peak_hold_dbfs"] == [pytest.approx(0.0, abs=0.01)]
     assert (last["time_weighting"], last["weighting"], last["overflows"]) == ("fast", "Z", 0)
     assert last["t_s"] == pytest.approx(1.0, abs=1024 / 48000)
@@ -79,6 +85,58 @@ def test_levels_per_channel_and_a_weighting(client: Client) -> None:
     assert len(last["rms_dbfs"]) == 2 and last["time_weighting"] == "slow"
 
 
+@pytest.mark.parametrize("weighting", ["A", "C"])
+def test_weighted_white_noise_reads_its_analytic_level(client: Client, weighting: str) -> None:
+    """White noise at -20 dBFS RMS, 10 s: the weighted Leq is the noise power times the mean of the IEC 61672
+    weighting (its power, 10^(W/10)) over 0 ... fs/2, within 0.1 dB (the bilinear filters read A 0.9 dB low)."""
+    chunks = data(
+        client, "stream_levels", signal=signal("noise", level_dbfs=-20.0), weighting=weighting, duration_s=10.0,
+        max_rate_hz=0.1, **FAST,
+    )  # fmt: skip
+    assert [c["t_s"] for c in chunks] == [pytest.approx(1024 / 48000, abs=1e-6), 10.0]  # the first block, the rest
+    f = np.linspace(1.0, 24000.0, 240_000)
+    expected = -20.0 + 10 * math.log10(np.mean(10 ** (iec.weighting(weighting, f) / 10)))
+    assert chunks[-1]["leq_dbfs"][0] == pytest.approx(expected, abs=0.1)
+
+
+def _write(path: Path, samples: np.ndarray, rate: int = 48000) -> Path:
+    wavfile.write(path, rate, samples.astype(np.float32))
+    return path
+
+
+def _tone(frequency: float, seconds: float, amplitude: float = 0.5, rate: int = 48000) -> np.ndarray:
+    return amplitude * np.sin(2 * np.pi * frequency * np.arange(round(seconds * rate)) / rate)
+
+
+@pytest.mark.parametrize("max_rate_hz", [2.0, 20.0, 0.0])
+def test_a_200_ms_burst_reads_its_fast_maximum_at_any_rate(client: Client, tmp_path: Path, max_rate_hz: float) -> None:
+    """A steady 4 kHz tone, silence, then a 200 ms burst of it (IEC 61672-1 Table 4: LAFmax - LA = -1.0 dB): the
+    maximum over the chunks reads -1.0 ± 0.05 dB whatever the rate (the level sampled at each chunk read it 1.55
+    dB low at 20 chunks/s and 4.2 dB low at 2/s)."""
+    x = np.concatenate([_tone(4000.0, 2.0), np.zeros(96000), _tone(4000.0, 0.2), np.zeros(48000)])
+    wav = _write(tmp_path / "burst.wav", x)
+    chunks = data(client, "stream_levels", source="file", path=str(wav), weighting="A", max_rate_hz=max_rate_hz, **FAST)
+    steady = max(c["max_dbfs"][0] for c in chunks if 1.0 < c["t_s"] <= 2.0)
+    burst = max(c["max_dbfs"][0] for c in chunks if c["t_s"] > 4.0)
+    assert burst - steady == pytest.approx(iec.burst_response(0.2, 0.125), abs=0.05)
+    sampled = max(c["rms_dbfs"][0] for c in chunks if c["t_s"] > 4.0)
+    if max_rate_hz == 2.0:
+        assert sampled < burst - 1  # what reading the level once per chunk shows
+
+
+def test_file_stream_reports_its_last_partial_interval(client: Client, tmp_path: Path) -> None:
+    """4.9 s of audio whose 1 kHz tone (-9.03 dBFS) sits in the last 0.9 s, one chunk per second: the last 0.87 s
+    come in a final chunk at 4.9 s (they were never reported, and the tone read -23.99)."""
+    wav = _write(tmp_path / "tail.wav", np.concatenate([np.zeros(4 * 48000), _tone(1000.0, 0.9)]))
+    chunks = data(client, "stream_levels", source="file", path=str(wav), max_rate_hz=1.0, **FAST)
+    times = [c["t_s"] for c in chunks]
+    assert times[-1] == 4.9 and 4.0 < times[-2] < 4.1 and min(np.diff(times[:-1])) >= 1.0
+    assert chunks[-1]["leq_dbfs"] == [pytest.approx(-9.03, abs=0.02)]
+    assert chunks[-1]["max_dbfs"] == [pytest.approx(-9.03, abs=0.05)]
+    spectrum = data(client, "stream_spectrum", source="file", path=str(wav), max_rate_hz=1.0, **FAST)
+    assert spectrum[-1]["t_s"] == 4.9 and spectrum[-1]["peak_db"] == pytest.approx(-9.03, abs=0.05)
+
+
 # -- spectrum ---------------------------------------------------------------------------------------------------
 def test_spectrum_peak_and_reduction(client: Client) -> None:
     chunks = data(
@@ -87,7 +145,7 @@ def test_spectrum_peak_and_reduction(client: Client) -> None:
     assert len(chunks) == 3
     chunk = chunks[-1]
     assert chunk["peak_frequency_hz"] == pytest.approx(1234.5, abs=0.5)
-    assert chunk["peak_db"] == pytest.approx(-6.02 - 3.01, abs=0.3)
+    assert chunk["peak_db"] == pytest.approx(-6.02 - 3.01, abs=0.02)
     assert len(chunk["frequencies_hz"]) == len(chunk["magnitudes_db"]) == 64
     assert chunk["frequencies_hz"][0] > 20 and chunk["frequencies_hz"][-1] < 24000
     loudest = int(np.argmax(chunk["magnitudes_db"]))
@@ -107,8 +165,60 @@ def test_spectrum_full_resolution_a_weighted_as_npy(client: Client) -> None:
     frequencies, magnitudes = chunk.data
     assert chunk.data.dtype == np.float32 and len(frequencies) == 4096 // 2 + 1
     assert float(chunk.metadata["peak_frequency_hz"]) == pytest.approx(100.0, abs=0.3)
-    assert float(chunk.metadata["peak_db"]) == pytest.approx(-3.01 - 19.14, abs=0.3)  # A(100 Hz) = -19.1 dB
+    assert float(chunk.metadata["peak_db"]) == pytest.approx(-3.01 + float(iec.a_weighting(100.0)), abs=0.02)
     assert float(np.max(magnitudes)) == pytest.approx(float(chunk.metadata["peak_db"]), abs=0.5)
+
+
+def test_spectrum_averaging_and_peak_markers(client: Client, tmp_path: Path) -> None:
+    """A 2 kHz tone for 1 s, then silence: with a 0.2 s response time the averaged level falls 10·lg(e)/τ =
+    21.7 dB/s once the frames have left the tone; the peak markers fall 10 dB/s from the tone's level."""
+    wav = _write(tmp_path / "stop.wav", np.concatenate([_tone(2000.0, 1.0), np.zeros(48000)]))
+    chunks = data(
+        client, "stream_spectrum", source="file", path=str(wav), response_time_s=0.2, peak_decay_db_s=10.0,
+        points=None, max_rate_hz=0, **FAST,
+    )  # fmt: skip
+    k = int(np.argmin(np.abs(np.array(chunks[0]["frequencies_hz"]) - 2000.0)))  # the bin nearest the tone
+    at_one = next(c for c in chunks if c["t_s"] >= 1.0)
+    assert at_one["peak_db"] == pytest.approx(-9.03, abs=0.05)
+    last = chunks[-1]  # at 2.0 s; frames (85 ms) end every 43 ms and leave the tone at about 1.04 s
+    assert last["magnitudes_db"][k] == pytest.approx(-9.03 - 10 * math.log10(math.e) * (2.0 - 1.04) / 0.2, abs=1.5)
+    assert last["peak_magnitudes_db"][k] == pytest.approx(-9.03 - 10.0 * 1.0, abs=0.6)
+    assert (last["response_time_s"], last["peak_decay_db_s"]) == (0.2, 10.0)
+
+
+def test_spectrogram_rows_cover_every_frame_once(client: Client) -> None:
+    """A sweep, as npy chunks: rows come at the hop, each row's peak at the sweep's frequency at that row's
+    time, and consecutive chunks continue where the previous one stopped."""
+    sweep = signal("sweep", frequency_hz=200.0, end_frequency_hz=4000.0, sweep_s=4.0)
+    chunks = list(
+        client.execute_stream(
+            "stream_spectrogram", signal=sweep, duration_s=2.0, fft_size=2048, hop_s=0.01, points=None, **FAST
+        )
+    )[:-1]
+    rows_seen, next_time = 0, None
+    for chunk in chunks:
+        meta = chunk.metadata
+        array = chunk.data
+        assert chunk.content_type == "application/x-npy" and array.dtype == np.float32
+        frequencies, rows = array[0], array[1:]
+        assert len(rows) == int(meta["rows"]) and len(frequencies) == 1025 - 1  # bins from the first one >= 20 Hz
+        first = float(meta["first_row_t_s"])
+        if next_time is not None:
+            assert first == pytest.approx(next_time, abs=1e-6)
+        hop = float(meta["hop_s"])
+        assert hop == 0.01
+        for i, row in enumerate(rows):
+            centre = first + i * hop - 1024 / 48000  # the middle of the row's frame
+            expected = 200.0 * 20.0 ** (centre / 4.0)
+            assert frequencies[int(np.argmax(row))] == pytest.approx(expected, abs=max(0.02 * expected, 24.0))
+        rows_seen += len(rows)
+        next_time = first + len(rows) * hop
+    assert rows_seen == 1 + (96000 - 2048) // 480  # frames end at 2048 + j·480 samples, up to 2 s
+    as_json = data(client, "stream_spectrogram", max_chunks=2, points=64, format="json", **FAST)
+    assert len(as_json[0]["frequencies_hz"]) == 64 and len(as_json[0]["rows_db"][0]) == 64
+    assert as_json[1]["first_row_t_s"] == pytest.approx(
+        as_json[0]["first_row_t_s"] + as_json[0]["rows"] * as_json[0]["hop_s"]
+    )
 
 
 # -- octave bands -----------------------------------------------------------------------------------------------
@@ -125,7 +235,7 @@ def test_third_octave_bands_of_a_1_khz_tone(client: Client) -> None:
     assert chunk["centre_frequencies_hz"][labels.index("1k")] == 1000.0
 
 
-def test_octave_bands_of_noise_and_a_weighting(client: Client) -> None:
+def test_octave_bands_of_noise(client: Client) -> None:
     chunk = data(
         client, "stream_octave", signal=signal("noise", level_dbfs=-20.0), bands_per_octave=1, fmin=31.5,
         fmax=16000.0, time_weighting="slow", duration_s=3.0, **FAST,
@@ -134,13 +244,23 @@ def test_octave_bands_of_noise_and_a_weighting(client: Client) -> None:
     levels = np.array(chunk["band_levels_db"])
     # white noise: equal power per Hz, so each octave holds 3 dB more than the one below
     assert np.diff(levels[3:9]) == pytest.approx([3.01] * 5, abs=0.6)
-    weighted = data(
-        client, "stream_octave", signal=signal("noise", level_dbfs=-20.0), bands_per_octave=1, fmin=31.5,
-        fmax=16000.0, time_weighting="slow", weighting="A", duration_s=3.0, **FAST,
+    assert chunk["overall_db"] == pytest.approx(-20.0, abs=0.3)
+
+
+@pytest.mark.parametrize(("frequency", "weighting"), [(50.0, "A"), (80.0, "A"), (1000.0, "A"), (8000.0, "C")])
+def test_octave_weighting_comes_before_the_bank(client: Client, frequency: float, weighting: str) -> None:
+    """A tone's band level is its level + the weighting at the tone (not at the band centre: 5 dB off for a
+    50 Hz tone in the 63 Hz band) + the band's response there; overall_db is its weighted level exactly."""
+    chunk = data(
+        client, "stream_octave", signal=signal(frequency_hz=frequency, level_dbfs=-6.02), weighting=weighting,
+        bands_per_octave=1, time_weighting="slow", duration_s=6.0, max_rate_hz=1.0, **FAST,
     )[-1]  # fmt: skip
-    # A weighting of octave bands: the band level plus A at the band centre (-26.2 dB at 63 Hz, +1.2 at 2 kHz)
-    assert weighted["band_levels_db"][1] - levels[1] == pytest.approx(-26.2, abs=0.05)
-    assert weighted["band_levels_db"][6] - levels[6] == pytest.approx(1.2, abs=0.05)
+    bank = OctaveFilterBank(1, 48000)
+    band = int(np.argmax(bank.response_db(frequency)[:, 0]))
+    weighted = -9.03 + float(iec.weighting(weighting, frequency))
+    expected = weighted + float(bank.response_db(frequency)[band, 0])
+    assert chunk["band_levels_db"][chunk["band_labels"].index(bank.labels[band])] == pytest.approx(expected, abs=0.05)
+    assert chunk["overall_db"] == pytest.approx(weighted, abs=0.05)
 
 
 # -- pitch ------------------------------------------------------------------------------------------------------
@@ -170,8 +290,8 @@ def test_pitch_follows_a_sweep(client: Client) -> None:
     )  # fmt: skip
     assert len(chunks) >= 8
     for chunk in chunks:
-        # the frame ends at t_s and spans ~45 ms, so compare with the sweep ~22 ms earlier
-        expected = 100.0 * 8.0 ** ((chunk["t_s"] - 0.0225) / 2.0)
+        # the frame ends at t_s and spans 3/fmin = 46 ms, so compare with the sweep 23 ms earlier
+        expected = 100.0 * 8.0 ** ((chunk["t_s"] - 1.5 / 65) / 2.0)
         assert chunk["frequency_hz"] == pytest.approx(expected, rel=0.02)
 
 
@@ -195,8 +315,9 @@ def test_rate_limit_is_in_audio_time(client: Client) -> None:
     chunks = data(client, "stream_levels", duration_s=2.0, max_rate_hz=10.0, **FAST)
     times = [c["t_s"] for c in chunks]
     assert [c["index"] for c in chunks] == list(range(len(chunks)))
-    assert min(np.diff(times)) >= 0.1 - 1e-6  # never faster than max_rate_hz
-    assert 15 <= len(chunks) <= 20  # 2 s at <= 10/s, on 21.3 ms block boundaries
+    assert min(np.diff(times)[:-1]) >= 0.1 - 1e-6  # never faster than max_rate_hz ...
+    assert times[-1] == 2.0  # ... but for the last partial interval, reported at the bound
+    assert 15 <= len(chunks) <= 21  # 2 s at <= 10/s, on 21.3 ms block boundaries
     every_block = data(client, "stream_levels", duration_s=0.5, max_rate_hz=0, block_size=480, **FAST)
     assert [c["t_s"] for c in every_block] == pytest.approx([0.01 * (i + 1) for i in range(50)])
 
@@ -274,7 +395,9 @@ def test_cancelling_a_file_stream_releases_the_file(tmp_path: Path) -> None:
         assert not _mapped(worker.process.pid, wav)
 
 
-@pytest.mark.parametrize("tool", ["stream_levels", "stream_spectrum", "stream_octave", "stream_pitch", "stream_scope"])
+@pytest.mark.parametrize(
+    "tool", ["stream_levels", "stream_spectrum", "stream_spectrogram", "stream_octave", "stream_pitch", "stream_scope"]
+)
 def test_cancelling_any_stream_closes_its_source_promptly(client: Client, tool: str) -> None:
     stream = client.execute_stream(tool)  # a real-time signal with no bound: runs until cancelled
     next(stream)
@@ -282,6 +405,32 @@ def test_cancelling_any_stream_closes_its_source_promptly(client: Client, tool: 
     ended = wait_closed(client, tool)
     assert ended["outcome"] == "cancelled" and ended["released"] is True
     assert ended["closed_at"] - ended["opened_at"] < 10  # it did not run to some other bound
+
+
+def test_closing_a_stream_from_another_thread(client: Client) -> None:
+    """A consumer thread iterates an endless stream; another thread closes it (a GUI's stop button): close()
+    returns without "generator already executing", the consumer's loop just ends, and the source is released."""
+    stream = client.execute_stream("stream_levels")  # a real-time signal with no bound
+    seen: list[Any] = []
+    failures: list[BaseException] = []
+
+    def consume() -> None:
+        try:
+            seen.extend(stream)
+        except BaseException as exc:
+            failures.append(exc)
+
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    deadline = time.monotonic() + PROMPT
+    while not seen and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert seen, "no chunk arrived"
+    stream.close()  # while the consumer waits inside next()
+    consumer.join(PROMPT)
+    assert not consumer.is_alive() and failures == []
+    ended = wait_closed(client, "stream_levels")
+    assert ended["outcome"] == "cancelled" and ended["released"] is True
 
 
 # -- bad options ------------------------------------------------------------------------------------------------
@@ -303,6 +452,10 @@ def test_cancelling_any_stream_closes_its_source_promptly(client: Client, tool: 
         ("stream_octave", {"bands_per_octave": 5}, r"argument 'bands_per_octave'"),
         ("stream_octave", {"fmin": 30000.0, "fmax": 40000.0}, r"no 1/3-octave band"),
         ("stream_scope", {"window_s": -1.0}, r"window_s must be > 0"),
+        ("stream_pitch", {"frame_s": 0.01}, r"frame_s must be between 2/fmin = 0.0308 s"),
+        ("stream_spectrum", {"response_time_s": 0.0}, r"response_time_s must be > 0"),
+        ("stream_spectrum", {"peak_decay_db_s": -1.0}, r"peak_decay_db_s must be between 0 and 1000"),
+        ("stream_spectrogram", {"hop_s": 60.0}, r"hop_s must be between one sample and 10.0 s"),
         ("stream_levels", {"signal": {"kind": "sine", "frequency_hz": 30000.0}}, r"frequency_hz must be in"),
     ],
 )

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -378,7 +377,7 @@ def test_bad_options_are_rejected_naming_the_argument(client: Client, args: dict
     ("args", "words"),
     [
         ({"source": "qcodes", "seed": 1}, "seed and faults are options of source='simulated'"),
-        ({"station_config": "lab.yaml"}, "station_config is an option of source='qcodes'"),
+        ({"station": "lab"}, "station is an option of source='qcodes'"),
     ],
 )
 def test_options_of_another_source_are_rejected(client: Client, args: dict[str, Any], words: str) -> None:
@@ -420,88 +419,3 @@ def test_qcodes_source_without_qcodes_says_how_to_install(client: Client) -> Non
             call()
         assert info.value.type == "SourceUnavailableError"
         assert "pip install krait[qcodes]" in info.value.message
-
-
-# -- QCoDeS (optional extra) -------------------------------------------------------------------------------------
-STATION = textwrap.dedent(
-    """
-    instruments:
-      dac:
-        type: qcodes.instrument_drivers.mock_instruments.DummyInstrument
-        init:
-          gates: [ch1, ch2]
-      parabola:
-        type: qcodes.instrument_drivers.mock_instruments.MockParabola
-        parameters:
-          noise: {initial_value: 0.1}
-      lab:
-        type: qcodes.instrument_drivers.mock_instruments.DummyChannelInstrument
-    """
-)
-needs_qcodes = pytest.mark.skipif(
-    not HAVE_QCODES, reason="qcodes is not installed (optional: pip install krait[qcodes])"
-)
-
-
-@pytest.fixture(scope="module")
-def station(tmp_path_factory: pytest.TempPathFactory) -> str:
-    path = tmp_path_factory.mktemp("qcodes") / "station.yaml"
-    path.write_text(STATION)
-    return str(path)
-
-
-@needs_qcodes
-def test_qcodes_station_parameters_are_listed_with_units(client: Client, station: str) -> None:
-    listing = client.execute("list_instruments", source="qcodes", station_config=station)
-    assert listing["source"] == {"kind": "qcodes", "station_config": station, "read_mode": "get"}
-    by_name = {i["name"]: {p["full_name"]: p for p in i["parameters"]} for i in listing["instruments"]}
-    assert set(by_name) == {"dac", "parabola", "lab"}
-    assert by_name["dac"]["dac_ch1"]["unit"] == "V" and by_name["dac"]["dac_ch1"]["parameter"] == "ch1"
-    channel = by_name["lab"]["lab_ChanA_temperature"]  # a channel's parameter belongs to the root instrument
-    assert (channel["parameter"], channel["unit"]) == ("ChanA_temperature", "K")
-
-
-@needs_qcodes
-def test_qcodes_monitor_reports_a_parameter_set_meanwhile(client: Client, station: str) -> None:
-    args = {"source": "qcodes", "station_config": station, "include": ["dac"], "poll_interval": 0.05}
-    stream = client.stream("monitor", {**args, "monitor_id": "qcodes-set"})
-    try:
-        snapshot = next(stream).data
-        assert [(r["full_name"], r["value"], r["unit"]) for r in snapshot["readings"]] == [
-            ("dac_IDN", snapshot["readings"][0]["value"], ""),
-            ("dac_ch1", 0, "V"),
-            ("dac_ch2", 0, "V"),
-            ("dac_fixed_parameter", 5, ""),
-        ]
-        after = client.execute("set_parameter", full_name="dac.ch1", value=1.5, station_config=station)
-        assert (after["full_name"], after["value"], after["unit"]) == ("dac_ch1", 1.5, "V")
-        delta = next(stream).data
-        assert delta["type"] == "delta"
-        assert [(c["reading"]["full_name"], c["reading"]["value"], c["changed_fields"]) for c in delta["changes"]] == [
-            ("dac_ch1", 1.5, ["value"])
-        ]
-        assert delta["changes"][0]["previous"]["value"] == 0
-    finally:
-        stream.close()
-        client.execute("set_parameter", full_name="dac_ch1", value=0, station_config=station)
-    record = wait_finished(client, "qcodes-set")
-    assert record["reason"] == "cancelled" and record["source_closed"] and record["active"] == 0
-
-
-@needs_qcodes
-def test_qcodes_get_mode_reads_the_instrument_each_poll(client: Client, station: str) -> None:
-    chunks = stream_data(
-        client, source="qcodes", station_config=station, include=["parabola.parabola"], max_polls=5, poll_interval=0.01
-    )
-    # MockParabola adds fresh noise to every get: every poll reads a new value
-    assert [c["type"] for c in chunks] == ["snapshot", "delta", "delta", "delta", "delta", "end"]
-    cached = stream_data(
-        client,
-        source="qcodes",
-        station_config=station,
-        include=["parabola.parabola"],
-        max_polls=5,
-        poll_interval=0.01,
-        read_mode="cache",
-    )
-    assert [c["type"] for c in cached] == ["snapshot", "end"]  # the cache only changes when someone gets or sets

@@ -15,11 +15,18 @@ which, sampled at fs, is the one-pole recursion
 
 After a step from silence the level reaches 10·log10(1 - e^{-1}) = -1.99 dB (re. the final level) at t = τ;
 after the signal stops it decays at 10·log10(e)/τ dB/s (34.7 dB/s Fast, 4.3 dB/s Slow).
+
+The time-weighted maximum of an interval (LAFmax, LASmax, ...) is the largest value y[n] takes at any sample
+of the interval, not the value at its end, so no reporting rate under-reads a transient: a tone burst of
+duration Tb reads 10·log10(1 - e^{-Tb/τ}) dB re. the steady level (IEC 61672-1 Table 4: -1.0 dB Fast and
+-7.4 dB Slow for 200 ms). The peak (LZpeak, LCpeak, ...) is the largest |x[n]| of the frequency-weighted
+signal, without time weighting.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 
 import numpy as np
 from scipy import signal as sps
@@ -67,29 +74,39 @@ class ExponentialAverager:
         self.value = np.zeros(columns)
 
     def process(self, squared: np.ndarray) -> np.ndarray:
+        if len(squared) == 0:  # a decimated stage can receive no sample from a short block
+            return squared
         y, self._zi = sps.lfilter(self._b, self._a, squared, axis=0, zi=self._zi)
-        if len(y):
-            self.value = y[-1].copy()
+        self.value = y[-1].copy()
         return y
 
 
 class PeakHold:
-    """Holds the highest peak for ``hold_s`` seconds, then falls back to the most recent peak.
+    """The highest peak of the last ``hold_s`` seconds, per channel, by the time each peak occurred.
 
-    ``update(peak, t)`` takes the peak amplitude of the latest interval (per channel) ending at time ``t`` (s)
-    and returns the held peak amplitude.
+    ``add(peaks, times)`` records each channel's peak amplitude and the time (s) it occurred; ``held(t)`` is the
+    highest one that occurred within ``hold_s`` before ``t``. Each channel keeps a monotonic queue (times
+    increasing, amplitudes decreasing: a peak can never matter again once a later one is at least as high), so
+    a quieter click still inside the window takes over when a louder, older one expires.
     """
 
     def __init__(self, hold_s: float, columns: int) -> None:
         if hold_s < 0:
             raise ValueError(f"peak_hold_s must be >= 0, got {hold_s}")
         self.hold_s = hold_s
-        self.held = np.zeros(columns)
-        self.since = np.full(columns, -math.inf)
+        self._queues: list[deque[tuple[float, float]]] = [deque() for _ in range(columns)]
 
-    def update(self, peak: np.ndarray, t: float) -> np.ndarray:
-        expired = (t - self.since) > self.hold_s
-        take = (peak >= self.held) | expired
-        self.held = np.where(take, peak, self.held)
-        self.since = np.where(take, t, self.since)
-        return self.held.copy()
+    def add(self, peaks: np.ndarray, times: np.ndarray) -> None:
+        for queue, peak, t in zip(self._queues, peaks, times, strict=True):
+            while queue and queue[-1][1] <= peak:
+                queue.pop()
+            queue.append((float(t), float(peak)))
+
+    def held(self, t: float) -> np.ndarray:
+        out = np.zeros(len(self._queues))
+        for i, queue in enumerate(self._queues):
+            while queue and t - queue[0][0] > self.hold_s + 1e-12:
+                queue.popleft()
+            if queue:
+                out[i] = queue[0][1]
+        return out

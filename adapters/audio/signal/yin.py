@@ -1,5 +1,5 @@
 """YIN fundamental-frequency estimation (A. de Cheveigné, H. Kawahara, "YIN, a fundamental frequency estimator
-for speech and music", JASA 111(4), 2002).
+for speech and music", JASA 111(4), 2002), with a dip choice and refinement that hold up in noise.
 
 For a frame x of W + τmax samples:
 
@@ -10,12 +10,22 @@ For a frame x of W + τmax samples:
 2. cumulative mean normalised difference
                              d'(0) = 1,   d'(τ) = d(τ) / ((1/τ)·Σ_{k=1}^{τ} d(k))
    which removes the dip at τ = 0 and scales d' so that 0 means a perfect period;
-3. absolute threshold: the first τ in [τmin, τmax] with d'(τ) < threshold, followed down to its local minimum
-   (the smallest such τ avoids octave errors); if no τ qualifies, the global minimum;
-4. parabolic interpolation of d' around that τ: τ* = τ + ½(d'[τ-1] - d'[τ+1]) / (d'[τ-1] - 2d'[τ] + d'[τ+1]).
+3. absolute threshold: the first lag τ >= 2 with d'(τ) < threshold starts a dip, the run of lags below the
+   threshold; its lowest point τ0 is the period (the first dip avoids octave errors; its lowest point, not the
+   first local minimum, because noise makes the floor of a dip ripple). Without such a dip, the global minimum
+   in [2, τmax]. The search starts at lag 2, not τmin, so that a tone above fmax, which also dips at multiples
+   of its period inside [τmin, τmax], is recognised and reported as no pitch (``frequency_hz`` None) rather
+   than as a subharmonic; so is a refined f0 above fmax;
+4. refinement: a least-squares parabola through d (not d', whose running mean tilts it: the paper's step 5) over
+   τ0 ± h, h the widest span up to τ0/8 whose d' stays within 0.05 of d'(τ0) (at least ±1: the classic
+   three-point parabola). Its vertex τ* averages the noise over the whole dip floor.
 
 f0 = fs / τ*, and the confidence is 1 - d'(τ*) clipped to [0, 1] (1 for a pure periodic signal, ~0 for noise).
 τmin = ⌊fs/fmax⌋, τmax = ⌈fs/fmin⌉.
+
+Measured (tests/adapters/test_audio_kernels.py): clean tones from 55 Hz to 1.99 kHz within 0.5 cent; a 220 Hz
+tone in white noise at 10 dB SNR with no gross error (> 50 cents) in 45 ms frames (the original first-local-
+minimum rule and three-point parabola: 26 %).
 """
 
 from __future__ import annotations
@@ -26,10 +36,12 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import fft as sfft
 
+DIP_SPAN = 0.05  # d' rise that bounds the refinement window around the dip's lowest point
+
 
 @dataclass(frozen=True, slots=True)
 class YinResult:
-    frequency_hz: float
+    frequency_hz: float | None  # None: the signal repeats faster than fmax allows
     confidence: float
 
 
@@ -67,27 +79,48 @@ def cumulative_mean_normalized(d: np.ndarray) -> np.ndarray:
     return out
 
 
+def _dip(dn: np.ndarray, tau_max: int, threshold: float) -> int:
+    """τ0 of step 3."""
+    below = np.nonzero(dn[2 : tau_max + 1] < threshold)[0]
+    if not below.size:
+        return int(np.argmin(dn[2 : tau_max + 1])) + 2
+    start = end = int(below[0]) + 2
+    while end < tau_max and dn[end + 1] < threshold:
+        end += 1
+    return start + int(np.argmin(dn[start : end + 1]))
+
+
+def _refine(d: np.ndarray, dn: np.ndarray, tau: int, tau_max: int) -> float:
+    """τ* of step 4."""
+    limit, cap = dn[tau] + DIP_SPAN, max(1, tau // 8)
+    left = right = 1
+    while left < cap and tau - left - 1 >= 1 and dn[tau - left - 1] <= limit:
+        left += 1
+    while right < cap and tau + right + 1 <= tau_max and dn[tau + right + 1] <= limit:
+        right += 1
+    h = min(left, right)
+    if tau - h < 1 or tau + h > tau_max:
+        return float(tau)
+    curvature, slope, _ = np.polyfit(np.arange(-h, h + 1), d[tau - h : tau + h + 1], 2)
+    if curvature <= 0:  # flat or not a minimum: nothing to refine
+        return float(tau)
+    return tau + float(np.clip(-slope / (2 * curvature), -h, h))
+
+
 def yin(
-    frame: np.ndarray, sample_rate: float, fmin: float = 50.0, fmax: float = 2000.0, threshold: float = 0.15
+    frame: np.ndarray, sample_rate: float, fmin: float = 65.0, fmax: float = 2000.0, threshold: float = 0.1
 ) -> YinResult:
     """Estimate the fundamental frequency of the 1-D ``frame``: at least 2·τmax samples (W ≥ τmax)."""
     tau_min, tau_max = lag_range(sample_rate, fmin, fmax)
     window = len(frame) - tau_max
     if window < tau_max:
         raise ValueError(f"YIN frame of {len(frame)} samples is too short for fmin={fmin} Hz: need {2 * tau_max}")
-    dn = cumulative_mean_normalized(difference_function(frame, window, tau_max))
-    below = np.nonzero(dn[tau_min : tau_max + 1] < threshold)[0]
-    if below.size:
-        tau = int(below[0]) + tau_min
-        while tau < tau_max and dn[tau + 1] < dn[tau]:
-            tau += 1
-    else:
-        tau = int(np.argmin(dn[tau_min : tau_max + 1])) + tau_min
-    shift, value = 0.0, float(dn[tau])
-    if tau_min <= tau < tau_max and tau > 0:
-        a, b, c = float(dn[tau - 1]), float(dn[tau]), float(dn[tau + 1])
-        curvature = a - 2.0 * b + c
-        if curvature > 0:
-            shift = 0.5 * (a - c) / curvature
-            value = b - 0.25 * (a - c) * shift
-    return YinResult(sample_rate / (tau + shift), min(1.0, max(0.0, 1.0 - value)))
+    d = difference_function(frame, window, tau_max)
+    dn = cumulative_mean_normalized(d)
+    tau = _dip(dn, tau_max, threshold)
+    if tau < tau_min:
+        return YinResult(None, min(1.0, max(0.0, 1.0 - float(dn[tau]))))
+    refined = _refine(d, dn, tau, tau_max)
+    confidence = min(1.0, max(0.0, 1.0 - float(np.interp(refined, np.arange(len(dn)), dn))))
+    frequency = sample_rate / refined
+    return YinResult(frequency if frequency <= fmax else None, confidence)

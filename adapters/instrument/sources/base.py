@@ -32,8 +32,9 @@ class ParameterInfo:
 class InstrumentSource(ABC):
     """A set of instruments the monitor can poll.
 
-    The monitor calls :meth:`begin_poll` once at the start of every poll, then :meth:`read` for each selected
-    parameter, and :meth:`close` once when it stops (whatever the reason). ``read`` may raise: the monitor turns
+    The monitor calls :meth:`refresh` before every poll but the first, :meth:`begin_poll` once at the start of
+    every poll, then :meth:`read` for each selected parameter, and :meth:`close` once when it stops (whatever the
+    reason). ``read`` may raise: the monitor turns
     the exception into the reading's ``error`` field and carries on.
     """
 
@@ -45,6 +46,16 @@ class InstrumentSource(ABC):
 
     def begin_poll(self) -> None:
         """Called at the start of each poll (the simulated lab advances its clock here); nothing by default."""
+        return None
+
+    def refresh(self) -> bool:
+        """List the instruments again (before each poll but the first); True when the parameters changed.
+        Sources whose instruments never change (the default) return False."""
+        return False
+
+    def subscribe_sets(self) -> Any:
+        """A subscription to the sets made in this process (``drain()`` -> (events, dropped)), or None when the
+        source has no such notification (the default)."""
         return None
 
     @abstractmethod

@@ -5,36 +5,51 @@ caller asks for ``source="qcodes"``; without it that call fails with :class:`Sou
 to install it.
 
 Where the instruments come from:
-- ``station_config``: a QCoDeS station YAML file. The worker loads every instrument it declares the first time
-  the file is used, and keeps them open for its lifetime (an instrument is a connection, and QCoDeS allows one
-  instance per name), closing them when the worker shuts down (:meth:`StationCache.close`).
+- ``station``: the name of a QCoDeS station YAML file in the worker's station directory (see
+  :mod:`..stations`: callers choose by name, never by path). The worker loads every instrument it declares the
+  first time the station is used and keeps them open for its lifetime (an instrument is a connection, and
+  QCoDeS allows one instance per name), closing them when the worker shuts down (:meth:`StationCache.close`).
 - otherwise the default station of this process (``qcodes.Station.default``), e.g. one that a subclass of the
   adapter builds in ``setup()``.
 
-Every gettable parameter of every instrument and of its channels/submodules is listed. ``instrument`` is the
-root instrument's name and ``parameter`` the rest of the QCoDeS full name (``lockin_ch1_X`` -> ``lockin`` and
-``ch1_X``). Reads are either ``get`` (``parameter.get()``: asks the instrument) or ``cache``
-(``parameter.cache.get(get_if_invalid=False)``: the last value QCoDeS knows, no instrument I/O). All instrument
-I/O of this process goes through one lock, because drivers are not made for two threads talking to one
-instrument at once (two monitors, or a monitor and ``set_parameter``).
+The instruments are listed again at every poll (:meth:`QcodesSource.refresh`): an instrument added to the
+station, or a parameter added to an instrument, after a monitor started is picked up by its next poll, and one
+that went away is dropped. Every gettable parameter of every instrument and of its channels/submodules is
+listed. ``instrument`` is the root instrument's name and ``parameter`` the rest of the QCoDeS full name
+(``lockin_ch1_X`` -> ``lockin`` and ``ch1_X``). Reads are either ``get`` (``parameter.get()``: asks the
+instrument) or ``cache`` (``parameter.cache.get(get_if_invalid=False)``: the last value QCoDeS knows, no
+instrument I/O). An instrument's ``IDN`` (its identity, which does not change) is asked once per source: an
+instrument that does not answer ``*IDN?`` then reads as an error once, instead of QCoDeS logging a traceback at
+every poll. All instrument I/O of this process goes through one lock, because drivers are not made for two
+threads talking to one instrument at once (two monitors, or a monitor and ``set_parameter``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
+from ..stations import StationDirectory
 from .base import InstrumentSource, ParameterInfo
+from .qcodes_sets import SET_HOOK, Subscription
 
 ReadMode = Literal["get", "cache"]
 INSTALL_HINT = "pip install krait[qcodes]"
+IDN_WARNING = "Error getting or interpreting *IDN?"
 
 IO_LOCK = threading.RLock()
 
 
 class SourceUnavailableError(RuntimeError):
     """A source needs a package that is not installed."""
+
+
+class InstrumentIdentityError(RuntimeError):
+    """An instrument did not answer ``*IDN?``."""
 
 
 def import_qcodes() -> Any:
@@ -49,41 +64,47 @@ def import_qcodes() -> Any:
     return qcodes
 
 
-class StationCache:
-    """The stations this worker loaded from config files, by resolved path; owns their instruments."""
+Instruments = Callable[[], list[Any]]
 
-    def __init__(self) -> None:
+
+class StationCache:
+    """The stations this worker loaded from its station directory, by file; owns their instruments."""
+
+    def __init__(self, directory: StationDirectory | None = None) -> None:
+        self.directory = directory or StationDirectory()
         self._stations: dict[Path, Any] = {}
         self._lock = threading.Lock()
 
-    def instruments(self, station_config: str | None) -> tuple[list[Any], str | None]:
-        """The instruments to monitor and the resolved config path (None for the default station)."""
+    def instruments(self, station: str | None) -> Instruments:
+        """A function listing the instruments of ``station`` (a name; None: the default station) as they are now."""
         qcodes = import_qcodes()
-        if station_config is None:
-            station = qcodes.Station.default
-            if station is None:
-                raise ValueError(
-                    "source='qcodes' needs station_config='path/to/station.yaml', or a qcodes.Station created in"
-                    " this worker (e.g. in setup() of a subclass of InstrumentAdapter)"
-                )
-            path = None
-        else:
-            path = Path(station_config).expanduser().resolve()
-            if not path.is_file():
-                raise FileNotFoundError(f"station_config {station_config!r}: no such file ({path})")
-            with self._lock, IO_LOCK:
-                station = self._stations.get(path)
-                if station is None:
-                    station = qcodes.Station(config_file=str(path), default=False)
-                    self._stations[path] = station
-                for name in station.config.get("instruments") or {}:
-                    if name not in station.components:
-                        station.load_instrument(name)
-        base = _instrument_base()
-        return [c for c in station.components.values() if isinstance(c, base)], None if path is None else str(path)
+        if station is None:
+
+            def default() -> list[Any]:
+                current = qcodes.Station.default
+                if current is None:
+                    raise ValueError(
+                        "source='qcodes' needs station='<name>' (a station file in the worker's station directory),"
+                        " or a qcodes.Station created in this worker (e.g. in setup() of a subclass of"
+                        " InstrumentAdapter)"
+                    )
+                return _instruments_of(current)
+
+            default()  # fail now, before a monitor starts, when there is no default station
+            return default
+        path = self.directory.resolve(station)
+        with self._lock, IO_LOCK, _quiet_idn():  # loading asks *IDN? too: the monitor reports a failure itself
+            loaded = self._stations.get(path)
+            if loaded is None:
+                loaded = qcodes.Station(config_file=str(path), default=False)
+                self._stations[path] = loaded
+            for name in loaded.config.get("instruments") or {}:
+                if name not in loaded.components:
+                    loaded.load_instrument(name)
+        return lambda: _instruments_of(loaded)
 
     def close(self) -> None:
-        """Close every instrument loaded from a config file."""
+        """Close every instrument loaded from a station file."""
         with self._lock, IO_LOCK:
             for station in self._stations.values():
                 station.close_all_registered_instruments()
@@ -94,6 +115,11 @@ def _instrument_base() -> type:
     from qcodes.instrument import InstrumentBase
 
     return InstrumentBase
+
+
+def _instruments_of(station: Any) -> list[Any]:
+    base = _instrument_base()
+    return [c for c in list(station.components.values()) if isinstance(c, base)]
 
 
 def _parameters_of(instrument: Any) -> list[Any]:
@@ -107,14 +133,15 @@ def _parameters_of(instrument: Any) -> list[Any]:
         if id(module) in seen:
             continue
         seen.add(id(module))
-        out.extend(p for p in module.parameters.values() if getattr(p, "gettable", False) and id(p) not in seen)
-        seen.update(id(p) for p in module.parameters.values())
+        params = list(module.parameters.values())
+        out.extend(p for p in params if getattr(p, "gettable", False) and id(p) not in seen)
+        seen.update(id(p) for p in params)
         # channel lists also appear as submodules; their channels are submodules themselves
-        stack.extend(m for m in module.submodules.values() if isinstance(m, base))
+        stack.extend(m for m in list(module.submodules.values()) if isinstance(m, base))
     return out
 
 
-def _unit_of(parameter: Any) -> str:
+def unit_of(parameter: Any) -> str:
     unit = getattr(parameter, "unit", None)
     if unit is None:  # MultiParameter: one unit per value
         units = getattr(parameter, "units", None) or ()
@@ -122,27 +149,72 @@ def _unit_of(parameter: Any) -> str:
     return str(unit)
 
 
-def _info_of(parameter: Any) -> ParameterInfo:
+def info_of(parameter: Any) -> ParameterInfo:
     root = parameter.root_instrument.name if parameter.root_instrument is not None else ""
     full = parameter.full_name
     name = full[len(root) + 1 :] if root and full.startswith(root + "_") else parameter.name
-    return ParameterInfo(root, name, _unit_of(parameter), str(getattr(parameter, "label", "") or ""))
+    return ParameterInfo(root, name, unit_of(parameter), str(getattr(parameter, "label", "") or ""))
+
+
+class _IdnFilter(logging.Filter):
+    """Takes QCoDeS's "Error getting or interpreting *IDN?" warning (with its traceback) off the log, keeping
+    the exception, while one IDN is read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.error: BaseException | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if IDN_WARNING in record.getMessage():  # the instrument logger prefixes "[name(Class)] "
+            if record.exc_info and record.exc_info[1] is not None:
+                self.error = record.exc_info[1]
+            else:
+                self.error = RuntimeError(record.getMessage())
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def _quiet_idn() -> Iterator[_IdnFilter]:
+    logger = logging.getLogger("qcodes.instrument.instrument_base")
+    catcher = _IdnFilter()
+    logger.addFilter(catcher)
+    try:
+        yield catcher
+    finally:
+        logger.removeFilter(catcher)
+
+
+def _is_idn(parameter: Any) -> bool:
+    return parameter.name == "IDN" and hasattr(parameter.instrument, "get_idn")
 
 
 class QcodesSource(InstrumentSource):
     kind = "qcodes"
 
-    def __init__(self, instruments: list[Any], *, read_mode: ReadMode = "get", station_config: str | None = None):
+    def __init__(self, instruments: Instruments, *, read_mode: ReadMode = "get", station: str | None = None):
         self.read_mode = read_mode
-        self.station_config = station_config
+        self.station = station
+        self._instruments = instruments
         self._params: dict[str, Any] = {}
         self._infos: list[ParameterInfo] = []
-        for instrument in instruments:
-            for parameter in _parameters_of(instrument):
-                info = _info_of(parameter)
-                if info.full_name not in self._params:
-                    self._params[info.full_name] = parameter
-                    self._infos.append(info)
+        self._identities: dict[str, tuple[Any, str, BaseException | None]] = {}
+        self._subscription: Subscription | None = None
+        self.refresh()
+
+    def refresh(self) -> bool:
+        params: dict[str, Any] = {}
+        infos: list[ParameterInfo] = []
+        with IO_LOCK:
+            for instrument in self._instruments():
+                for parameter in _parameters_of(instrument):
+                    info = info_of(parameter)
+                    if info.full_name not in params:
+                        params[info.full_name] = parameter
+                        infos.append(info)
+        changed = [i.full_name for i in infos] != [i.full_name for i in self._infos]
+        self._params, self._infos = params, infos
+        return changed
 
     def parameters(self) -> list[ParameterInfo]:
         return list(self._infos)
@@ -155,9 +227,22 @@ class QcodesSource(InstrumentSource):
 
     def read(self, info: ParameterInfo) -> tuple[Any, str]:
         parameter = self._parameter(info)
+        if self.read_mode == "get" and _is_idn(parameter):
+            return self._identity(info.full_name, parameter)
         with IO_LOCK:
             value = parameter.cache.get(get_if_invalid=False) if self.read_mode == "cache" else parameter.get()
-        return value, _unit_of(parameter)
+        return value, unit_of(parameter)
+
+    def _identity(self, full_name: str, parameter: Any) -> tuple[Any, str]:
+        """IDN, asked once per source; a failure to answer is an error reading, quietly, every time after."""
+        if full_name not in self._identities:
+            with IO_LOCK, _quiet_idn() as catcher:
+                value = parameter.get()
+            self._identities[full_name] = (value, unit_of(parameter), catcher.error)
+        value, unit, error = self._identities[full_name]
+        if error is not None:
+            raise InstrumentIdentityError(f"no answer to *IDN? ({type(error).__name__}: {error})")
+        return value, unit
 
     def set(self, info: ParameterInfo, value: Any) -> None:
         parameter = self._parameter(info)
@@ -166,5 +251,15 @@ class QcodesSource(InstrumentSource):
         with IO_LOCK:
             parameter.set(value)
 
+    def subscribe_sets(self) -> Subscription:
+        if self._subscription is None:
+            self._subscription = SET_HOOK.subscribe()
+        return self._subscription
+
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "station_config": self.station_config, "read_mode": self.read_mode}
+        return {"kind": self.kind, "station": self.station, "read_mode": self.read_mode}
+
+    def close(self) -> None:
+        if self._subscription is not None:
+            SET_HOOK.unsubscribe(self._subscription)
+            self._subscription = None
