@@ -27,6 +27,7 @@ from . import codec
 from .client import Chunk, _translate, build_request
 from .proto import pb, pb_grpc
 from .transports.grpc.channel import channel_options
+from .transports.grpc.security import ClientTLS, client_metadata
 from .wire import Decoded, decode_batch
 
 
@@ -77,7 +78,8 @@ class AsyncChunkStream:
 class AsyncClient:
     """A ``grpc.aio`` connection to one Krait worker at ``target`` (``host:port``).
 
-    ``timeout`` (seconds) is the default deadline of every call; ``session_id`` the default session.
+    ``timeout`` (seconds) is the default deadline of every call; ``session_id`` the default session;
+    ``token`` and ``tls`` as for :class:`~python_worker.client.Client`.
     """
 
     def __init__(
@@ -88,12 +90,23 @@ class AsyncClient:
         session_id: str = "",
         max_message_bytes: int = 64 << 20,
         channel: grpc.aio.Channel | None = None,
+        token: str | None = None,
+        tls: ClientTLS | bool | None = None,
     ) -> None:
         self.target = target
         self.timeout = timeout
         self.session_id = session_id
         self._owns_channel = channel is None
-        self._channel = channel or grpc.aio.insecure_channel(target, options=channel_options(max_message_bytes))
+        options = channel_options(max_message_bytes)
+        if channel is not None:
+            self._channel = channel
+        elif tls:
+            tls = tls if isinstance(tls, ClientTLS) else ClientTLS()
+            self._channel = grpc.aio.secure_channel(target, tls.credentials(), options=[*options, *tls.options()])
+        else:
+            self._channel = grpc.aio.insecure_channel(target, options=options)
+        self.token = token
+        self._auth = client_metadata(token)
         self._stub = pb_grpc.ToolWorkerStub(self._channel)  # type: ignore[no-untyped-call]  # generated
         self._batched = self._channel.unary_stream(
             "/krait.v1.ToolWorker/ExecuteStreamingToolBatched",
@@ -103,7 +116,9 @@ class AsyncClient:
 
     def session(self, session_id: str) -> AsyncClient:
         """A client bound to ``session_id`` that shares this client's connection."""
-        return AsyncClient(self.target, timeout=self.timeout, session_id=session_id, channel=self._channel)
+        return AsyncClient(
+            self.target, timeout=self.timeout, session_id=session_id, channel=self._channel, token=self.token
+        )
 
     # -- calls ----------------------------------------------------------------------------------------------
     async def execute(self, tool: str, /, **args: Any) -> Any:
@@ -139,7 +154,7 @@ class AsyncClient:
         """Like :meth:`call` but returns the ExecuteToolResponse (data, content_type, metadata)."""
         request = build_request(tool, args, self.session_id if session_id is None else session_id, metadata)
         try:
-            return await self._stub.ExecuteTool(request, timeout=timeout or self.timeout)
+            return await self._stub.ExecuteTool(request, timeout=timeout or self.timeout, metadata=self._auth)
         except grpc.RpcError as error:
             raise _translate(error, streaming=False) from None
 
@@ -154,24 +169,24 @@ class AsyncClient:
     ) -> AsyncChunkStream:
         """:meth:`execute_stream` with arguments as a mapping and per-call options."""
         request = build_request(tool, args, self.session_id if session_id is None else session_id, metadata)
-        return AsyncChunkStream(self._batched(request, timeout=timeout or self.timeout))
+        return AsyncChunkStream(self._batched(request, timeout=timeout or self.timeout, metadata=self._auth))
 
     # -- worker and sessions --------------------------------------------------------------------------------
     async def ping(self, message: str = "", *, timeout: float = 5.0) -> Any:
         """The worker's PingResponse (worker_id, adapter, pid, uptime_ms)."""
-        return await self._stub.Ping(pb.PingRequest(message=message), timeout=timeout)
+        return await self._stub.Ping(pb.PingRequest(message=message), timeout=timeout, metadata=self._auth)
 
     async def list_tools(self, *, timeout: float = 10.0) -> list[Any]:
         """Every tool of the worker (name, description, supports_streaming, parameter and result schemas)."""
-        return list((await self._stub.ListTools(pb.ListToolsRequest(), timeout=timeout)).tools)
+        return list((await self._stub.ListTools(pb.ListToolsRequest(), timeout=timeout, metadata=self._auth)).tools)
 
     async def initialize_session(self, session_id: str, metadata: Mapping[str, str] | None = None) -> bool:
         request = pb.InitializeSessionRequest(session_id=session_id, metadata=dict(metadata or {}))
-        return bool((await self._stub.InitializeSession(request, timeout=10.0)).created)
+        return bool((await self._stub.InitializeSession(request, timeout=10.0, metadata=self._auth)).created)
 
     async def cleanup_session(self, session_id: str) -> bool:
         request = pb.CleanupSessionRequest(session_id=session_id)
-        return bool((await self._stub.CleanupSession(request, timeout=10.0)).existed)
+        return bool((await self._stub.CleanupSession(request, timeout=10.0, metadata=self._auth)).existed)
 
     async def wait_ready(self, timeout: float = 10.0) -> None:
         """Wait until the channel is connected (raises ``TimeoutError`` after ``timeout``)."""

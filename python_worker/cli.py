@@ -2,6 +2,8 @@
 
 python -m python_worker serve --adapter adapters.showcase:ShowcaseAdapter --port 0
 python -m python_worker tools --target 127.0.0.1:50051
+python -m python_worker serve --adapter ... --host 0.0.0.0 --tls-cert tls.crt --tls-key tls.key --token-file token
+python -m python_worker tools --target worker:50051 --tls-ca ca.crt --token-file token
 python -m python_worker call stream_progress --target 127.0.0.1:50051 --args '{"steps": 3}' --stream
 """
 
@@ -18,6 +20,7 @@ import numpy as np
 
 def _serve(ns: argparse.Namespace) -> int:
     from .logs import configure
+    from .transports.grpc.security import SecurityConfigError, ServerSecurity, read_token
     from .worker.serve import ServeOptions, serve
 
     # adapters are imported from the current directory first, as `python -m` does (the krait-worker script's
@@ -35,6 +38,14 @@ def _serve(ns: argparse.Namespace) -> int:
     else:
         configure(log_format=ns.log_format, level=ns.log_level, worker_id=worker_id)
     auto = {"auto": None, "on": True, "off": False}
+    try:
+        token = read_token(ns.token_file)
+    except SecurityConfigError as exc:
+        print(f"serve: {exc}", file=sys.stderr)
+        return 2
+    security = ServerSecurity(
+        tls_cert=ns.tls_cert, tls_key=ns.tls_key, tls_client_ca=ns.tls_client_ca, token=token, insecure=ns.insecure
+    )
     options = ServeOptions(
         adapter=ns.adapter,
         host=ns.host,
@@ -48,6 +59,7 @@ def _serve(ns: argparse.Namespace) -> int:
         stdin_watch=auto[ns.stdin_watch],
         process_group=auto[ns.process_group],
         grace=ns.grace,
+        security=security,
     )
     return serve(options, link=link)
 
@@ -73,11 +85,31 @@ def _show(value: Any) -> str:
     return json.dumps(value)
 
 
-def _tools(ns: argparse.Namespace) -> int:
+def _client(ns: argparse.Namespace, **kw: Any) -> Any:
+    """A Client for ``--target`` with the security flags; exits with 2 naming an unusable one."""
     from .client import Client
+    from .transports.grpc.security import ClientTLS, SecurityConfigError, read_token
 
-    with Client(ns.target) as client:
-        for info in client.list_tools():
+    try:
+        token = read_token(ns.token_file)
+        tls = ClientTLS(ca=ns.tls_ca, cert=ns.tls_cert, key=ns.tls_key, server_name=ns.tls_server_name)
+        secure = bool(ns.tls or ns.tls_ca or ns.tls_cert or ns.tls_server_name)
+        return Client(ns.target, token=token, tls=tls if secure else None, **kw)
+    except SecurityConfigError as exc:
+        print(f"{ns.command}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _tools(ns: argparse.Namespace) -> int:
+    import grpc
+
+    with _client(ns) as client:
+        try:
+            tools = client.list_tools()
+        except grpc.RpcError as exc:
+            print(f"error ({exc.code().name}): {exc.details()}", file=sys.stderr)
+            return 1
+        for info in tools:
             kind = "stream" if info.supports_streaming else "unary "
             params = json.loads(info.parameters_schema_json).get("properties", {})
             signature = ", ".join(
@@ -89,14 +121,14 @@ def _tools(ns: argparse.Namespace) -> int:
 
 
 def _call(ns: argparse.Namespace) -> int:
-    from .client import Client, KraitError
+    from .client import KraitError
 
     try:
         args = json.loads(ns.args)
     except json.JSONDecodeError as exc:
         print(f"--args is not valid JSON: {exc}", file=sys.stderr)
         return 2
-    with Client(ns.target, timeout=ns.timeout, session_id=ns.session or "") as client:
+    with _client(ns, timeout=ns.timeout, session_id=ns.session or "") as client:
         try:
             if ns.stream:
                 with client.stream(ns.tool, args) as chunks:
@@ -112,6 +144,17 @@ def _call(ns: argparse.Namespace) -> int:
                 print(exc.traceback, file=sys.stderr)
             return 1
     return 0
+
+
+def _client_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--token-file", help="file holding the worker's token (default: $KRAIT_TOKEN when set)")
+    parser.add_argument("--tls", action="store_true", help="connect over TLS, verifying with the system's CA roots")
+    parser.add_argument("--tls-ca", help="PEM CA file that signed the worker's certificate (implies --tls)")
+    parser.add_argument("--tls-cert", help="PEM client certificate for mutual TLS, with --tls-key")
+    parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    parser.add_argument(
+        "--tls-server-name", help="host name to verify in the worker's certificate (default: the target's)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,6 +209,19 @@ def main(argv: list[str] | None = None) -> int:
         default=2.0,
         help="seconds from SIGTERM or stdin closing to exit, whatever the tools are doing (default 2)",
     )
+    serve.add_argument("--tls-cert", help="PEM certificate (chain) to serve gRPC over TLS, with --tls-key")
+    serve.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    serve.add_argument("--tls-client-ca", help="PEM CA file: clients must present a certificate it signed (mutual TLS)")
+    serve.add_argument(
+        "--token-file",
+        help="file holding the token every RPC but health checks must carry as 'authorization: Bearer <token>' "
+        "(default: $KRAIT_TOKEN when set)",
+    )
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="serve a non-loopback --host without TLS and a token (or client CA); refused otherwise",
+    )
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     serve.add_argument(
         "--log-format",
@@ -177,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tools = sub.add_parser("tools", help="list a worker's tools")
     tools.add_argument("--target", required=True, help="HOST:PORT of the worker")
+    _client_flags(tools)
     tools.set_defaults(func=_tools)
 
     call = sub.add_parser("call", help="call a tool")
@@ -187,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     call.add_argument("--session", help="session id")
     call.add_argument("--timeout", type=float, help="deadline in seconds")
     call.add_argument("-v", "--verbose", action="store_true", help="print the remote traceback on errors")
+    _client_flags(call)
     call.set_defaults(func=_call)
 
     ns = parser.parse_args(argv)

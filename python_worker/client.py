@@ -28,6 +28,7 @@ from . import codec
 from .errors import tool_error_from_rpc_error
 from .proto import pb, pb_grpc
 from .transports.grpc.channel import channel_options
+from .transports.grpc.security import ClientTLS, client_metadata
 from .wire import decode_batch
 
 if TYPE_CHECKING:
@@ -96,11 +97,16 @@ class DeadlineExceededError(KraitError):
     """The call's timeout passed; the tool was cancelled on the worker."""
 
 
+class UnauthenticatedError(KraitError):
+    """The worker wants a token (``Client(..., token=...)``) and got none or a wrong one."""
+
+
 _ERRORS = {
     grpc.StatusCode.UNKNOWN: ToolError,
     grpc.StatusCode.NOT_FOUND: ToolNotFoundError,
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentsError,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
 }
 
 
@@ -196,6 +202,8 @@ class Client:
     """A connection to one Krait worker at ``target`` (``host:port``).
 
     ``timeout`` (seconds) is the default deadline of every call; ``session_id`` the default session.
+    ``token`` is sent as ``authorization: Bearer <token>``; ``tls`` (True for the system's CA roots, or a
+    :class:`ClientTLS` naming a CA file and the client's certificate) makes the connection TLS.
     """
 
     def __init__(
@@ -206,12 +214,23 @@ class Client:
         session_id: str = "",
         max_message_bytes: int = 64 << 20,
         channel: grpc.Channel | None = None,
+        token: str | None = None,
+        tls: ClientTLS | bool | None = None,
     ) -> None:
         self.target = target
         self.timeout = timeout
         self.session_id = session_id
         self._owns_channel = channel is None
-        self._channel = channel or grpc.insecure_channel(target, options=channel_options(max_message_bytes))
+        options = channel_options(max_message_bytes)
+        if channel is not None:
+            self._channel = channel
+        elif tls:
+            tls = tls if isinstance(tls, ClientTLS) else ClientTLS()
+            self._channel = grpc.secure_channel(target, tls.credentials(), options=[*options, *tls.options()])
+        else:
+            self._channel = grpc.insecure_channel(target, options=options)
+        self.token = token
+        self._auth = client_metadata(token)
         self._stub = pb_grpc.ToolWorkerStub(self._channel)  # type: ignore[no-untyped-call]  # generated
         self._batched = self._channel.unary_stream(
             "/krait.v1.ToolWorker/ExecuteStreamingToolBatched",
@@ -221,7 +240,7 @@ class Client:
 
     def session(self, session_id: str) -> Client:
         """A client bound to ``session_id`` that shares this client's connection."""
-        return Client(self.target, timeout=self.timeout, session_id=session_id, channel=self._channel)
+        return Client(self.target, timeout=self.timeout, session_id=session_id, channel=self._channel, token=self.token)
 
     # -- calls ----------------------------------------------------------------------------------------------
     def execute(self, tool: str, /, **args: Any) -> Any:
@@ -257,7 +276,7 @@ class Client:
         """Like :meth:`call` but returns the ExecuteToolResponse (data, content_type, metadata)."""
         request = build_request(tool, args, self.session_id if session_id is None else session_id, metadata)
         try:
-            return self._stub.ExecuteTool(request, timeout=timeout or self.timeout)
+            return self._stub.ExecuteTool(request, timeout=timeout or self.timeout, metadata=self._auth)
         except grpc.RpcError as error:
             raise _translate(error, streaming=False) from None
 
@@ -272,23 +291,27 @@ class Client:
     ) -> ChunkStream:
         """:meth:`execute_stream` with arguments as a mapping and per-call options."""
         request = build_request(tool, args, self.session_id if session_id is None else session_id, metadata)
-        return ChunkStream(self._batched(request, timeout=timeout or self.timeout))
+        return ChunkStream(self._batched(request, timeout=timeout or self.timeout, metadata=self._auth))
 
     # -- worker and sessions --------------------------------------------------------------------------------
     def ping(self, message: str = "", *, timeout: float = 5.0) -> Any:
         """The worker's PingResponse (worker_id, adapter, pid, uptime_ms)."""
-        return self._stub.Ping(pb.PingRequest(message=message), timeout=timeout)
+        return self._stub.Ping(pb.PingRequest(message=message), timeout=timeout, metadata=self._auth)
 
     def list_tools(self, *, timeout: float = 10.0) -> list[Any]:
         """Every tool of the worker (name, description, supports_streaming, parameters_schema_json)."""
-        return list(self._stub.ListTools(pb.ListToolsRequest(), timeout=timeout).tools)
+        return list(self._stub.ListTools(pb.ListToolsRequest(), timeout=timeout, metadata=self._auth).tools)
 
     def initialize_session(self, session_id: str, metadata: Mapping[str, str] | None = None) -> bool:
         request = pb.InitializeSessionRequest(session_id=session_id, metadata=dict(metadata or {}))
-        return bool(self._stub.InitializeSession(request, timeout=10.0).created)
+        return bool(self._stub.InitializeSession(request, timeout=10.0, metadata=self._auth).created)
 
     def cleanup_session(self, session_id: str) -> bool:
-        return bool(self._stub.CleanupSession(pb.CleanupSessionRequest(session_id=session_id), timeout=10.0).existed)
+        return bool(
+            self._stub.CleanupSession(
+                pb.CleanupSessionRequest(session_id=session_id), timeout=10.0, metadata=self._auth
+            ).existed
+        )
 
     def wait_ready(self, timeout: float = 10.0) -> None:
         """Block until the channel is connected (raises ``grpc.FutureTimeoutError`` after ``timeout``)."""

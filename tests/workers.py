@@ -22,10 +22,11 @@ class Worker:
     process: subprocess.Popen[bytes]
     port: int
     info: dict
+    host: str = "127.0.0.1"
 
     @property
     def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def stop(self, timeout: float = 10.0) -> int:
         if self.process.poll() is None:
@@ -73,12 +74,14 @@ def wait_ready(process: subprocess.Popen[bytes], timeout: float = 30.0) -> dict:
 
 
 @contextlib.contextmanager
-def running_worker(adapter: str = "adapters.showcase:ShowcaseAdapter", *args: str, **kw) -> Iterator[Worker]:
-    process = spawn(adapter, *args, **kw)
+def running_worker(
+    adapter: str = "adapters.showcase:ShowcaseAdapter", *args: str, host: str = "127.0.0.1", **kw
+) -> Iterator[Worker]:
+    process = spawn(adapter, "--host", host, *args, **kw)
     worker = None
     try:
         info = wait_ready(process)
-        worker = Worker(process, info["port"], info)
+        worker = Worker(process, info["port"], info, host)
         yield worker
     finally:
         if worker is not None:

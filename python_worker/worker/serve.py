@@ -17,13 +17,14 @@ import stat
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..engine import Engine, aio_runner
 from ..engine.sessions import DEFAULT_MAX_SESSIONS, SessionStore
 from ..proto import pb
 from ..sdk import AdapterPathError, BaseAdapter, load_adapter
+from ..transports.grpc.security import SecurityConfigError, ServerSecurity
 from ..transports.grpc.server import GrpcServer
 from ..transports.link import LinkServer
 from ..transports.link_io import READY, FrameReader, FrameWriter
@@ -54,6 +55,7 @@ class ServeOptions:
     stdin_watch: bool | None = None  # None: watch when stdin is a pipe or socket
     process_group: bool | None = None  # None: lead a process group when stdin is watched (supervised)
     grace: float = 2.0
+    security: ServerSecurity = field(default_factory=ServerSecurity)  # TLS, token, --insecure (gRPC only)
 
 
 def _watch_stdin(shutdown: Shutdown) -> None:
@@ -94,6 +96,14 @@ def serve(options: ServeOptions, link: FrameWriter | None = None) -> int:
     frames to the pool, see :func:`..transports.link_io.open_link`), the worker serves the local link on
     stdin/stdout, and gRPC as well only when ``options.port`` is set."""
     options.worker_id = options.worker_id or f"worker-{os.getpid()}"
+    serves_grpc = link is None or options.port is not None
+    if serves_grpc:
+        try:  # before anything starts: a worker that would be exposed, or cannot read its files, never serves
+            options.security.check(options.host)
+            options.security.credentials()
+        except SecurityConfigError as exc:
+            log.error("%s", exc)
+            return 2
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     supervised = link is not None or _should_watch_stdin()
     # over the link, stdin is the link: its reader sees the pool go
@@ -119,7 +129,7 @@ def serve(options: ServeOptions, link: FrameWriter | None = None) -> int:
         max_message_bytes=options.max_message_bytes,
     )
     grpc_server = None
-    if link is None or options.port is not None:
+    if serves_grpc:
 
         def cannot_listen() -> None:
             sessions.close()
@@ -133,6 +143,7 @@ def serve(options: ServeOptions, link: FrameWriter | None = None) -> int:
             max_calls=options.max_calls,
             max_message_bytes=options.max_message_bytes,
             on_fail=cannot_listen,
+            security=options.security,
         )
     link_server = None
     if link is not None:
@@ -149,7 +160,7 @@ def serve(options: ServeOptions, link: FrameWriter | None = None) -> int:
             link.send(0, READY, ready.SerializeToString(), metadata=metadata)
             log.info("serving %s over the link%s", options.adapter, f" and on {options.host}:{port}" if port else "")
         elif port is not None:
-            log.info("serving %s on %s:%d", options.adapter, options.host, port)
+            log.info("serving %s on %s:%d (%s)", options.adapter, options.host, port, options.security.describe())
             _announce(options, port)
 
     log.info("stopping: %s", shutdown.wait())

@@ -1,5 +1,5 @@
-"""The gRPC front's server: the ToolWorker service (:mod:`.servicer`), health and reflection, and a cap on the
-non-tool streams (:mod:`.aux_streams`), on one address."""
+"""The gRPC front's server: the ToolWorker service (:mod:`.servicer`), health and reflection, a cap on the
+non-tool streams (:mod:`.aux_streams`), and TLS and the token check (:mod:`.security`), on one address."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from ...engine import Engine
 from ...proto import SERVICE_NAME
 from .aux_streams import MAX_AUX_STREAMS, AuxStreamLimit
 from .channel import channel_options
+from .security import ServerSecurity
 from .servicer import ToolWorkerServicer, register
 
 log = logging.getLogger("krait.worker")
@@ -32,13 +33,15 @@ class GrpcServer:
         max_calls: int,
         max_message_bytes: int,
         on_fail: Callable[[], None],
+        security: ServerSecurity | None = None,
     ) -> None:
+        security = security or ServerSecurity()
         # One thread per in-flight RPC (grpcio's sync server): room for every tool call, every reflection or
         # health-watch stream allowed, and the short calls (pings, health checks, refusals) beside them.
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_calls + MAX_AUX_STREAMS + 8, thread_name_prefix="grpc"),
             options=[*channel_options(max_message_bytes), ("grpc.so_reuseport", 0)],
-            interceptors=[AuxStreamLimit(SERVICE_NAME)],
+            interceptors=[*security.interceptors(), AuxStreamLimit(SERVICE_NAME)],  # the token first
         )
         register(ToolWorkerServicer(engine), self.server)
         self.health = health.HealthServicer()
@@ -48,7 +51,12 @@ class GrpcServer:
             self.server,
         )
         try:
-            self.port = self.server.add_insecure_port(f"{host}:{port}")
+            credentials = security.credentials()
+            address = f"{host}:{port}"
+            if credentials is None:
+                self.port = self.server.add_insecure_port(address)
+            else:
+                self.port = self.server.add_secure_port(address, credentials)
         except RuntimeError as exc:
             log.error("cannot listen on %s:%d: %s", host, port, exc)
             on_fail()
