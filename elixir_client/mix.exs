@@ -14,7 +14,7 @@ defmodule Krait.MixProject do
 
   def application do
     [
-      extra_applications: [:logger] ++ json_applications(),
+      extra_applications: [:logger, :ssl, :public_key] ++ json_applications(),
       mod: {Krait.Application, []}
     ]
   end

@@ -32,6 +32,7 @@ defmodule Krait.Error do
     * `:callback` - the `execute_stream/4` callback raised, threw or exited; `details` has `:kind`,
       `:reason` and `:stacktrace`.
     * `:protocol` - the worker sent something Krait could not decode.
+    * `:unauthenticated` - a remote worker refused the pool's token (`:token`), or it has none.
     * `:cancelled`, `:resource_exhausted`, `:grpc` - other gRPC outcomes (`details.status`).
 
   Errors of a call carry its id in `details.call_id`: the worker's log records for the call have
@@ -50,6 +51,7 @@ defmodule Krait.Error do
           | :failed_precondition
           | :callback
           | :protocol
+          | :unauthenticated
           | :cancelled
           | :resource_exhausted
           | :grpc
@@ -109,7 +111,8 @@ defmodule Krait.Error do
     5 => :not_found,
     8 => :resource_exhausted,
     9 => :failed_precondition,
-    14 => :worker
+    14 => :worker,
+    16 => :unauthenticated
   }
 
   @doc """

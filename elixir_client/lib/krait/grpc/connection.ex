@@ -1,7 +1,8 @@
 defmodule Krait.GRPC.Connection do
   @moduledoc """
-  One HTTP/2 connection (h2c, prior knowledge) to a gRPC server on which many calls run
-  at once: a process owning a `:gen_tcp` socket.
+  One HTTP/2 connection to a gRPC server on which many calls run at once: a process owning
+  a `:gen_tcp` socket (h2c, prior knowledge) or, with `tls:`, an OTP `:ssl` socket that
+  negotiates `h2` by ALPN and verifies the server's certificate and host name.
 
   Hand-written in plain OTP because no HTTP/2 or gRPC library is available here: Debian's
   cowlib (1.3) has neither HTTP/2 nor HPACK and hex.pm is unreachable. The layering
@@ -89,6 +90,10 @@ defmodule Krait.GRPC.Connection do
   defstruct [
     :socket,
     :authority,
+    transport: :gen_tcp,
+    scheme: "http",
+    # headers sent on every call (the token's `authorization`)
+    headers: [],
     buffer: <<>>,
     encoder: nil,
     decoder: nil,
@@ -135,6 +140,12 @@ defmodule Krait.GRPC.Connection do
     * `initial_window_size:` the stream receive window we advertise (default 4 MiB)
     * `connection_window_size:` the connection receive window (default 16 MiB)
     * `max_frame_size:` the largest frame we accept (default 16384)
+    * `tls:` `false` (default: plain h2c), `true` or a list of `:ssl` client options
+      (`cacertfile:`, `certfile:`, `keyfile:`, ...). Verification of the server's certificate
+      (`verify: :verify_peer`, against the system's CA store unless `cacertfile:`/`cacerts:`
+      is given) and host name, SNI and ALPN `h2` are set unless the options override them.
+    * `metadata:` a map of headers sent with every call (e.g. `%{"authorization" => "Bearer ..."}`;
+      `authorization` is sent never-indexed in HPACK)
 
   Returns `{:error, reason}` (such as `:econnrefused`) without starting anything, and
   without an exit signal to the caller, when the connection cannot be made. Once running,
@@ -296,11 +307,15 @@ defmodule Krait.GRPC.Connection do
 
     address = if is_tuple(host), do: host, else: to_charlist(host)
     authority = if is_tuple(host), do: "#{:inet.ntoa(host)}:#{port}", else: "#{host}:#{port}"
+    timeout = opts[:connect_timeout] || 5000
+    tls = Keyword.get(opts, :tls, false)
 
-    with {:ok, socket} <-
-           :gen_tcp.connect(address, port, socket_opts, opts[:connect_timeout] || 5000) do
+    with {:ok, socket, transport} <- open_socket(address, port, socket_opts, tls, timeout) do
       state = %__MODULE__{
         socket: socket,
+        transport: transport,
+        scheme: if(transport == :ssl, do: "https", else: "http"),
+        headers: call_headers(Keyword.get(opts, :metadata, %{})),
         authority: authority,
         encoder: HPACK.new(@our_header_table_size),
         decoder: HPACK.new(@our_header_table_size),
@@ -323,16 +338,104 @@ defmodule Krait.GRPC.Connection do
       raise_by = state.connection_window_size - @default_window
       window_update = if raise_by > 0, do: Frame.encode({:window_update, 0, raise_by}), else: []
 
-      with :ok <- :gen_tcp.send(socket, [Frame.preface(), settings, window_update]),
-           :ok <- :inet.setopts(socket, active: @active_n) do
+      with :ok <- sock_send(state, [Frame.preface(), settings, window_update]),
+           :ok <- sock_setopts(state, active: @active_n) do
         {:ok, %{state | recv_window: max(state.connection_window_size, @default_window)}}
       else
         {:error, reason} ->
-          :gen_tcp.close(socket)
+          sock_close(state)
           {:error, reason}
       end
     end
   end
+
+  defp open_socket(address, port, socket_opts, false, timeout) do
+    with {:ok, socket} <- :gen_tcp.connect(address, port, socket_opts, timeout),
+         do: {:ok, socket, :gen_tcp}
+  end
+
+  defp open_socket(address, port, socket_opts, tls, timeout) do
+    ssl_opts = tls_options(address, if(tls == true, do: [], else: tls))
+
+    with {:ok, socket} <- :ssl.connect(address, port, socket_opts ++ ssl_opts, timeout) do
+      case check_tls(socket, address, ssl_opts) do
+        :ok ->
+          {:ok, socket, :ssl}
+
+        error ->
+          :ssl.close(socket)
+          error
+      end
+    end
+  end
+
+  # ALPN must have chosen h2. A name is verified during the handshake (through SNI); OTP does not
+  # check an IP address against the certificate, so it is checked here (its IP entries).
+  defp check_tls(socket, address, ssl_opts) do
+    ip = ip_address(address)
+
+    cond do
+      :ssl.negotiated_protocol(socket) != {:ok, "h2"} ->
+        {:error, {:tls_alpn, "the server did not agree to HTTP/2 (ALPN h2)"}}
+
+      ip == nil or ssl_opts[:verify] == :verify_none ->
+        :ok
+
+      true ->
+        {:ok, der} = :ssl.peercert(socket)
+        cert = :public_key.pkix_decode_cert(der, :otp)
+
+        if :public_key.pkix_verify_hostname(cert, ip: ip),
+          do: :ok,
+          else: {:error, {:tls_hostname, "the server's certificate is not for #{:inet.ntoa(ip)}"}}
+    end
+  end
+
+  defp ip_address(address) when is_tuple(address), do: address
+
+  defp ip_address(address) do
+    case :inet.parse_address(address) do
+      {:ok, ip} -> ip
+      _ -> nil
+    end
+  end
+
+  @doc false
+  # The client's :ssl options: the caller's, over verification of the peer and its host name, SNI
+  # (names only: an IP address is checked against the certificate's IP entries) and ALPN h2.
+  @spec tls_options(:inet.hostname() | :inet.ip_address(), keyword()) :: keyword()
+  def tls_options(address, user) do
+    ip? = ip_address(address) != nil
+
+    ca =
+      if Keyword.has_key?(user, :cacertfile) or Keyword.has_key?(user, :cacerts),
+        do: [],
+        else: [cacerts: :public_key.cacerts_get()]
+
+    defaults =
+      [
+        verify: :verify_peer,
+        alpn_advertised_protocols: ["h2"],
+        customize_hostname_check: [match_fun: :public_key.pkix_verify_hostname_match_fun(:https)],
+        server_name_indication: if(ip?, do: :disable, else: address)
+      ] ++ ca
+
+    Keyword.merge(defaults, user)
+  end
+
+  defp call_headers(metadata) do
+    Enum.map(metadata, fn
+      {"authorization" = k, v} -> {k, v, :never_store}
+      {k, v} -> {to_string(k), v}
+    end)
+  end
+
+  defp sock_send(%{transport: :ssl, socket: s}, data), do: :ssl.send(s, data)
+  defp sock_send(%{socket: s}, data), do: :gen_tcp.send(s, data)
+  defp sock_setopts(%{transport: :ssl, socket: s}, opts), do: :ssl.setopts(s, opts)
+  defp sock_setopts(%{socket: s}, opts), do: :inet.setopts(s, opts)
+  defp sock_close(%{transport: :ssl, socket: s}), do: :ssl.close(s)
+  defp sock_close(%{socket: s}), do: :gen_tcp.close(s)
 
   ## Callbacks
 
@@ -376,7 +479,7 @@ defmodule Krait.GRPC.Connection do
     state = emit(state, {:goaway, 0, @no_error, "closing"})
     state = fail_all(state, Error.unavailable("connection closed by the client"))
     flush(state)
-    :gen_tcp.close(state.socket)
+    sock_close(state)
     {:stop, :normal, :ok, state}
   end
 
@@ -389,25 +492,28 @@ defmodule Krait.GRPC.Connection do
   end
 
   @impl true
-  def handle_info({:tcp, socket, data}, %{socket: socket} = state) do
+  def handle_info({tag, socket, data}, %{socket: socket} = state) when tag in [:tcp, :ssl] do
     case receive_bytes(state, data) do
       {:ok, state} -> noreply_and_flush(state) |> maybe_stop_after_goaway()
       {:error, code, reason, state} -> connection_error(state, code, reason)
     end
   end
 
-  def handle_info({:tcp_passive, socket}, %{socket: socket} = state) do
+  def handle_info({tag, socket}, %{socket: socket} = state)
+      when tag in [:tcp_passive, :ssl_passive] do
     # An error here means the socket is closing: :tcp_closed follows.
-    _ = :inet.setopts(socket, active: @active_n)
+    _ = sock_setopts(state, active: @active_n)
     {:noreply, state}
   end
 
-  def handle_info({:tcp_closed, socket}, %{socket: socket} = state) do
+  def handle_info({tag, socket}, %{socket: socket} = state)
+      when tag in [:tcp_closed, :ssl_closed] do
     state = fail_all(state, Error.unavailable("connection closed by the server"))
     {:stop, {:shutdown, :closed}, state}
   end
 
-  def handle_info({:tcp_error, socket, reason}, %{socket: socket} = state) do
+  def handle_info({tag, socket, reason}, %{socket: socket} = state)
+      when tag in [:tcp_error, :ssl_error] do
     state = fail_all(state, Error.unavailable("connection error: #{inspect(reason)}"))
     {:stop, {:shutdown, reason}, state}
   end
@@ -438,7 +544,7 @@ defmodule Krait.GRPC.Connection do
 
   @impl true
   def terminate(_reason, state) do
-    :gen_tcp.close(state.socket)
+    sock_close(state)
   end
 
   ## Opening streams and sending
@@ -450,7 +556,7 @@ defmodule Krait.GRPC.Connection do
     headers =
       [
         {":method", "POST"},
-        {":scheme", "http"},
+        {":scheme", state.scheme},
         {":path", path},
         {":authority", state.authority},
         {"content-type", "application/grpc"},
@@ -458,6 +564,7 @@ defmodule Krait.GRPC.Connection do
         {"user-agent", @user_agent}
       ] ++
         if(timeout, do: [{"grpc-timeout", Metadata.encode_timeout(timeout), :no_store}], else: []) ++
+        state.headers ++
         Enum.map(metadata, fn {k, v} ->
           if byte_size(v) > 256, do: {k, v, :no_store}, else: {k, v}
         end)
@@ -907,11 +1014,11 @@ defmodule Krait.GRPC.Connection do
 
   defp closed?(socket) do
     receive do
-      {:tcp_closed, ^socket} = message ->
+      {tag, ^socket} = message when tag in [:tcp_closed, :ssl_closed] ->
         send(self(), message)
         true
 
-      {:tcp_error, ^socket, _} = message ->
+      {tag, ^socket, _} = message when tag in [:tcp_error, :ssl_error] ->
         send(self(), message)
         true
     after
@@ -942,7 +1049,7 @@ defmodule Krait.GRPC.Connection do
   defp flush(%{out: []} = state), do: {:ok, state}
 
   defp flush(state) do
-    case :gen_tcp.send(state.socket, Enum.reverse(state.out)) do
+    case sock_send(state, Enum.reverse(state.out)) do
       :ok -> {:ok, %{state | out: []}}
       {:error, reason} -> {:error, reason, %{state | out: []}}
     end
@@ -979,13 +1086,13 @@ defmodule Krait.GRPC.Connection do
 
   defp maybe_stop_after_goaway({:noreply, %{goaway: {_, _, _}, streams: streams} = state})
        when map_size(streams) == 0 do
-    :gen_tcp.close(state.socket)
+    sock_close(state)
     {:stop, {:shutdown, :goaway}, state}
   end
 
   defp maybe_stop_after_goaway({:reply, reply, %{goaway: {_, _, _}, streams: streams} = state})
        when map_size(streams) == 0 do
-    :gen_tcp.close(state.socket)
+    sock_close(state)
     {:stop, {:shutdown, :goaway}, reply, state}
   end
 
