@@ -1,6 +1,6 @@
 """Certificates made at test time with the openssl command: a CA, a server certificate for the loopback
-addresses the remote tests bind (127.0.0.2, 127.0.0.3, localhost), a client certificate, and a second CA that
-signed none of them (an untrusted server's)."""
+addresses the remote tests bind (127.0.0.2, 127.0.0.3, localhost), a client certificate, a server certificate
+signed by a second CA (an untrusted server's), and one for another host (a host-name mismatch)."""
 
 from __future__ import annotations
 
@@ -36,12 +36,14 @@ def _ca(dir: Path, name: str) -> None:
              "-keyout", f"{name}.key.pem", "-out", f"{name}.pem", cwd=dir)  # fmt: skip
 
 
-def _signed(dir: Path, name: str, ca: str, *, server: bool) -> None:
+def _signed(
+    dir: Path, name: str, ca: str, *, server: bool, san: str = "IP:127.0.0.2,IP:127.0.0.3,DNS:localhost"
+) -> None:
     _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN=krait-{name}",
              "-keyout", f"{name}.key.pem", "-out", f"{name}.csr", cwd=dir)  # fmt: skip
     ext = dir / f"{name}.ext"
     if server:
-        ext.write_text("subjectAltName=IP:127.0.0.2,IP:127.0.0.3,DNS:localhost\nextendedKeyUsage=serverAuth\n")
+        ext.write_text(f"subjectAltName={san}\nextendedKeyUsage=serverAuth\n")
     else:
         ext.write_text("extendedKeyUsage=clientAuth\n")
     _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key.pem",
@@ -50,11 +52,13 @@ def _signed(dir: Path, name: str, ca: str, *, server: bool) -> None:
 
 def make_certs(dir: Path) -> Certs:
     """``ca.pem``; ``server.crt.pem``/``server.key.pem`` and ``client.crt.pem``/``client.key.pem`` signed by it;
-    ``rogue.crt.pem``/``rogue.key.pem``, a server certificate signed by another CA."""
+    ``rogue.crt.pem``/``rogue.key.pem``, a server certificate signed by another CA; ``elsewhere.crt.pem``/
+    ``elsewhere.key.pem``, signed by the CA for another host (127.0.0.9)."""
     dir.mkdir(parents=True, exist_ok=True)
     _ca(dir, "ca")
     _ca(dir, "otherca")
     _signed(dir, "server", "ca", server=True)
     _signed(dir, "client", "ca", server=False)
     _signed(dir, "rogue", "otherca", server=True)
+    _signed(dir, "elsewhere", "ca", server=True, san="IP:127.0.0.9,DNS:elsewhere.invalid")
     return Certs(dir)

@@ -16,7 +16,9 @@ defmodule Krait.Error do
         `details.last_error` holds the failed worker's last output (the import error itself),
         `details.exit` how it ended (`{:exit_status, 1}`, `:startup_timeout`...) and
         `details.worker_id` which worker it was. The pool keeps restarting workers with backoff
-        and serves again once one is up.
+        and serves again once one is up. For a remote pool (`:endpoints`) no endpoint is
+        reachable: `details.endpoints` lists `{endpoint, last_error_reason}` for each, and the
+        message names them.
     * `:timeout` - the call's deadline passed while the tool ran (the tool is stopped too).
     * `:python` - the tool raised; `details` has `:type` (exception class), `:traceback`,
       `:tool_name` and `:worker_id`, plus the exception's public fields under their string names
@@ -76,9 +78,20 @@ defmodule Krait.Error do
     last_line =
       output |> String.split("\n", trim: true) |> List.last() || inspect(failure[:reason])
 
+    message =
+      case failure[:endpoints] do
+        nil ->
+          "the pool's workers fail to start: #{last_line}"
+
+        endpoints ->
+          "no endpoint of the pool is reachable: " <>
+            Enum.map_join(endpoints, "; ", fn {e, reason} -> "#{e} (#{inspect(reason)})" end) <>
+            "; last: #{last_line}"
+      end
+
     %__MODULE__{
       category: :pool,
-      message: "the pool's workers fail to start: #{last_line}",
+      message: message,
       details:
         Map.merge(extra, %{
           reason: :workers_failing,
@@ -86,6 +99,7 @@ defmodule Krait.Error do
           exit: failure[:reason],
           worker_id: failure[:worker_id]
         })
+        |> put_present(:endpoints, failure[:endpoints])
     }
   end
 

@@ -16,9 +16,17 @@ defmodule Krait.TestHelpers do
   @spec python() :: String.t()
   def python, do: System.get_env("KRAIT_PYTHON") || Path.join(@root, ".venv/bin/python")
 
-  @doc "Options for a showcase pool, with quick restarts; `overrides` win."
+  @doc "Options for a showcase pool, with quick restarts; `overrides` win (a remote pool with `:endpoints`)."
   @spec pool_opts(keyword()) :: keyword()
-  def pool_opts(overrides \\ []) do
+  def pool_opts(overrides \\ [])
+
+  def pool_opts(overrides) do
+    if Keyword.has_key?(overrides, :endpoints),
+      do: Keyword.merge([backoff_min: 50, backoff_max: 500], overrides),
+      else: local_pool_opts(overrides)
+  end
+
+  defp local_pool_opts(overrides) do
     Keyword.merge(
       [
         adapter: "adapters.showcase:ShowcaseAdapter",
@@ -134,6 +142,7 @@ defmodule Krait.TestHelpers do
     channel =
       case :sys.get_state(pid) do
         %{transport: :grpc, conn: conn} -> {Krait.GRPC.Connection, conn}
+        %{endpoint: _, conn: conn} -> {Krait.GRPC.Connection, conn}
         _ -> {Krait.Link, pid}
       end
 

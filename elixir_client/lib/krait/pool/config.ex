@@ -9,8 +9,24 @@ defmodule Krait.Pool.Config do
   @schema [
     adapter: [
       type: :string,
-      required: true,
-      doc: "the Python adapter, `\"module:Class\"`"
+      doc: "the Python adapter, `\"module:Class\"` (required unless `:endpoints` is given)"
+    ],
+    endpoints: [
+      type: {:list, :string},
+      doc:
+        "remote workers instead of started ones: `\"host:port\"` each, one worker per endpoint " <>
+          "(see `Krait.Worker.Remote`); `:adapter`, `:python`, `:size` do not apply"
+    ],
+    tls: [
+      type: {:or, [:boolean, {:list, :any}]},
+      default: false,
+      doc:
+        "with `:endpoints`: `true`, or `:ssl` client options (`cacertfile:`, `certfile:`, " <>
+          "`keyfile:`...), to reach them over TLS; the server's certificate and host name are verified"
+    ],
+    token: [
+      type: :string,
+      doc: "with `:endpoints`: the workers' token, sent as `authorization: Bearer <token>`"
     ],
     name: [
       type: :atom,
@@ -117,8 +133,11 @@ defmodule Krait.Pool.Config do
     worker_module: [type: :atom, default: Krait.Worker, doc: false]
   ]
 
+  @remote_only [:tls, :token]
+
   @enforce_keys [:name, :size, :adapter, :python, :cwd, :worker]
   defstruct [
+    :endpoints,
     :name,
     :size,
     :adapter,
@@ -155,9 +174,10 @@ defmodule Krait.Pool.Config do
   @type t :: %__MODULE__{
           name: atom(),
           size: pos_integer(),
-          adapter: String.t(),
-          python: String.t(),
-          cwd: String.t(),
+          adapter: String.t() | nil,
+          python: String.t() | nil,
+          cwd: String.t() | nil,
+          endpoints: [String.t()] | nil,
           worker: worker(),
           id_prefix: String.t(),
           worker_sup: atom(),
@@ -179,7 +199,33 @@ defmodule Krait.Pool.Config do
   """
   @spec build(keyword()) :: {:ok, t()} | {:error, Krait.Error.t()}
   def build(opts) do
-    with {:ok, o} <- validate(opts),
+    with {:ok, o} <- validate(opts) do
+      case o do
+        %{endpoints: _, adapter: _} ->
+          invalid(
+            "Krait.Pool: give :adapter (workers the pool starts) or :endpoints (remote ones), not both"
+          )
+
+        %{endpoints: endpoints} ->
+          remote(o, endpoints)
+
+        %{adapter: _} ->
+          local(o)
+
+        _ ->
+          invalid("Krait.Pool: option :adapter is required (or :endpoints, for remote workers)")
+      end
+    end
+  end
+
+  defp local(o) do
+    given = Enum.filter(@remote_only, &(o[&1] not in [nil, false]))
+
+    with :ok <-
+           if(given == [],
+             do: :ok,
+             else: invalid("Krait.Pool: #{inspect(given)} apply to :endpoints only")
+           ),
          cwd = Path.expand(Map.get_lazy(o, :cwd, &File.cwd!/0)),
          :ok <- check_dir(cwd),
          {:ok, python} <- resolve_python(o.python, cwd) do
@@ -217,6 +263,59 @@ defmodule Krait.Pool.Config do
          lease_grace: o.lease_grace
        }}
     end
+  end
+
+  defp remote(o, endpoints) do
+    with :ok <- check_endpoints(endpoints),
+         {:ok, tls} <- check_tls(o.tls) do
+      worker =
+        o
+        |> Map.take([:connect_timeout, :health_interval, :health_timeout, :health_failures])
+        |> Map.merge(%{endpoints: endpoints, tls: tls, token: o[:token], transport: :remote})
+
+      {:ok,
+       %__MODULE__{
+         name: o.name,
+         size: length(endpoints),
+         adapter: nil,
+         python: nil,
+         cwd: nil,
+         endpoints: endpoints,
+         worker: worker,
+         id_prefix: o.name |> Atom.to_string() |> String.replace_prefix("Elixir.", ""),
+         worker_sup: Module.concat(o.name, WorkerSupervisor),
+         worker_module:
+           if(o.worker_module == Krait.Worker, do: Krait.Worker.Remote, else: o.worker_module),
+         max_queue: o.max_queue,
+         backoff_min: o.backoff_min,
+         backoff_max: max(o.backoff_max, o.backoff_min),
+         session_ttl: o.session_ttl,
+         lease_grace: o.lease_grace
+       }}
+    end
+  end
+
+  defp check_endpoints([]), do: invalid("Krait.Pool: :endpoints is empty")
+
+  defp check_endpoints(endpoints) do
+    case Enum.find(endpoints, &(Krait.Worker.Remote.parse_endpoint(&1) == :error)) do
+      nil ->
+        :ok
+
+      bad ->
+        invalid(
+          "Krait.Pool: endpoint #{inspect(bad)} is not \"host:port\" (a port from 1 to 65535)",
+          endpoint: bad
+        )
+    end
+  end
+
+  defp check_tls(tls) when is_boolean(tls), do: {:ok, tls}
+
+  defp check_tls(tls) do
+    if Keyword.keyword?(tls),
+      do: {:ok, tls},
+      else: invalid("Krait.Pool: option :tls must be a boolean or a keyword list of :ssl options")
   end
 
   defp validate(opts) do

@@ -573,7 +573,7 @@ defmodule Krait.Pool.Scheduler do
   defp start_worker(state, slot, gen) do
     config = state.config
     wid = "#{config.id_prefix}-#{slot}.#{gen}"
-    opts = Map.merge(config.worker, %{worker_id: wid, pool: self()})
+    opts = Map.merge(config.worker, %{worker_id: wid, pool: self(), slot: slot})
 
     prev =
       Map.get(state.slots, slot, %{failures: 0, restarts: 0, start_failed: false, last_error: nil})
@@ -689,6 +689,8 @@ defmodule Krait.Pool.Scheduler do
         end)
 
     if failing? do
+      error = with_endpoint_errors(state, error)
+
       if state.failing == nil do
         Logger.error(
           "Krait pool #{inspect(state.name)}: every worker fails to start; calls fail fast " <>
@@ -708,6 +710,17 @@ defmodule Krait.Pool.Scheduler do
     else
       state
     end
+  end
+
+  # A remote pool's failure names every endpoint's last error.
+  defp with_endpoint_errors(%{config: %{endpoints: nil}}, error), do: error
+
+  defp with_endpoint_errors(%{config: %{endpoints: endpoints}} = state, error) do
+    errors =
+      for {endpoint, slot} <- Enum.with_index(endpoints, 1),
+          do: {endpoint, get_in(state.slots, [slot, :last_error, :reason])}
+
+    Map.put(error, :endpoints, errors)
   end
 
   # Waiters that needed the dead worker: strict ones fail, hint ones go back to the general queue
@@ -782,6 +795,7 @@ defmodule Krait.Pool.Scheduler do
               pid: w.pid,
               os_pid: w.os_pid,
               grpc_port: w.grpc_port,
+              endpoint: endpoint(state.config, slot),
               calls: w.calls,
               restarts: s.restarts,
               last_error: s.last_error
@@ -795,6 +809,7 @@ defmodule Krait.Pool.Scheduler do
               pid: nil,
               os_pid: nil,
               grpc_port: nil,
+              endpoint: endpoint(state.config, slot),
               calls: 0,
               restarts: s.restarts,
               last_error: s.last_error
@@ -816,6 +831,9 @@ defmodule Krait.Pool.Scheduler do
       workers: workers
     }
   end
+
+  defp endpoint(%{endpoints: nil}, _slot), do: nil
+  defp endpoint(%{endpoints: endpoints}, slot), do: Enum.at(endpoints, slot - 1)
 
   defp schedule_session_sweep(%{session_ttl: :infinity}), do: :ok
 
