@@ -75,6 +75,39 @@ defmodule Krait.TestHelpers do
     name
   end
 
+  @doc """
+  Holds `per_worker` calls on a one-worker pool (`calls_per_worker: per_worker`), checks that the
+  worker is busy with all of them and that one more call waits, then lets one go: the waiter runs.
+  """
+  @spec hold_and_queue(atom(), pos_integer()) :: :ok
+  def hold_and_queue(pool, per_worker) do
+    test = self()
+
+    holders =
+      for _ <- 1..per_worker do
+        Task.async(fn ->
+          Krait.execute_stream("blocking_stream", %{seconds: 20}, fn _ -> send(test, :held) end,
+            pool: pool
+          )
+        end)
+      end
+
+    for _ <- 1..per_worker, do: assert_receive(:held, 5_000)
+    assert [%{status: :busy, in_flight: ^per_worker}] = Krait.Pool.stats(pool).workers
+    assert %{queue_length: 0, busy: 1} = Krait.Pool.stats(pool)
+
+    waiter =
+      Task.async(fn -> Krait.execute("add", %{a: 1, b: 1}, pool: pool, timeout: 10_000) end)
+
+    eventually(fn -> Krait.Pool.stats(pool).queue_length == 1 end)
+    # one lease back: the waiter runs beside the other held call
+    Task.shutdown(hd(holders), :brutal_kill)
+    assert {:ok, 2.0} = Task.await(waiter, 10_000)
+    Enum.each(tl(holders), &Task.shutdown(&1, :brutal_kill))
+    eventually(fn -> match?([%{status: :idle, in_flight: 0}], Krait.Pool.stats(pool).workers) end)
+    :ok
+  end
+
   @doc "Every `{:chunk, chunk}` message already in the mailbox, in arrival order."
   @spec received_chunks() :: [Krait.Chunk.t()]
   def received_chunks, do: received_chunks([])

@@ -64,6 +64,13 @@ defmodule Krait.Pool.Config do
       default: 30_000,
       doc: "ms a worker may take to report ready before it is killed and retried"
     ],
+    calls_per_worker: [
+      type: :pos_integer,
+      default: 1,
+      doc:
+        "calls a worker runs at once (leases it gives); a Python worker serves at most its " <>
+          "`--max-calls` (32)"
+    ],
     max_queue: [
       type: :non_neg_integer,
       default: 1_000,
@@ -147,6 +154,7 @@ defmodule Krait.Pool.Config do
     :id_prefix,
     :worker_sup,
     worker_module: Krait.Worker,
+    calls_per_worker: 1,
     max_queue: 1_000,
     backoff_min: 100,
     backoff_max: 10_000,
@@ -182,6 +190,7 @@ defmodule Krait.Pool.Config do
           id_prefix: String.t(),
           worker_sup: atom(),
           worker_module: module(),
+          calls_per_worker: pos_integer(),
           max_queue: non_neg_integer(),
           backoff_min: pos_integer(),
           backoff_max: pos_integer(),
@@ -256,6 +265,7 @@ defmodule Krait.Pool.Config do
          id_prefix: o.name |> Atom.to_string() |> String.replace_prefix("Elixir.", ""),
          worker_sup: Module.concat(o.name, WorkerSupervisor),
          worker_module: o.worker_module,
+         calls_per_worker: o.calls_per_worker,
          max_queue: o.max_queue,
          backoff_min: o.backoff_min,
          backoff_max: max(o.backoff_max, o.backoff_min),
@@ -286,6 +296,7 @@ defmodule Krait.Pool.Config do
          worker_sup: Module.concat(o.name, WorkerSupervisor),
          worker_module:
            if(o.worker_module == Krait.Worker, do: Krait.Worker.Remote, else: o.worker_module),
+         calls_per_worker: o.calls_per_worker,
          max_queue: o.max_queue,
          backoff_min: o.backoff_min,
          backoff_max: max(o.backoff_max, o.backoff_min),

@@ -111,7 +111,8 @@ defmodule Krait.Pool.Scheduler do
       name: config.name,
       # slot => %{worker_id, gen, failures, restarts, timer, start_failed, last_error}
       slots: %{},
-      # worker_id => %{pid, slot, status, conn, os_pid, lease, calls, ready_at}
+      # worker_id => %{pid, slot, status, conn, os_pid, leases, calls, ready_at}; a worker is :busy
+      # when it holds `calls_per_worker` leases, and in `idle` while it has room for another
       workers: %{},
       # monitor ref of a worker process => worker_id
       worker_mons: %{},
@@ -206,7 +207,13 @@ defmodule Krait.Pool.Scheduler do
         state = put_in(state.workers[info.worker_id], w)
         state = update_in(state.slots[w.slot], &%{&1 | start_failed: false})
         state = %{state | failing: nil}
-        state = state |> serve(info.worker_id) |> notify_awaiting()
+        # one serve per lease it can give: each hands it to a waiter or lists it as idle
+        state =
+          Enum.reduce(1..state.config.calls_per_worker, state, fn _, acc ->
+            serve(acc, info.worker_id)
+          end)
+
+        state = notify_awaiting(state)
         {:noreply, state}
 
       _ ->
@@ -430,6 +437,20 @@ defmodule Krait.Pool.Scheduler do
   ## Serving: a worker became free (checkin, caller death, ready after start)
 
   defp serve(state, wid) do
+    if room?(state, wid), do: serve_room(state, wid), else: state
+  end
+
+  defp room?(state, wid) do
+    case state.workers[wid] do
+      %{status: status, leases: leases} when status != :starting ->
+        length(leases) < state.config.calls_per_worker
+
+      _ ->
+        false
+    end
+  end
+
+  defp serve_room(state, wid) do
     own = Map.get(state.own, wid)
     own_seq = if own, do: elem(:gb_trees.smallest(own), 0)
 
@@ -440,7 +461,7 @@ defmodule Krait.Pool.Scheduler do
 
     cond do
       own_seq == nil and gen_seq == nil ->
-        %{state | idle: state.idle ++ [wid]}
+        if wid in state.idle, do: state, else: %{state | idle: state.idle ++ [wid]}
 
       gen_seq == nil or (own_seq != nil and own_seq < gen_seq) ->
         {_seq, ref, tree} = :gb_trees.take_smallest(own)
@@ -524,7 +545,17 @@ defmodule Krait.Pool.Scheduler do
           Map.put(state.leases, req.ref, %{worker_id: wid, session: req.session, timer: timer})
     }
 
-    state = update_in(state.workers[wid], &%{&1 | status: :busy, lease: req.ref})
+    leases = [req.ref | state.workers[wid].leases]
+    full? = length(leases) >= state.config.calls_per_worker
+
+    state =
+      update_in(
+        state.workers[wid],
+        &%{&1 | status: if(full?, do: :busy, else: :idle), leases: leases}
+      )
+
+    # a worker with room for another call stays idle, at the back
+    state = if full?, do: state, else: %{state | idle: state.idle ++ [wid]}
     bind_session(state, req.session, wid)
   end
 
@@ -545,14 +576,18 @@ defmodule Krait.Pool.Scheduler do
     state = %{state | leases: Map.delete(state.leases, ref)}
 
     case state.workers[lease.worker_id] do
-      %{lease: ^ref} = w ->
-        w = %{w | status: :idle, lease: nil, calls: w.calls + 1}
-        state = put_in(state.workers[lease.worker_id], w)
-        serve(state, lease.worker_id)
+      %{leases: leases} = w when is_list(leases) ->
+        if ref in leases, do: released(state, lease, ref, w), else: state
 
       _ ->
         state
     end
+  end
+
+  defp released(state, lease, ref, w) do
+    w = %{w | status: :idle, leases: List.delete(w.leases, ref), calls: w.calls + 1}
+    state = put_in(state.workers[lease.worker_id], w)
+    serve(state, lease.worker_id)
   end
 
   defp lease(state, ref, wid) do
@@ -592,7 +627,7 @@ defmodule Krait.Pool.Scheduler do
           channel: nil,
           grpc_port: nil,
           os_pid: nil,
-          lease: nil,
+          leases: [],
           calls: 0,
           ready_at: nil
         }
@@ -647,15 +682,17 @@ defmodule Krait.Pool.Scheduler do
 
     # The caller holding it gets a transport error from its connection; its checkin will be ignored.
     state =
-      case w.lease && state.leases[w.lease] do
-        %{timer: timer} ->
-          if timer, do: :erlang.cancel_timer(timer)
-          Process.demonitor(w.lease, [:flush])
-          %{state | leases: Map.delete(state.leases, w.lease)}
+      Enum.reduce(w.leases, state, fn ref, acc ->
+        case acc.leases[ref] do
+          %{timer: timer} ->
+            if timer, do: :erlang.cancel_timer(timer)
+            Process.demonitor(ref, [:flush])
+            %{acc | leases: Map.delete(acc.leases, ref)}
 
-        _ ->
-          state
-      end
+          _ ->
+            acc
+        end
+      end)
 
     state = requeue_own_waiters(state, wid)
 
@@ -796,6 +833,7 @@ defmodule Krait.Pool.Scheduler do
               os_pid: w.os_pid,
               grpc_port: w.grpc_port,
               endpoint: endpoint(state.config, slot),
+              in_flight: length(w.leases),
               calls: w.calls,
               restarts: s.restarts,
               last_error: s.last_error
@@ -810,6 +848,7 @@ defmodule Krait.Pool.Scheduler do
               os_pid: nil,
               grpc_port: nil,
               endpoint: endpoint(state.config, slot),
+              in_flight: 0,
               calls: 0,
               restarts: s.restarts,
               last_error: s.last_error

@@ -216,6 +216,21 @@ defmodule Krait.Pool.RemoteTest do
     assert message =~ "the server's certificate is not for 127.0.0.2"
   end
 
+  test "an endpoint gives calls_per_worker leases", ctx do
+    %{certs: certs, endpoint: endpoint} = ctx
+
+    pool =
+      remote_pool(
+        endpoints: [endpoint.(:b, "127.0.0.3")],
+        tls: [cacertfile: certs["ca"]],
+        token: @token,
+        calls_per_worker: 2
+      )
+
+    assert :ok = Krait.Pool.await_ready(pool, 10_000)
+    hold_and_queue(pool, 2)
+  end
+
   test "remote options are checked" do
     assert {:error, %Error{category: :invalid_argument, message: m}} =
              Krait.Pool.start_link(name: :krait_bad_remote, endpoints: ["no-port"])
