@@ -1,6 +1,7 @@
 """Certificates made at test time with the openssl command: a CA, a server certificate for the loopback
-addresses the remote tests bind (127.0.0.2, 127.0.0.3, localhost), a client certificate, a server certificate
-signed by a second CA (an untrusted server's), and one for another host (a host-name mismatch)."""
+addresses the remote tests bind (127.0.0.2, 127.0.0.3, localhost, and workers.krait.test, the name the DNS test
+resolves to them), a client certificate, a server certificate signed by a second CA (an untrusted server's),
+and one for another host (a host-name mismatch)."""
 
 from __future__ import annotations
 
@@ -36,9 +37,10 @@ def _ca(dir: Path, name: str) -> None:
              "-keyout", f"{name}.key.pem", "-out", f"{name}.pem", cwd=dir)  # fmt: skip
 
 
-def _signed(
-    dir: Path, name: str, ca: str, *, server: bool, san: str = "IP:127.0.0.2,IP:127.0.0.3,DNS:localhost"
-) -> None:
+SERVER_NAMES = "IP:127.0.0.2,IP:127.0.0.3,DNS:localhost,DNS:workers.krait.test"
+
+
+def _signed(dir: Path, name: str, ca: str, *, server: bool, san: str = SERVER_NAMES) -> None:
     _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN=krait-{name}",
              "-keyout", f"{name}.key.pem", "-out", f"{name}.csr", cwd=dir)  # fmt: skip
     ext = dir / f"{name}.ext"

@@ -378,7 +378,8 @@ defmodule Krait.GRPC.Connection do
       :ssl.negotiated_protocol(socket) != {:ok, "h2"} ->
         {:error, {:tls_alpn, "the server did not agree to HTTP/2 (ALPN h2)"}}
 
-      ip == nil or ssl_opts[:verify] == :verify_none ->
+      # a name given as SNI was verified in the handshake
+      ip == nil or ssl_opts[:verify] == :verify_none or is_list(ssl_opts[:server_name_indication]) ->
         :ok
 
       true ->

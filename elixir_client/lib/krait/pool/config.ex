@@ -14,8 +14,14 @@ defmodule Krait.Pool.Config do
     endpoints: [
       type: {:list, :string},
       doc:
-        "remote workers instead of started ones: `\"host:port\"` each, one worker per endpoint " <>
-          "(see `Krait.Worker.Remote`); `:adapter`, `:python`, `:size` do not apply"
+        "remote workers instead of started ones: `\"host:port\"` (one worker) or " <>
+          "`\"dns://name:port\"` (one per address of the name, re-resolved every `:dns_interval`); " <>
+          "see `Krait.Worker.Remote`. `:adapter`, `:python`, `:size` do not apply"
+    ],
+    dns_interval: [
+      type: :pos_integer,
+      default: 30_000,
+      doc: "with `dns://` endpoints: ms between resolutions (new addresses join, gone ones leave)"
     ],
     tls: [
       type: {:or, [:boolean, {:list, :any}]},
@@ -154,6 +160,7 @@ defmodule Krait.Pool.Config do
     :id_prefix,
     :worker_sup,
     worker_module: Krait.Worker,
+    dns_interval: 30_000,
     calls_per_worker: 1,
     max_queue: 1_000,
     backoff_min: 100,
@@ -186,6 +193,7 @@ defmodule Krait.Pool.Config do
           python: String.t() | nil,
           cwd: String.t() | nil,
           endpoints: [String.t()] | nil,
+          dns_interval: pos_integer(),
           worker: worker(),
           id_prefix: String.t(),
           worker_sup: atom(),
@@ -281,7 +289,7 @@ defmodule Krait.Pool.Config do
       worker =
         o
         |> Map.take([:connect_timeout, :health_interval, :health_timeout, :health_failures])
-        |> Map.merge(%{endpoints: endpoints, tls: tls, token: o[:token], transport: :remote})
+        |> Map.merge(%{tls: tls, token: o[:token], transport: :remote})
 
       {:ok,
        %__MODULE__{
@@ -291,6 +299,7 @@ defmodule Krait.Pool.Config do
          python: nil,
          cwd: nil,
          endpoints: endpoints,
+         dns_interval: o.dns_interval,
          worker: worker,
          id_prefix: o.name |> Atom.to_string() |> String.replace_prefix("Elixir.", ""),
          worker_sup: Module.concat(o.name, WorkerSupervisor),
@@ -309,13 +318,14 @@ defmodule Krait.Pool.Config do
   defp check_endpoints([]), do: invalid("Krait.Pool: :endpoints is empty")
 
   defp check_endpoints(endpoints) do
-    case Enum.find(endpoints, &(Krait.Worker.Remote.parse_endpoint(&1) == :error)) do
+    case Enum.find(endpoints, &(Krait.Pool.Endpoints.parse(&1) == :error)) do
       nil ->
         :ok
 
       bad ->
         invalid(
-          "Krait.Pool: endpoint #{inspect(bad)} is not \"host:port\" (a port from 1 to 65535)",
+          "Krait.Pool: endpoint #{inspect(bad)} is not \"host:port\" or \"dns://name:port\" " <>
+            "(a port from 1 to 65535)",
           endpoint: bad
         )
     end

@@ -29,7 +29,7 @@ defmodule Krait.Pool.Scheduler do
   use GenServer
   require Logger
 
-  alias Krait.Pool.Lease
+  alias Krait.Pool.{Endpoints, Lease}
 
   @type affinity :: :hint | :strict_queue | :strict_fail_fast
   @type deadline :: integer() | :infinity
@@ -130,10 +130,17 @@ defmodule Krait.Pool.Scheduler do
       sessions: %{},
       awaiting: [],
       # nil, or the last start failure while every slot is failing to start
-      failing: nil
+      failing: nil,
+      # a remote pool's slot => its endpoint (see Krait.Pool.Endpoints), and the DNS errors
+      endpoints: %{},
+      dns_errors: []
     }
 
-    state = Enum.reduce(1..config.size, state, fn slot, acc -> start_worker(acc, slot, 0) end)
+    state =
+      if config.endpoints,
+        do: resolve_endpoints(state),
+        else: Enum.reduce(1..config.size, state, fn slot, acc -> start_worker(acc, slot, 0) end)
+
     schedule_session_sweep(config)
     {:ok, state}
   end
@@ -164,7 +171,7 @@ defmodule Krait.Pool.Scheduler do
 
   def handle_call(:await_ready, from, state) do
     cond do
-      ready_count(state) >= state.config.size -> {:reply, :ok, state}
+      ready_count(state) >= slot_count(state) -> {:reply, :ok, state}
       state.failing -> {:reply, {:error, {:workers_failing, state.failing}}, state}
       true -> {:noreply, %{state | awaiting: [from | state.awaiting]}}
     end
@@ -288,10 +295,17 @@ defmodule Krait.Pool.Scheduler do
   end
 
   def handle_info({:restart_slot, slot}, state) do
-    s = state.slots[slot]
-    state = put_in(state.slots[slot], %{s | timer: nil})
-    {:noreply, start_worker(state, slot, s.gen + 1)}
+    case state.slots[slot] do
+      nil ->
+        {:noreply, state}
+
+      s ->
+        state = put_in(state.slots[slot], %{s | timer: nil})
+        {:noreply, start_worker(state, slot, s.gen + 1)}
+    end
   end
+
+  def handle_info(:resolve_endpoints, state), do: {:noreply, resolve_endpoints(state)}
 
   def handle_info(:sweep_sessions, state) do
     cutoff = now() - state.config.session_ttl
@@ -609,6 +623,7 @@ defmodule Krait.Pool.Scheduler do
     config = state.config
     wid = "#{config.id_prefix}-#{slot}.#{gen}"
     opts = Map.merge(config.worker, %{worker_id: wid, pool: self(), slot: slot})
+    opts = if config.endpoints, do: Map.put(opts, :endpoint, state.endpoints[slot]), else: opts
 
     prev =
       Map.get(state.slots, slot, %{failures: 0, restarts: 0, start_failed: false, last_error: nil})
@@ -696,6 +711,13 @@ defmodule Krait.Pool.Scheduler do
 
     state = requeue_own_waiters(state, wid)
 
+    # a retired slot (its endpoint left the DNS answer) is not restarted
+    if Map.has_key?(state.slots, w.slot),
+      do: restart_after_down(state, w, wid, reason, output),
+      else: state
+  end
+
+  defp restart_after_down(state, w, wid, reason, output) do
     stable? = w.ready_at != nil and now() - w.ready_at > @stable_after
     slot = state.slots[w.slot]
     failures = if stable?, do: 1, else: slot.failures + 1
@@ -720,10 +742,8 @@ defmodule Krait.Pool.Scheduler do
   # the queue soon, so waiting callers (and new ones, see place/2) get the start error now.
   defp check_failing(state, error) do
     failing? =
-      ready_count(state) == 0 and
-        Enum.all?(1..state.config.size, fn slot ->
-          match?(%{start_failed: true}, state.slots[slot])
-        end)
+      ready_count(state) == 0 and map_size(state.slots) > 0 and
+        Enum.all?(state.slots, fn {_slot, s} -> s.start_failed end)
 
     if failing? do
       error = with_endpoint_errors(state, error)
@@ -735,30 +755,98 @@ defmodule Krait.Pool.Scheduler do
         )
       end
 
-      reply = {:error, {:workers_failing, error}}
-      Enum.each(state.awaiting, &GenServer.reply(&1, reply))
-
-      state = %{state | failing: error, awaiting: []}
-
-      Enum.reduce(Map.values(state.waiters), state, fn w, acc ->
-        acc = reject_waiter(acc, w, {:workers_failing, error})
-        remove_from_queue(acc, w)
-      end)
+      fail_waiters(%{state | failing: error})
     else
       state
     end
   end
 
+  # Waiting and awaiting callers get the pool's failure now.
+  defp fail_waiters(%{failing: error} = state) do
+    reply = {:error, {:workers_failing, error}}
+    Enum.each(state.awaiting, &GenServer.reply(&1, reply))
+    state = %{state | awaiting: []}
+
+    Enum.reduce(Map.values(state.waiters), state, fn w, acc ->
+      acc = reject_waiter(acc, w, {:workers_failing, error})
+      remove_from_queue(acc, w)
+    end)
+  end
+
   # A remote pool's failure names every endpoint's last error.
   defp with_endpoint_errors(%{config: %{endpoints: nil}}, error), do: error
 
-  defp with_endpoint_errors(%{config: %{endpoints: endpoints}} = state, error) do
+  defp with_endpoint_errors(state, error) do
     errors =
-      for {endpoint, slot} <- Enum.with_index(endpoints, 1),
-          do: {endpoint, get_in(state.slots, [slot, :last_error, :reason])}
+      for {slot, e} <- Enum.sort(state.endpoints),
+          do: {e.label, get_in(state.slots, [slot, :last_error, :reason])}
 
-    Map.put(error, :endpoints, errors)
+    Map.put(error, :endpoints, errors ++ state.dns_errors)
   end
+
+  ## A remote pool's endpoints: a slot per endpoint, DNS names re-resolved
+
+  defp resolve_endpoints(state) do
+    config = state.config
+    {found, dns_errors} = Endpoints.resolve(config.endpoints)
+    keys = MapSet.new(found, & &1.key)
+    current = MapSet.new(state.endpoints, fn {_slot, e} -> e.key end)
+
+    state =
+      Enum.reduce(state.endpoints, %{state | dns_errors: dns_errors}, fn {slot, e}, acc ->
+        if MapSet.member?(keys, e.key), do: acc, else: retire_slot(acc, slot, e)
+      end)
+
+    state =
+      found
+      |> Enum.reject(&MapSet.member?(current, &1.key))
+      |> Enum.reduce(state, fn e, acc ->
+        slot = Enum.max(Map.keys(acc.slots), fn -> 0 end) + 1
+
+        if acc.endpoints != %{},
+          do: Logger.info("Krait pool #{inspect(acc.name)}: new endpoint #{e.label}")
+
+        start_worker(%{acc | endpoints: Map.put(acc.endpoints, slot, e)}, slot, 0)
+      end)
+
+    if Endpoints.dns?(config.endpoints),
+      do: Process.send_after(self(), :resolve_endpoints, config.dns_interval)
+
+    if found == [] do
+      error = %{
+        worker_id: nil,
+        reason: :no_endpoints,
+        output: "no endpoint resolves: #{inspect(dns_errors)}"
+      }
+
+      state |> Map.put(:failing, with_endpoint_errors(state, error)) |> fail_waiters()
+    else
+      state
+    end
+  end
+
+  defp retire_slot(state, slot, endpoint) do
+    Logger.info(
+      "Krait pool #{inspect(state.name)}: endpoint #{endpoint.label} is gone; its worker leaves"
+    )
+
+    {s, slots} = Map.pop(state.slots, slot)
+    if s.timer, do: Process.cancel_timer(s.timer)
+    state = %{state | slots: slots, endpoints: Map.delete(state.endpoints, slot)}
+
+    case Enum.find(state.worker_mons, fn {_mon, wid} -> state.workers[wid].slot == slot end) do
+      {mon, wid} ->
+        pid = state.workers[wid].pid
+        Process.demonitor(mon, [:flush])
+        GenServer.cast(pid, :lost)
+        worker_down(state, mon, :endpoint_gone, [])
+
+      nil ->
+        state
+    end
+  end
+
+  defp slot_count(state), do: map_size(state.slots)
 
   # Waiters that needed the dead worker: strict ones fail, hint ones go back to the general queue
   # (same arrival number, so they keep their place) and may be served by an idle worker right away.
@@ -810,7 +898,7 @@ defmodule Krait.Pool.Scheduler do
   defp notify_awaiting(%{awaiting: []} = state), do: state
 
   defp notify_awaiting(state) do
-    if ready_count(state) >= state.config.size do
+    if ready_count(state) >= slot_count(state) do
       Enum.each(state.awaiting, &GenServer.reply(&1, :ok))
       %{state | awaiting: []}
     else
@@ -832,7 +920,7 @@ defmodule Krait.Pool.Scheduler do
               pid: w.pid,
               os_pid: w.os_pid,
               grpc_port: w.grpc_port,
-              endpoint: endpoint(state.config, slot),
+              endpoint: endpoint(state, slot),
               in_flight: length(w.leases),
               calls: w.calls,
               restarts: s.restarts,
@@ -847,7 +935,7 @@ defmodule Krait.Pool.Scheduler do
               pid: nil,
               os_pid: nil,
               grpc_port: nil,
-              endpoint: endpoint(state.config, slot),
+              endpoint: endpoint(state, slot),
               in_flight: 0,
               calls: 0,
               restarts: s.restarts,
@@ -859,7 +947,7 @@ defmodule Krait.Pool.Scheduler do
     count = fn status -> Enum.count(workers, &(&1.status == status)) end
 
     %{
-      size: state.config.size,
+      size: slot_count(state),
       ready: count.(:idle) + count.(:busy),
       idle: count.(:idle),
       busy: count.(:busy),
@@ -871,8 +959,12 @@ defmodule Krait.Pool.Scheduler do
     }
   end
 
-  defp endpoint(%{endpoints: nil}, _slot), do: nil
-  defp endpoint(%{endpoints: endpoints}, slot), do: Enum.at(endpoints, slot - 1)
+  defp endpoint(state, slot) do
+    case state.endpoints[slot] do
+      nil -> nil
+      e -> e.label
+    end
+  end
 
   defp schedule_session_sweep(%{session_ttl: :infinity}), do: :ok
 

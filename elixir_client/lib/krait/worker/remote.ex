@@ -29,34 +29,26 @@ defmodule Krait.Worker.Remote do
   # HealthCheckResponse.status SERVING (field 1, varint 1)
   @serving <<8, 1>>
 
-  @doc "Starts a remote worker; `opts` is a remote pool's worker map plus `:worker_id`, `:pool`, `:slot`."
+  @doc """
+  Starts a remote worker; `opts` is a remote pool's worker map plus `:worker_id`, `:pool` and
+  `:endpoint` (a `t:Krait.Pool.Endpoints.t/0`).
+  """
   @spec start_link(map()) :: GenServer.on_start()
   def start_link(opts), do: GenServer.start_link(__MODULE__, opts)
-
-  @doc "Parses `\"host:port\"` (an IPv6 address in brackets): `{:ok, {host, port}}` or `:error`."
-  @spec parse_endpoint(String.t()) :: {:ok, {String.t(), 1..65_535}} | :error
-  def parse_endpoint(endpoint) do
-    with [_, host, port] <- Regex.run(~r/^\[?([^\[\]]+?)\]?:(\d+)$/, endpoint),
-         {port, ""} when port in 1..65_535 <- Integer.parse(port) do
-      {:ok, {host, port}}
-    else
-      _ -> :error
-    end
-  end
 
   @impl true
   def init(opts) do
     Process.flag(:trap_exit, true)
     Logger.metadata(worker_id: opts.worker_id)
-    endpoint = Enum.at(opts.endpoints, opts.slot - 1)
-    {:ok, {host, port}} = parse_endpoint(endpoint)
+    endpoint = opts.endpoint
 
     state = %{
       opts: opts,
       id: opts.worker_id,
-      endpoint: endpoint,
-      host: host,
-      port: port,
+      endpoint: endpoint.label,
+      name: endpoint.name,
+      host: endpoint.host,
+      port: endpoint.port,
       conn: nil,
       status: :starting,
       error: nil,
@@ -76,7 +68,7 @@ defmodule Krait.Worker.Remote do
       host: state.host,
       port: state.port,
       connect_timeout: opts.connect_timeout,
-      tls: opts.tls,
+      tls: tls(opts.tls, state.name),
       metadata: metadata
     ]
 
@@ -106,6 +98,12 @@ defmodule Krait.Worker.Remote do
       {:error, reason} -> failed(state, reason)
     end
   end
+
+  # An address found through a DNS name is verified against the name (sent as SNI).
+  defp tls(false, _name), do: false
+  defp tls(tls, nil), do: tls
+  defp tls(true, name), do: tls([], name)
+  defp tls(tls, name), do: Keyword.put_new(tls, :server_name_indication, to_charlist(name))
 
   defp failed(state, reason) do
     {kind, text} = describe(reason)

@@ -231,6 +231,48 @@ defmodule Krait.Pool.RemoteTest do
     hold_and_queue(pool, 2)
   end
 
+  test "a dns:// endpoint is a worker per address, re-resolved", %{certs: certs} do
+    # The BEAM's own hosts table answers for workers.krait.test (OTP's inet_db, consulted first
+    # for this test's lookups): the real :inet resolution path, with answers the test can change.
+    previous = :inet_db.res_option(:lookup)
+    :ok = :inet_db.set_lookup([:file | previous -- [:file]])
+    name = ~c"workers.krait.test"
+
+    on_exit(fn ->
+      :inet_db.del_host({127, 0, 0, 2})
+      :inet_db.del_host({127, 0, 0, 3})
+      :inet_db.set_lookup(previous)
+    end)
+
+    args = ["--tls-cert", certs["server.crt"], "--tls-key", certs["server.key"]]
+    first = start_worker(["--host", "127.0.0.2" | args])
+    port = first.tcp_port
+    second = start_worker(["--host", "127.0.0.3", "--port", "#{port}" | args])
+    on_exit(fn -> Enum.each([first, second], &PythonWorker.stop/1) end)
+
+    :inet_db.add_host({127, 0, 0, 2}, [name])
+    spec = "dns://workers.krait.test:#{port}"
+    pool = remote_pool(endpoints: [spec], tls: [cacertfile: certs["ca"]], dns_interval: 100)
+    assert :ok = Krait.Pool.await_ready(pool, 10_000)
+    label = fn ip -> "workers.krait.test:#{port} (#{ip})" end
+    endpoints = fn -> Krait.Pool.stats(pool).workers |> Enum.map(& &1.endpoint) |> Enum.sort() end
+    assert endpoints.() == [label.("127.0.0.2")]
+
+    # a new address joins
+    :inet_db.add_host({127, 0, 0, 3}, [name])
+    eventually(fn -> endpoints.() == [label.("127.0.0.2"), label.("127.0.0.3")] end)
+    eventually(fn -> Krait.Pool.stats(pool).ready == 2 end)
+
+    # a gone one leaves; calls keep working on the rest
+    :inet_db.del_host({127, 0, 0, 2})
+    eventually(fn -> endpoints.() == [label.("127.0.0.3")] end)
+
+    for _ <- 1..3 do
+      assert {:ok, %{"worker_id" => _}} =
+               Krait.execute("session_counter", %{}, pool: pool, session_id: "dns")
+    end
+  end
+
   test "remote options are checked" do
     assert {:error, %Error{category: :invalid_argument, message: m}} =
              Krait.Pool.start_link(name: :krait_bad_remote, endpoints: ["no-port"])
