@@ -1,9 +1,11 @@
-"""Command line: ``serve`` a worker, list its ``tools``, ``call`` a tool (``krait-worker`` is the same command).
+"""Command line: ``serve`` a worker, list its ``tools``, ``call`` a tool, check its ``health`` (``krait-worker`` is
+the same command).
 
 python -m python_worker serve --adapter adapters.showcase:ShowcaseAdapter --port 0
 python -m python_worker tools --target 127.0.0.1:50051
 python -m python_worker serve --adapter ... --host 0.0.0.0 --tls-cert tls.crt --tls-key tls.key --token-file token
 python -m python_worker tools --target worker:50051 --tls-ca ca.crt --token-file token
+python -m python_worker health --target worker:50051 --tls-ca ca.crt
 python -m python_worker call stream_progress --target 127.0.0.1:50051 --args '{"steps": 3}' --stream
 """
 
@@ -157,7 +159,22 @@ def _client_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def _health(ns: argparse.Namespace) -> int:
+    """grpc.health.v1 Check (no token needed): 0 when SERVING, 1 otherwise (a probe's answer)."""
+    import grpc
+
+    with _client(ns) as client:
+        try:
+            status = client.health(ns.service, timeout=ns.timeout)
+        except grpc.RpcError as exc:
+            print(f"error ({exc.code().name}): {exc.details()}", file=sys.stderr)
+            return 1
+    print(status)
+    return 0 if status == "SERVING" else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser (the deployment manifests' commands are checked against it)."""
     prog = "krait-worker" if os.path.basename(sys.argv[0]) == "krait-worker" else "python -m python_worker"
     parser = argparse.ArgumentParser(prog=prog, description="Krait Python worker")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -247,5 +264,15 @@ def main(argv: list[str] | None = None) -> int:
     _client_flags(call)
     call.set_defaults(func=_call)
 
-    ns = parser.parse_args(argv)
+    health = sub.add_parser("health", help="ask a worker's grpc.health.v1 service (exit 0 when SERVING)")
+    health.add_argument("--target", required=True, help="HOST:PORT of the worker")
+    health.add_argument("--service", default="", help="service name to ask about (default: the whole worker)")
+    health.add_argument("--timeout", type=_positive(float), default=5.0, help="seconds to wait (default 5)")
+    _client_flags(health)
+    health.set_defaults(func=_health)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
     return int(ns.func(ns))

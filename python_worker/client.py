@@ -298,6 +298,19 @@ class Client:
         """The worker's PingResponse (worker_id, adapter, pid, uptime_ms)."""
         return self._stub.Ping(pb.PingRequest(message=message), timeout=timeout, metadata=self._auth)
 
+    def health(self, service: str = "", *, timeout: float = 5.0) -> str:
+        """The worker's ``grpc.health.v1`` status for ``service`` ("" the whole worker): ``"SERVING"``,
+        ``"NOT_SERVING"`` (stopping)...; needs no token."""
+        from grpc_health.v1 import health_pb2
+
+        check = self._channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+        status = check(health_pb2.HealthCheckRequest(service=service), timeout=timeout).status
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(status))
+
     def list_tools(self, *, timeout: float = 10.0) -> list[Any]:
         """Every tool of the worker (name, description, supports_streaming, parameters_schema_json)."""
         return list(self._stub.ListTools(pb.ListToolsRequest(), timeout=timeout, metadata=self._auth).tools)

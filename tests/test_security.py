@@ -182,3 +182,14 @@ def test_cli_security_flags(tls_worker: Worker, certs: Certs, token_file: str) -
     )  # fmt: skip
     assert refused.returncode == 1
     assert "error (UNAUTHENTICATED)" in refused.stderr
+    # the probe the Kubernetes manifests use: no token, the certificate verified against a name it holds
+    health = subprocess.run(
+        [*run, "health", "--target", tls_worker.target, "--tls-ca", certs.ca, "--tls-server-name", "localhost"],
+        cwd=ROOT, capture_output=True, timeout=30, text=True, env=without_token,
+    )  # fmt: skip
+    assert (health.returncode, health.stdout.strip()) == (0, "SERVING"), health.stderr
+    untrusted = subprocess.run(
+        [*run, "health", "--target", tls_worker.target, "--tls-ca", certs.path("otherca"), "--timeout", "2"],
+        cwd=ROOT, capture_output=True, timeout=30, text=True, env=without_token,
+    )  # fmt: skip
+    assert untrusted.returncode == 1 and "error (UNAVAILABLE)" in untrusted.stderr
