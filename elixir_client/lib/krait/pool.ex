@@ -11,6 +11,12 @@ defmodule Krait.Pool do
          cwd: "/srv/my_tools"}
       ]
 
+  A pool of workers that run elsewhere names their endpoints instead (see `Krait.Worker.Remote` and
+  `docs/deploy.md`):
+
+      {Krait.Pool, name: Remote, endpoints: ["dns://krait-workers.krait.svc:50051"],
+       tls: [cacertfile: "ca.crt"], token: token}
+
   Calls name the pool with `pool: MyPool`; without `:name` the pool is `Krait.Pool`, the one
   `Krait.execute/3` and friends use when `:pool` is omitted.
 
@@ -64,8 +70,9 @@ defmodule Krait.Pool do
                     restarts: 0, pid: #PID<...>}, ...]}
 
   `ready` counts workers that are up (idle or busy); `starting` those starting or waiting to be
-  restarted; per worker, `calls` counts completed calls and `restarts` how often its slot was
-  restarted.
+  restarted; per worker, `calls` counts completed calls, `in_flight` the calls it runs now (up to
+  `:calls_per_worker`; `:busy` when full) and `restarts` how often its slot was restarted. A remote
+  pool's workers have their `endpoint` and no `os_pid`; its `size` is the number of endpoints found.
   """
   @spec stats(GenServer.server()) :: map()
   def stats(pool \\ __MODULE__), do: Krait.Pool.Scheduler.stats(pool)
