@@ -7,11 +7,16 @@ defmodule Krait.Application do
   # starts one here (named Krait.Pool unless `:name` says otherwise).
   @impl true
   def start(_type, _args) do
-    children =
+    pools =
       case Application.get_env(:krait, :pool) do
         nil -> []
         opts -> [{Krait.Pool, opts}]
       end
+
+    # the :pg scope where pools started with `cluster: true` find their peers on other nodes
+    children = [
+      %{id: Krait.Pool.Cluster, start: {:pg, :start_link, [Krait.Pool.Cluster]}} | pools
+    ]
 
     Supervisor.start_link(children, strategy: :one_for_one, name: Krait.Supervisor)
   end

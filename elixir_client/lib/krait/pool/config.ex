@@ -70,6 +70,13 @@ defmodule Krait.Pool.Config do
       default: 30_000,
       doc: "ms a worker may take to report ready before it is killed and retried"
     ],
+    cluster: [
+      type: :boolean,
+      default: false,
+      doc:
+        "act as one with the pools of the same name and `cluster: true` on connected nodes: a call " <>
+          "without a session that finds no idle worker here runs on an idle one of another node"
+    ],
     calls_per_worker: [
       type: :pos_integer,
       default: 1,
@@ -161,6 +168,7 @@ defmodule Krait.Pool.Config do
     :worker_sup,
     worker_module: Krait.Worker,
     dns_interval: 30_000,
+    cluster: false,
     calls_per_worker: 1,
     max_queue: 1_000,
     backoff_min: 100,
@@ -199,6 +207,7 @@ defmodule Krait.Pool.Config do
           worker_sup: atom(),
           worker_module: module(),
           calls_per_worker: pos_integer(),
+          cluster: boolean(),
           max_queue: non_neg_integer(),
           backoff_min: pos_integer(),
           backoff_max: pos_integer(),
@@ -274,6 +283,7 @@ defmodule Krait.Pool.Config do
          worker_sup: Module.concat(o.name, WorkerSupervisor),
          worker_module: o.worker_module,
          calls_per_worker: o.calls_per_worker,
+         cluster: o.cluster,
          max_queue: o.max_queue,
          backoff_min: o.backoff_min,
          backoff_max: max(o.backoff_max, o.backoff_min),
@@ -306,6 +316,7 @@ defmodule Krait.Pool.Config do
          worker_module:
            if(o.worker_module == Krait.Worker, do: Krait.Worker.Remote, else: o.worker_module),
          calls_per_worker: o.calls_per_worker,
+         cluster: o.cluster,
          max_queue: o.max_queue,
          backoff_min: o.backoff_min,
          backoff_max: max(o.backoff_max, o.backoff_min),

@@ -68,7 +68,17 @@ defmodule Krait.Pool.Scheduler do
         d -> max(d - now(), 0) + @call_margin
       end
 
-    GenServer.call(pool, {:checkout, session_id, affinity, deadline}, timeout)
+    # A cluster pool answers :no_idle_here instead of queueing a call it could send elsewhere: the
+    # caller (never the scheduler, which must not block on another) asks the other nodes' pools for
+    # an idle worker, and queues here only when none has one.
+    case GenServer.call(pool, {:checkout, session_id, affinity, deadline, :try}, timeout) do
+      {:error, {:no_idle_here, group}} ->
+        Krait.Pool.Cluster.checkout_elsewhere(group, affinity, deadline) ||
+          GenServer.call(pool, {:checkout, session_id, affinity, deadline, :queue}, timeout)
+
+      reply ->
+        reply
+    end
   catch
     :exit, {:timeout, _} -> {:error, :queue_timeout}
     :exit, _ -> {:error, :pool_not_running}
@@ -141,18 +151,28 @@ defmodule Krait.Pool.Scheduler do
         do: resolve_endpoints(state),
         else: Enum.reduce(1..config.size, state, fn slot, acc -> start_worker(acc, slot, 0) end)
 
+    if config.cluster, do: Krait.Pool.Cluster.join(config.name)
     schedule_session_sweep(config)
     {:ok, state}
   end
 
   @impl true
-  def handle_call({:checkout, session, affinity, deadline}, {pid, _} = from, state) do
+  def handle_call({:checkout, session, affinity, deadline, mode}, {pid, _} = from, state) do
     ref = Process.monitor(pid)
     req = %{ref: ref, from: from, session: session, affinity: affinity, deadline: deadline}
 
     case place(req, state) do
       {:assign, wid, state} ->
         {:reply, {:ok, lease(state, ref, wid)}, assign(state, req, wid)}
+
+      # another node's caller asking for an idle worker: no queueing here
+      {:enqueue, _queue, state} when mode == :idle_only ->
+        Process.demonitor(ref, [:flush])
+        {:reply, {:error, :no_idle}, state}
+
+      {:enqueue, :any, state} when mode == :try and state.config.cluster and session == nil ->
+        Process.demonitor(ref, [:flush])
+        {:reply, {:error, {:no_idle_here, state.name}}, state}
 
       {:enqueue, queue, state} ->
         enqueue(state, req, queue)

@@ -1,0 +1,136 @@
+defmodule Krait.Pool.ClusterTest do
+  # Pools across a BEAM cluster: three nodes started with OTP's :peer (distribution on 127.0.0.1 only,
+  # epmd bound to 127.0.0.1 and stopped afterwards if this test started it), each running a one-worker
+  # pool named Krait.Pool with `cluster: true`.
+  use ExUnit.Case, async: false
+
+  import Krait.TestHelpers
+
+  @moduletag timeout: 120_000
+
+  setup do
+    epmd_was_running = epmd_running?()
+
+    peers =
+      for name <- [:krait_a, :krait_b, :krait_c] do
+        {:ok, peer, node} =
+          :peer.start(%{
+            name: name,
+            host: ~c"127.0.0.1",
+            longnames: true,
+            connection: :standard_io,
+            env: [{~c"ERL_EPMD_ADDRESS", ~c"127.0.0.1"}],
+            args:
+              [
+                ~c"-setcookie",
+                ~c"krait_cluster_test",
+                ~c"-kernel",
+                ~c"inet_dist_use_interface",
+                ~c"{127,0,0,1}"
+              ] ++ Enum.flat_map(:code.get_path(), &[~c"-pa", &1])
+          })
+
+        {peer, node}
+      end
+
+    on_exit(fn ->
+      for {peer, _} <- peers do
+        try do
+          :peer.stop(peer)
+        catch
+          :exit, _ -> :ok
+        end
+      end
+
+      unless epmd_was_running, do: System.cmd("epmd", ["-kill"], stderr_to_stdout: true)
+    end)
+
+    opts = pool_opts(size: 1, name: Krait.Pool, cluster: true)
+
+    for {peer, _} <- peers do
+      {:ok, _} = :peer.call(peer, Application, :ensure_all_started, [:logger])
+      :ok = :peer.call(peer, Logger, :configure, [[level: :error]])
+      :ok = :peer.call(peer, Application, :put_env, [:krait, :pool, opts])
+      {:ok, _} = :peer.call(peer, Application, :ensure_all_started, [:krait])
+    end
+
+    [{a, _}, {_, node_b}, {_, node_c}] = peers
+    true = :peer.call(a, :net_kernel, :connect_node, [node_b])
+    true = :peer.call(a, :net_kernel, :connect_node, [node_c])
+
+    for {peer, _} <- peers do
+      :ok = :peer.call(peer, Krait.Pool, :await_ready, [Krait.Pool, 30_000], 35_000)
+
+      eventually(
+        fn -> length(:peer.call(peer, Krait.Pool.Cluster, :others, [Krait.Pool])) == 2 end,
+        10_000
+      )
+    end
+
+    %{peers: peers}
+  end
+
+  defp epmd_running? do
+    match?({_, 0}, System.cmd("epmd", ["-names"], stderr_to_stdout: true))
+  end
+
+  defp stats(peer), do: :peer.call(peer, Krait.Pool, :stats, [Krait.Pool])
+
+  # A blocking stream started on `peer` (by a process of its own), holding a worker.
+  defp hold(peer) do
+    :peer.call(peer, :erlang, :spawn, [
+      Krait,
+      :execute_stream,
+      ["blocking_stream", %{seconds: 30}, &Function.identity/1, []]
+    ])
+  end
+
+  defp calls(peer), do: Enum.sum(for w <- stats(peer).workers, do: w.calls)
+
+  test "calls overflow to other nodes; a node that goes down fails its calls with :worker", %{
+    peers: peers
+  } do
+    [{a, _}, {b, _}, {c, _}] = peers
+
+    # node A's only worker is busy: A's next call runs on B's or C's idle worker, not in A's queue
+    hold(a)
+    eventually(fn -> stats(a).busy == 1 end)
+    before = calls(b) + calls(c)
+    assert {:ok, 3.0} = :peer.call(a, Krait, :execute, ["add", %{a: 1, b: 2}, [timeout: 10_000]])
+    assert stats(a).queue_length == 0
+    eventually(fn -> calls(b) + calls(c) == before + 1 end)
+
+    # a stream from A lands on another node; that node goes down mid-stream: the caller gets :worker
+    test = self()
+
+    streaming =
+      Task.async(fn ->
+        :peer.call(
+          a,
+          Krait,
+          :execute_stream,
+          ["blocking_stream", %{seconds: 30}, &Function.identity/1, [timeout: 60_000]],
+          90_000
+        )
+        |> tap(fn _ -> send(test, :stream_ended) end)
+      end)
+
+    {victim, survivor} =
+      eventually(fn ->
+        cond do
+          stats(b).busy == 1 -> {b, c}
+          stats(c).busy == 1 -> {c, b}
+          true -> nil
+        end
+      end)
+
+    # the node dies (SIGKILL of its BEAM): its connection to A closes, A's monitors fire
+    os_kill(:peer.call(victim, :os, :getpid, []) |> List.to_integer(), "KILL")
+    assert {:error, %Krait.Error{category: :worker}} = Task.await(streaming, 5_000)
+    assert_received :stream_ended
+
+    # the rest of the cluster keeps serving A's calls
+    assert {:ok, 5.0} = :peer.call(a, Krait, :execute, ["add", %{a: 2, b: 3}, [timeout: 10_000]])
+    assert stats(survivor).ready == 1
+  end
+end
