@@ -4,15 +4,18 @@ defmodule Krait.Pool.Cluster do
   nodes (plain distributed Erlang) find each other through OTP's `:pg` (scope `Krait.Pool.Cluster`,
   started by the `:krait` application; group `{Krait.Pool, name}`), and act as one for calls without
   a session: a call runs on an idle worker of its own node when there is one, else on an idle worker
-  of another node, else waits in its own node's queue.
+  of another node, else waits in its own node's queue (calls with a session: below).
 
   A lease from another node's pool holds that node's worker process and channel: the call talks to it
   directly (Erlang keeps the order of messages between two processes, so chunks arrive in order), and
   checks it in with that node's scheduler, which monitors the caller. When that node goes down, the
   monitors of its processes fire (`:noconnection`): a call in flight on it fails with `:worker`.
 
-  Not yet: calls with a session stay on their own node's workers (a session is bound by the node that
-  first served it).
+  Sessions: a session is bound by the node whose worker first served it. A call with a session its
+  own node has not bound asks the other nodes first; the node that has it applies the affinity
+  rules (`:hint`, `:strict_queue` waiting there, `:strict_fail_fast`) as it would for its own
+  callers. A session bound on a node that went down is unknown to the others: its next call starts
+  it afresh (for every affinity mode).
   """
 
   @scope __MODULE__
@@ -29,20 +32,40 @@ defmodule Krait.Pool.Cluster do
 
   @doc """
   Asks the other nodes' pools, in turn, for an idle worker (they never queue the request): the
-  first lease, or `nil` when none has an idle worker.
+  first lease, or `nil` when none has an idle worker. A session's first call binds the session
+  there.
   """
-  @spec checkout_elsewhere(atom(), atom(), integer() | :infinity) ::
+  @spec checkout_elsewhere(atom(), String.t() | nil, atom(), integer() | :infinity) ::
           {:ok, Krait.Pool.Lease.t()} | nil
-  def checkout_elsewhere(name, affinity, deadline) do
+  def checkout_elsewhere(name, session, affinity, deadline) do
     Enum.find_value(Enum.shuffle(others(name)), fn pid ->
-      try do
-        case GenServer.call(pid, {:checkout, nil, affinity, deadline, :idle_only}, 5_000) do
-          {:ok, lease} -> {:ok, lease}
-          _ -> nil
-        end
-      catch
-        :exit, _ -> nil
+      case call(pid, {:checkout, session, affinity, deadline, :idle_only}, 5_000) do
+        {:ok, lease} -> {:ok, lease}
+        _ -> nil
       end
     end)
+  end
+
+  @doc """
+  Finds the node whose pool has bound `session` and checks out there, with that pool's affinity
+  rules (it may wait for the session's worker, or answer `:worker_busy`): its reply, or `nil` when
+  no other node has bound the session.
+  """
+  @spec checkout_bound(atom(), String.t(), atom(), integer() | :infinity, timeout()) ::
+          {:ok, Krait.Pool.Lease.t()} | {:error, term()} | nil
+  def checkout_bound(name, session, affinity, deadline, timeout) do
+    Enum.find_value(others(name), fn pid ->
+      case call(pid, {:checkout, session, affinity, deadline, :if_bound}, timeout) do
+        {:error, :not_bound} -> nil
+        {:error, :unreachable} -> nil
+        reply -> reply
+      end
+    end)
+  end
+
+  defp call(pid, request, timeout) do
+    GenServer.call(pid, request, timeout)
+  catch
+    :exit, _ -> {:error, :unreachable}
   end
 end

@@ -71,17 +71,28 @@ defmodule Krait.Pool.Scheduler do
     # A cluster pool answers :no_idle_here instead of queueing a call it could send elsewhere: the
     # caller (never the scheduler, which must not block on another) asks the other nodes' pools for
     # an idle worker, and queues here only when none has one.
-    case GenServer.call(pool, {:checkout, session_id, affinity, deadline, :try}, timeout) do
+    checkout(pool, session_id, affinity, deadline, timeout, :try)
+  catch
+    :exit, {:timeout, _} -> {:error, :queue_timeout}
+    :exit, _ -> {:error, :pool_not_running}
+  end
+
+  defp checkout(pool, session_id, affinity, deadline, timeout, mode) do
+    alias Krait.Pool.Cluster
+
+    case GenServer.call(pool, {:checkout, session_id, affinity, deadline, mode}, timeout) do
+      # a session this node has not bound: another node may have it
+      {:error, {:ask_cluster, group}} ->
+        Cluster.checkout_bound(group, session_id, affinity, deadline, timeout) ||
+          checkout(pool, session_id, affinity, deadline, timeout, :first)
+
       {:error, {:no_idle_here, group}} ->
-        Krait.Pool.Cluster.checkout_elsewhere(group, affinity, deadline) ||
+        Cluster.checkout_elsewhere(group, session_id, affinity, deadline) ||
           GenServer.call(pool, {:checkout, session_id, affinity, deadline, :queue}, timeout)
 
       reply ->
         reply
     end
-  catch
-    :exit, {:timeout, _} -> {:error, :queue_timeout}
-    :exit, _ -> {:error, :pool_not_running}
   end
 
   @doc """
@@ -157,6 +168,17 @@ defmodule Krait.Pool.Scheduler do
   end
 
   @impl true
+  # A cluster pool's modes (see Krait.Pool.Cluster): :try and :first are the caller's own node, which
+  # sends a session it has not bound to the other nodes first, and a call it cannot place at once to
+  # their idle workers; :if_bound and :idle_only are another node's caller; :queue places or waits.
+  def handle_call({:checkout, session, _affinity, _deadline, :try}, _from, state)
+      when state.config.cluster and session != nil and not is_map_key(state.sessions, session),
+      do: {:reply, {:error, {:ask_cluster, state.name}}, state}
+
+  def handle_call({:checkout, session, _affinity, _deadline, :if_bound}, _from, state)
+      when not is_map_key(state.sessions, session),
+      do: {:reply, {:error, :not_bound}, state}
+
   def handle_call({:checkout, session, affinity, deadline, mode}, {pid, _} = from, state) do
     ref = Process.monitor(pid)
     req = %{ref: ref, from: from, session: session, affinity: affinity, deadline: deadline}
@@ -170,7 +192,7 @@ defmodule Krait.Pool.Scheduler do
         Process.demonitor(ref, [:flush])
         {:reply, {:error, :no_idle}, state}
 
-      {:enqueue, :any, state} when mode == :try and state.config.cluster and session == nil ->
+      {:enqueue, :any, state} when mode in [:try, :first] and state.config.cluster ->
         Process.demonitor(ref, [:flush])
         {:reply, {:error, {:no_idle_here, state.name}}, state}
 

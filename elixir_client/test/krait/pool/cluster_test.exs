@@ -133,4 +133,44 @@ defmodule Krait.Pool.ClusterTest do
     assert {:ok, 5.0} = :peer.call(a, Krait, :execute, ["add", %{a: 2, b: 3}, [timeout: 10_000]])
     assert stats(survivor).ready == 1
   end
+
+  test "a session bound to a worker on another node is served there, from any node", %{
+    peers: peers
+  } do
+    [{a, _}, {b, node_b}, {c, node_c}] = peers
+
+    count = fn peer, opts ->
+      :peer.call(peer, Krait, :execute, [
+        "session_counter",
+        %{},
+        [session_id: "s1", timeout: 10_000] ++ opts
+      ])
+    end
+
+    # A is busy: the session's first call runs on B's or C's worker, and is bound there
+    holder = hold(a)
+    eventually(fn -> stats(a).busy == 1 end)
+    assert {:ok, %{"count" => 1, "worker_id" => wid}} = count.(a, [])
+    true = :peer.call(a, Process, :exit, [holder, :kill])
+    eventually(fn -> stats(a).busy == 0 end)
+
+    # A has an idle worker now, yet the session goes to its worker on the other node
+    assert {:ok, %{"count" => 2, "worker_id" => ^wid}} = count.(a, [])
+    assert {:ok, %{"count" => 3, "worker_id" => ^wid}} = count.(b, [])
+    assert {:ok, %{"count" => 4, "worker_id" => ^wid}} = count.(c, [])
+
+    # strict affinity keeps its meaning across nodes: the session's worker busy, fail fast
+    home =
+      if Enum.any?(stats(b).workers, &(&1.id == wid and &1.calls >= 1)) and
+           stats(b).sessions == 1,
+         do: b,
+         else: c
+
+    _ = {node_b, node_c}
+    hold(home)
+    eventually(fn -> stats(home).busy == 1 end)
+
+    assert {:error, %Krait.Error{category: :pool, details: %{reason: :worker_busy}}} =
+             count.(a, affinity: :strict_fail_fast)
+  end
 end
