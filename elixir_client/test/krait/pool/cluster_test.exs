@@ -100,6 +100,22 @@ defmodule Krait.Pool.ClusterTest do
     assert stats(a).queue_length == 0
     eventually(fn -> calls(b) + calls(c) == before + 1 end)
 
+    # Krait.stream/3 from A runs on another node: the chunks in order, then the final one
+    stream = Krait.stream("stream_numbers", %{count: 50}, [])
+
+    numbers =
+      for chunk <- :peer.call(a, Enum, :to_list, [stream]),
+          chunk.data != nil,
+          do: chunk.data["number"]
+
+    assert numbers == Enum.to_list(0..49)
+
+    # a caller on A that dies mid-stream frees the other node's worker (its call is cancelled there)
+    caller = hold(a)
+    eventually(fn -> stats(b).busy + stats(c).busy == 1 end)
+    true = :peer.call(a, Process, :exit, [caller, :kill])
+    eventually(fn -> stats(b).busy + stats(c).busy == 0 end)
+
     # a stream from A lands on another node; that node goes down mid-stream: the caller gets :worker
     test = self()
 
