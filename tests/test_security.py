@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -193,3 +194,25 @@ def test_cli_security_flags(tls_worker: Worker, certs: Certs, token_file: str) -
         cwd=ROOT, capture_output=True, timeout=30, text=True, env=without_token,
     )  # fmt: skip
     assert untrusted.returncode == 1 and "error (UNAVAILABLE)" in untrusted.stderr
+
+
+def test_async_client_token_and_tls(tls_worker: Worker, certs: Certs) -> None:
+    import asyncio
+
+    from python_worker.aio_client import AsyncClient
+
+    async def run() -> tuple[Any, list[int], Any]:
+        async with AsyncClient(tls_worker.target, token=TOKEN, tls=ClientTLS(ca=certs.ca), timeout=30) as client:
+            total = await client.execute("add", a=4, b=5)
+            steps = [c.data["step"] async for c in client.execute_stream("stream_progress", steps=2) if not c.is_final]
+        refused: Any = None
+        async with AsyncClient(tls_worker.target, tls=ClientTLS(ca=certs.ca), timeout=30) as anonymous:
+            try:
+                await anonymous.execute("add", a=1, b=1)
+            except UnauthenticatedError as exc:
+                refused = exc
+        return total, steps, refused
+
+    total, steps, refused = asyncio.run(asyncio.wait_for(run(), 60))
+    assert (total, steps) == (9, [1, 2])
+    assert refused is not None and refused.code == grpc.StatusCode.UNAUTHENTICATED
