@@ -1,0 +1,156 @@
+# Remote pools: the same showcase worker reached over TLS with a token and in plain text, and a call
+# served by another BEAM node's worker beside one served by the local node's. Prints `BENCH {json}`
+# lines like bench.exs. Run by hand: scripts/bench does not run it yet.
+#
+#   cd elixir_client && mix run bench/remote.exs              (quick)
+#   cd elixir_client && KRAIT_BENCH='{"quick": false}' mix run bench/remote.exs
+#
+# Targets (issue 10): TLS costs at most 10% of 4 MiB-batch throughput; a cross-node call adds at most
+# 100 us at p50. Certificates are made by tests/certs.py; workers bind 127.0.0.2 only.
+defmodule KraitRemoteBench do
+  @moduledoc false
+
+  @root Path.expand("../..", __DIR__)
+  @python Path.join(@root, ".venv/bin/python")
+
+  def main do
+    quick = System.get_env("KRAIT_BENCH", "{}") |> Krait.JSON.decode!() |> Map.get("quick", true)
+
+    cfg =
+      if quick,
+        do: %{items: 20_000, blobs: 8, calls: 300, runs: 1},
+        else: %{items: 200_000, blobs: 128, calls: 3000, runs: 5}
+
+    Logger.configure(level: :error)
+    dir = Path.join(System.tmp_dir!(), "krait-bench-certs-#{System.unique_integer([:positive])}")
+
+    code =
+      "import sys, pathlib; from tests.certs import make_certs; make_certs(pathlib.Path(sys.argv[1]))"
+
+    {_, 0} = System.cmd(@python, ["-c", code, dir], cd: @root)
+    token_file = Path.join(dir, "token")
+    File.write!(token_file, "bench-token")
+
+    tls_args = [
+      "--tls-cert",
+      Path.join(dir, "server.crt.pem"),
+      "--tls-key",
+      Path.join(dir, "server.key.pem"),
+      "--token-file",
+      token_file
+    ]
+
+    try do
+      plain = measure(cfg, [], [])
+
+      tls =
+        measure(cfg, tls_args, tls: [cacertfile: Path.join(dir, "ca.pem")], token: "bench-token")
+
+      for {name, p, t} <- [
+            {"remote_items_per_s", plain.items, tls.items},
+            {"remote_mib_per_s_4mib", plain.mib, tls.mib},
+            {"remote_unary_p50_us", plain.p50, tls.p50}
+          ] do
+        IO.puts(
+          "BENCH " <>
+            Krait.JSON.encode!(%{
+              name: name,
+              plain: p,
+              tls: t,
+              tls_over_plain: Float.round(t / p, 3)
+            })
+        )
+      end
+    after
+      File.rm_rf(dir)
+    end
+  end
+
+  defp measure(cfg, worker_args, pool_opts) do
+    port =
+      Port.open({:spawn_executable, @python}, [
+        :binary,
+        :exit_status,
+        {:line, 65_536},
+        {:cd, @root},
+        {:args,
+         [
+           "-m",
+           "python_worker",
+           "serve",
+           "--adapter",
+           "adapters.showcase:ShowcaseAdapter",
+           "--host",
+           "127.0.0.2",
+           "--port",
+           "0",
+           "--log-level",
+           "error" | worker_args
+         ]}
+      ])
+
+    tcp_port = ready(port)
+    name = :"RemoteBench#{System.unique_integer([:positive])}"
+
+    {:ok, sup} =
+      Krait.Pool.start_link([name: name, endpoints: ["127.0.0.2:#{tcp_port}"]] ++ pool_opts)
+
+    :ok = Krait.Pool.await_ready(name, 20_000)
+
+    try do
+      items =
+        median(cfg.runs, fn ->
+          rate(cfg.items, fn ->
+            Krait.stream("stream_small", %{count: cfg.items}, pool: name) |> Stream.run()
+          end)
+        end)
+
+      mib =
+        median(cfg.runs, fn ->
+          rate(cfg.blobs * 4, fn ->
+            Krait.stream("stream_arrays", %{batches: cfg.blobs}, pool: name) |> Stream.run()
+          end)
+        end)
+
+      p50 =
+        median(cfg.runs, fn ->
+          samples =
+            for _ <- 1..cfg.calls,
+                do:
+                  elem(
+                    :timer.tc(fn -> {:ok, _} = Krait.execute("add", %{a: 1, b: 2}, pool: name) end),
+                    0
+                  )
+
+          Enum.at(Enum.sort(samples), div(length(samples), 2))
+        end)
+
+      %{items: round(items), mib: Float.round(mib, 1), p50: p50}
+    after
+      Supervisor.stop(sup)
+      Port.close(port)
+    end
+  end
+
+  defp ready(port) do
+    receive do
+      {^port, {:data, {:eol, "KRAIT_READY " <> json}}} -> Krait.JSON.decode!(json)["port"]
+      {^port, {:data, _}} -> ready(port)
+      {^port, {:exit_status, s}} -> raise "worker exited with #{s}"
+    after
+      30_000 -> raise "worker not ready"
+    end
+  end
+
+  defp rate(count, fun) do
+    {us, _} = :timer.tc(fun)
+    count / (us / 1_000_000)
+  end
+
+  defp median(runs, fun) do
+    values = Enum.sort(for _ <- 1..runs, do: fun.())
+    Enum.at(values, div(runs, 2))
+  end
+end
+
+KraitRemoteBench.main()
