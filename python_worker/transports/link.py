@@ -28,6 +28,8 @@ log = logging.getLogger("krait.worker")
 
 _OK = status_pb2.Status(code=code_pb2.OK).SerializeToString()
 _TOOL_METHODS = frozenset({"ExecuteTool", "ExecuteStreamingTool", "ExecuteStreamingToolBatched"})
+# answered on the reading thread (session calls may run an adapter's on_session_end: they get a thread)
+_INLINE_METHODS = frozenset({"Ping", "ListTools"})
 
 
 def _status(code: int, message: str) -> bytes:
@@ -148,6 +150,9 @@ class LinkServer:
                         frame.timeout_ms / 1000, lambda: call.cancel(code_pb2.DEADLINE_EXCEEDED, "deadline exceeded")
                     )
                 return lambda: self._serve_tool(call, frame)
+            if frame.method in _INLINE_METHODS:
+                self._serve_small(frame)  # quick, and never blocks: no hand-over of the reading
+                return None
             return lambda: self._serve_small(frame)
         if kind in (CANCEL, CREDIT):
             with self._calls_lock:
