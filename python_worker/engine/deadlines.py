@@ -60,9 +60,11 @@ class Deadlines:
         return len(self._heap) - self._dead
 
     def _cancelled(self) -> None:
-        with self._cond:
-            self._dead += 1
-            if self._dead > 64 and self._dead * 2 > len(self._heap):
+        # counted without the lock (cancelling is on every call's path); the count only decides when to
+        # rebuild, so a lost increment merely delays that
+        self._dead += 1
+        if self._dead > 64 and self._dead * 2 > len(self._heap):
+            with self._cond:
                 self._heap = [entry for entry in self._heap if not entry[2].cancelled]
                 heapq.heapify(self._heap)
                 self._dead = 0
@@ -79,7 +81,7 @@ class Deadlines:
                     continue
                 heapq.heappop(self._heap)
                 if deadline.cancelled:
-                    self._dead -= 1
+                    self._dead = max(0, self._dead - 1)
                 callback = None if deadline.cancelled else deadline.callback
                 deadline.cancelled = True  # done: a later cancel() changes nothing
             if callback is not None:
