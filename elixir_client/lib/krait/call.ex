@@ -611,29 +611,22 @@ defmodule Krait.Call do
 
       {:krait_stream, ^ref, {:done, {:error, grpc_error}}} ->
         Process.demonitor(mon, [:flush])
-
-        case done_result({:error, grpc_error}, s.ctx, st.delivered) do
-          {:retry, error} ->
-            Scheduler.checkin(st.lease, :lost)
-            {[], lazy_retry(%{st | s: :done}, error)}
-
-          {:error, error} ->
-            lazy_raise(%{st | s: :done}, st.lease, error)
-        end
+        lazy_failed(st, done_result({:error, grpc_error}, s.ctx, st.delivered))
 
       {:DOWN, ^mon, :process, _, reason} ->
-        case down_result(s, reason, st.delivered) do
-          {:retry, error} ->
-            Scheduler.checkin(st.lease, :lost)
-            {[], lazy_retry(%{st | s: :done}, error)}
-
-          {:error, error} ->
-            lazy_raise(%{st | s: :done}, st.lease, error)
-        end
+        lazy_failed(st, down_result(s, reason, st.delivered))
     after
       remaining(o.deadline) -> raise timeout_error(o, s.ctx)
     end
   end
+
+  # A failed stream: again on another worker when it never reached this one, else raised.
+  defp lazy_failed(st, {:retry, error}) do
+    Scheduler.checkin(st.lease, :lost)
+    {[], lazy_retry(%{st | s: :done}, error)}
+  end
+
+  defp lazy_failed(st, {:error, error}), do: lazy_raise(%{st | s: :done}, st.lease, error)
 
   defp lazy_after(%{s: s, lease: lease}) do
     if s != :done, do: cancel(s)
