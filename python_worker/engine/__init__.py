@@ -22,7 +22,7 @@ import grpc
 from ..errors import CallError, InvalidArguments, Overloaded, clip, to_status
 from ..logs import CURRENT_CALL, CallInfo, call_ended, call_id_from, in_call
 from ..proto import pb
-from ..sdk import BaseAdapter, ToolContext
+from ..sdk import BaseAdapter, ToolContext, ToolSpec
 from .buffer import Cancelled, ChunkBuffer
 from .call import StreamingCall, prepare, run_unary
 from .requests import Malformed, deserializer
@@ -173,61 +173,57 @@ class Engine:
         """Run a unary tool on this thread; ``on_ready(ctx)`` is called once the call is accepted, before the tool
         runs (to hook up cancellation and tell the caller it started). Raises what ends the call."""
         started = time.perf_counter()
-        info = self._begin(request, metadata)
-        ctx: ToolContext | None = None
-        acquired = False
+        info, accepted = self._accept(request, metadata, streaming=False)
+        ctx = accepted[2]
         try:
-            self._acquire()
-            acquired = True
-            spec, kwargs, ctx = prepare(
-                request,
-                specs=self.specs,
-                streaming=False,
-                sessions=self.sessions,
-                worker_id=self.worker_id,
-                call_id=info.call_id,
-            )
             on_ready(ctx)
-            return run_unary(self.adapter, spec, kwargs, ctx, started)
+            return run_unary(self.adapter, accepted[0], accepted[1], ctx, started)
         except BaseException as exc:
             _tag(exc, info)
             raise
         finally:
-            self._end(ctx, acquired)
+            self._end(ctx, True)
 
     def stream(self, request: Any, metadata: Mapping[str, str], *, frame_large: bool) -> StreamHandle:
         """Accept a streaming call (its tool starts with :meth:`StreamHandle.start`). ``frame_large``: queue large
         chunks already framed as batch entries (for batched transports). Raises what refuses the call."""
         started = time.perf_counter()
+        info, (spec, kwargs, ctx) = self._accept(request, metadata, streaming=True)
+        call = StreamingCall(
+            self.adapter,
+            spec,
+            kwargs,
+            ctx,
+            started=started,
+            max_chunk_bytes=self.max_chunk_bytes,
+            frame_large=frame_large,
+            buffer=ChunkBuffer(max_chunks=2 * BATCH_MAX_CHUNKS, max_bytes=BUFFER_MAX_BYTES),
+        )
+        return StreamHandle(self, call, True, info)
+
+    def _accept(
+        self, request: Any, metadata: Mapping[str, str], *, streaming: bool
+    ) -> tuple[CallInfo, tuple[ToolSpec, dict[str, Any], ToolContext]]:
+        """Mark the call in the log, take a call slot, resolve the tool and validate its arguments; whatever
+        refuses the call is raised with nothing left held."""
         info = self._begin(request, metadata)
-        ctx: ToolContext | None = None
         acquired = False
         try:
             self._acquire()
             acquired = True
-            spec, kwargs, ctx = prepare(
+            prepared = prepare(
                 request,
                 specs=self.specs,
-                streaming=True,
+                streaming=streaming,
                 sessions=self.sessions,
                 worker_id=self.worker_id,
                 call_id=info.call_id,
             )
-            call = StreamingCall(
-                self.adapter,
-                spec,
-                kwargs,
-                ctx,
-                started=started,
-                max_chunk_bytes=self.max_chunk_bytes,
-                frame_large=frame_large,
-                buffer=ChunkBuffer(max_chunks=2 * BATCH_MAX_CHUNKS, max_bytes=BUFFER_MAX_BYTES),
-            )
         except BaseException as exc:
             _tag(exc, info)
-            self._end(ctx, acquired)
+            self._end(None, acquired)
             raise
-        return StreamHandle(self, call, acquired, info)
+        return info, prepared
 
     def calls_in_flight(self) -> int:
         """Tool calls not yet over (a unary tool deaf to cancellation stays counted)."""
