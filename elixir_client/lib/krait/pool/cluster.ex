@@ -14,8 +14,9 @@ defmodule Krait.Pool.Cluster do
   Sessions: a session is bound by the node whose worker first served it. A call with a session its
   own node has not bound asks the other nodes first; the node that has it applies the affinity
   rules (`:hint`, `:strict_queue` waiting there, `:strict_fail_fast`) as it would for its own
-  callers. A session bound on a node that went down is unknown to the others: its next call starts
-  it afresh (for every affinity mode).
+  callers. Each node remembers which node serves the sessions its callers used elsewhere: when that
+  node is down, a strict call gets `:session_worker_unavailable` (as when a local session's worker
+  dies) and a `:hint` call starts the session afresh.
   """
 
   @scope __MODULE__

@@ -5,8 +5,10 @@ defmodule Krait.Pool.Scheduler do
 
   What it keeps:
 
-    * the workers, one per slot, each `:starting`, `:idle` or `:busy`; a dead worker's slot is
-      restarted with exponential backoff;
+    * the workers, one per slot, each `:starting`, `:idle` (room for another call) or `:busy`
+      (holding `calls_per_worker` leases); a dead worker's slot is restarted with exponential
+      backoff. A remote pool has a slot per endpoint, re-resolved for `dns://` names
+      (`Krait.Pool.Endpoints`): new addresses get a slot, gone ones lose theirs;
     * leases: which caller holds which worker. Every caller is monitored, so a worker comes back when
       its caller checks it in, dies, or holds it `lease_grace` past the call's deadline;
     * the waiting queue: callers wait in FIFO order in a `:gb_trees` keyed by arrival number (insert,
@@ -23,7 +25,9 @@ defmodule Krait.Pool.Scheduler do
     * start failures: when every slot's last start failed and no worker is up, the pool is
       *failing*: waiting and new callers get `{:workers_failing, last_error}` at once (with the
       worker's last output, e.g. the adapter's import error) while restarts go on with backoff;
-      the first worker that comes up ends it.
+      the first worker that comes up ends it;
+    * with `cluster: true`, its place in the cluster (`Krait.Pool.Cluster`): callers of this node
+      are sent to other nodes' idle workers and to the nodes that hold their sessions.
   """
 
   use GenServer
@@ -83,17 +87,28 @@ defmodule Krait.Pool.Scheduler do
     case GenServer.call(pool, {:checkout, session_id, affinity, deadline, mode}, timeout) do
       # a session this node has not bound: another node may have it
       {:error, {:ask_cluster, group}} ->
-        Cluster.checkout_bound(group, session_id, affinity, deadline, timeout) ||
+        Cluster.checkout_bound(group, session_id, affinity, deadline, timeout)
+        |> remember_remote(pool, session_id) ||
           checkout(pool, session_id, affinity, deadline, timeout, :first)
 
       {:error, {:no_idle_here, group}} ->
-        Cluster.checkout_elsewhere(group, session_id, affinity, deadline) ||
+        Cluster.checkout_elsewhere(group, session_id, affinity, deadline)
+        |> remember_remote(pool, session_id) ||
           GenServer.call(pool, {:checkout, session_id, affinity, deadline, :queue}, timeout)
 
       reply ->
         reply
     end
   end
+
+  # The caller's own pool notes which node serves a session bound elsewhere, so that the session's
+  # calls fail as their worker's death when that node goes down.
+  defp remember_remote({:ok, %Lease{pool: remote}} = reply, pool, session) when session != nil do
+    GenServer.cast(pool, {:remote_session, session, node(remote)})
+    reply
+  end
+
+  defp remember_remote(reply, _pool, _session), do: reply
 
   @doc """
   Returns a leased worker to the pool. `:lost` says the call failed because the worker's process or
@@ -149,6 +164,8 @@ defmodule Krait.Pool.Scheduler do
       seq: 0,
       # session_id => %{worker: worker_id, used: ms}
       sessions: %{},
+      # a cluster pool's sessions bound on another node: session_id => %{node, used}
+      remote_sessions: %{},
       awaiting: [],
       # nil, or the last start failure while every slot is failing to start
       failing: nil,
@@ -171,9 +188,19 @@ defmodule Krait.Pool.Scheduler do
   # A cluster pool's modes (see Krait.Pool.Cluster): :try and :first are the caller's own node, which
   # sends a session it has not bound to the other nodes first, and a call it cannot place at once to
   # their idle workers; :if_bound and :idle_only are another node's caller; :queue places or waits.
-  def handle_call({:checkout, session, _affinity, _deadline, :try}, _from, state)
-      when state.config.cluster and session != nil and not is_map_key(state.sessions, session),
-      do: {:reply, {:error, {:ask_cluster, state.name}}, state}
+  def handle_call({:checkout, session, affinity, _deadline, :try}, _from, state)
+      when state.config.cluster and session != nil and not is_map_key(state.sessions, session) do
+    # bound on a node that is gone: the session's worker died with it
+    case state.remote_sessions[session] do
+      %{node: node} when affinity != :hint ->
+        if node in Node.list(),
+          do: {:reply, {:error, {:ask_cluster, state.name}}, state},
+          else: {:reply, {:error, :session_worker_unavailable}, state}
+
+      _ ->
+        {:reply, {:error, {:ask_cluster, state.name}}, state}
+    end
+  end
 
   def handle_call({:checkout, session, _affinity, _deadline, :if_bound}, _from, state)
       when not is_map_key(state.sessions, session),
@@ -220,6 +247,11 @@ defmodule Krait.Pool.Scheduler do
   end
 
   @impl true
+  def handle_cast({:remote_session, session, node}, state) do
+    entry = %{node: node, used: now()}
+    {:noreply, %{state | remote_sessions: Map.put(state.remote_sessions, session, entry)}}
+  end
+
   def handle_cast({:checkin, ref, outcome}, state) do
     case Map.fetch(state.leases, ref) do
       {:ok, lease} when outcome == :lost ->
@@ -360,8 +392,9 @@ defmodule Krait.Pool.Scheduler do
           into: %{},
           do: {id, s}
 
+    remote = for {id, s} <- state.remote_sessions, s.used > cutoff, into: %{}, do: {id, s}
     schedule_session_sweep(state.config)
-    {:noreply, %{state | sessions: sessions}}
+    {:noreply, %{state | sessions: sessions, remote_sessions: remote}}
   end
 
   def handle_info(_msg, state), do: {:noreply, state}

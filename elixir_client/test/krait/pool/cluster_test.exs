@@ -188,5 +188,15 @@ defmodule Krait.Pool.ClusterTest do
 
     assert {:error, %Krait.Error{category: :pool, details: %{reason: :worker_busy}}} =
              count.(a, affinity: :strict_fail_fast)
+
+    # the session's node dies: to A that is its worker dying
+    os_kill(:peer.call(home, :os, :getpid, []) |> List.to_integer(), "KILL")
+    eventually(fn -> length(:peer.call(a, Node, :list, [])) == 1 end)
+
+    assert {:error,
+            %Krait.Error{category: :pool, details: %{reason: :session_worker_unavailable}}} =
+             count.(a, affinity: :strict_queue)
+
+    assert {:ok, %{"count" => 1}} = count.(a, affinity: :hint)
   end
 end
