@@ -1,5 +1,6 @@
 # Remote pools: the same showcase worker reached over TLS with a token and in plain text, and a call
-# served by another BEAM node's worker beside one served by the local node's. Prints `BENCH {json}`
+# served by another BEAM node's worker beside one served by the local node's (two :peer nodes,
+# distribution and epmd on 127.0.0.1 only; an epmd the benchmark started is stopped after). Prints `BENCH {json}`
 # lines like bench.exs. Run by hand: scripts/bench does not run it yet.
 #
 #   cd elixir_client && mix run bench/remote.exs              (quick)
@@ -63,6 +64,110 @@ defmodule KraitRemoteBench do
       end
     after
       File.rm_rf(dir)
+    end
+
+    cross_node(cfg)
+  end
+
+  # Two :peer nodes with one-worker cluster pools: p50 of a unary call from node A served by A's own
+  # worker, then by B's (A's worker held by a blocking stream). Timed on A (:timer.tc there).
+  defp cross_node(cfg) do
+    epmd_was_running = match?({_, 0}, System.cmd("epmd", ["-names"], stderr_to_stdout: true))
+
+    peers =
+      for name <- [:bench_a, :bench_b] do
+        {:ok, peer, node} =
+          :peer.start(%{
+            name: name,
+            host: ~c"127.0.0.1",
+            longnames: true,
+            connection: :standard_io,
+            env: [{~c"ERL_EPMD_ADDRESS", ~c"127.0.0.1"}],
+            args:
+              [
+                ~c"-setcookie",
+                ~c"krait_bench",
+                ~c"-kernel",
+                ~c"inet_dist_use_interface",
+                ~c"{127,0,0,1}"
+              ] ++
+                Enum.flat_map(:code.get_path(), &[~c"-pa", &1])
+          })
+
+        {peer, node}
+      end
+
+    try do
+      opts = [
+        name: Krait.Pool,
+        adapter: "adapters.showcase:ShowcaseAdapter",
+        size: 1,
+        python: @python,
+        cwd: @root,
+        cluster: true
+      ]
+
+      for {peer, _} <- peers do
+        {:ok, _} = :peer.call(peer, Application, :ensure_all_started, [:logger])
+        :ok = :peer.call(peer, Logger, :configure, [[level: :error]])
+        :ok = :peer.call(peer, Application, :put_env, [:krait, :pool, opts])
+        {:ok, _} = :peer.call(peer, Application, :ensure_all_started, [:krait])
+        :ok = :peer.call(peer, Krait.Pool, :await_ready, [Krait.Pool, 30_000], 35_000)
+      end
+
+      [{a, _}, {_, node_b}] = peers
+      true = :peer.call(a, :net_kernel, :connect_node, [node_b])
+      wait(fn -> :peer.call(a, Krait.Pool.Cluster, :others, [Krait.Pool]) != [] end)
+      local = p50(a, cfg.calls)
+
+      :peer.call(a, :erlang, :spawn, [
+        Krait,
+        :execute_stream,
+        ["blocking_stream", %{seconds: 600}, &Function.identity/1, []]
+      ])
+
+      wait(fn -> :peer.call(a, Krait.Pool, :stats, [Krait.Pool]).busy == 1 end)
+      remote = p50(a, cfg.calls)
+
+      IO.puts(
+        "BENCH " <>
+          Krait.JSON.encode!(%{
+            name: "cross_node_unary_p50_us",
+            local: local,
+            other_node: remote,
+            added_us: remote - local
+          })
+      )
+    after
+      for {peer, _} <- peers, do: :peer.stop(peer)
+      # epmd refuses -kill while the stopped nodes' names linger a moment
+      unless epmd_was_running do
+        wait(fn ->
+          not (elem(System.cmd("epmd", ["-names"], stderr_to_stdout: true), 0) =~ "name ")
+        end)
+
+        System.cmd("epmd", ["-kill"], stderr_to_stdout: true)
+      end
+    end
+  end
+
+  defp p50(peer, calls) do
+    samples =
+      for _ <- 1..calls do
+        {us, {:ok, _}} =
+          :peer.call(peer, :timer, :tc, [Krait, :execute, ["add", %{a: 1, b: 2}, []]])
+
+        us
+      end
+
+    Enum.at(Enum.sort(samples), div(calls, 2))
+  end
+
+  defp wait(fun, tries \\ 500) do
+    cond do
+      fun.() -> :ok
+      tries == 0 -> raise "condition not met"
+      true -> Process.sleep(10) && wait(fun, tries - 1)
     end
   end
 

@@ -142,6 +142,28 @@ defmodule Krait.TestHelpers do
     end
   end
 
+  @doc "Whether an epmd answers on this machine."
+  @spec epmd_running?() :: boolean()
+  def epmd_running?, do: match?({_, 0}, System.cmd("epmd", ["-names"], stderr_to_stdout: true))
+
+  @doc """
+  Stops the epmd a test started, once the nodes it started have left it (epmd refuses `-kill` while
+  names are registered, and a stopped node's registration goes a moment after it).
+  """
+  @spec stop_epmd(integer()) :: :ok
+  def stop_epmd(deadline \\ System.monotonic_time(:millisecond) + 5_000) do
+    {names, _} = System.cmd("epmd", ["-names"], stderr_to_stdout: true)
+
+    if names =~ "name " and System.monotonic_time(:millisecond) < deadline do
+      Process.sleep(20)
+      stop_epmd(deadline)
+    else
+      # a node still registered after the wait is someone else's: epmd then refuses, and stays
+      System.cmd("epmd", ["-kill"], stderr_to_stdout: true)
+      :ok
+    end
+  end
+
   @doc "Is an OS process alive (and not a zombie)?"
   @spec os_alive?(non_neg_integer()) :: boolean()
   def os_alive?(os_pid) do

@@ -42,7 +42,7 @@ defmodule Krait.Pool.ClusterTest do
         end
       end
 
-      unless epmd_was_running, do: System.cmd("epmd", ["-kill"], stderr_to_stdout: true)
+      unless epmd_was_running, do: stop_epmd()
     end)
 
     opts = pool_opts(size: 1, name: Krait.Pool, cluster: true)
@@ -68,10 +68,6 @@ defmodule Krait.Pool.ClusterTest do
     end
 
     %{peers: peers}
-  end
-
-  defp epmd_running? do
-    match?({_, 0}, System.cmd("epmd", ["-names"], stderr_to_stdout: true))
   end
 
   defp stats(peer), do: :peer.call(peer, Krait.Pool, :stats, [Krait.Pool])
