@@ -155,6 +155,7 @@ def test_the_bind_rule() -> None:
     ServerSecurity(tls_cert="c", tls_key="k", tls_client_ca="ca").check("0.0.0.0")
     with pytest.raises(SecurityConfigError, match="without a token"):
         ServerSecurity(tls_cert="c", tls_key="k").check("10.0.0.1")
+    assert "s3cret" not in repr(ServerSecurity(token="s3cret"))  # never in a log line or traceback
 
 
 def test_the_token_comes_from_the_environment(certs: Certs) -> None:

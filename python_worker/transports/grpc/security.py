@@ -14,7 +14,7 @@ import ipaddress
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +69,7 @@ class ServerSecurity:
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_client_ca: str | None = None
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)  # never in a log line or traceback
     insecure: bool = False
 
     def check(self, host: str) -> None:

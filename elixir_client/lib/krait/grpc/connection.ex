@@ -539,6 +539,14 @@ defmodule Krait.GRPC.Connection do
 
   def handle_info(_other, state), do: {:noreply, state}
 
+  # Crash reports and :sys.get_status show the headers sent on every call without their values
+  # (the token's `authorization`).
+  @impl true
+  def format_status(_reason, [_pdict, state]) do
+    headers = Enum.map(state.headers, fn h -> put_elem(h, 1, "[redacted]") end)
+    [data: [{~c"State", %{state | headers: headers}}]]
+  end
+
   @impl true
   def terminate(_reason, state) do
     sock_close(state)

@@ -75,7 +75,8 @@ defmodule Krait.Pool.Config do
       default: false,
       doc:
         "act as one with the pools of the same name and `cluster: true` on connected nodes: a call " <>
-          "without a session that finds no idle worker here runs on an idle one of another node"
+          "that finds no idle worker here runs on an idle one of another node; a session is served " <>
+          "where it is bound (see `Krait.Pool.Cluster`)"
     ],
     calls_per_worker: [
       type: :pos_integer,
@@ -299,7 +300,8 @@ defmodule Krait.Pool.Config do
       worker =
         o
         |> Map.take([:connect_timeout, :health_interval, :health_timeout, :health_failures])
-        |> Map.merge(%{tls: tls, token: o[:token], transport: :remote})
+        # the token as a closure: crash reports and :sys.get_state show #Function, not the secret
+        |> Map.merge(%{tls: tls, token: secret(o[:token]), transport: :remote})
 
       {:ok,
        %__MODULE__{
@@ -325,6 +327,9 @@ defmodule Krait.Pool.Config do
        }}
     end
   end
+
+  defp secret(nil), do: nil
+  defp secret(token), do: fn -> token end
 
   defp check_endpoints([]), do: invalid("Krait.Pool: :endpoints is empty")
 

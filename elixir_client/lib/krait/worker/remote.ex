@@ -62,7 +62,7 @@ defmodule Krait.Worker.Remote do
   @impl true
   def handle_continue(:connect, state) do
     %{opts: opts} = state
-    metadata = if opts.token, do: %{"authorization" => "Bearer " <> opts.token}, else: %{}
+    metadata = if opts.token, do: %{"authorization" => "Bearer " <> opts.token.()}, else: %{}
 
     conn_opts = [
       host: state.host,

@@ -81,6 +81,20 @@ defmodule Krait.Pool.RemoteTest do
     assert Enum.map(stats.workers, & &1.endpoint) == good
   end
 
+  test "the token shows nowhere in the processes' state (crash reports, :sys)", %{pool: pool} do
+    [%{pid: worker} | _] = Krait.Pool.stats(pool).workers
+    conn = :sys.get_state(worker).conn
+    # the connection holds it to send it; its status (what a crash report prints) does not show it
+    assert {"authorization", "Bearer " <> @token, :never_store} in :sys.get_state(conn).headers
+
+    for pid <- [Process.whereis(pool), worker, conn] do
+      refute inspect(:sys.get_status(pid), limit: :infinity, printable_limit: :infinity) =~ @token
+    end
+
+    # it is sent all the same: the worker would refuse the calls without it
+    assert {:ok, 2.0} = Krait.execute("add", %{a: 1, b: 1}, pool: pool)
+  end
+
   test "calls queue for the remote workers and a session keeps its worker", %{pool: pool} do
     session = "remote-session-#{System.unique_integer([:positive])}"
     count = fn -> Krait.execute("session_counter", %{}, pool: pool, session_id: session) end
