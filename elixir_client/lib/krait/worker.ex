@@ -432,16 +432,37 @@ defmodule Krait.Worker do
   defp stop_process(%{port: port, os_pid: os_pid, opts: opts}) do
     signal(os_pid, "TERM")
 
-    receive do
-      {^port, {:exit_status, _}} -> :ok
-    after
-      opts.shutdown_grace ->
-        # Closing the Port closes Python's stdin as well.
-        catch_port_close(port)
-    end
+    exited? =
+      receive do
+        {^port, {:exit_status, _}} -> true
+      after
+        opts.shutdown_grace ->
+          # Closing the Port closes Python's stdin as well.
+          catch_port_close(port)
+          false
+      end
 
     # Whatever is left of the group (a child that ignored SIGTERM) goes now.
     signal_group(os_pid, "KILL")
+
+    # A signal is delivered asynchronously: a killed worker is waited for (briefly), so that a pool's
+    # stop returns once its processes are gone.
+    unless exited?, do: await_gone(os_pid, System.monotonic_time(:millisecond) + 1_000)
+    :ok
+  end
+
+  # Gone: no /proc entry, or a zombie (dead, waiting to be reaped by the BEAM's child helper).
+  defp await_gone(os_pid, deadline) do
+    alive? =
+      case File.read("/proc/#{os_pid}/stat") do
+        {:ok, stat} -> not (stat |> String.split(") ") |> List.last() |> String.starts_with?("Z"))
+        {:error, _} -> false
+      end
+
+    if alive? and System.monotonic_time(:millisecond) < deadline do
+      Process.sleep(5)
+      await_gone(os_pid, deadline)
+    end
   end
 
   defp kill(%{port: nil} = state), do: state
