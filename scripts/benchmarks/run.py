@@ -189,23 +189,31 @@ def ping_beside_idle_streams(target: str, client: Client, samples: int) -> dict[
 
 
 def elixir_benchmarks(cfg: dict[str, Any]) -> dict[str, float]:
+    """The Elixir half: bench.exs, then remote.exs (TLS and cross-node)."""
     env = {**os.environ, "KRAIT_BENCH": json.dumps(cfg)}
-    result = subprocess.run(
-        ["mix", "run", "bench/bench.exs"],
-        cwd=ROOT / "elixir_client",
-        env=env,
-        stdout=subprocess.PIPE,
-        text=True,
-        timeout=3600,
-    )
     out: dict[str, float] = {}
-    for line in result.stdout.splitlines():
-        if line.startswith("BENCH "):
-            out.update(json.loads(line.removeprefix("BENCH ")))
-    if result.returncode != 0:
-        print(result.stdout[-4000:], file=sys.stderr)
-        raise SystemExit("the Elixir benchmarks failed")
+    for script in ("bench/bench.exs", "bench/remote.exs"):
+        result = subprocess.run(
+            ["mix", "run", script],
+            cwd=ROOT / "elixir_client",
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+            timeout=3600,
+        )
+        for line in result.stdout.splitlines():
+            if line.startswith("BENCH "):
+                out.update(_flatten(json.loads(line.removeprefix("BENCH "))))
+        if result.returncode != 0:
+            print(result.stdout[-4000:], file=sys.stderr)
+            raise SystemExit(f"the Elixir benchmarks failed ({script})")
     return out
+
+
+def _flatten(report: dict[str, Any]) -> dict[str, float]:
+    """``{"name": n, "a": 1}`` (remote.exs) becomes ``{"n_a": 1}``; plain reports (bench.exs) stay as they are."""
+    name = report.pop("name", None)
+    return report if name is None else {f"{name}_{key}": value for key, value in report.items()}
 
 
 def table(r: dict[str, float]) -> list[tuple[str, str, str, str]]:
@@ -365,6 +373,27 @@ def table(r: dict[str, float]) -> list[tuple[str, str, str, str]]:
         else f"{get('py_ping_idle_streams_p50_ms'):.1f} / {get('py_ping_idle_streams_p99_ms'):.1f} ms",
         "",
         "p99 <= 50 ms",
+    )
+    for label, key, unit, target in (
+        ("small chunks", "remote_items_per_s", "/s", ""),
+        ("4 MiB batches", "remote_mib_per_s_4mib", " MiB/s", ">= 0.90x plain"),
+        ("unary p50", "remote_unary_p50_us", " µs", ""),
+    ):
+        tls, plain = get(f"{key}_tls"), get(f"{key}_plain")
+        row(
+            f"10. remote pool over TLS + token vs plain text: {label}",
+            "n/a" if tls is None or plain is None else f"{tls:,.0f} vs {plain:,.0f}{unit}",
+            ratio(tls, plain, "x plain"),
+            target,
+        )
+    added = get("cross_node_unary_p50_us_added_us")
+    row(
+        "11. unary p50 served by another node's worker vs the local node's",
+        "n/a"
+        if added is None
+        else f"{get('cross_node_unary_p50_us_other_node'):.0f} vs {get('cross_node_unary_p50_us_local'):.0f} µs",
+        "n/a" if added is None else f"{added:+.0f} µs",
+        "<= +100 µs",
     )
     return rows
 
