@@ -48,6 +48,7 @@ def _serve(ns: argparse.Namespace) -> int:
         stdin_watch=auto[ns.stdin_watch],
         process_group=auto[ns.process_group],
         grace=ns.grace,
+        metrics_port=ns.metrics_port,
     )
     return serve(options, link=link)
 
@@ -127,6 +128,12 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=None,
         help="gRPC port to bind; 0 picks a free one (the default, unless --link: then gRPC only with --port)",
+    )
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics at /metrics on this port (0 picks a free one; announced as metrics_port)",
     )
     serve.add_argument(
         "--link",

@@ -21,6 +21,7 @@ import grpc
 
 from ..errors import CallError, InvalidArguments, Overloaded, clip, to_status
 from ..logs import CURRENT_CALL, CallInfo, call_ended, call_id_from, in_call
+from ..metrics import UNKNOWN_TOOL, WorkerMetrics, exposition
 from ..proto import pb
 from ..sdk import BaseAdapter, ToolContext
 from .buffer import Cancelled, ChunkBuffer
@@ -42,6 +43,7 @@ BUFFER_MAX_BYTES = 8 << 20
 _SMALL_REQUESTS = {
     "Ping": pb.PingRequest,
     "ListTools": pb.ListToolsRequest,
+    "Metrics": pb.MetricsRequest,
     "InitializeSession": pb.InitializeSessionRequest,
     "CleanupSession": pb.CleanupSessionRequest,
 }
@@ -52,12 +54,15 @@ class StreamHandle:
     """A streaming call: :meth:`start` its tool, take its :meth:`batches`, :meth:`cancel` it when the caller
     goes, and always :meth:`close` it."""
 
-    def __init__(self, engine: Engine, call: StreamingCall, acquired: bool, info: CallInfo) -> None:
+    def __init__(self, engine: Engine, call: StreamingCall, acquired: bool, info: CallInfo, started: float) -> None:
         self._engine = engine
         self.call = call
         self.ctx = call.ctx
         self._acquired = acquired
         self._info = info
+        self._started = started
+        self._status: str | None = None  # the call's status code name, once its stream has ended
+        self._counted = (0, 0)  # chunks and bytes already counted in the metrics
 
     def start(self) -> None:
         self.call.start()
@@ -69,17 +74,33 @@ class StreamHandle:
         """Lists of queued chunks, whatever is ready (one chunk each when not ``batched``), until the tool ends;
         the tool's error is raised after its last chunk. Ends quietly once cancelled."""
         max_chunks = BATCH_MAX_CHUNKS if batched else 1
+        metrics = self._engine.metrics
         try:
             while (batch := self.call.buffer.take(max_chunks, BATCH_MAX_BYTES)) is not None:
+                if metrics is not None:
+                    self._count(metrics)
                 yield batch
+            self._status = "CANCELLED" if self.ctx.cancel_event.is_set() else "OK"
         except Cancelled:
+            self._status = "CANCELLED"
             return
         except BaseException as exc:
+            self._status = status_name(exc)
             _tag(exc, self._info)
             raise
 
+    def _count(self, metrics: WorkerMetrics) -> None:
+        chunks, nbytes = self.call._seq, self.call.nbytes
+        metrics.stream_sent(self.ctx.tool_name, chunks - self._counted[0], nbytes - self._counted[1])
+        self._counted = (chunks, nbytes)
+
     def close(self) -> None:
         self.call.cancel()  # no-op after a normal end; stops the tool if the stream was abandoned
+        metrics = self._engine.metrics
+        if metrics is not None:
+            self._count(metrics)
+            # a stream its transport stopped taking (the caller went) ends cancelled
+            metrics.call_ended(self.ctx.tool_name, self._status or "CANCELLED", time.perf_counter() - self._started)
         self._engine._end(self.ctx, self._acquired)
 
 
@@ -95,8 +116,10 @@ class Engine:
         sessions: SessionStore,
         max_calls: int,
         max_message_bytes: int,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.adapter = adapter
+        self.metrics = metrics
         self.adapter_path = adapter_path
         self.worker_id = worker_id
         self.sessions = sessions
@@ -108,6 +131,8 @@ class Engine:
         # room for the message framing around a chunk's data
         self.max_chunk_bytes = max_message_bytes - 4096
         self._started = time.monotonic()
+        if metrics is not None:
+            metrics.watch(self.calls_in_flight, lambda: len(sessions))
 
     # -- small calls ----------------------------------------------------------------------------------------
     def ping(self, request: Any) -> Any:
@@ -132,6 +157,11 @@ class Engine:
         ]
         return pb.ListToolsResponse(tools=tools, worker_id=self.worker_id, adapter=self.adapter_path)
 
+    def metrics_text(self, request: Any = None) -> Any:
+        """This worker's metrics registry in Prometheus' text format (empty when it counts nothing)."""
+        text = exposition(self.metrics.registry).decode() if self.metrics is not None else ""
+        return pb.MetricsResponse(text=text)
+
     def initialize_session(self, request: Any) -> Any:
         if not request.session_id:
             raise InvalidArguments("session_id must not be empty")
@@ -153,6 +183,7 @@ class Engine:
         handler: Callable[[Any], Any] = {
             "Ping": self.ping,
             "ListTools": self.list_tools,
+            "Metrics": self.metrics_text,
             "InitializeSession": self.initialize_session,
             "CleanupSession": self.cleanup_session,
         }[method]
@@ -176,6 +207,7 @@ class Engine:
         info = self._begin(request, metadata)
         ctx: ToolContext | None = None
         acquired = False
+        status = "OK"
         try:
             self._acquire()
             acquired = True
@@ -188,11 +220,17 @@ class Engine:
                 call_id=info.call_id,
             )
             on_ready(ctx)
-            return run_unary(self.adapter, spec, kwargs, ctx, started)
+            response = run_unary(self.adapter, spec, kwargs, ctx, started)
+            if ctx.cancel_event.is_set():  # the transport answers CANCELLED (or DEADLINE_EXCEEDED)
+                status = "CANCELLED"
+            return response
         except BaseException as exc:
+            status = status_name(exc)
             _tag(exc, info)
             raise
         finally:
+            if self.metrics is not None:
+                self.metrics.call_ended(self._tool_label(request), status, time.perf_counter() - started)
             self._end(ctx, acquired)
 
     def stream(self, request: Any, metadata: Mapping[str, str], *, frame_large: bool) -> StreamHandle:
@@ -224,10 +262,12 @@ class Engine:
                 buffer=ChunkBuffer(max_chunks=2 * BATCH_MAX_CHUNKS, max_bytes=BUFFER_MAX_BYTES),
             )
         except BaseException as exc:
+            if self.metrics is not None:
+                self.metrics.call_ended(self._tool_label(request), status_name(exc), time.perf_counter() - started)
             _tag(exc, info)
             self._end(ctx, acquired)
             raise
-        return StreamHandle(self, call, acquired, info)
+        return StreamHandle(self, call, acquired, info, started)
 
     def calls_in_flight(self) -> int:
         """Tool calls not yet over (a unary tool deaf to cancellation stays counted)."""
@@ -265,6 +305,9 @@ class Engine:
         """Mark this thread's log records as the call's."""
         return in_call(request.tool_name, request.session_id, call_id_from(metadata.items()))
 
+    def _tool_label(self, request: Any) -> str:
+        return request.tool_name if request.tool_name in self.specs else UNKNOWN_TOOL
+
     def _acquire(self) -> None:
         if not self._slots.acquire(blocking=False):
             raise Overloaded(f"worker {self.worker_id} is running its maximum of {self.max_calls} calls")
@@ -285,6 +328,15 @@ def _checked(request: Any) -> Any:
     if isinstance(request, Malformed):
         raise InvalidArguments(request.reason)
     return request
+
+
+def status_name(exc: BaseException) -> str:
+    """The name of the gRPC status code that reports ``exc`` (as :func:`..errors.to_status` decides it)."""
+    if isinstance(exc, CallError):
+        return str(exc.code.name)
+    if type(exc).__name__ == "ToolCancelled":
+        return "CANCELLED"
+    return "UNKNOWN"
 
 
 def _tag(exc: BaseException, info: CallInfo) -> None:

@@ -160,6 +160,7 @@ class StreamingCall:
         # queue large chunks already framed as batch entries (for ExecuteStreamingToolBatched only)
         self.frame_large = frame_large
         self._seq = 0
+        self.nbytes = 0  # payload bytes queued so far (the engine's metrics read it)
         self._emit_lock = threading.Lock()
         ctx.progress_sink = self._progress
         # the tool's thread logs as part of the call (see logs.py): it runs in a copy of this thread's context
@@ -212,10 +213,12 @@ class StreamingCall:
     def _emit(self, chunk: Chunk | bytes, nbytes: int) -> None:
         self.buffer.put(chunk, nbytes)
         self._seq += 1
+        self.nbytes += nbytes
 
     def _emit_nowait(self, chunk: Chunk | bytes, nbytes: int) -> None:
         self.buffer.put_nowait(chunk, nbytes)
         self._seq += 1
+        self.nbytes += nbytes
 
     def after_final_message(self, final_seq: int) -> str:
         return (
