@@ -14,7 +14,8 @@ defmodule Krait.MixProject do
 
   def application do
     [
-      extra_applications: [:logger] ++ json_applications(),
+      # :inets: the HTTP server of a pool's optional /metrics endpoint (Krait.Metrics.HTTP)
+      extra_applications: [:logger, :inets] ++ json_applications(),
       mod: {Krait.Application, []}
     ]
   end

@@ -18,7 +18,7 @@ defmodule Krait.Call do
   for the call carry it (`call_id` Logger metadata) and so do errors (`details.call_id`).
   """
 
-  alias Krait.{Chunk, Error, Payload}
+  alias Krait.{Chunk, Error, Payload, Telemetry}
   alias Krait.Pool.{Lease, Scheduler}
 
   @unary_path "/krait.v1.ToolWorker/ExecuteTool"
@@ -85,11 +85,13 @@ defmodule Krait.Call do
   def execute(tool, args, opts) do
     with {:ok, o} <- options(opts),
          {:ok, request} <- build_request(tool, args, o) do
-      o
-      |> with_lease(fn lease -> unary(lease, @unary_path, request, o, tool) end)
-      |> explain_wrong_rpc(
-        "a streaming tool: call it with Krait.execute_stream/4 or Krait.stream/3"
-      )
+      Telemetry.span(event_meta(o, tool, :unary), fn ->
+        o
+        |> with_lease(fn lease -> unary(lease, @unary_path, request, o, tool) end)
+        |> explain_wrong_rpc(
+          "a streaming tool: call it with Krait.execute_stream/4 or Krait.stream/3"
+        )
+      end)
     end
   end
 
@@ -99,13 +101,15 @@ defmodule Krait.Call do
   def execute_stream(tool, args, callback, opts) when is_function(callback, 1) do
     with {:ok, o} <- options(opts),
          {:ok, request} <- build_request(tool, args, o) do
-      o
-      |> with_lease(fn lease ->
-        with {:ok, s} <- open(lease, @stream_path, request, o, tool) do
-          stream_loop(s, callback, o, false)
-        end
+      Telemetry.span(event_meta(o, tool, :stream), fn ->
+        o
+        |> with_lease(fn lease ->
+          with {:ok, s} <- open(lease, @stream_path, request, o, tool) do
+            stream_loop(s, callback, o, false)
+          end
+        end)
+        |> explain_wrong_rpc("not a streaming tool: call it with Krait.execute/3")
       end)
-      |> explain_wrong_rpc("not a streaming tool: call it with Krait.execute/3")
     end
   end
 
@@ -133,7 +137,7 @@ defmodule Krait.Call do
 
     Stream.resource(
       fn -> lazy_start(tool, request, o, wrong_rpc) end,
-      &lazy_next/1,
+      &lazy_next_noting_error/1,
       &lazy_after/1
     )
   end
@@ -279,7 +283,7 @@ defmodule Krait.Call do
   # the call never reached the worker (which died): that worker is checked in as lost and the call
   # tried again on another, within the deadline.
   defp with_lease(o, fun, attempt \\ 1) do
-    case Scheduler.checkout(o.pool, o.session_id, o.affinity, o.deadline) do
+    case checkout(o) do
       {:ok, lease} ->
         result =
           try do
@@ -311,6 +315,22 @@ defmodule Krait.Call do
         {:error, pool_error(reason, o)}
     end
   end
+
+  defp checkout(o) do
+    start = System.monotonic_time()
+    result = Scheduler.checkout(o.pool, o.session_id, o.affinity, o.deadline)
+    Telemetry.checkout(o.pool, o.session_id, System.monotonic_time() - start, result)
+    result
+  end
+
+  defp event_meta(o, tool, kind),
+    do: %{
+      pool: o.pool,
+      tool: to_string(tool),
+      call_id: o.call_id,
+      session_id: o.session_id,
+      kind: kind
+    }
 
   defp pool_error(reason, o), do: Error.pool(reason, %{pool: o.pool, call_id: o.call_id})
 
@@ -559,12 +579,40 @@ defmodule Krait.Call do
   defp lazy_start(tool, request, o, wrong_rpc) do
     # The deadline counts from the start of enumeration.
     o = if o.timeout == :infinity, do: o, else: %{o | deadline: now() + o.timeout}
-    st = %{tool: tool, request: request, o: o, wrong_rpc: wrong_rpc, attempt: 1, delivered: false}
-    lazy_open(st)
+    meta = event_meta(o, tool, :stream)
+    started = Telemetry.call_start(meta)
+
+    st = %{
+      tool: tool,
+      request: request,
+      o: o,
+      wrong_rpc: wrong_rpc,
+      attempt: 1,
+      delivered: false,
+      event: {started, meta}
+    }
+
+    try do
+      lazy_open(st)
+    rescue
+      e in Error ->
+        Telemetry.call_stop(started, meta, {:error, e})
+        reraise e, __STACKTRACE__
+    end
+  end
+
+  # Stream.resource/3 runs lazy_after/1 with the state from before a raise: the error is kept for it
+  # in the process dictionary, under the call's id.
+  defp lazy_next_noting_error(st) do
+    lazy_next(st)
+  rescue
+    e in Error ->
+      Process.put({__MODULE__, :stream_error, st.o.call_id}, e)
+      reraise e, __STACKTRACE__
   end
 
   defp lazy_open(%{o: o} = st) do
-    case Scheduler.checkout(o.pool, o.session_id, o.affinity, o.deadline) do
+    case checkout(o) do
       {:ok, lease} ->
         case open(lease, @stream_path, st.request, o, st.tool) do
           {:ok, s} ->
@@ -644,9 +692,14 @@ defmodule Krait.Call do
     end
   end
 
-  defp lazy_after(%{s: s, lease: lease}) do
+  defp lazy_after(%{s: s, lease: lease, event: {started, meta}} = st) do
     if s != :done, do: cancel(s)
     Scheduler.checkin(lease)
+
+    case Process.delete({__MODULE__, :stream_error, st.o.call_id}) do
+      nil -> Telemetry.call_stop(started, meta, :ok)
+      error -> Telemetry.call_stop(started, meta, {:error, error})
+    end
   end
 
   ## Helpers

@@ -114,6 +114,14 @@ defmodule Krait.Pool.Config do
         "with `transport: :link`, also serve each worker's gRPC service on a loopback port (shown as " <>
           "`grpc_port` in `Krait.Pool.stats/1`), for debugging or callers in other languages"
     ],
+    metrics_port: [
+      type: {:or, [{:in, [nil]}, :non_neg_integer]},
+      default: nil,
+      doc:
+        "serve the pool's Prometheus metrics and its workers' (`Krait.Metrics.prometheus/1`) at " <>
+          "`/metrics` on this loopback port through `:inets` (0 picks a free one: " <>
+          "`Krait.Metrics.HTTP.port/1`); `nil`: no endpoint"
+    ],
     worker_module: [type: :atom, default: Krait.Worker, doc: false]
   ]
 
@@ -127,6 +135,7 @@ defmodule Krait.Pool.Config do
     :worker,
     :id_prefix,
     :worker_sup,
+    :metrics_port,
     worker_module: Krait.Worker,
     max_queue: 1_000,
     backoff_min: 100,
@@ -162,6 +171,7 @@ defmodule Krait.Pool.Config do
           id_prefix: String.t(),
           worker_sup: atom(),
           worker_module: module(),
+          metrics_port: non_neg_integer() | nil,
           max_queue: non_neg_integer(),
           backoff_min: pos_integer(),
           backoff_max: pos_integer(),
@@ -210,6 +220,7 @@ defmodule Krait.Pool.Config do
          id_prefix: o.name |> Atom.to_string() |> String.replace_prefix("Elixir.", ""),
          worker_sup: Module.concat(o.name, WorkerSupervisor),
          worker_module: o.worker_module,
+         metrics_port: o.metrics_port,
          max_queue: o.max_queue,
          backoff_min: o.backoff_min,
          backoff_max: max(o.backoff_max, o.backoff_min),
