@@ -50,7 +50,8 @@ defmodule Krait.Metrics.HTTP do
       modules: [__MODULE__]
     ]
 
-    case :inets.start(:httpd, config, :stand_alone) do
+    # under inets' own supervisor (a stand-alone httpd cannot tell the port it bound); stopped in terminate/2
+    case :inets.start(:httpd, config) do
       {:ok, pid} ->
         bound = Keyword.fetch!(:httpd.info(pid, [:port]), :port)
         Logger.info("Krait pool #{inspect(pool)}: metrics at http://127.0.0.1:#{bound}/metrics")
@@ -65,7 +66,7 @@ defmodule Krait.Metrics.HTTP do
   def handle_call(:port, _from, state), do: {:reply, state.port, state}
 
   @impl true
-  def terminate(_reason, state), do: :inets.stop(:stand_alone, state.pid)
+  def terminate(_reason, state), do: :inets.stop(:httpd, state.pid)
 
   ## The :httpd module callback
 
