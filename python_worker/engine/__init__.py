@@ -19,6 +19,7 @@ from typing import Any
 
 import grpc
 
+from .. import tracing
 from ..errors import CallError, InvalidArguments, Overloaded, clip, to_status
 from ..logs import CURRENT_CALL, CallInfo, call_ended, call_id_from, in_call
 from ..metrics import UNKNOWN_TOOL, WorkerMetrics, exposition
@@ -54,7 +55,9 @@ class StreamHandle:
     """A streaming call: :meth:`start` its tool, take its :meth:`batches`, :meth:`cancel` it when the caller
     goes, and always :meth:`close` it."""
 
-    def __init__(self, engine: Engine, call: StreamingCall, acquired: bool, info: CallInfo, started: float) -> None:
+    def __init__(
+        self, engine: Engine, call: StreamingCall, acquired: bool, info: CallInfo, started: float, span: Any
+    ) -> None:
         self._engine = engine
         self.call = call
         self.ctx = call.ctx
@@ -63,6 +66,8 @@ class StreamHandle:
         self._started = started
         self._status: str | None = None  # the call's status code name, once its stream has ended
         self._counted = (0, 0)  # chunks and bytes already counted in the metrics
+        self._span = span
+        self._error: BaseException | None = None
 
     def start(self) -> None:
         self.call.start()
@@ -84,8 +89,12 @@ class StreamHandle:
         except Cancelled:
             self._status = "CANCELLED"
             return
+        except GeneratorExit:  # the transport stopped taking batches: its caller went
+            self._status = "CANCELLED"
+            raise
         except BaseException as exc:
             self._status = status_name(exc)
+            self._error = exc
             _tag(exc, self._info)
             raise
 
@@ -101,6 +110,8 @@ class StreamHandle:
             self._count(metrics)
             # a stream its transport stopped taking (the caller went) ends cancelled
             metrics.call_ended(self.ctx.tool_name, self._status or "CANCELLED", time.perf_counter() - self._started)
+        if self._span is not None:
+            self._span.end(self._status or "CANCELLED", self._error, self.call._seq, self.call.nbytes)
         self._engine._end(self.ctx, self._acquired)
 
 
@@ -131,6 +142,7 @@ class Engine:
         # room for the message framing around a chunk's data
         self.max_chunk_bytes = max_message_bytes - 4096
         self._started = time.monotonic()
+        self.tracing = tracing.available()
         if metrics is not None:
             metrics.watch(self.calls_in_flight, lambda: len(sessions))
 
@@ -208,6 +220,8 @@ class Engine:
         ctx: ToolContext | None = None
         acquired = False
         status = "OK"
+        error: BaseException | None = None
+        span = self._span(request, metadata, info) if self.tracing else None
         try:
             self._acquire()
             acquired = True
@@ -219,18 +233,23 @@ class Engine:
                 worker_id=self.worker_id,
                 call_id=info.call_id,
             )
+            if span is not None:
+                ctx._call_span, ctx.trace_id = span, span.trace_id
             on_ready(ctx)
             response = run_unary(self.adapter, spec, kwargs, ctx, started)
             if ctx.cancel_event.is_set():  # the transport answers CANCELLED (or DEADLINE_EXCEEDED)
                 status = "CANCELLED"
             return response
         except BaseException as exc:
-            status = status_name(exc)
+            status, error = status_name(exc), exc
             _tag(exc, info)
             raise
         finally:
             if self.metrics is not None:
                 self.metrics.call_ended(self._tool_label(request), status, time.perf_counter() - started)
+            if span is not None:
+                span.detach()
+                span.end(status, error)
             self._end(ctx, acquired)
 
     def stream(self, request: Any, metadata: Mapping[str, str], *, frame_large: bool) -> StreamHandle:
@@ -240,6 +259,7 @@ class Engine:
         info = self._begin(request, metadata)
         ctx: ToolContext | None = None
         acquired = False
+        span = self._span(request, metadata, info) if self.tracing else None
         try:
             self._acquire()
             acquired = True
@@ -251,23 +271,33 @@ class Engine:
                 worker_id=self.worker_id,
                 call_id=info.call_id,
             )
-            call = StreamingCall(
-                self.adapter,
-                spec,
-                kwargs,
-                ctx,
-                started=started,
-                max_chunk_bytes=self.max_chunk_bytes,
-                frame_large=frame_large,
-                buffer=ChunkBuffer(max_chunks=2 * BATCH_MAX_CHUNKS, max_bytes=BUFFER_MAX_BYTES),
-            )
+            if span is not None:
+                ctx._call_span, ctx.trace_id = span, span.trace_id
+            # the tool's thread starts in a copy of this thread's context: the span (attached) is current there
+            try:
+                call = StreamingCall(
+                    self.adapter,
+                    spec,
+                    kwargs,
+                    ctx,
+                    started=started,
+                    max_chunk_bytes=self.max_chunk_bytes,
+                    frame_large=frame_large,
+                    buffer=ChunkBuffer(max_chunks=2 * BATCH_MAX_CHUNKS, max_bytes=BUFFER_MAX_BYTES),
+                )
+            finally:
+                if span is not None:
+                    span.detach()
         except BaseException as exc:
             if self.metrics is not None:
                 self.metrics.call_ended(self._tool_label(request), status_name(exc), time.perf_counter() - started)
+            if span is not None:
+                span.detach()
+                span.end(status_name(exc), exc)
             _tag(exc, info)
             self._end(ctx, acquired)
             raise
-        return StreamHandle(self, call, acquired, info, started)
+        return StreamHandle(self, call, acquired, info, started, span)
 
     def calls_in_flight(self) -> int:
         """Tool calls not yet over (a unary tool deaf to cancellation stays counted)."""
@@ -304,6 +334,18 @@ class Engine:
     def _begin(self, request: Any, metadata: Mapping[str, str]) -> CallInfo:
         """Mark this thread's log records as the call's."""
         return in_call(request.tool_name, request.session_id, call_id_from(metadata.items()))
+
+    def _span(self, request: Any, metadata: Mapping[str, str], info: CallInfo) -> Any:
+        span = tracing.start(
+            self._tool_label(request),
+            metadata,
+            worker_id=self.worker_id,
+            session_id=request.session_id,
+            call_id=info.call_id,
+        )
+        if span is not None:
+            span.attach()  # detached once the call's tool has started (stream) or ended (unary)
+        return span
 
     def _tool_label(self, request: Any) -> str:
         return request.tool_name if request.tool_name in self.specs else UNKNOWN_TOOL

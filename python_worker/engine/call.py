@@ -108,11 +108,15 @@ def _decode_blob(tool_name: str, name: str, blob: Any) -> Any:
     )
 
 
-def final_metadata(extra: Mapping[str, str] | None, started: float, worker_id: str) -> dict[str, str]:
+def final_metadata(
+    extra: Mapping[str, str] | None, started: float, worker_id: str, trace_id: str = ""
+) -> dict[str, str]:
     meta = dict(extra) if extra else {}
     meta["execution_time_ms"] = str(round((time.perf_counter() - started) * 1000))
     meta["tool_type"] = "remote"
     meta["worker_id"] = worker_id
+    if trace_id:
+        meta["trace_id"] = trace_id
     return meta
 
 
@@ -128,7 +132,7 @@ def run_unary(adapter: BaseAdapter, spec: ToolSpec, kwargs: dict[str, Any], ctx:
     if isinstance(value, StreamChunk):
         value, content_type, meta = value.data, value.content_type, value.metadata
     data, content_type = codec.encode_value(value, content_type)
-    meta = final_metadata(meta, started, ctx.worker_id)
+    meta = final_metadata(meta, started, ctx.worker_id, ctx.trace_id)
     if progress:
         meta["progress"] = codec.encode_json(progress[-1]).decode()
     return pb.ExecuteToolResponse(data=data, content_type=content_type, metadata=meta)
@@ -227,7 +231,7 @@ class StreamingCall:
         )
 
     def final_meta(self, meta: Mapping[str, str] | None) -> dict[str, str]:
-        return final_metadata(meta, self.started, self.ctx.worker_id)
+        return final_metadata(meta, self.started, self.ctx.worker_id, self.ctx.trace_id)
 
     def _progress(self, event: dict[str, Any]) -> None:
         data = codec.encode_json(event)

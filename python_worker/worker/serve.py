@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import tracing
 from ..engine import Engine, aio_runner
 from ..engine.sessions import DEFAULT_MAX_SESSIONS, SessionStore
 from ..metrics import WorkerMetrics, serve_http
@@ -116,6 +117,7 @@ def serve(options: ServeOptions, link: FrameWriter | None = None) -> int:
 
     # before the adapter loads: its own metrics (sdk.metrics) go on the same registry
     metrics = WorkerMetrics()
+    tracing.configure_from_env()
     adapter = _load(options.adapter)
     sessions = SessionStore(ttl=options.session_ttl, on_end=adapter.on_session_end, max_sessions=options.max_sessions)
     sessions.start_sweeping()
