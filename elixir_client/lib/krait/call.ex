@@ -60,6 +60,13 @@ defmodule Krait.Call do
       type: :metadata,
       default: %{},
       doc: "strings passed to the tool's context (`ctx.metadata`)"
+    ],
+    trace_context: [
+      type: :any,
+      default: nil,
+      doc:
+        "W3C trace context for the call: a `traceparent` string or a map with `\"traceparent\"` " <>
+          "and `\"tracestate\"` (default: the caller's OpenTelemetry context; see `Krait.Tracing`)"
     ]
   ]
 
@@ -71,7 +78,9 @@ defmodule Krait.Call do
           session_id: String.t() | nil,
           affinity: Scheduler.affinity(),
           metadata: %{optional(String.t()) => String.t()},
-          call_id: String.t()
+          call_id: String.t(),
+          trace_headers: %{optional(String.t()) => String.t()},
+          trace_context: Krait.Tracing.context()
         }
 
   @doc "The call options' declaration (its table is in `Krait`'s docs)."
@@ -215,21 +224,29 @@ defmodule Krait.Call do
       {:ok, o} ->
         session = if o.session_id in [nil, ""], do: nil, else: to_string(o.session_id)
 
-        if session != nil and byte_size(session) > @max_session_bytes do
-          invalid(
-            "option :session_id is #{byte_size(session)} bytes; at most #{@max_session_bytes}"
-          )
-        else
-          {:ok,
-           %{
-             o
-             | session_id: session,
-               metadata: Map.new(o.metadata, fn {k, v} -> {to_string(k), to_string(v)} end)
-           }
-           |> Map.merge(%{
-             deadline: if(o.timeout == :infinity, do: :infinity, else: now() + o.timeout),
-             call_id: new_call_id()
-           })}
+        trace = Krait.Tracing.headers(o.trace_context, o.pool)
+
+        cond do
+          session != nil and byte_size(session) > @max_session_bytes ->
+            invalid(
+              "option :session_id is #{byte_size(session)} bytes; at most #{@max_session_bytes}"
+            )
+
+          match?({:error, _}, trace) ->
+            invalid(elem(trace, 1))
+
+          true ->
+            {:ok,
+             %{
+               o
+               | session_id: session,
+                 metadata: Map.new(o.metadata, fn {k, v} -> {to_string(k), to_string(v)} end)
+             }
+             |> Map.merge(%{
+               deadline: if(o.timeout == :infinity, do: :infinity, else: now() + o.timeout),
+               call_id: new_call_id(),
+               trace_headers: elem(trace, 1)
+             })}
         end
 
       {:error, message} ->
@@ -329,7 +346,8 @@ defmodule Krait.Call do
       tool: to_string(tool),
       call_id: o.call_id,
       session_id: o.session_id,
-      kind: kind
+      kind: kind,
+      trace_id: Krait.Tracing.trace_id(o.trace_headers)
     }
 
   defp pool_error(reason, o), do: Error.pool(reason, %{pool: o.pool, call_id: o.call_id})
@@ -355,7 +373,8 @@ defmodule Krait.Call do
       remaining ->
         mon = Process.monitor(conn)
         timeout_opt = if remaining == :infinity, do: [], else: [timeout: remaining]
-        stream_opts = [owner: self(), metadata: %{@call_id_header => o.call_id}] ++ timeout_opt
+        metadata = Map.put(o.trace_headers, @call_id_header, o.call_id)
+        stream_opts = [owner: self(), metadata: metadata] ++ timeout_opt
 
         try do
           channel.start_stream(conn, path, request, stream_opts)

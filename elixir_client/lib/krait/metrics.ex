@@ -33,11 +33,23 @@ defmodule Krait.Metrics do
 
   @doc false
   # Called by the pool's supervisor as it starts (the table lives as long as the pool).
-  @spec setup(atom()) :: :ok
-  def setup(pool) do
-    :ets.new(table(pool), [:named_table, :public, :set, write_concurrency: true])
+  @spec setup(Krait.Pool.Config.t()) :: :ok
+  def setup(config) do
+    :ets.new(table(config.name), [:named_table, :public, :set, write_concurrency: true])
+    # read by each call of the pool (Krait.Tracing): does the pool start traces?
+    :ets.insert(table(config.name), {:trace, config.trace})
     :ok
   end
+
+  @doc false
+  @spec tracing?(term()) :: boolean()
+  def tracing?(pool) when is_atom(pool) do
+    match?([{:trace, true}], :ets.lookup(table(pool), :trace))
+  rescue
+    ArgumentError -> false
+  end
+
+  def tracing?(_pool), do: false
 
   @doc false
   @spec call_ended(atom(), String.t() | nil, atom()) :: :ok
@@ -80,7 +92,7 @@ defmodule Krait.Metrics do
   end
 
   defp counters(pool) do
-    :ets.tab2list(table(pool))
+    :ets.tab2list(table(pool)) |> List.keydelete(:trace, 0)
   rescue
     ArgumentError -> []
   end

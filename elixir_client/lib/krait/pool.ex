@@ -93,7 +93,7 @@ defmodule Krait.Pool do
 
   @impl true
   def init(config) do
-    Krait.Metrics.setup(config.name)
+    Krait.Metrics.setup(config)
 
     children =
       [

@@ -6,7 +6,7 @@ defmodule Krait.Telemetry do
 
   | event | measurements | metadata |
   |---|---|---|
-  | `[:krait, :call, :start]` | `system_time`, `monotonic_time` | `pool`, `tool`, `call_id`, `session_id`, `kind` |
+  | `[:krait, :call, :start]` | `system_time`, `monotonic_time` | `pool`, `tool`, `call_id`, `session_id`, `kind`, `trace_id` (nil when untraced) |
   | `[:krait, :call, :stop]` | `duration` (native units), `monotonic_time` | the start's, `outcome` (`:ok` or the error category), `error` (a `Krait.Error` or nil) |
   | `[:krait, :call, :exception]` | `duration`, `monotonic_time` | the start's, `kind`, `reason`, `stacktrace` |
   | `[:krait, :call, :chunk]` | `count`, `bytes` (of one message's chunks) | `pool`, `tool`, `call_id` (only with `chunk_events: true` on the call) |

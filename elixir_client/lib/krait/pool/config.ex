@@ -114,6 +114,13 @@ defmodule Krait.Pool.Config do
         "with `transport: :link`, also serve each worker's gRPC service on a loopback port (shown as " <>
           "`grpc_port` in `Krait.Pool.stats/1`), for debugging or callers in other languages"
     ],
+    trace: [
+      type: :boolean,
+      default: false,
+      doc:
+        "start a W3C trace for each call that has none (`:trace_context` or the caller's " <>
+          "OpenTelemetry context), so every call's worker span has a trace id (see `Krait.Tracing`)"
+    ],
     metrics_port: [
       type: {:or, [{:in, [nil]}, :non_neg_integer]},
       default: nil,
@@ -136,6 +143,7 @@ defmodule Krait.Pool.Config do
     :id_prefix,
     :worker_sup,
     :metrics_port,
+    trace: false,
     worker_module: Krait.Worker,
     max_queue: 1_000,
     backoff_min: 100,
@@ -172,6 +180,7 @@ defmodule Krait.Pool.Config do
           worker_sup: atom(),
           worker_module: module(),
           metrics_port: non_neg_integer() | nil,
+          trace: boolean(),
           max_queue: non_neg_integer(),
           backoff_min: pos_integer(),
           backoff_max: pos_integer(),
@@ -221,6 +230,7 @@ defmodule Krait.Pool.Config do
          worker_sup: Module.concat(o.name, WorkerSupervisor),
          worker_module: o.worker_module,
          metrics_port: o.metrics_port,
+         trace: o.trace,
          max_queue: o.max_queue,
          backoff_min: o.backoff_min,
          backoff_max: max(o.backoff_max, o.backoff_min),
