@@ -61,6 +61,13 @@ defmodule Krait.Call do
       default: %{},
       doc: "strings passed to the tool's context (`ctx.metadata`)"
     ],
+    chunk_events: [
+      type: :boolean,
+      default: false,
+      doc:
+        "emit a `[:krait, :call, :chunk]` event for each batch of stream messages received (off by " <>
+          "default: it is the hot path; see `Krait.Telemetry`)"
+    ],
     trace_context: [
       type: :any,
       default: nil,
@@ -80,7 +87,8 @@ defmodule Krait.Call do
           metadata: %{optional(String.t()) => String.t()},
           call_id: String.t(),
           trace_headers: %{optional(String.t()) => String.t()},
-          trace_context: Krait.Tracing.context()
+          trace_context: Krait.Tracing.context(),
+          chunk_events: boolean()
         }
 
   @doc "The call options' declaration (its table is in `Krait`'s docs)."
@@ -350,6 +358,14 @@ defmodule Krait.Call do
       trace_id: Krait.Tracing.trace_id(o.trace_headers)
     }
 
+  defp chunk_event(o, ctx, payloads, bytes),
+    do:
+      Telemetry.chunk(
+        %{pool: o.pool, tool: ctx.tool_name, call_id: o.call_id},
+        length(payloads),
+        bytes
+      )
+
   defp pool_error(reason, o), do: Error.pool(reason, %{pool: o.pool, call_id: o.call_id})
 
   # The worker answers a call through the wrong entry point with FAILED_PRECONDITION and a
@@ -405,6 +421,7 @@ defmodule Krait.Call do
 
       {:krait_stream, ^ref, {:messages, payloads, bytes}} ->
         s.channel.ack(conn, ref, bytes)
+        if o.chunk_events, do: chunk_event(o, s.ctx, payloads, bytes)
 
         case deliver(payloads, callback, s.ctx, o.deadline) do
           :ok ->
@@ -675,6 +692,7 @@ defmodule Krait.Call do
 
       {:krait_stream, ^ref, {:messages, payloads, bytes}} ->
         s.channel.ack(conn, ref, bytes)
+        if o.chunk_events, do: chunk_event(o, s.ctx, payloads, bytes)
 
         case decode_chunks(payloads, s.ctx) do
           {:ok, chunks} -> {chunks, %{st | delivered: st.delivered or chunks != []}}

@@ -9,7 +9,7 @@ defmodule Krait.Telemetry do
   | `[:krait, :call, :start]` | `system_time`, `monotonic_time` | `pool`, `tool`, `call_id`, `session_id`, `kind`, `trace_id` (nil when untraced) |
   | `[:krait, :call, :stop]` | `duration` (native units), `monotonic_time` | the start's, `outcome` (`:ok` or the error category), `error` (a `Krait.Error` or nil) |
   | `[:krait, :call, :exception]` | `duration`, `monotonic_time` | the start's, `kind`, `reason`, `stacktrace` |
-  | `[:krait, :call, :chunk]` | `count`, `bytes` (of one message's chunks) | `pool`, `tool`, `call_id` (only with `chunk_events: true` on the call) |
+  | `[:krait, :call, :chunk]` | `messages`, `bytes` (stream messages taken at once; a message holds one or more chunks) | `pool`, `tool`, `call_id` (only with `chunk_events: true` on the call) |
   | `[:krait, :pool, :checkout]` | `wait` (native units) | `pool`, `session_id`, `result` (`:ok` or the refusal reason), `worker_id` |
   | `[:krait, :pool, :queue_timeout]` | `wait` | `pool`, `session_id` |
   | `[:krait, :worker, :up]` | `system_time` | `pool`, `worker_id`, `os_pid` |
@@ -153,8 +153,8 @@ defmodule Krait.Telemetry do
     do:
       emit(
         [:krait, :call, :chunk],
-        %{count: count, bytes: bytes},
-        Map.take(meta, [:pool, :tool, :call_id])
+        %{messages: count, bytes: bytes},
+        meta
       )
 
   @doc false

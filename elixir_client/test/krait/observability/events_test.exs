@@ -78,6 +78,28 @@ defmodule Krait.Observability.EventsTest do
              event!([:krait, :call, :stop], %{pool: pool, tool: "failing_stream"})
   end
 
+  test "chunk events: only with chunk_events: true, one per batch of messages" do
+    pool = start_pool!(size: 1)
+    :ok = Krait.execute_stream("stream_numbers", %{count: 3}, fn _ -> :ok end, pool: pool)
+    refute_received {:krait_event, [:krait, :call, :chunk], _, _}
+
+    :ok =
+      Krait.execute_stream("stream_numbers", %{count: 3}, fn _ -> :ok end,
+        pool: pool,
+        chunk_events: true
+      )
+
+    {m, meta} = event!([:krait, :call, :chunk], %{pool: pool})
+    assert m.messages >= 1 and m.bytes > 0
+    assert %{tool: "stream_numbers", call_id: "" <> _} = meta
+
+    [_ | _] =
+      Krait.stream("stream_numbers", %{count: 3}, pool: pool, chunk_events: true)
+      |> Enum.to_list()
+
+    assert {_m, %{tool: "stream_numbers"}} = event!([:krait, :call, :chunk], %{pool: pool})
+  end
+
   test "a queue timeout: the checkout is refused, queue_timeout and the call's stop say so" do
     pool = start_pool!(size: 1)
     test = self()
