@@ -49,6 +49,7 @@ def _serve(ns: argparse.Namespace) -> int:
         process_group=auto[ns.process_group],
         grace=ns.grace,
         metrics_port=ns.metrics_port,
+        metrics=not ns.no_metrics,
     )
     return serve(options, link=link)
 
@@ -134,6 +135,11 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=None,
         help="serve Prometheus metrics at /metrics on this port (0 picks a free one; announced as metrics_port)",
+    )
+    serve.add_argument(
+        "--no-metrics",
+        action="store_true",
+        help="count nothing (the benchmarks' baseline; the Metrics call then answers empty)",
     )
     serve.add_argument(
         "--link",

@@ -147,3 +147,9 @@ def test_prometheus_scrapes_a_worker(tmp_path: Path) -> None:
                 interval=0.1,
                 what="the fourth call in Prometheus",
             )
+
+
+def test_no_metrics_counts_nothing() -> None:
+    with running_worker(METERED, "--no-metrics") as worker, Client(worker.target) as client:
+        client.execute("make", colour="red")
+        assert client.metrics() == ""

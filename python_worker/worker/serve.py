@@ -59,6 +59,7 @@ class ServeOptions:
     process_group: bool | None = None  # None: lead a process group when stdin is watched (supervised)
     grace: float = 2.0
     metrics_port: int | None = None  # serve /metrics on this port (0: a free one); None: no metrics endpoint
+    metrics: bool = True  # count calls (False: nothing counted, the Metrics call answers empty)
 
 
 def _watch_stdin(shutdown: Shutdown) -> None:
@@ -116,7 +117,7 @@ def serve(options: ServeOptions, link: FrameWriter | None = None) -> int:
         threading.Thread(target=_watch_stdin, args=(shutdown,), name="stdin-watch", daemon=True).start()
 
     # before the adapter loads: its own metrics (sdk.metrics) go on the same registry
-    metrics = WorkerMetrics()
+    metrics = WorkerMetrics() if options.metrics else None
     tracing.configure_from_env()
     adapter = _load(options.adapter)
     sessions = SessionStore(ttl=options.session_ttl, on_end=adapter.on_session_end, max_sessions=options.max_sessions)
@@ -132,7 +133,10 @@ def serve(options: ServeOptions, link: FrameWriter | None = None) -> int:
     )
     metrics_server = None
     metrics_port: int | None = None
-    if options.metrics_port is not None and not shutdown.requested:
+    if options.metrics_port is not None and metrics is None:
+        log.error("--metrics-port needs the metrics that --no-metrics turns off")
+        exit_now(2)
+    if options.metrics_port is not None and metrics is not None and not shutdown.requested:
         try:
             metrics_server, metrics_port = serve_http(options.metrics_port, options.host, metrics.registry)
         except OSError as exc:
