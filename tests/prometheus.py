@@ -8,6 +8,7 @@ import json
 import shutil
 import socket
 import subprocess
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -31,8 +32,11 @@ class Prometheus:
 
     def get(self, path: str, **params: str) -> Any:
         query = f"?{urllib.parse.urlencode(params)}" if params else ""
-        with urllib.request.urlopen(f"{self.url}{path}{query}", timeout=5) as response:
-            body = json.load(response)
+        try:
+            with urllib.request.urlopen(f"{self.url}{path}{query}", timeout=5) as response:
+                body = json.load(response)
+        except urllib.error.HTTPError as error:  # a refused query: Prometheus says why in its body
+            raise AssertionError(f"Prometheus refused {path} {params}: {error.read().decode()}") from None
         assert body["status"] == "success", body
         return body["data"]
 

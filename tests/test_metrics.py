@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import urllib.request
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from python_worker.client import Client, KraitError
 
 from .prometheus import running_prometheus
 from .support import eventually
-from .workers import running_worker
+from .workers import ROOT, running_worker
 
 METERED = "tests.fixtures.metered:MeteredAdapter"
 
@@ -139,7 +140,14 @@ def test_prometheus_scrapes_a_worker(tmp_path: Path) -> None:
             # a quantile from the histogram: the calls took some time, and less than the histogram's top bucket
             p99 = value('histogram_quantile(0.99, sum by (le) (krait_tool_duration_seconds_bucket{tool="make"}))')
             assert p99 is not None and 0 < p99 <= 0.25
+            # every query of the Grafana dashboard in docs/ is valid PromQL over these metrics
+            dashboard = json.loads((ROOT / "docs" / "grafana-dashboard.json").read_text())
+            for panel in dashboard["panels"]:
+                for target in panel["targets"]:
+                    expr = target["expr"].replace("$__rate_interval", "1m").replace("$job", ".*")
+                    prometheus.query(expr)  # raises on a query Prometheus refuses
             # a call made now shows up at the next scrape
+
             client.execute("make", colour="green")
             eventually(
                 lambda: value('krait_tool_calls_total{tool="make",status="OK"}') == 4,
