@@ -55,6 +55,12 @@ Weighting = Annotated[Literal["A", "C", "Z"], Field(description="IEC 61672 frequ
 TimeWeighting = Annotated[Literal["fast", "slow"], Field(description="IEC 61672 time weighting: 125 ms or 1 s")]
 Channel = Annotated[int | None, Field(description="analyse this channel; null = the mean of all channels")]
 Format = Annotated[Literal["json", "npy"], Field(description="'npy': a float32 array chunk, scalars in metadata")]
+Window = Annotated[
+    Literal["hann", "hamming", "blackman", "blackmanharris", "flattop", "rectangular"], Field(description="FFT window")
+]
+Reduce = Annotated[Literal["max", "mean"], Field(description="how bins combine into a point")]
+FMin = Annotated[float, Field(description="lowest frequency shown, Hz")]
+FMax = Annotated[float | None, Field(description="highest frequency shown, Hz; null = Nyquist")]
 
 
 class AudioAdapter(BaseAdapter):
@@ -167,17 +173,14 @@ class AudioAdapter(BaseAdapter):
         max_chunks: MaxChunks = None,
         realtime: Realtime = True,
         fft_size: Annotated[int, Field(description="samples per FFT (the latest ones)")] = 4096,
-        window: Annotated[
-            Literal["hann", "hamming", "blackman", "blackmanharris", "flattop", "rectangular"],
-            Field(description="FFT window"),
-        ] = "hann",
+        window: Window = "hann",
         weighting: Weighting = "Z",
         points: Annotated[
             int | None, Field(description="reduce to this many log-spaced points; null = every bin")
         ] = 256,
-        reduce: Annotated[Literal["max", "mean"], Field(description="how bins combine into a point")] = "max",
-        fmin: Annotated[float, Field(description="lowest frequency shown, Hz")] = 20.0,
-        fmax: Annotated[float | None, Field(description="highest frequency shown, Hz; null = Nyquist")] = None,
+        reduce: Reduce = "max",
+        fmin: FMin = 20.0,
+        fmax: FMax = None,
         channel: Channel = None,
         format: Format = "json",
         response_time_s: Annotated[
@@ -221,17 +224,14 @@ class AudioAdapter(BaseAdapter):
         hop_s: Annotated[
             float | None, Field(description="seconds between frames (rows); null = fft_size/2 samples")
         ] = None,
-        window: Annotated[
-            Literal["hann", "hamming", "blackman", "blackmanharris", "flattop", "rectangular"],
-            Field(description="FFT window"),
-        ] = "hann",
+        window: Window = "hann",
         weighting: Weighting = "Z",
         points: Annotated[
             int | None, Field(description="reduce each row to this many log-spaced points; null = every bin")
         ] = 256,
-        reduce: Annotated[Literal["max", "mean"], Field(description="how bins combine into a point")] = "max",
-        fmin: Annotated[float, Field(description="lowest frequency shown, Hz")] = 20.0,
-        fmax: Annotated[float | None, Field(description="highest frequency shown, Hz; null = Nyquist")] = None,
+        reduce: Reduce = "max",
+        fmin: FMin = 20.0,
+        fmax: FMax = None,
         channel: Channel = None,
         format: Annotated[
             Literal["json", "npy"], Field(description="'npy' (default): a float32 array, frequencies in row 0")

@@ -8,6 +8,7 @@
 # steps (start, slow, cancel, unary, items, bytes, concurrency); `"worker_root": "/path"` runs the workers
 # from another checkout (A/B comparisons of Python changes with the same Elixir code).
 Code.require_file("support.exs", __DIR__)
+Code.require_file("limits.exs", __DIR__)
 
 defmodule KraitBench do
   @moduledoc false
@@ -44,15 +45,26 @@ defmodule KraitBench do
     Process.put(:only, cfg["only"])
     step("start", fn -> pool_start(cfg) end)
     step("slow", fn -> slow_consumer(cfg) end)
+    step("limits", fn -> limits(cfg) end)
 
-    with_pool(BenchPool, 1, fn pool ->
+    # The pool over the local link (its default), its worker's gRPC service exposed for grpcio's client ...
+    with_pool(BenchPool, 1, [expose_grpc: true], fn pool ->
       step("cancel", fn -> cancellation(pool, cfg) end)
       step("unary", fn -> unary_latency(pool, cfg) end)
-      step("items", fn -> small_items(pool, cfg) end)
-      step("bytes", fn -> large_batches(pool, cfg) end)
+      step("items", fn -> small_items(pool, cfg, "ex") end)
+      step("bytes", fn -> large_batches(pool, cfg, "ex") end)
     end)
 
-    with_pool(BenchPool4, 4, fn pool -> step("concurrency", fn -> concurrency(pool, cfg) end) end)
+    # ... and the same over gRPC, side by side.
+    with_pool(BenchPoolGrpc, 1, [transport: :grpc], fn pool ->
+      step("unary", fn -> pool_latency(pool, cfg, "ex_grpc") end)
+      step("items", fn -> small_items(pool, cfg, "ex_grpc") end)
+      step("bytes", fn -> large_batches(pool, cfg, "ex_grpc") end)
+    end)
+
+    with_pool(BenchPool4, 4, [], fn pool ->
+      step("concurrency", fn -> concurrency(pool, cfg) end)
+    end)
   end
 
   defp config_from_env do
@@ -65,7 +77,7 @@ defmodule KraitBench do
 
   ## 1. Small chunks into a callback
 
-  defp small_items(pool, %{"items" => items, "runs" => runs}) do
+  defp small_items(pool, %{"items" => items, "runs" => runs}, prefix) do
     # Warm-up: code loading, and the connection's windows opened up.
     count_small(pool, div(items, 10))
 
@@ -81,7 +93,7 @@ defmodule KraitBench do
         items / (us / 1.0e6)
       end)
 
-    report(%{ex_items_per_s: rate})
+    report(%{"#{prefix}_items_per_s" => rate})
   end
 
   # The callback checks order (cheap, like the baseline's JSON decode): the run fails on any gap.
@@ -111,7 +123,7 @@ defmodule KraitBench do
 
   ## 3. Large float32 batches (npy), and the same data as JSON lists
 
-  defp large_batches(pool, cfg) do
+  defp large_batches(pool, cfg, prefix) do
     %{"blobs" => blobs, "blob_mb" => mb, "json_batches" => json_batches, "runs" => runs} = cfg
     rows = div(mb * @mib, @cols * 4)
     total = blobs * rows * @cols * 4
@@ -129,7 +141,10 @@ defmodule KraitBench do
     json_total = json_batches * json_rows * @cols * 4
     {json_us, _} = Stats.timed(fn -> array_bytes(pool, json_batches, json_rows, true) end)
 
-    report(%{ex_bytes_per_s: rate, ex_json_bytes_per_s: json_total / (json_us / 1.0e6)})
+    report(%{
+      "#{prefix}_bytes_per_s" => rate,
+      "#{prefix}_json_bytes_per_s" => json_total / (json_us / 1.0e6)
+    })
   end
 
   defp array_bytes(pool, batches, rows, as_json) do
@@ -157,12 +172,12 @@ defmodule KraitBench do
     Process.delete(:bench_bytes)
   end
 
-  ## 4. Unary latency: the pool, Krait's channel alone, and grpcio, against the same worker
+  ## 4. Unary latency: the pool, its channel alone, and grpcio's client, against the same worker
 
   @unary_path "/krait.v1.ToolWorker/ExecuteTool"
 
   defp unary_latency(pool, %{"latency_calls" => calls, "runs" => runs}) do
-    {conn, target} = worker_conn(pool)
+    {channel, target} = worker_channel(pool)
 
     request =
       Krait.Proto.ExecuteToolRequest.encode(%Krait.Proto.ExecuteToolRequest{
@@ -174,24 +189,22 @@ defmodule KraitBench do
       {:ok, 3.0} = Krait.execute("add", %{a: 1, b: 2}, pool: pool, timeout: 10_000)
     end
 
-    via_conn = fn ->
-      {:ok, _} = Krait.GRPC.Connection.unary(conn, @unary_path, request, timeout: 10_000)
-    end
+    via_channel = fn -> {:ok, _} = Krait.Channel.unary(channel, @unary_path, request, 10_000) end
 
-    for _ <- 1..200, do: via_pool.() && via_conn.()
+    for _ <- 1..200, do: via_pool.() && via_channel.()
 
     # Interleaved per run, so that drift of the machine hits the three alike.
     result =
       Stats.median_of(runs, fn ->
         pool_us = samples(calls, via_pool)
-        conn_us = samples(calls, via_conn)
+        channel_us = samples(calls, via_channel)
         grpcio = grpcio_latency(target, calls)
 
         %{
           ex_unary_p50_us: Stats.percentile(pool_us, 50),
           ex_unary_p99_us: Stats.percentile(pool_us, 99),
-          ex_conn_unary_p50_us: Stats.percentile(conn_us, 50),
-          ex_conn_unary_p99_us: Stats.percentile(conn_us, 99),
+          ex_conn_unary_p50_us: Stats.percentile(channel_us, 50),
+          ex_conn_unary_p99_us: Stats.percentile(channel_us, 99),
           grpcio_unary_p50_us: grpcio["p50"],
           grpcio_unary_p99_us: grpcio["p99"]
         }
@@ -200,14 +213,30 @@ defmodule KraitBench do
     report(result)
   end
 
+  defp pool_latency(pool, %{"latency_calls" => calls, "runs" => runs}, prefix) do
+    via_pool = fn ->
+      {:ok, 3.0} = Krait.execute("add", %{a: 1, b: 2}, pool: pool, timeout: 10_000)
+    end
+
+    for _ <- 1..200, do: via_pool.()
+
+    result =
+      Stats.median_of(runs, fn ->
+        us = samples(calls, via_pool)
+        %{p50: Stats.percentile(us, 50), p99: Stats.percentile(us, 99)}
+      end)
+
+    report(%{"#{prefix}_unary_p50_us" => result.p50, "#{prefix}_unary_p99_us" => result.p99})
+  end
+
   defp samples(n, fun), do: for(_ <- 1..n, do: elem(Stats.timed(fun), 0))
 
-  # The worker's gRPC connection and address: the pool hands them out in a lease.
-  defp worker_conn(pool) do
+  # The worker's channel (the local link) and its exposed gRPC address: a lease and the pool's stats.
+  defp worker_channel(pool) do
     {:ok, lease} = Krait.Pool.Scheduler.checkout(pool, nil, :hint, :infinity)
     Krait.Pool.Scheduler.checkin(lease)
-    {:ok, {ip, port}} = :inet.peername(:sys.get_state(lease.conn).socket)
-    {lease.conn, "#{:inet.ntoa(ip)}:#{port}"}
+    [%{grpc_port: port}] = Krait.Pool.stats(pool).workers
+    {{lease.channel, lease.conn}, "127.0.0.1:#{port}"}
   end
 
   # grpcio's own client (scripts/benchmarks/raw_grpc.py) calling the same tool on the same worker.
@@ -215,6 +244,37 @@ defmodule KraitBench do
     args = ["-m", "scripts.benchmarks.raw_grpc", "latency", target, Integer.to_string(calls)]
     {out, 0} = System.cmd(@python, args, cd: Process.get(:worker_root))
     out |> String.split("\n", trim: true) |> List.last() |> Krait.JSON.decode!()
+  end
+
+  ## The machine's limits: a bare Port ping-pong, a naive JSON-lines stream, raw bytes
+
+  defp limits(cfg) do
+    %{
+      "latency_calls" => calls,
+      "items" => items,
+      "blobs" => blobs,
+      "blob_mb" => mb,
+      "runs" => runs
+    } = cfg
+
+    root = Process.get(:worker_root)
+
+    result =
+      Stats.median_of(runs, fn ->
+        ping = KraitBench.Limits.ping_pong(@python, root, calls)
+        direct = KraitBench.Limits.link_direct(@python, root, calls)
+
+        %{
+          port_ping_p50_us: ping.p50,
+          port_ping_p99_us: ping.p99,
+          link_direct_p50_us: direct.p50,
+          link_direct_p99_us: direct.p99,
+          port_jsonl_items_per_s: KraitBench.Limits.json_lines(@python, root, items),
+          port_bytes_per_s: KraitBench.Limits.raw_bytes(@python, root, blobs, mb)
+        }
+      end)
+
+    report(result)
   end
 
   ## 5. Pool start
@@ -399,13 +459,13 @@ defmodule KraitBench do
     # The producer's pace, with a consumer that keeps up (on a worker of its own, so the measured one
     # starts from idle).
     {fast_us, _} =
-      with_pool(BenchSlow, 1, fn pool ->
+      with_pool(BenchSlow, 1, [], fn pool ->
         Stats.timed(fn -> array_bytes(pool, chunks, rows, false) end)
       end)
 
     delay_ms = max(1, round(10 * fast_us / chunks / 1000))
 
-    with_pool(BenchSlow, 1, fn pool ->
+    with_pool(BenchSlow, 1, [], fn pool ->
       [%{os_pid: worker_os}] = Krait.Pool.stats(pool).workers
       beam_os = String.to_integer(System.pid())
       :erlang.garbage_collect()
@@ -473,8 +533,8 @@ defmodule KraitBench do
     [name: name, adapter: @adapter, size: size, python: @python, cwd: Process.get(:worker_root)]
   end
 
-  defp with_pool(name, size, fun) do
-    {:ok, _} = Krait.Pool.start_link(pool_opts(name, size))
+  defp with_pool(name, size, extra, fun) do
+    {:ok, _} = Krait.Pool.start_link(pool_opts(name, size) ++ extra)
     :ok = Krait.Pool.await_ready(name, 120_000)
 
     try do

@@ -24,7 +24,7 @@ from ..errors import CallError, InvalidArguments, Overloaded, clip, to_status
 from ..logs import CURRENT_CALL, CallInfo, call_ended, call_id_from, in_call
 from ..metrics import UNKNOWN_TOOL, WorkerMetrics, exposition
 from ..proto import pb
-from ..sdk import BaseAdapter, ToolContext
+from ..sdk import BaseAdapter, ToolContext, ToolSpec
 from .buffer import Cancelled, ChunkBuffer
 from .call import StreamingCall, prepare, run_unary
 from .requests import Malformed, deserializer
@@ -216,27 +216,12 @@ class Engine:
         """Run a unary tool on this thread; ``on_ready(ctx)`` is called once the call is accepted, before the tool
         runs (to hook up cancellation and tell the caller it started). Raises what ends the call."""
         started = time.perf_counter()
-        info = self._begin(request, metadata)
-        ctx: ToolContext | None = None
-        acquired = False
-        status = "OK"
-        error: BaseException | None = None
-        span = self._span(request, metadata, info) if self.tracing else None
+        info, accepted, span = self._accept(request, metadata, streaming=False, started=started)
+        ctx = accepted[2]
+        status, error = "OK", None
         try:
-            self._acquire()
-            acquired = True
-            spec, kwargs, ctx = prepare(
-                request,
-                specs=self.specs,
-                streaming=False,
-                sessions=self.sessions,
-                worker_id=self.worker_id,
-                call_id=info.call_id,
-            )
-            if span is not None:
-                ctx._call_span, ctx.trace_id = span, span.trace_id
             on_ready(ctx)
-            response = run_unary(self.adapter, spec, kwargs, ctx, started)
+            response = run_unary(self.adapter, accepted[0], accepted[1], ctx, started)
             if ctx.cancel_event.is_set():  # the transport answers CANCELLED (or DEADLINE_EXCEEDED)
                 status = "CANCELLED"
             return response
@@ -246,48 +231,55 @@ class Engine:
             raise
         finally:
             if self.metrics is not None:
-                self.metrics.call_ended(self._tool_label(request), status, time.perf_counter() - started)
+                self.metrics.call_ended(ctx.tool_name, status, time.perf_counter() - started)
             if span is not None:
                 span.detach()
                 span.end(status, error)
-            self._end(ctx, acquired)
+            self._end(ctx, True)
 
     def stream(self, request: Any, metadata: Mapping[str, str], *, frame_large: bool) -> StreamHandle:
         """Accept a streaming call (its tool starts with :meth:`StreamHandle.start`). ``frame_large``: queue large
         chunks already framed as batch entries (for batched transports). Raises what refuses the call."""
         started = time.perf_counter()
+        info, (spec, kwargs, ctx), span = self._accept(request, metadata, streaming=True, started=started)
+        try:
+            # the tool's thread starts in a copy of this thread's context: the span (attached) is current there
+            call = StreamingCall(
+                self.adapter,
+                spec,
+                kwargs,
+                ctx,
+                started=started,
+                max_chunk_bytes=self.max_chunk_bytes,
+                frame_large=frame_large,
+                buffer=ChunkBuffer(max_chunks=2 * BATCH_MAX_CHUNKS, max_bytes=BUFFER_MAX_BYTES),
+            )
+        finally:
+            if span is not None:
+                span.detach()
+        return StreamHandle(self, call, True, info, started, span)
+
+    def _accept(
+        self, request: Any, metadata: Mapping[str, str], *, streaming: bool, started: float
+    ) -> tuple[CallInfo, tuple[ToolSpec, dict[str, Any], ToolContext], Any]:
+        """Mark the call in the log, open its span (attached to this thread), take a call slot, resolve the tool
+        and validate its arguments; whatever refuses the call is counted and raised with nothing left held."""
         info = self._begin(request, metadata)
-        ctx: ToolContext | None = None
         acquired = False
         span = self._span(request, metadata, info) if self.tracing else None
         try:
             self._acquire()
             acquired = True
-            spec, kwargs, ctx = prepare(
+            prepared = prepare(
                 request,
                 specs=self.specs,
-                streaming=True,
+                streaming=streaming,
                 sessions=self.sessions,
                 worker_id=self.worker_id,
                 call_id=info.call_id,
             )
             if span is not None:
-                ctx._call_span, ctx.trace_id = span, span.trace_id
-            # the tool's thread starts in a copy of this thread's context: the span (attached) is current there
-            try:
-                call = StreamingCall(
-                    self.adapter,
-                    spec,
-                    kwargs,
-                    ctx,
-                    started=started,
-                    max_chunk_bytes=self.max_chunk_bytes,
-                    frame_large=frame_large,
-                    buffer=ChunkBuffer(max_chunks=2 * BATCH_MAX_CHUNKS, max_bytes=BUFFER_MAX_BYTES),
-                )
-            finally:
-                if span is not None:
-                    span.detach()
+                prepared[2]._call_span, prepared[2].trace_id = span, span.trace_id
         except BaseException as exc:
             if self.metrics is not None:
                 self.metrics.call_ended(self._tool_label(request), status_name(exc), time.perf_counter() - started)
@@ -295,9 +287,9 @@ class Engine:
                 span.detach()
                 span.end(status_name(exc), exc)
             _tag(exc, info)
-            self._end(ctx, acquired)
+            self._end(None, acquired)
             raise
-        return StreamHandle(self, call, acquired, info, started, span)
+        return info, prepared, span
 
     def calls_in_flight(self) -> int:
         """Tool calls not yet over (a unary tool deaf to cancellation stays counted)."""

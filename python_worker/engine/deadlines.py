@@ -1,8 +1,10 @@
 """Deadlines: one timer thread for every call of a worker.
 
 A ``threading.Timer`` per call would start a thread per call (~50 µs, and a thread's memory); here a call's
-deadline is a heap entry (a push, and a wake-up of the timer thread only when it becomes the earliest), and a
-deadline that is cancelled stays in the heap, marked, until its time comes.
+deadline is a heap entry (a push, and a wake-up of the timer thread only when it becomes the earliest). A
+cancelled deadline stays in the heap, marked, until its time comes or until cancelled entries are the majority,
+when the heap is rebuilt without them: thousands of calls a second with the pool's default 300 s deadline must not
+pile up five minutes of dead entries.
 """
 
 from __future__ import annotations
@@ -17,16 +19,19 @@ from collections.abc import Callable
 class Deadline:
     """A scheduled callback; :meth:`cancel` it when the call ends first."""
 
-    __slots__ = ("callback", "cancelled", "when")
+    __slots__ = ("callback", "cancelled", "owner", "when")
 
-    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+    def __init__(self, owner: Deadlines, when: float, callback: Callable[[], None]) -> None:
+        self.owner = owner
         self.when = when
         self.callback: Callable[[], None] | None = callback
         self.cancelled = False
 
     def cancel(self) -> None:
-        self.cancelled = True
-        self.callback = None  # drop what the callback holds at once
+        if not self.cancelled:
+            self.cancelled = True
+            self.callback = None  # drop what the callback holds at once
+            self.owner._cancelled()
 
 
 class Deadlines:
@@ -34,12 +39,13 @@ class Deadlines:
 
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, Deadline]] = []
+        self._dead = 0  # cancelled entries still in the heap
         self._counter = itertools.count()
         self._cond = threading.Condition(threading.Lock())
         self._thread: threading.Thread | None = None
 
     def after(self, seconds: float, callback: Callable[[], None]) -> Deadline:
-        deadline = Deadline(time.monotonic() + seconds, callback)
+        deadline = Deadline(self, time.monotonic() + seconds, callback)
         with self._cond:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="deadlines", daemon=True)
@@ -49,6 +55,19 @@ class Deadlines:
             if earliest is None or deadline.when < earliest:
                 self._cond.notify()
         return deadline
+
+    def __len__(self) -> int:
+        return len(self._heap) - self._dead
+
+    def _cancelled(self) -> None:
+        # counted without the lock (cancelling is on every call's path); the count only decides when to
+        # rebuild, so a lost increment merely delays that
+        self._dead += 1
+        if self._dead > 64 and self._dead * 2 > len(self._heap):
+            with self._cond:
+                self._heap = [entry for entry in self._heap if not entry[2].cancelled]
+                heapq.heapify(self._heap)
+                self._dead = 0
 
     def _run(self) -> None:
         while True:
@@ -61,6 +80,9 @@ class Deadlines:
                     self._cond.wait(delay)
                     continue
                 heapq.heappop(self._heap)
+                if deadline.cancelled:
+                    self._dead = max(0, self._dead - 1)
                 callback = None if deadline.cancelled else deadline.callback
+                deadline.cancelled = True  # done: a later cancel() changes nothing
             if callback is not None:
                 callback()

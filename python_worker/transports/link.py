@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 from google.rpc import code_pb2, status_pb2
@@ -28,6 +29,8 @@ log = logging.getLogger("krait.worker")
 
 _OK = status_pb2.Status(code=code_pb2.OK).SerializeToString()
 _TOOL_METHODS = frozenset({"ExecuteTool", "ExecuteStreamingTool", "ExecuteStreamingToolBatched"})
+# answered on the reading thread (session calls may run an adapter's on_session_end: they get a thread)
+_INLINE_METHODS = frozenset({"Ping", "ListTools"})
 
 
 def _status(code: int, message: str) -> bytes:
@@ -36,7 +39,12 @@ def _status(code: int, message: str) -> bytes:
 
 
 class LinkCall:
-    """One tool call on the link: its cancellation (by the pool or its deadline) and its credit."""
+    """One tool call on the link: its cancellation (by the pool or its deadline) and its credit.
+
+    Its lock is shared by all calls: it is held only to flip a field, and a lock or condition of its own
+    would cost every unary call ~4 µs to create (the credit's condition is made for streams only)."""
+
+    _lock = threading.Lock()
 
     def __init__(self, call_id: int, credit: int) -> None:
         self.call_id = call_id
@@ -45,22 +53,27 @@ class LinkCall:
         self.deadline: Deadline | None = None
         self.stream: StreamHandle | None = None
         self.cancel_event: threading.Event | None = None
-        self._cond = threading.Condition(threading.Lock())
+        self._cond: threading.Condition | None = None
 
     def attach(self, cancel_event: threading.Event, stream: StreamHandle | None = None) -> None:
         """The call's tool is about to run: from now on a cancellation reaches it."""
-        with self._cond:
+        with self._lock:
             self.cancel_event, self.stream = cancel_event, stream
+            if stream is not None:
+                self._cond = threading.Condition(threading.Lock())
             ended = self.ended is not None
         if ended:
             self._stop()
 
     def cancel(self, code: int, message: str) -> None:
-        with self._cond:
+        with self._lock:
             if self.ended is not None:
                 return
             self.ended = _status(code, message)
-            self._cond.notify_all()
+            cond = self._cond
+        if cond is not None:
+            with cond:
+                cond.notify_all()
         self._stop()
 
     def _stop(self) -> None:
@@ -70,16 +83,23 @@ class LinkCall:
             self.stream.cancel()
 
     def add_credit(self, n: int) -> None:
-        with self._cond:
+        with self._lock:
+            cond = self._cond
+            if cond is None:  # not a stream (yet): nobody waits for credit
+                self.credit += n
+                return
+        with cond:
             self.credit += n
-            self._cond.notify_all()
+            cond.notify_all()
 
     def spend(self, n: int) -> bool:
         """Wait for credit, then spend ``n`` bytes of it (it may go negative: one message may overshoot).
-        False when the call was cancelled meanwhile."""
-        with self._cond:
+        False when the call was cancelled meanwhile. Streams only (after :meth:`attach` with a stream)."""
+        cond = self._cond
+        assert cond is not None
+        with cond:
             while self.credit <= 0 and self.ended is None:
-                self._cond.wait()
+                cond.wait()
             if self.ended is not None:
                 return False
             self.credit -= n
@@ -148,6 +168,9 @@ class LinkServer:
                         frame.timeout_ms / 1000, lambda: call.cancel(code_pb2.DEADLINE_EXCEEDED, "deadline exceeded")
                     )
                 return lambda: self._serve_tool(call, frame)
+            if frame.method in _INLINE_METHODS:
+                self._serve_small(frame)  # quick, and never blocks: no hand-over of the reading
+                return None
             return lambda: self._serve_small(frame)
         if kind in (CANCEL, CREDIT):
             with self._calls_lock:
@@ -171,7 +194,7 @@ class LinkServer:
         self.writer.send_parts([(frame.call_id, MESSAGE, response.SerializeToString()), (frame.call_id, END, _OK)])
 
     def _serve_tool(self, call: LinkCall, frame: Any) -> None:
-        metadata = dict(frame.metadata)
+        metadata = frame.metadata  # a protobuf map: read-only, as the engine needs it
         tool_name = ""
         try:
             request = self.engine.parse_request(frame.payload)
@@ -200,7 +223,7 @@ class LinkServer:
         assert call.ended is not None
         self._end(call.call_id, call.ended)
 
-    def _stream(self, call: LinkCall, request: Any, metadata: dict[str, str], *, batched: bool) -> None:
+    def _stream(self, call: LinkCall, request: Any, metadata: Mapping[str, str], *, batched: bool) -> None:
         handle = self.engine.stream(request, metadata, frame_large=batched)
         try:
             call.attach(handle.ctx.cancel_event, handle)

@@ -230,23 +230,49 @@ def table(r: dict[str, float]) -> list[tuple[str, str, str, str]]:
         return "n/a" if a is None or not b else f"{a / b:.2f}{suffix}"
 
     raw_items = get("raw_items_per_s")
+    jsonl = get("port_jsonl_items_per_s")
     row("1. small chunks, plain grpcio (1 msg/item)", num(raw_items, ",.0f", "/s"), "1.00x", "baseline")
+    row("1. small chunks, naive JSON lines over a Port (limit)", num(jsonl, ",.0f", "/s"), "1.00x", "the limit")
     row(
-        "1. small chunks into an Elixir callback",
+        "1. small chunks into an Elixir callback, link",
         num(get("ex_items_per_s"), ",.0f", "/s"),
-        ratio(get("ex_items_per_s"), raw_items),
-        ">= 100,000/s, >= 10x",
+        ratio(get("ex_items_per_s"), jsonl, "x limit"),
+        ">= 1,000,000/s, >= 0.8x limit",
     )
     row(
-        "2. small chunks into the Python client",
+        "1. small chunks into an Elixir callback, gRPC",
+        num(get("ex_grpc_items_per_s"), ",.0f", "/s"),
+        ratio(get("ex_grpc_items_per_s"), raw_items),
+        ">= 100,000/s, >= 10x grpcio",
+    )
+    row(
+        "2. small chunks into the Python client (gRPC)",
         num(get("py_items_per_s"), ",.0f", "/s"),
         ratio(get("py_items_per_s"), raw_items),
         ">= 100,000/s",
     )
     raw_b = get("raw_bytes_per_s")
+    port_b = get("port_bytes_per_s")
     row("3. 4 MiB float32 batches, plain grpcio", mib("raw_bytes_per_s"), "1.00x", "baseline")
-    row("3. 4 MiB batches (npy) into Elixir", mib("ex_bytes_per_s"), ratio(get("ex_bytes_per_s"), raw_b), ">= 0.70x")
-    row("3. 4 MiB batches (npy) into Python", mib("py_bytes_per_s"), ratio(get("py_bytes_per_s"), raw_b), ">= 0.70x")
+    row("3. 4 MiB raw frames through a Port (limit)", mib("port_bytes_per_s"), "1.00x", "the limit")
+    row(
+        "3. 4 MiB batches (npy) into Elixir, link",
+        mib("ex_bytes_per_s"),
+        ratio(get("ex_bytes_per_s"), port_b, "x limit"),
+        ">= 0.90x limit",
+    )
+    row(
+        "3. 4 MiB batches (npy) into Elixir, gRPC",
+        mib("ex_grpc_bytes_per_s"),
+        ratio(get("ex_grpc_bytes_per_s"), raw_b),
+        ">= 0.70x grpcio",
+    )
+    row(
+        "3. 4 MiB batches (npy) into Python (gRPC)",
+        mib("py_bytes_per_s"),
+        ratio(get("py_bytes_per_s"), raw_b),
+        ">= 0.70x",
+    )
     row(
         "3. the same as JSON tolist(), into Elixir",
         mib("ex_json_bytes_per_s"),
@@ -257,21 +283,31 @@ def table(r: dict[str, float]) -> list[tuple[str, str, str, str]]:
         mib("py_json_bytes_per_s"),
         ratio(get("py_bytes_per_s"), get("py_json_bytes_per_s"), "x npy/json"),
     )
-    for q in ("p50", "p99"):
-        ex, base = get(f"ex_unary_{q}_us"), get(f"grpcio_unary_{q}_us")
-        over = "n/a" if ex is None or base is None else f"{ex - base:+.0f} µs"
-        row(
-            f"4. unary {q}: Elixir pool vs grpcio client, same worker",
-            "n/a" if ex is None or base is None else f"{ex:.0f} µs vs {base:.0f} µs",
-            over,
-            "<= +150 µs" if q == "p50" else "",
-        )
+
+    def us_pair(key: str) -> str:
+        p50, p99 = get(f"{key}_p50_us"), get(f"{key}_p99_us")
+        return "n/a" if p50 is None or p99 is None else f"{p50:.0f} / {p99:.0f} µs"
+
+    ping50, ping99 = get("port_ping_p50_us"), get("port_ping_p99_us")
+    row("4. unary p50 / p99: bare Port ping-pong, orjson (limit)", us_pair("port_ping"), "1.00x", "the limit")
     row(
-        "4. unary p50 / p99: Krait's channel alone (no pool)",
-        "n/a"
-        if get("ex_conn_unary_p50_us") is None
-        else f"{get('ex_conn_unary_p50_us'):.0f} / {get('ex_conn_unary_p99_us'):.0f} µs",
+        "4. unary p50 / p99: a link worker driven straight over its Port",
+        us_pair("link_direct"),
+        ratio(get("link_direct_p50_us"), ping50, "x limit"),
     )
+    row(
+        "4. unary p50 / p99: Elixir pool over the link",
+        us_pair("ex_unary"),
+        f"{ratio(get('ex_unary_p50_us'), ping50)} / {ratio(get('ex_unary_p99_us'), ping99)} limit",
+        "<= 3x / <= 5x limit",
+    )
+    row("4. unary p50 / p99: the link channel alone (no pool)", us_pair("ex_conn_unary"))
+    row(
+        "4. unary p50 / p99: Elixir pool over gRPC",
+        us_pair("ex_grpc_unary"),
+        ratio(get("ex_grpc_unary_p50_us"), get("grpcio_unary_p50_us"), "x grpcio"),
+    )
+    row("4. unary p50 / p99: grpcio's client, same worker", us_pair("grpcio_unary"), "", "baseline")
     one = get("ex_pool_start_1_ms")
     for n in (1, 4, 8):
         row(
@@ -299,18 +335,18 @@ def table(r: dict[str, float]) -> list[tuple[str, str, str, str]]:
         "no loss, in order, fair",
     )
     row(
-        "7. cancel: caller killed -> finally, p50 / p99",
+        "7. cancel over the link: caller killed -> finally, p50 / p99",
         "n/a"
         if get("ex_cancel_p99_ms") is None
         else f"{get('ex_cancel_p50_ms'):.1f} / {get('ex_cancel_p99_ms'):.1f} ms",
         "",
-        "p99 <= 50 ms",
+        "p99 <= 10 ms",
     )
     row(
-        "7. cancel of a busy generator (no pause between yields), p99",
+        "7. cancel of a busy generator over the link, p99",
         num(get("ex_cancel_busy_p99_ms"), ".1f", " ms"),
         "",
-        "p99 <= 50 ms",
+        "p99 <= 20 ms",
     )
     worker, beam = get("ex_slow_worker_rss_mb"), get("ex_slow_beam_rss_mb")
     growth = ""
@@ -318,7 +354,7 @@ def table(r: dict[str, float]) -> list[tuple[str, str, str, str]]:
         grown_w, grown_b = worker - r["ex_slow_worker_base_mb"], beam - r["ex_slow_beam_base_mb"]
         growth = f"+{grown_w:.0f} / +{grown_b:.0f} MiB over idle; {r['ex_slow_streamed_mb']:.0f} MiB streamed"
     row(
-        "8. consumer 10x slower: peak RSS worker / BEAM",
+        "8. consumer 10x slower, link: peak RSS worker / BEAM",
         "n/a" if worker is None or beam is None else f"{worker:.0f} / {beam:.0f} MiB",
         growth,
         "bounded",

@@ -399,7 +399,7 @@ defmodule Krait.Call do
         end
         |> case do
           {:ok, ref} ->
-            {:ok, %{ref: ref, conn: conn, channel: channel, mon: mon, ctx: ctx, started: false}}
+            {:ok, %{ref: ref, conn: conn, channel: channel, mon: mon, ctx: ctx}}
 
           # The connection is gone: its worker is dead, and the call never reached it.
           {:error, :noproc} ->
@@ -416,9 +416,6 @@ defmodule Krait.Call do
   # `delivered?`: whether a chunk has reached the callback (a call that has delivered is never retried).
   defp stream_loop(%{ref: ref, conn: conn, mon: mon} = s, callback, o, delivered?) do
     receive do
-      {:krait_stream, ^ref, :started} ->
-        stream_loop(%{s | started: true}, callback, o, delivered?)
-
       {:krait_stream, ^ref, {:messages, payloads, bytes}} ->
         s.channel.ack(conn, ref, bytes)
         if o.chunk_events, do: chunk_event(o, s.ctx, payloads, bytes)
@@ -465,13 +462,13 @@ defmodule Krait.Call do
 
   defp failed(grpc_error, ctx), do: {:error, Error.from_grpc(grpc_error, ctx)}
 
-  # The channel's process died without ending the call. The call never reached the worker when the
-  # process was gone before it was opened, or when the channel reports starts and this one had none.
+  # The channel's process died without ending the call (channels end their calls before they stop,
+  # marking those that never reached the worker): the call never reached the worker only when the
+  # process was gone before it was opened.
   defp down_result(s, reason, delivered?) do
-    never_ran? =
-      not delivered? and (reason == :noproc or (s.channel.tells_started?() and not s.started))
-
-    if never_ran?, do: {:retry, worker_error(s.ctx)}, else: {:error, worker_error(s.ctx)}
+    if not delivered? and reason == :noproc,
+      do: {:retry, worker_error(s.ctx)},
+      else: {:error, worker_error(s.ctx)}
   end
 
   defp unary(lease, path, request, o, tool) do
@@ -501,9 +498,6 @@ defmodule Krait.Call do
 
   defp unary_loop(%{ref: ref, conn: conn, mon: mon} = s, o, acc) do
     receive do
-      {:krait_stream, ^ref, :started} ->
-        unary_loop(%{s | started: true}, o, acc)
-
       {:krait_stream, ^ref, {:messages, payloads, bytes}} ->
         s.channel.ack(conn, ref, bytes)
         unary_loop(s, o, Enum.reverse(payloads, acc))
@@ -687,9 +681,6 @@ defmodule Krait.Call do
     if remaining(o.deadline) == 0, do: raise(timeout_error(o, s.ctx))
 
     receive do
-      {:krait_stream, ^ref, :started} ->
-        {[], %{st | s: %{s | started: true}}}
-
       {:krait_stream, ^ref, {:messages, payloads, bytes}} ->
         s.channel.ack(conn, ref, bytes)
         if o.chunk_events, do: chunk_event(o, s.ctx, payloads, bytes)
@@ -705,29 +696,22 @@ defmodule Krait.Call do
 
       {:krait_stream, ^ref, {:done, {:error, grpc_error}}} ->
         Process.demonitor(mon, [:flush])
-
-        case done_result({:error, grpc_error}, s.ctx, st.delivered) do
-          {:retry, error} ->
-            Scheduler.checkin(st.lease, :lost)
-            {[], lazy_retry(%{st | s: :done}, error)}
-
-          {:error, error} ->
-            lazy_raise(%{st | s: :done}, st.lease, error)
-        end
+        lazy_failed(st, done_result({:error, grpc_error}, s.ctx, st.delivered))
 
       {:DOWN, ^mon, :process, _, reason} ->
-        case down_result(s, reason, st.delivered) do
-          {:retry, error} ->
-            Scheduler.checkin(st.lease, :lost)
-            {[], lazy_retry(%{st | s: :done}, error)}
-
-          {:error, error} ->
-            lazy_raise(%{st | s: :done}, st.lease, error)
-        end
+        lazy_failed(st, down_result(s, reason, st.delivered))
     after
       remaining(o.deadline) -> raise timeout_error(o, s.ctx)
     end
   end
+
+  # A failed stream: again on another worker when it never reached this one, else raised.
+  defp lazy_failed(st, {:retry, error}) do
+    Scheduler.checkin(st.lease, :lost)
+    {[], lazy_retry(%{st | s: :done}, error)}
+  end
+
+  defp lazy_failed(st, {:error, error}), do: lazy_raise(%{st | s: :done}, st.lease, error)
 
   defp lazy_after(%{s: s, lease: lease, event: {started, meta}} = st) do
     if s != :done, do: cancel(s)

@@ -6,8 +6,6 @@ defmodule Krait.Channel do
 
   A started stream sends its owner:
 
-    * `{:krait_stream, ref, :started}` - the call reached the worker (channels whose
-      `tells_started?/0` is true send it before any message);
     * `{:krait_stream, ref, {:messages, [payload], bytes}}` - response messages, each a binary;
       `bytes` is what to `ack/3` once they are taken from the mailbox;
     * `{:krait_stream, ref, {:done, :ok | {:error, Krait.GRPC.Error.t()}}}` - the end. An error whose
@@ -24,8 +22,6 @@ defmodule Krait.Channel do
   @callback ack(pid(), reference(), non_neg_integer()) :: :ok
   @doc "Cancels the stream (the worker stops the call); later messages for it are dropped."
   @callback cancel(pid(), reference()) :: :ok
-  @doc "Whether the channel sends `:started`, so that a call without it is known not to have run."
-  @callback tells_started?() :: boolean()
 
   @doc """
   A whole unary call: `{:ok, response_binary}` or `{:error, reason}`; the caller waits at most
@@ -48,9 +44,6 @@ defmodule Krait.Channel do
 
   defp await(module, pid, ref, mon, timeout, acc) do
     receive do
-      {:krait_stream, ^ref, :started} ->
-        await(module, pid, ref, mon, timeout, acc)
-
       {:krait_stream, ^ref, {:messages, [message | _], bytes}} ->
         module.ack(pid, ref, bytes)
         await(module, pid, ref, mon, timeout, message)

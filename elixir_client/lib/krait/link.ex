@@ -41,7 +41,4 @@ defmodule Krait.Link do
     send(worker, {:krait_cancel, ref})
     :ok
   end
-
-  @impl true
-  def tells_started?, do: true
 end

@@ -194,10 +194,6 @@ defmodule Krait.GRPC.Connection do
     :exit, _ -> :ok
   end
 
-  @doc "A gRPC stream does not report `:started` (see `Krait.Channel`)."
-  @impl Krait.Channel
-  def tells_started?, do: false
-
   @doc """
   Closes the connection gracefully: sends GOAWAY, fails open calls with `UNAVAILABLE`
   and stops the process with reason `:normal`.

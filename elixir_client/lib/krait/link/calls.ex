@@ -58,10 +58,9 @@ defmodule Krait.Link.Calls do
     end
   end
 
-  defp route(t, :started, id, call, _payload) do
-    send(call.owner, {:krait_stream, call.ref, :started})
-    %{t | calls: Map.put(t.calls, id, %{call | started: true})}
-  end
+  # Kept here, not sent to the owner: only a worker death needs it (see fail_all/2).
+  defp route(t, :started, id, call, _payload),
+    do: %{t | calls: Map.put(t.calls, id, %{call | started: true})}
 
   defp route(t, :message, _id, call, payload) do
     send(call.owner, {:krait_stream, call.ref, {:messages, [payload], byte_size(payload)}})

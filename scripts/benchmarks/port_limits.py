@@ -1,0 +1,79 @@
+"""The machine's limits for the local link, measured beside it in the same run (see docs/performance.md).
+
+Minimal Python loops over an Erlang Port with ``{packet, 4}`` framing, nothing of Krait in them:
+
+- ``echo``: read a frame, ``orjson.loads`` it, ``orjson.dumps`` it back (a round trip's floor);
+- ``jsonl N``: a generator of ``{"i": n}`` written as JSON lines, 1,024 lines a frame (the naive stream);
+- ``bytes COUNT MIB``: COUNT frames of MIB raw bytes each (what a pipe moves).
+
+The Elixir half (``elixir_client/bench/bench.exs``) opens the Port and drives each mode.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import sys
+
+import orjson
+
+_LENGTH = struct.Struct(">I")
+
+
+def _read_exact(n: int) -> bytes:
+    parts = []
+    while n:
+        chunk = os.read(0, n)
+        if not chunk:
+            sys.exit(0)
+        parts.append(chunk)
+        n -= len(chunk)
+    return b"".join(parts)
+
+
+def _write(payload: bytes) -> None:
+    view = memoryview(_LENGTH.pack(len(payload)) + payload)
+    while view:
+        view = view[os.write(1, view) :]
+
+
+def echo() -> None:
+    while True:
+        (size,) = _LENGTH.unpack(_read_exact(4))
+        _write(orjson.dumps(orjson.loads(_read_exact(size))))
+
+
+def jsonl(count: int) -> None:
+    lines: list[bytes] = []
+    for n in range(count):
+        lines.append(orjson.dumps({"i": n}))
+        if len(lines) == 1024:
+            _write(b"\n".join(lines))
+            lines = []
+    if lines:
+        _write(b"\n".join(lines))
+    _write(b"")  # the end
+
+
+def raw_bytes(count: int, block: bytes) -> None:
+    for _ in range(count):
+        _write(block)
+    _write(b"")
+
+
+def main(argv: list[str]) -> None:
+    block = os.urandom(int(argv[2]) << 20) if argv[0] == "bytes" else b""
+    (size,) = _LENGTH.unpack(_read_exact(4))  # a first frame says go: the Elixir side is ready to measure
+    _read_exact(size)
+    if argv[0] == "echo":
+        echo()
+    elif argv[0] == "jsonl":
+        jsonl(int(argv[1]))
+    elif argv[0] == "bytes":
+        raw_bytes(int(argv[1]), block)
+    else:
+        raise SystemExit(f"unknown mode {argv[0]!r}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

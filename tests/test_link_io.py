@@ -1,0 +1,80 @@
+"""The local link's hand-framed frames parse with the generated classes, and the reader reads what a pool
+writes (length-prefixed LinkFrames) from a real pipe."""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+
+from python_worker.proto import link_pb
+from python_worker.transports.link_io import END, LOG, MESSAGE, READY, FrameReader, FrameWriter
+
+
+def _frames(data: bytes) -> list[object]:
+    out = []
+    while data:
+        (size,) = struct.unpack(">I", data[:4])
+        out.append(link_pb.LinkFrame.FromString(data[4 : 4 + size]))
+        data = data[4 + size :]
+    return out
+
+
+def _written(send: object) -> bytes:
+    """What ``send(writer)`` writes into a real pipe (read meanwhile: a pipe holds only 64 KiB)."""
+    read_end, write_end = os.pipe()
+    chunks: list[bytes] = []
+
+    def drain() -> None:
+        while chunk := os.read(read_end, 1 << 20):
+            chunks.append(chunk)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    send(FrameWriter(write_end))  # type: ignore[operator]
+    os.close(write_end)
+    reader.join(10)
+    os.close(read_end)
+    return b"".join(chunks)
+
+
+def test_frames_to_the_pool_parse_with_the_generated_classes() -> None:
+    big = os.urandom(3 << 20)
+    data = _written(
+        lambda w: (
+            w.send_parts([(7, MESSAGE, b"response"), (7, END, b"")]),
+            w.send(300, MESSAGE, memoryview(big)),
+            w.send(0, READY, b"info", metadata={"grpc_port": "50051"}),
+            w.send(0, LOG, b""),
+        )
+    )
+    message, end, large, ready, log = _frames(data)
+    assert (message.call_id, message.kind, message.payload) == (7, MESSAGE, b"response")
+    assert (end.call_id, end.kind, end.payload) == (7, END, b"")
+    assert (large.call_id, large.kind, large.payload == big) == (300, MESSAGE, True)
+    assert (ready.kind, ready.payload, dict(ready.metadata)) == (READY, b"info", {"grpc_port": "50051"})
+    assert (log.call_id, log.kind) == (0, LOG)
+
+
+def test_the_reader_reads_frames_and_sees_the_end() -> None:
+    read_end, write_end = os.pipe()
+    frames = [
+        link_pb.LinkFrame(call_id=n, kind=link_pb.LinkFrame.OPEN, method="Ping", payload=os.urandom(n * 1000))
+        for n in range(1, 100)
+    ]
+
+    def pool() -> None:  # writes in odd pieces, as a pipe may deliver them
+        data = b"".join(struct.pack(">I", f.ByteSize()) + f.SerializeToString() for f in frames)
+        for start in range(0, len(data), 777):
+            os.write(write_end, data[start : start + 777])
+        os.close(write_end)
+
+    thread = threading.Thread(target=pool)
+    thread.start()
+    reader = FrameReader(read_end)
+    got = []
+    while (frame := reader.read()) is not None:
+        got.append(frame)
+    thread.join(10)
+    os.close(read_end)
+    assert got == frames
