@@ -17,6 +17,7 @@ turns the spans off; without OpenTelemetry nothing here runs.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from collections.abc import Mapping
@@ -44,13 +45,17 @@ def configure_from_env() -> None:
     """Install the OTLP exporter when the environment asks for one (see the module doc)."""
     if not available():
         return
-    exporter_name = os.environ.get("OTEL_TRACES_EXPORTER", "")
-    if exporter_name in ("", "none") and not os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+    exporter_name = os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    if exporter_name == "none" or (exporter_name == "" and not os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")):
+        return
+    if exporter_name not in ("", "otlp"):
+        log.warning(
+            "OTEL_TRACES_EXPORTER=%s: a worker exports spans with otlp only; spans are not exported", exporter_name
+        )
         return
     try:
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # type: ignore[import-not-found]
-            OTLPSpanExporter,  # the otel extra only
-        )
+        # the otel extra's exporter, imported by name: mypy need not find it where the extra is not installed
+        otlp = importlib.import_module("opentelemetry.exporter.otlp.proto.grpc.trace_exporter")
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -59,7 +64,7 @@ def configure_from_env() -> None:
         return
     service = os.environ.get("OTEL_SERVICE_NAME", "krait-worker")
     provider = TracerProvider(resource=Resource.create({"service.name": service}))
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    provider.add_span_processor(BatchSpanProcessor(otlp.OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
 
 

@@ -122,3 +122,24 @@ def test_an_error_sets_the_status_and_records_the_exception(client: Client, stub
     assert event["name"] == "exception"
     assert event["attributes"]["exception.type"] == "ValueError"
     assert event["attributes"]["exception.message"] == "boom on purpose"
+
+
+def test_export_asked_for_without_the_exporter_is_a_warning_not_a_failure() -> None:
+    import importlib.util
+    import subprocess
+
+    from .workers import spawn, wait_ready
+
+    if importlib.util.find_spec("opentelemetry.exporter") is not None:
+        pytest.skip("the OTLP exporter is installed here (the otel extra)")
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1"}
+    process = spawn("adapters.showcase:ShowcaseAdapter", env=env, stderr=subprocess.PIPE)
+    try:
+        info = wait_ready(process)
+        with Client(f"127.0.0.1:{info['port']}") as client:
+            assert client.execute("echo", value=1) == 1
+    finally:
+        process.terminate()
+        process.wait(10)
+    assert process.stderr is not None
+    assert b"OpenTelemetry export asked for, but opentelemetry.exporter is missing" in process.stderr.read()

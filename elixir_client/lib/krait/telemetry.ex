@@ -72,7 +72,25 @@ defmodule Krait.Telemetry do
     :persistent_term.put({__MODULE__, :subscribers}, List.delete(pids, pid))
   end
 
-  defp telemetry?, do: function_exported?(:telemetry, :execute, 3)
+  @doc false
+  # Whether a module is available, looked up once per node (a missing module would cost a code server
+  # lookup on every call); used for the optional `:telemetry` and OpenTelemetry libraries.
+  @spec available?(module(), atom(), arity()) :: boolean()
+  def available?(module, function, arity) do
+    key = {__MODULE__, :available, module}
+
+    case :persistent_term.get(key, nil) do
+      nil ->
+        found = Code.ensure_loaded?(module) and function_exported?(module, function, arity)
+        :persistent_term.put(key, found)
+        found
+
+      found ->
+        found
+    end
+  end
+
+  defp telemetry?, do: available?(:telemetry, :execute, 3)
 
   ## The events, as Krait's modules report them
 

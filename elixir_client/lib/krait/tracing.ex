@@ -89,7 +89,7 @@ defmodule Krait.Tracing do
   # OpenTelemetry's Erlang API, when the application has it: not a dependency (hex is not reachable
   # everywhere Krait builds), called only when loaded.
   defp from_opentelemetry do
-    if function_exported?(:otel_propagator_text_map, :inject, 1) do
+    if Krait.Telemetry.available?(:otel_propagator_text_map, :inject, 1) do
       apply(:otel_propagator_text_map, :inject, [[]])
       |> Map.new(fn {k, v} -> {to_string(k), to_string(v)} end)
     else
