@@ -15,7 +15,7 @@ defmodule Krait.Observability.EventsTest do
     :ok
   end
 
-  defp event!(name, match_meta \\ %{}, timeout \\ 5_000) do
+  defp event!(name, match_meta, timeout \\ 5_000) do
     receive do
       {:krait_event, ^name, measurements, meta} = msg ->
         if Enum.all?(match_meta, fn {k, v} -> Map.get(meta, k) == v end),
