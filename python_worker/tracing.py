@@ -17,10 +17,11 @@ turns the spans off; without OpenTelemetry nothing here runs.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 log = logging.getLogger("krait.worker")
@@ -132,3 +133,18 @@ def current_span(ctx: Any) -> Any:
     if call_span is not None:
         return call_span.span
     return trace.INVALID_SPAN if trace is not None else None
+
+
+@contextlib.contextmanager
+def span_current(ctx: Any) -> Iterator[None]:
+    """Make the call's span current where the tool runs on another context than the engine's thread (an async
+    tool's task on the worker's event loop); nothing when the call has no span."""
+    call_span = getattr(ctx, "_call_span", None)
+    if call_span is None:
+        yield
+        return
+    token = otel_context.attach(trace.set_span_in_context(call_span.span))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)

@@ -92,6 +92,22 @@ def test_a_streams_span_ends_with_the_stream(client: Client, stub: Any) -> None:
     assert loop["parent_id"] == span["span_id"]
 
 
+def test_async_tools_run_with_the_call_span_current(client: Client, stub: Any) -> None:
+    header, trace_id, _ = traceparent()
+    response = stub.ExecuteTool(build_request("async_work", {}, "", None), metadata=[("traceparent", header)])
+    assert response.metadata["trace_id"] == trace_id
+    [span] = [s for s in spans(client, "krait.tool async_work") if s["trace_id"] == trace_id]
+    [inner] = [s for s in spans(client, "inner-async") if s["trace_id"] == trace_id]
+    assert inner["parent_id"] == span["span_id"]
+
+    header, trace_id, _ = traceparent()
+    request = build_request("async_ticks", {"count": 2}, "", None)
+    assert len(list(stub.ExecuteStreamingTool(request, metadata=[("traceparent", header)], timeout=10))) == 3
+    [span] = [s for s in spans(client, "krait.tool async_ticks") if s["trace_id"] == trace_id]
+    [loop] = [s for s in spans(client, "tick-loop-async") if s["trace_id"] == trace_id]
+    assert loop["parent_id"] == span["span_id"]
+
+
 def test_a_cancelled_streams_span_ends_cancelled(client: Client, stub: Any) -> None:
     header, trace_id, _ = traceparent()
     request = build_request("ticks", {"count": 1000, "interval_ms": 20}, "", None)
