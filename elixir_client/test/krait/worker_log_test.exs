@@ -50,4 +50,43 @@ defmodule Krait.WorkerLogTest do
     assert text =~ "log_records"
     refute text =~ "Traceback"
   end
+
+  test "a tool's prints never corrupt the link: they arrive as log records", %{pool: pool} do
+    # stdout arrives at :info, below the tests' usual level
+    level = Logger.level()
+    Logger.configure(level: :info)
+    on_exit(fn -> Logger.configure(level: level) end)
+    LogForwarder.attach()
+    word = "p#{System.unique_integer([:positive])}"
+    test = self()
+
+    assert :ok =
+             Krait.execute_stream(
+               "print_noise",
+               %{message: word, count: 3},
+               &send(test, {:chunk, &1}),
+               pool: pool
+             )
+
+    assert [0, 1, 2, nil] = Enum.map(received_chunks(), & &1["n"])
+
+    # every line, whichever way it was written, reaches Logger (stdout at :info, stderr at :warning)
+    texts = collect_logs([])
+
+    for n <- 0..2, way <- ["print", "stderr", "fd1", "fd2"] do
+      assert Enum.any?(texts, &String.contains?(&1, "#{word} #{way} #{n}")),
+             "#{word} #{way} #{n} missing"
+    end
+
+    # and the worker still answers
+    assert {:ok, ^word} = Krait.execute("log_records", %{message: word}, pool: pool)
+  end
+
+  defp collect_logs(acc) do
+    receive do
+      {:log, _level, text, _meta} -> collect_logs([text | acc])
+    after
+      500 -> acc
+    end
+  end
 end
