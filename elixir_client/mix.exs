@@ -14,7 +14,9 @@ defmodule Krait.MixProject do
 
   def application do
     [
-      extra_applications: [:logger, :ssl, :public_key] ++ json_applications(),
+      # :inets: the HTTP server of a pool's optional /metrics endpoint (Krait.Metrics.HTTP);
+      # :ssl and :public_key: TLS to remote workers
+      extra_applications: [:logger, :ssl, :public_key, :inets] ++ json_applications(),
       mod: {Krait.Application, []}
     ]
   end

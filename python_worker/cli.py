@@ -62,6 +62,8 @@ def _serve(ns: argparse.Namespace) -> int:
         process_group=auto[ns.process_group],
         grace=ns.grace,
         security=security,
+        metrics_port=ns.metrics_port,
+        metrics=not ns.no_metrics,
     )
     return serve(options, link=link)
 
@@ -187,6 +189,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="gRPC port to bind; 0 picks a free one (the default, unless --link: then gRPC only with --port)",
+    )
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics at /metrics on this port (0 picks a free one; announced as metrics_port)",
+    )
+    serve.add_argument(
+        "--no-metrics",
+        action="store_true",
+        help="count nothing (the benchmarks' baseline; the Metrics call then answers empty)",
     )
     serve.add_argument(
         "--link",

@@ -315,6 +315,10 @@ class Client:
         """Every tool of the worker (name, description, supports_streaming, parameters_schema_json)."""
         return list(self._stub.ListTools(pb.ListToolsRequest(), timeout=timeout, metadata=self._auth).tools)
 
+    def metrics(self, *, timeout: float = 10.0) -> str:
+        """The worker's Prometheus metrics in the text format (what ``--metrics-port`` serves at /metrics)."""
+        return str(self._stub.Metrics(pb.MetricsRequest(), timeout=timeout).text)
+
     def initialize_session(self, session_id: str, metadata: Mapping[str, str] | None = None) -> bool:
         request = pb.InitializeSessionRequest(session_id=session_id, metadata=dict(metadata or {}))
         return bool(self._stub.InitializeSession(request, timeout=10.0, metadata=self._auth).created)

@@ -33,7 +33,22 @@ defmodule Demo do
   end
 end
 
-pool_opts = [adapter: "adapters.showcase:ShowcaseAdapter", size: 2, python: python, cwd: root]
+# KRAIT_METRICS_PORT=N: the pool serves its metrics and its workers' at http://127.0.0.1:N/metrics
+# (README, "Watching it in Prometheus"), and the demo keeps calling its tools at the end until Ctrl-C.
+metrics_port =
+  case System.get_env("KRAIT_METRICS_PORT") do
+    nil -> nil
+    port -> String.to_integer(port)
+  end
+
+pool_opts = [
+  adapter: "adapters.showcase:ShowcaseAdapter",
+  size: 2,
+  python: python,
+  cwd: root,
+  metrics_port: metrics_port
+]
+
 {:ok, _} = Supervisor.start_link([{Krait.Pool, pool_opts}], strategy: :one_for_one)
 
 {:ok, ready_ms} = Demo.ms(fn -> Krait.Pool.await_ready(Krait.Pool, 30_000) end)
@@ -269,3 +284,16 @@ end
 
 Demo.section("Pool stats")
 IO.inspect(Map.delete(Krait.Pool.stats(), :workers), label: "  stats")
+
+if metrics_port do
+  Demo.section("Metrics at http://127.0.0.1:#{metrics_port}/metrics: calling tools until Ctrl-C")
+
+  Stream.repeatedly(fn ->
+    Krait.execute("add", %{a: 1, b: 2})
+    Krait.execute_stream("stream_numbers", %{count: 200}, fn _ -> :ok end)
+    Krait.execute("fail", %{})
+    Krait.execute("slow_tool", %{seconds: :rand.uniform() / 4})
+  end)
+  |> Stream.with_index(1)
+  |> Enum.each(fn {_, n} -> Demo.live("  rounds of calls: #{n}") end)
+end

@@ -19,8 +19,10 @@ from typing import Any
 
 import grpc
 
+from .. import tracing
 from ..errors import CallError, InvalidArguments, Overloaded, clip, to_status
 from ..logs import CURRENT_CALL, CallInfo, call_ended, call_id_from, in_call
+from ..metrics import UNKNOWN_TOOL, WorkerMetrics, exposition
 from ..proto import pb
 from ..sdk import BaseAdapter, ToolContext, ToolSpec
 from .buffer import Cancelled, ChunkBuffer
@@ -42,6 +44,7 @@ BUFFER_MAX_BYTES = 8 << 20
 _SMALL_REQUESTS = {
     "Ping": pb.PingRequest,
     "ListTools": pb.ListToolsRequest,
+    "Metrics": pb.MetricsRequest,
     "InitializeSession": pb.InitializeSessionRequest,
     "CleanupSession": pb.CleanupSessionRequest,
 }
@@ -52,12 +55,19 @@ class StreamHandle:
     """A streaming call: :meth:`start` its tool, take its :meth:`batches`, :meth:`cancel` it when the caller
     goes, and always :meth:`close` it."""
 
-    def __init__(self, engine: Engine, call: StreamingCall, acquired: bool, info: CallInfo) -> None:
+    def __init__(
+        self, engine: Engine, call: StreamingCall, acquired: bool, info: CallInfo, started: float, span: Any
+    ) -> None:
         self._engine = engine
         self.call = call
         self.ctx = call.ctx
         self._acquired = acquired
         self._info = info
+        self._started = started
+        self._status: str | None = None  # the call's status code name, once its stream has ended
+        self._counted = (0, 0)  # chunks and bytes already counted in the metrics
+        self._span = span
+        self._error: BaseException | None = None
 
     def start(self) -> None:
         self.call.start()
@@ -69,17 +79,39 @@ class StreamHandle:
         """Lists of queued chunks, whatever is ready (one chunk each when not ``batched``), until the tool ends;
         the tool's error is raised after its last chunk. Ends quietly once cancelled."""
         max_chunks = BATCH_MAX_CHUNKS if batched else 1
+        metrics = self._engine.metrics
         try:
             while (batch := self.call.buffer.take(max_chunks, BATCH_MAX_BYTES)) is not None:
+                if metrics is not None:
+                    self._count(metrics)
                 yield batch
+            self._status = "CANCELLED" if self.ctx.cancel_event.is_set() else "OK"
         except Cancelled:
+            self._status = "CANCELLED"
             return
+        except GeneratorExit:  # the transport stopped taking batches: its caller went
+            self._status = "CANCELLED"
+            raise
         except BaseException as exc:
+            self._status = status_name(exc)
+            self._error = exc
             _tag(exc, self._info)
             raise
 
+    def _count(self, metrics: WorkerMetrics) -> None:
+        chunks, nbytes = self.call._seq, self.call.nbytes
+        metrics.stream_sent(self.ctx.tool_name, chunks - self._counted[0], nbytes - self._counted[1])
+        self._counted = (chunks, nbytes)
+
     def close(self) -> None:
         self.call.cancel()  # no-op after a normal end; stops the tool if the stream was abandoned
+        metrics = self._engine.metrics
+        if metrics is not None:
+            self._count(metrics)
+            # a stream its transport stopped taking (the caller went) ends cancelled
+            metrics.call_ended(self.ctx.tool_name, self._status or "CANCELLED", time.perf_counter() - self._started)
+        if self._span is not None:
+            self._span.end(self._status or "CANCELLED", self._error, self.call._seq, self.call.nbytes)
         self._engine._end(self.ctx, self._acquired)
 
 
@@ -95,8 +127,10 @@ class Engine:
         sessions: SessionStore,
         max_calls: int,
         max_message_bytes: int,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.adapter = adapter
+        self.metrics = metrics
         self.adapter_path = adapter_path
         self.worker_id = worker_id
         self.sessions = sessions
@@ -108,6 +142,9 @@ class Engine:
         # room for the message framing around a chunk's data
         self.max_chunk_bytes = max_message_bytes - 4096
         self._started = time.monotonic()
+        self.tracing = tracing.available()
+        if metrics is not None:
+            metrics.watch(self.calls_in_flight, lambda: len(sessions))
 
     # -- small calls ----------------------------------------------------------------------------------------
     def ping(self, request: Any) -> Any:
@@ -132,6 +169,11 @@ class Engine:
         ]
         return pb.ListToolsResponse(tools=tools, worker_id=self.worker_id, adapter=self.adapter_path)
 
+    def metrics_text(self, request: Any = None) -> Any:
+        """This worker's metrics registry in Prometheus' text format (empty when it counts nothing)."""
+        text = exposition(self.metrics.registry).decode() if self.metrics is not None else ""
+        return pb.MetricsResponse(text=text)
+
     def initialize_session(self, request: Any) -> Any:
         if not request.session_id:
             raise InvalidArguments("session_id must not be empty")
@@ -153,6 +195,7 @@ class Engine:
         handler: Callable[[Any], Any] = {
             "Ping": self.ping,
             "ListTools": self.list_tools,
+            "Metrics": self.metrics_text,
             "InitializeSession": self.initialize_session,
             "CleanupSession": self.cleanup_session,
         }[method]
@@ -173,41 +216,57 @@ class Engine:
         """Run a unary tool on this thread; ``on_ready(ctx)`` is called once the call is accepted, before the tool
         runs (to hook up cancellation and tell the caller it started). Raises what ends the call."""
         started = time.perf_counter()
-        info, accepted = self._accept(request, metadata, streaming=False)
+        info, accepted, span = self._accept(request, metadata, streaming=False, started=started)
         ctx = accepted[2]
+        status, error = "OK", None
         try:
             on_ready(ctx)
-            return run_unary(self.adapter, accepted[0], accepted[1], ctx, started)
+            response = run_unary(self.adapter, accepted[0], accepted[1], ctx, started)
+            if ctx.cancel_event.is_set():  # the transport answers CANCELLED (or DEADLINE_EXCEEDED)
+                status = "CANCELLED"
+            return response
         except BaseException as exc:
+            status, error = status_name(exc), exc
             _tag(exc, info)
             raise
         finally:
+            if self.metrics is not None:
+                self.metrics.call_ended(ctx.tool_name, status, time.perf_counter() - started)
+            if span is not None:
+                span.detach()
+                span.end(status, error)
             self._end(ctx, True)
 
     def stream(self, request: Any, metadata: Mapping[str, str], *, frame_large: bool) -> StreamHandle:
         """Accept a streaming call (its tool starts with :meth:`StreamHandle.start`). ``frame_large``: queue large
         chunks already framed as batch entries (for batched transports). Raises what refuses the call."""
         started = time.perf_counter()
-        info, (spec, kwargs, ctx) = self._accept(request, metadata, streaming=True)
-        call = StreamingCall(
-            self.adapter,
-            spec,
-            kwargs,
-            ctx,
-            started=started,
-            max_chunk_bytes=self.max_chunk_bytes,
-            frame_large=frame_large,
-            buffer=ChunkBuffer(max_chunks=2 * BATCH_MAX_CHUNKS, max_bytes=BUFFER_MAX_BYTES),
-        )
-        return StreamHandle(self, call, True, info)
+        info, (spec, kwargs, ctx), span = self._accept(request, metadata, streaming=True, started=started)
+        try:
+            # the tool's thread starts in a copy of this thread's context: the span (attached) is current there
+            call = StreamingCall(
+                self.adapter,
+                spec,
+                kwargs,
+                ctx,
+                started=started,
+                max_chunk_bytes=self.max_chunk_bytes,
+                frame_large=frame_large,
+                buffer=ChunkBuffer(max_chunks=2 * BATCH_MAX_CHUNKS, max_bytes=BUFFER_MAX_BYTES),
+            )
+        finally:
+            if span is not None:
+                span.detach()
+        return StreamHandle(self, call, True, info, started, span)
 
     def _accept(
-        self, request: Any, metadata: Mapping[str, str], *, streaming: bool
-    ) -> tuple[CallInfo, tuple[ToolSpec, dict[str, Any], ToolContext]]:
-        """Mark the call in the log, take a call slot, resolve the tool and validate its arguments; whatever
-        refuses the call is raised with nothing left held."""
+        self, request: Any, metadata: Mapping[str, str], *, streaming: bool, started: float
+    ) -> tuple[CallInfo, tuple[ToolSpec, dict[str, Any], ToolContext], Any]:
+        """Mark the call in the log, open its span (attached to this thread), take a call slot, resolve the tool
+        and validate its arguments; whatever refuses the call is counted and raised with nothing left held."""
         info = self._begin(request, metadata)
         acquired = False
+        span = self._span(request, metadata, info) if self.tracing else None
         try:
             self._acquire()
             acquired = True
@@ -219,11 +278,18 @@ class Engine:
                 worker_id=self.worker_id,
                 call_id=info.call_id,
             )
+            if span is not None:
+                prepared[2]._call_span, prepared[2].trace_id = span, span.trace_id
         except BaseException as exc:
+            if self.metrics is not None:
+                self.metrics.call_ended(self._tool_label(request), status_name(exc), time.perf_counter() - started)
+            if span is not None:
+                span.detach()
+                span.end(status_name(exc), exc)
             _tag(exc, info)
             self._end(None, acquired)
             raise
-        return info, prepared
+        return info, prepared, span
 
     def calls_in_flight(self) -> int:
         """Tool calls not yet over (a unary tool deaf to cancellation stays counted)."""
@@ -261,6 +327,21 @@ class Engine:
         """Mark this thread's log records as the call's."""
         return in_call(request.tool_name, request.session_id, call_id_from(metadata.items()))
 
+    def _span(self, request: Any, metadata: Mapping[str, str], info: CallInfo) -> Any:
+        span = tracing.start(
+            self._tool_label(request),
+            metadata,
+            worker_id=self.worker_id,
+            session_id=request.session_id,
+            call_id=info.call_id,
+        )
+        if span is not None:
+            span.attach()  # detached once the call's tool has started (stream) or ended (unary)
+        return span
+
+    def _tool_label(self, request: Any) -> str:
+        return request.tool_name if request.tool_name in self.specs else UNKNOWN_TOOL
+
     def _acquire(self) -> None:
         if not self._slots.acquire(blocking=False):
             raise Overloaded(f"worker {self.worker_id} is running its maximum of {self.max_calls} calls")
@@ -281,6 +362,15 @@ def _checked(request: Any) -> Any:
     if isinstance(request, Malformed):
         raise InvalidArguments(request.reason)
     return request
+
+
+def status_name(exc: BaseException) -> str:
+    """The name of the gRPC status code that reports ``exc`` (as :func:`..errors.to_status` decides it)."""
+    if isinstance(exc, CallError):
+        return str(exc.code.name)
+    if type(exc).__name__ == "ToolCancelled":
+        return "CANCELLED"
+    return "UNKNOWN"
 
 
 def _tag(exc: BaseException, info: CallInfo) -> None:

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from .. import tracing
 from ..errors import CallError
 from ..sdk import ToolContext
 
@@ -60,7 +61,8 @@ async def cancellable(coro: Coroutine[Any, Any, T], ctx: ToolContext) -> T:
     assert task is not None
     remove = ctx.cancel_event.add_callback(lambda: running.call_soon_threadsafe(task.cancel))
     try:
-        return await coro
+        with tracing.span_current(ctx):  # the task runs in the loop's context, not the engine thread's
+            return await coro
     finally:
         remove()
 

@@ -18,7 +18,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from .. import codec
+from .. import codec, tracing
 from ..errors import ProtocolViolation
 from ..wire import Chunk
 from . import aio_runner
@@ -32,7 +32,12 @@ log = logging.getLogger("krait.worker")
 
 def start(call: StreamingCall) -> None:
     """Start the async generator tool of ``call`` on the worker's loop."""
-    aio_runner.submit(_drive(call))
+    aio_runner.submit(_traced(call))
+
+
+async def _traced(call: StreamingCall) -> None:
+    with tracing.span_current(call.ctx):  # the task runs in the loop's context, not the engine thread's
+        await _drive(call)
 
 
 async def _drive(call: StreamingCall) -> None:

@@ -108,11 +108,15 @@ def _decode_blob(tool_name: str, name: str, blob: Any) -> Any:
     )
 
 
-def final_metadata(extra: Mapping[str, str] | None, started: float, worker_id: str) -> dict[str, str]:
+def final_metadata(
+    extra: Mapping[str, str] | None, started: float, worker_id: str, trace_id: str = ""
+) -> dict[str, str]:
     meta = dict(extra) if extra else {}
     meta["execution_time_ms"] = str(round((time.perf_counter() - started) * 1000))
     meta["tool_type"] = "remote"
     meta["worker_id"] = worker_id
+    if trace_id:
+        meta["trace_id"] = trace_id
     return meta
 
 
@@ -128,7 +132,7 @@ def run_unary(adapter: BaseAdapter, spec: ToolSpec, kwargs: dict[str, Any], ctx:
     if isinstance(value, StreamChunk):
         value, content_type, meta = value.data, value.content_type, value.metadata
     data, content_type = codec.encode_value(value, content_type)
-    meta = final_metadata(meta, started, ctx.worker_id)
+    meta = final_metadata(meta, started, ctx.worker_id, ctx.trace_id)
     if progress:
         meta["progress"] = codec.encode_json(progress[-1]).decode()
     return pb.ExecuteToolResponse(data=data, content_type=content_type, metadata=meta)
@@ -160,6 +164,7 @@ class StreamingCall:
         # queue large chunks already framed as batch entries (for ExecuteStreamingToolBatched only)
         self.frame_large = frame_large
         self._seq = 0
+        self.nbytes = 0  # payload bytes queued so far (the engine's metrics read it)
         self._emit_lock = threading.Lock()
         ctx.progress_sink = self._progress
         # the tool's thread logs as part of the call (see logs.py): it runs in a copy of this thread's context
@@ -212,10 +217,12 @@ class StreamingCall:
     def _emit(self, chunk: Chunk | bytes, nbytes: int) -> None:
         self.buffer.put(chunk, nbytes)
         self._seq += 1
+        self.nbytes += nbytes
 
     def _emit_nowait(self, chunk: Chunk | bytes, nbytes: int) -> None:
         self.buffer.put_nowait(chunk, nbytes)
         self._seq += 1
+        self.nbytes += nbytes
 
     def after_final_message(self, final_seq: int) -> str:
         return (
@@ -224,7 +231,7 @@ class StreamingCall:
         )
 
     def final_meta(self, meta: Mapping[str, str] | None) -> dict[str, str]:
-        return final_metadata(meta, self.started, self.ctx.worker_id)
+        return final_metadata(meta, self.started, self.ctx.worker_id, self.ctx.trace_id)
 
     def _progress(self, event: dict[str, Any]) -> None:
         data = codec.encode_json(event)

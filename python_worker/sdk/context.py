@@ -78,6 +78,7 @@ class ToolContext:
     - ``async_sleep()`` / ``async_wait_cancelled()``: the same waits for ``async def`` tools, without blocking
       the event loop. An async tool's task is also cancelled (``asyncio.CancelledError`` at its current
       ``await``), so these return early only where that error does not reach, e.g. under ``asyncio.shield``.
+    - ``span`` / ``trace_id``: the call's OpenTelemetry span and its trace id (see python_worker.tracing).
     - ``report_progress()``: on a streaming call, sends a progress chunk (metadata ``krait.event=progress``) in
       order with the tool's own chunks; on a unary call it keeps the last report in the response metadata.
     """
@@ -90,6 +91,17 @@ class ToolContext:
     call_id: str = ""
     cancel_event: CancelEvent = field(default_factory=CancelEvent)
     progress_sink: Callable[[dict[str, Any]], None] | None = None
+    trace_id: str = ""
+    _call_span: Any = None  # python_worker.tracing.CallSpan, when OpenTelemetry is installed
+
+    @property
+    def span(self) -> Any:
+        """The call's OpenTelemetry span (``krait.tool <name>``), to add events and attributes to; the tool runs
+        with it current, so spans it starts are its children. ``INVALID_SPAN`` (which records nothing) when
+        spans are off; None without OpenTelemetry."""
+        from ..tracing import current_span
+
+        return current_span(self)
 
     @property
     def cancelled(self) -> bool:

@@ -5,6 +5,8 @@ A worker stops on SIGTERM/SIGINT, and by itself when its stdin (a pipe from its 
 so no worker outlives a crashed supervisor; it is gone within its grace either way, with the processes its tools
 started (see shutdown.py). Readiness is announced once serving: over the link as a READY frame; otherwise on
 stdout as ``KRAIT_READY {"port": ..., "pid": ..., "worker_id": ..., "adapter": ...}``, and in the ready file.
+With ``--metrics-port``, the worker's Prometheus metrics are served at ``/metrics`` on that port (announced as
+``metrics_port`` in both).
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import tracing
 from ..engine import Engine, aio_runner
 from ..engine.sessions import DEFAULT_MAX_SESSIONS, SessionStore
+from ..metrics import WorkerMetrics, serve_http
 from ..proto import pb
 from ..sdk import AdapterPathError, BaseAdapter, load_adapter
 from ..transports.grpc.security import SecurityConfigError, ServerSecurity
@@ -56,6 +60,8 @@ class ServeOptions:
     process_group: bool | None = None  # None: lead a process group when stdin is watched (supervised)
     grace: float = 2.0
     security: ServerSecurity = field(default_factory=ServerSecurity)  # TLS, token, --insecure (gRPC only)
+    metrics_port: int | None = None  # serve /metrics on this port (0: a free one); None: no metrics endpoint
+    metrics: bool = True  # count calls (False: nothing counted, the Metrics call answers empty)
 
 
 def _watch_stdin(shutdown: Shutdown) -> None:
@@ -79,8 +85,11 @@ def _should_watch_stdin() -> bool:
     return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
-def _announce(options: ServeOptions, port: int) -> None:
-    info = {"port": port, "pid": os.getpid(), "worker_id": options.worker_id, "adapter": options.adapter}
+def _announce(options: ServeOptions, port: int, metrics_port: int | None) -> None:
+    info: dict[str, object] = {"port": port, "pid": os.getpid(), "worker_id": options.worker_id}
+    info["adapter"] = options.adapter
+    if metrics_port is not None:
+        info["metrics_port"] = metrics_port
     line = json.dumps(info)
     if options.ready_file:
         path = Path(options.ready_file)
@@ -117,6 +126,9 @@ def serve(options: ServeOptions, link: FrameWriter | None = None) -> int:
     if watch_stdin:
         threading.Thread(target=_watch_stdin, args=(shutdown,), name="stdin-watch", daemon=True).start()
 
+    # before the adapter loads: its own metrics (sdk.metrics) go on the same registry
+    metrics = WorkerMetrics() if options.metrics else None
+    tracing.configure_from_env()
     adapter = _load(options.adapter)
     sessions = SessionStore(ttl=options.session_ttl, on_end=adapter.on_session_end, max_sessions=options.max_sessions)
     sessions.start_sweeping()
@@ -127,7 +139,21 @@ def serve(options: ServeOptions, link: FrameWriter | None = None) -> int:
         sessions=sessions,
         max_calls=options.max_calls,
         max_message_bytes=options.max_message_bytes,
+        metrics=metrics,
     )
+    metrics_server = None
+    metrics_port: int | None = None
+    if options.metrics_port is not None and metrics is None:
+        log.error("--metrics-port needs the metrics that --no-metrics turns off")
+        exit_now(2)
+    if options.metrics_port is not None and metrics is not None and not shutdown.requested:
+        try:
+            metrics_server, metrics_port = serve_http(options.metrics_port, options.host, metrics.registry)
+        except OSError as exc:
+            log.error("cannot serve metrics on %s:%d: %s", options.host, options.metrics_port, exc)
+            sessions.close()
+            stop_group()
+            exit_now(1)
     grpc_server = None
     if serves_grpc:
 
@@ -155,13 +181,15 @@ def serve(options: ServeOptions, link: FrameWriter | None = None) -> int:
         port = grpc_server.start() if grpc_server is not None else None
         if link_server is not None and link is not None:
             link_server.start()
-            metadata = {"grpc_port": str(port)} if port is not None else None
+            metadata = {"grpc_port": str(port)} if port is not None else {}
+            if metrics_port is not None:
+                metadata["metrics_port"] = str(metrics_port)
             ready = engine.ping(pb.PingRequest(message="ready"))
-            link.send(0, READY, ready.SerializeToString(), metadata=metadata)
+            link.send(0, READY, ready.SerializeToString(), metadata=metadata or None)
             log.info("serving %s over the link%s", options.adapter, f" and on {options.host}:{port}" if port else "")
         elif port is not None:
             log.info("serving %s on %s:%d (%s)", options.adapter, options.host, port, options.security.describe())
-            _announce(options, port)
+            _announce(options, port, metrics_port)
 
     log.info("stopping: %s", shutdown.wait())
     # in-flight calls get half the grace to finish, then they are cancelled (their generators closed, their
@@ -173,6 +201,8 @@ def serve(options: ServeOptions, link: FrameWriter | None = None) -> int:
             _drain(engine, options.grace / 2, shutdown)
         link_server.cancel_all("the worker is stopping")
     aio_runner.shutdown(min(options.grace / 2, shutdown.remaining()))
+    if metrics_server is not None:
+        metrics_server.shutdown()
     _close(adapter, sessions)
     stuck = engine.calls_in_flight()
     stop_group(wait=min(GROUP_TERM_WAIT_S, shutdown.remaining()))

@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from python_worker.client import Client  # noqa: E402
 from python_worker.transports.grpc.aux_streams import MAX_AUX_STREAMS  # noqa: E402
+from scripts.benchmarks import observability  # noqa: E402
 from scripts.benchmarks.raw_grpc import RawClient  # noqa: E402
 from tests.workers import running_worker  # noqa: E402
 
@@ -395,6 +396,7 @@ def table(r: dict[str, float]) -> list[tuple[str, str, str, str]]:
         "n/a" if added is None else f"{added:+.0f} µs",
         "<= +100 µs",
     )
+    rows.extend(observability.rows(get))
     return rows
 
 
@@ -447,6 +449,7 @@ def main() -> int:
     results: dict[str, Any] = {"concurrent_streams": cfg["concurrent_streams"]}
     if not ns.elixir_only:
         results.update(python_benchmarks(cfg, runs))
+        results.update(observability.observability_benchmarks(cfg, runs))
     if not ns.python_only:
         results.update(elixir_benchmarks(cfg))
     rows = table(results)

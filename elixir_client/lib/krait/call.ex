@@ -18,7 +18,7 @@ defmodule Krait.Call do
   for the call carry it (`call_id` Logger metadata) and so do errors (`details.call_id`).
   """
 
-  alias Krait.{Chunk, Error, Payload}
+  alias Krait.{Chunk, Error, Payload, Telemetry}
   alias Krait.Pool.{Lease, Scheduler}
 
   @unary_path "/krait.v1.ToolWorker/ExecuteTool"
@@ -60,6 +60,20 @@ defmodule Krait.Call do
       type: :metadata,
       default: %{},
       doc: "strings passed to the tool's context (`ctx.metadata`)"
+    ],
+    chunk_events: [
+      type: :boolean,
+      default: false,
+      doc:
+        "emit a `[:krait, :call, :chunk]` event for each batch of stream messages received (off by " <>
+          "default: it is the hot path; see `Krait.Telemetry`)"
+    ],
+    trace_context: [
+      type: :any,
+      default: nil,
+      doc:
+        "W3C trace context for the call: a `traceparent` string or a map with `\"traceparent\"` " <>
+          "and `\"tracestate\"` (default: the caller's OpenTelemetry context; see `Krait.Tracing`)"
     ]
   ]
 
@@ -71,7 +85,10 @@ defmodule Krait.Call do
           session_id: String.t() | nil,
           affinity: Scheduler.affinity(),
           metadata: %{optional(String.t()) => String.t()},
-          call_id: String.t()
+          call_id: String.t(),
+          trace_headers: %{optional(String.t()) => String.t()},
+          trace_context: Krait.Tracing.context(),
+          chunk_events: boolean()
         }
 
   @doc "The call options' declaration (its table is in `Krait`'s docs)."
@@ -85,11 +102,13 @@ defmodule Krait.Call do
   def execute(tool, args, opts) do
     with {:ok, o} <- options(opts),
          {:ok, request} <- build_request(tool, args, o) do
-      o
-      |> with_lease(fn lease -> unary(lease, @unary_path, request, o, tool) end)
-      |> explain_wrong_rpc(
-        "a streaming tool: call it with Krait.execute_stream/4 or Krait.stream/3"
-      )
+      Telemetry.span(event_meta(o, tool, :unary), fn ->
+        o
+        |> with_lease(fn lease -> unary(lease, @unary_path, request, o, tool) end)
+        |> explain_wrong_rpc(
+          "a streaming tool: call it with Krait.execute_stream/4 or Krait.stream/3"
+        )
+      end)
     end
   end
 
@@ -99,13 +118,15 @@ defmodule Krait.Call do
   def execute_stream(tool, args, callback, opts) when is_function(callback, 1) do
     with {:ok, o} <- options(opts),
          {:ok, request} <- build_request(tool, args, o) do
-      o
-      |> with_lease(fn lease ->
-        with {:ok, s} <- open(lease, @stream_path, request, o, tool) do
-          stream_loop(s, callback, o, false)
-        end
+      Telemetry.span(event_meta(o, tool, :stream), fn ->
+        o
+        |> with_lease(fn lease ->
+          with {:ok, s} <- open(lease, @stream_path, request, o, tool) do
+            stream_loop(s, callback, o, false)
+          end
+        end)
+        |> explain_wrong_rpc("not a streaming tool: call it with Krait.execute/3")
       end)
-      |> explain_wrong_rpc("not a streaming tool: call it with Krait.execute/3")
     end
   end
 
@@ -133,7 +154,7 @@ defmodule Krait.Call do
 
     Stream.resource(
       fn -> lazy_start(tool, request, o, wrong_rpc) end,
-      &lazy_next/1,
+      &lazy_next_noting_error/1,
       &lazy_after/1
     )
   end
@@ -211,21 +232,29 @@ defmodule Krait.Call do
       {:ok, o} ->
         session = if o.session_id in [nil, ""], do: nil, else: to_string(o.session_id)
 
-        if session != nil and byte_size(session) > @max_session_bytes do
-          invalid(
-            "option :session_id is #{byte_size(session)} bytes; at most #{@max_session_bytes}"
-          )
-        else
-          {:ok,
-           %{
-             o
-             | session_id: session,
-               metadata: Map.new(o.metadata, fn {k, v} -> {to_string(k), to_string(v)} end)
-           }
-           |> Map.merge(%{
-             deadline: if(o.timeout == :infinity, do: :infinity, else: now() + o.timeout),
-             call_id: new_call_id()
-           })}
+        trace = Krait.Tracing.headers(o.trace_context, o.pool)
+
+        cond do
+          session != nil and byte_size(session) > @max_session_bytes ->
+            invalid(
+              "option :session_id is #{byte_size(session)} bytes; at most #{@max_session_bytes}"
+            )
+
+          match?({:error, _}, trace) ->
+            invalid(elem(trace, 1))
+
+          true ->
+            {:ok,
+             %{
+               o
+               | session_id: session,
+                 metadata: Map.new(o.metadata, fn {k, v} -> {to_string(k), to_string(v)} end)
+             }
+             |> Map.merge(%{
+               deadline: if(o.timeout == :infinity, do: :infinity, else: now() + o.timeout),
+               call_id: new_call_id(),
+               trace_headers: elem(trace, 1)
+             })}
         end
 
       {:error, message} ->
@@ -279,7 +308,7 @@ defmodule Krait.Call do
   # the call never reached the worker (which died): that worker is checked in as lost and the call
   # tried again on another, within the deadline.
   defp with_lease(o, fun, attempt \\ 1) do
-    case Scheduler.checkout(o.pool, o.session_id, o.affinity, o.deadline) do
+    case checkout(o) do
       {:ok, lease} ->
         result =
           try do
@@ -312,6 +341,31 @@ defmodule Krait.Call do
     end
   end
 
+  defp checkout(o) do
+    start = System.monotonic_time()
+    result = Scheduler.checkout(o.pool, o.session_id, o.affinity, o.deadline)
+    Telemetry.checkout(o.pool, o.session_id, System.monotonic_time() - start, result)
+    result
+  end
+
+  defp event_meta(o, tool, kind),
+    do: %{
+      pool: o.pool,
+      tool: to_string(tool),
+      call_id: o.call_id,
+      session_id: o.session_id,
+      kind: kind,
+      trace_id: Krait.Tracing.trace_id(o.trace_headers)
+    }
+
+  defp chunk_event(o, ctx, payloads, bytes),
+    do:
+      Telemetry.chunk(
+        %{pool: o.pool, tool: ctx.tool_name, call_id: o.call_id},
+        length(payloads),
+        bytes
+      )
+
   defp pool_error(reason, o), do: Error.pool(reason, %{pool: o.pool, call_id: o.call_id})
 
   # The worker answers a call through the wrong entry point with FAILED_PRECONDITION and a
@@ -335,7 +389,8 @@ defmodule Krait.Call do
       remaining ->
         mon = Process.monitor(conn)
         timeout_opt = if remaining == :infinity, do: [], else: [timeout: remaining]
-        stream_opts = [owner: self(), metadata: %{@call_id_header => o.call_id}] ++ timeout_opt
+        metadata = Map.put(o.trace_headers, @call_id_header, o.call_id)
+        stream_opts = [owner: self(), metadata: metadata] ++ timeout_opt
 
         try do
           channel.start_stream(conn, path, request, stream_opts)
@@ -363,6 +418,7 @@ defmodule Krait.Call do
     receive do
       {:krait_stream, ^ref, {:messages, payloads, bytes}} ->
         s.channel.ack(conn, ref, bytes)
+        if o.chunk_events, do: chunk_event(o, s.ctx, payloads, bytes)
 
         case deliver(payloads, callback, s.ctx, o.deadline) do
           :ok ->
@@ -553,12 +609,40 @@ defmodule Krait.Call do
   defp lazy_start(tool, request, o, wrong_rpc) do
     # The deadline counts from the start of enumeration.
     o = if o.timeout == :infinity, do: o, else: %{o | deadline: now() + o.timeout}
-    st = %{tool: tool, request: request, o: o, wrong_rpc: wrong_rpc, attempt: 1, delivered: false}
-    lazy_open(st)
+    meta = event_meta(o, tool, :stream)
+    started = Telemetry.call_start(meta)
+
+    st = %{
+      tool: tool,
+      request: request,
+      o: o,
+      wrong_rpc: wrong_rpc,
+      attempt: 1,
+      delivered: false,
+      event: {started, meta}
+    }
+
+    try do
+      lazy_open(st)
+    rescue
+      e in Error ->
+        Telemetry.call_stop(started, meta, {:error, e})
+        reraise e, __STACKTRACE__
+    end
+  end
+
+  # Stream.resource/3 runs lazy_after/1 with the state from before a raise: the error is kept for it
+  # in the process dictionary, under the call's id.
+  defp lazy_next_noting_error(st) do
+    lazy_next(st)
+  rescue
+    e in Error ->
+      Process.put({__MODULE__, :stream_error, st.o.call_id}, e)
+      reraise e, __STACKTRACE__
   end
 
   defp lazy_open(%{o: o} = st) do
-    case Scheduler.checkout(o.pool, o.session_id, o.affinity, o.deadline) do
+    case checkout(o) do
       {:ok, lease} ->
         case open(lease, @stream_path, st.request, o, st.tool) do
           {:ok, s} ->
@@ -599,6 +683,7 @@ defmodule Krait.Call do
     receive do
       {:krait_stream, ^ref, {:messages, payloads, bytes}} ->
         s.channel.ack(conn, ref, bytes)
+        if o.chunk_events, do: chunk_event(o, s.ctx, payloads, bytes)
 
         case decode_chunks(payloads, s.ctx) do
           {:ok, chunks} -> {chunks, %{st | delivered: st.delivered or chunks != []}}
@@ -628,9 +713,14 @@ defmodule Krait.Call do
 
   defp lazy_failed(st, {:error, error}), do: lazy_raise(%{st | s: :done}, st.lease, error)
 
-  defp lazy_after(%{s: s, lease: lease}) do
+  defp lazy_after(%{s: s, lease: lease, event: {started, meta}} = st) do
     if s != :done, do: cancel(s)
     Scheduler.checkin(lease)
+
+    case Process.delete({__MODULE__, :stream_error, st.o.call_id}) do
+      nil -> Telemetry.call_stop(started, meta, :ok)
+      error -> Telemetry.call_stop(started, meta, {:error, error})
+    end
   end
 
   ## Helpers

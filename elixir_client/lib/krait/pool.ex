@@ -100,10 +100,13 @@ defmodule Krait.Pool do
 
   @impl true
   def init(config) do
-    children = [
-      {DynamicSupervisor, strategy: :one_for_one, name: config.worker_sup},
-      {Krait.Pool.Scheduler, config}
-    ]
+    Krait.Metrics.setup(config)
+
+    children =
+      [
+        {DynamicSupervisor, strategy: :one_for_one, name: config.worker_sup},
+        {Krait.Pool.Scheduler, config}
+      ] ++ Krait.Metrics.HTTP.children(config)
 
     # The scheduler's state describes the workers: if either goes, both restart.
     Supervisor.init(children, strategy: :one_for_all, max_restarts: 3, max_seconds: 5)

@@ -132,8 +132,17 @@ defmodule Krait.Worker do
   defp transport_port_opts(:link), do: [{:packet, 4}]
   defp transport_port_opts(:grpc), do: [:stderr_to_stdout, {:line, 16_384}]
 
+  @doc "The channel to a ready worker (what `Krait.Metrics` fetches its metrics through)."
+  @spec ready_channel(pid()) :: {:ok, Krait.Channel.t()} | {:error, :not_ready}
+  def ready_channel(worker), do: GenServer.call(worker, :channel)
+
   @impl true
   def handle_call(:os_pid, _from, state), do: {:reply, state.os_pid, state}
+
+  def handle_call(:channel, _from, %{status: :ready} = state),
+    do: {:reply, {:ok, channel(state)}, state}
+
+  def handle_call(:channel, _from, state), do: {:reply, {:error, :not_ready}, state}
 
   # A caller saw this worker's connection or process die during a call (the pool has already taken
   # it out): stop, and take the OS process down if it is still there.

@@ -41,6 +41,9 @@ class ToolWorkerServicer(pb_grpc.ToolWorkerServicer):
     def ListTools(self, request: Any, context: grpc.ServicerContext) -> Any:
         return self.engine.list_tools(request)
 
+    def Metrics(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self.engine.metrics_text(request)
+
     def InitializeSession(self, request: Any, context: grpc.ServicerContext) -> Any:
         try:
             return self.engine.initialize_session(request)

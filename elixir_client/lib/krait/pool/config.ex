@@ -151,6 +151,21 @@ defmodule Krait.Pool.Config do
         "with `transport: :link`, also serve each worker's gRPC service on a loopback port (shown as " <>
           "`grpc_port` in `Krait.Pool.stats/1`), for debugging or callers in other languages"
     ],
+    trace: [
+      type: :boolean,
+      default: false,
+      doc:
+        "start a W3C trace for each call that has none (`:trace_context` or the caller's " <>
+          "OpenTelemetry context), so every call's worker span has a trace id (see `Krait.Tracing`)"
+    ],
+    metrics_port: [
+      type: {:or, [{:in, [nil]}, :non_neg_integer]},
+      default: nil,
+      doc:
+        "serve the pool's Prometheus metrics and its workers' (`Krait.Metrics.prometheus/1`) at " <>
+          "`/metrics` on this loopback port through `:inets` (0 picks a free one: " <>
+          "`Krait.Metrics.HTTP.port/1`); `nil`: no endpoint"
+    ],
     worker_module: [type: :atom, default: Krait.Worker, doc: false]
   ]
 
@@ -167,6 +182,8 @@ defmodule Krait.Pool.Config do
     :worker,
     :id_prefix,
     :worker_sup,
+    :metrics_port,
+    trace: false,
     worker_module: Krait.Worker,
     dns_interval: 30_000,
     cluster: false,
@@ -209,6 +226,8 @@ defmodule Krait.Pool.Config do
           worker_module: module(),
           calls_per_worker: pos_integer(),
           cluster: boolean(),
+          metrics_port: non_neg_integer() | nil,
+          trace: boolean(),
           max_queue: non_neg_integer(),
           backoff_min: pos_integer(),
           backoff_max: pos_integer(),
@@ -285,6 +304,8 @@ defmodule Krait.Pool.Config do
          worker_module: o.worker_module,
          calls_per_worker: o.calls_per_worker,
          cluster: o.cluster,
+         metrics_port: o.metrics_port,
+         trace: o.trace,
          max_queue: o.max_queue,
          backoff_min: o.backoff_min,
          backoff_max: max(o.backoff_max, o.backoff_min),

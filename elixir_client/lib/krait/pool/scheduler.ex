@@ -275,6 +275,8 @@ defmodule Krait.Pool.Scheduler do
           worker_id: info.worker_id
         )
 
+        Krait.Telemetry.worker_up(state.name, info.worker_id, info.os_pid)
+
         w = %{
           w
           | status: :idle,
@@ -765,6 +767,7 @@ defmodule Krait.Pool.Scheduler do
     }
 
     level = if w.status == :starting, do: :error, else: :warning
+    Krait.Telemetry.worker_down(state.name, wid, reason, w.status)
 
     Logger.log(level, "Krait worker #{wid} exited (#{inspect(reason)}); restarting",
       worker_id: wid
