@@ -78,8 +78,10 @@ def test_deadline_cancels_a_stream(client: Client) -> None:
     with pytest.raises(DeadlineExceededError):
         list(client.stream("endless_stream", {"tag": "deadline", "interval_ms": 100}, timeout=0.5))
     events = _events(client, "deadline", "finally")
-    assert "cancel_seen" in events
-    assert 0.4 < events["cancel_seen"] - started < 0.5 + PROMPT
+    # the flag wakes the tool in ctx.sleep (cancel_seen), or, when the deadline finds it handing over a chunk,
+    # the generator is closed at that yield: either way it stops promptly at the deadline
+    stopped = events.get("cancel_seen", events["finally"])
+    assert 0.4 < stopped - started < 0.5 + PROMPT
 
 
 def test_deadline_cancels_a_unary_tool(client: Client) -> None:
