@@ -65,4 +65,18 @@ defmodule Krait.Channel do
         {:error, :timeout}
     end
   end
+
+  @doc """
+  Starts a health check of a worker without blocking its process: a unary call of `path` made from a
+  process of its own, which sends `{:health, ref, result}` to the caller; a `{:health_deadline, ref}`
+  message follows `timeout + 500` ms later in case it never answers. Returns `{ref, pid, timer}`.
+  """
+  @spec start_health_check(t(), String.t(), iodata(), timeout()) ::
+          {reference(), pid(), reference()}
+  def start_health_check(channel, path, request, timeout) do
+    parent = self()
+    ref = make_ref()
+    pid = spawn(fn -> send(parent, {:health, ref, unary(channel, path, request, timeout)}) end)
+    {ref, pid, Process.send_after(parent, {:health_deadline, ref}, timeout + 500)}
+  end
 end

@@ -257,20 +257,17 @@ defmodule Krait.Worker do
   ## Health
 
   def handle_info(:health_check, %{status: :ready} = state) do
-    parent = self()
-    ref = make_ref()
-    timeout = state.opts.health_timeout
-    channel = channel(state)
     request = Krait.Proto.PingRequest.encode(%Krait.Proto.PingRequest{message: "health"})
-
     # The ping runs in its own process (its owner) while this one keeps routing frames.
-    pid =
-      spawn(fn ->
-        send(parent, {:health, ref, Krait.Channel.unary(channel, @ping_path, request, timeout)})
-      end)
+    health =
+      Krait.Channel.start_health_check(
+        channel(state),
+        @ping_path,
+        request,
+        state.opts.health_timeout
+      )
 
-    deadline = Process.send_after(self(), {:health_deadline, ref}, timeout + 500)
-    {:noreply, %{state | health: {ref, pid, deadline}}}
+    {:noreply, %{state | health: health}}
   end
 
   def handle_info({:health, ref, result}, %{health: {ref, _pid, deadline}} = state) do

@@ -299,19 +299,9 @@ defmodule Krait.Pool.Config do
          python: python,
          cwd: cwd,
          worker: worker,
-         id_prefix: o.name |> Atom.to_string() |> String.replace_prefix("Elixir.", ""),
-         worker_sup: Module.concat(o.name, WorkerSupervisor),
-         worker_module: o.worker_module,
-         calls_per_worker: o.calls_per_worker,
-         cluster: o.cluster,
-         metrics_port: o.metrics_port,
-         trace: o.trace,
-         max_queue: o.max_queue,
-         backoff_min: o.backoff_min,
-         backoff_max: max(o.backoff_max, o.backoff_min),
-         session_ttl: o.session_ttl,
-         lease_grace: o.lease_grace
-       }}
+         worker_module: o.worker_module
+       }
+       |> Map.merge(common(o))}
     end
   end
 
@@ -334,19 +324,28 @@ defmodule Krait.Pool.Config do
          endpoints: endpoints,
          dns_interval: o.dns_interval,
          worker: worker,
-         id_prefix: o.name |> Atom.to_string() |> String.replace_prefix("Elixir.", ""),
-         worker_sup: Module.concat(o.name, WorkerSupervisor),
          worker_module:
-           if(o.worker_module == Krait.Worker, do: Krait.Worker.Remote, else: o.worker_module),
-         calls_per_worker: o.calls_per_worker,
-         cluster: o.cluster,
-         max_queue: o.max_queue,
-         backoff_min: o.backoff_min,
-         backoff_max: max(o.backoff_max, o.backoff_min),
-         session_ttl: o.session_ttl,
-         lease_grace: o.lease_grace
-       }}
+           if(o.worker_module == Krait.Worker, do: Krait.Worker.Remote, else: o.worker_module)
+       }
+       |> Map.merge(common(o))}
     end
+  end
+
+  # What local and remote pools configure alike (metrics and tracing included).
+  defp common(o) do
+    %{
+      id_prefix: o.name |> Atom.to_string() |> String.replace_prefix("Elixir.", ""),
+      worker_sup: Module.concat(o.name, WorkerSupervisor),
+      calls_per_worker: o.calls_per_worker,
+      cluster: o.cluster,
+      metrics_port: o.metrics_port,
+      trace: o.trace,
+      max_queue: o.max_queue,
+      backoff_min: o.backoff_min,
+      backoff_max: max(o.backoff_max, o.backoff_min),
+      session_ttl: o.session_ttl,
+      lease_grace: o.lease_grace
+    }
   end
 
   defp secret(nil), do: nil

@@ -146,18 +146,12 @@ defmodule Krait.Worker.Remote do
 
   @impl true
   def handle_info(:health_check, %{status: :ready} = state) do
-    parent = self()
-    ref = make_ref()
-    timeout = state.opts.health_timeout
     channel = {Connection, state.conn}
 
-    pid =
-      spawn(fn ->
-        send(parent, {:health, ref, Krait.Channel.unary(channel, @health_path, <<>>, timeout)})
-      end)
+    health =
+      Krait.Channel.start_health_check(channel, @health_path, <<>>, state.opts.health_timeout)
 
-    deadline = Process.send_after(self(), {:health_deadline, ref}, timeout + 500)
-    {:noreply, %{state | health: {ref, pid, deadline}}}
+    {:noreply, %{state | health: health}}
   end
 
   def handle_info({:health, ref, result}, %{health: {ref, _pid, deadline}} = state) do
