@@ -65,10 +65,12 @@ FMax = Annotated[float | None, Field(description="highest frequency shown, Hz; n
 
 class AudioAdapter(BaseAdapter):
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._ids = itertools.count(1)
-        self._open: dict[int, dict[str, Any]] = {}
-        self._closed: deque[dict[str, Any]] = deque(maxlen=32)
+        super().__init__()  # cooperative: a composite adapter (adapters.dashboard) inherits several adapters
+        # names prefixed _streams: a composite shares one instance namespace with the other adapters
+        self._streams_lock = threading.Lock()
+        self._stream_ids = itertools.count(1)
+        self._open_streams: dict[int, dict[str, Any]] = {}
+        self._closed_streams: deque[dict[str, Any]] = deque(maxlen=32)
 
     # -- the common stream body ------------------------------------------------------------------------------
     def _stream(
@@ -99,12 +101,17 @@ class AudioAdapter(BaseAdapter):
             sample_rate=sample_rate,
             channels=channels,
         )
-        stream_id = next(self._ids)
+        stream_id = next(self._stream_ids)
         outcome = "error"
         try:
             src.open()
-            with self._lock:
-                self._open[stream_id] = {"id": stream_id, "tool": tool_name, "opened_at": time.time(), **src.describe()}
+            with self._streams_lock:
+                self._open_streams[stream_id] = {
+                    "id": stream_id,
+                    "tool": tool_name,
+                    "opened_at": time.time(),
+                    **src.describe(),
+                }
             analyser = make_analyser(src.sample_rate, src.channels)
             yield from runner.run(
                 src,
@@ -121,11 +128,11 @@ class AudioAdapter(BaseAdapter):
             raise
         finally:
             src.close()
-            with self._lock:
-                entry = self._open.pop(stream_id, None)
+            with self._streams_lock:
+                entry = self._open_streams.pop(stream_id, None)
                 if entry is not None:
                     entry.update(src.describe(), closed_at=time.time(), outcome=outcome, released=src.released)
-                    self._closed.append(entry)
+                    self._closed_streams.append(entry)
 
     # -- streams ---------------------------------------------------------------------------------------------
     @tool(supports_streaming=True)
@@ -371,5 +378,8 @@ class AudioAdapter(BaseAdapter):
     @tool
     def active_streams(self) -> dict[str, list[dict[str, Any]]]:
         """Streams with an open source now ("open"), and how the last 32 ended ("closed": outcome, released)."""
-        with self._lock:
-            return {"open": [dict(e) for e in self._open.values()], "closed": [dict(e) for e in self._closed]}
+        with self._streams_lock:
+            return {
+                "open": [dict(e) for e in self._open_streams.values()],
+                "closed": [dict(e) for e in self._closed_streams],
+            }

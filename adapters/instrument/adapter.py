@@ -53,6 +53,7 @@ class InstrumentAdapter(BaseAdapter):
     ``KRAIT_STATION_DIR`` environment variable; neither: no station files)."""
 
     def __init__(self, station_dir: str | os.PathLike[str] | None = None) -> None:
+        super().__init__()  # cooperative: a composite adapter (adapters.dashboard) inherits several adapters
         # QCoDeS instruments loaded from station files, open for the worker's life
         self.stations = StationCache(StationDirectory(station_dir))
         self.registry = MonitorRegistry()
@@ -60,11 +61,15 @@ class InstrumentAdapter(BaseAdapter):
         self._hearing_sets = False
 
     def setup(self) -> None:
+        super().setup()
         if "qcodes" in sys.modules:  # a subclass built instruments already: record their sets from now on
             self._hear_sets()
 
     def close(self) -> None:
-        self.stations.close()
+        try:
+            self.stations.close()
+        finally:
+            super().close()
 
     def _hear_sets(self) -> None:
         if not self._hearing_sets:

@@ -39,6 +39,7 @@ def _session_models(ctx: ToolContext | None, tool_name: str) -> SessionModels:
 
 class MLAdapter(BaseAdapter):
     def setup(self) -> None:
+        super().setup()  # cooperative: a composite adapter (adapters.dashboard) inherits several adapters
         load_split()  # import scikit-learn and load the digits once, before the worker reports ready
 
     @tool(

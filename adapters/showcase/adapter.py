@@ -31,6 +31,7 @@ class QuotaExceeded(Exception):
 
 class ShowcaseAdapter(BaseAdapter):
     def __init__(self) -> None:
+        super().__init__()  # cooperative: a composite adapter (adapters.dashboard) inherits several adapters
         # what happened to streams, by tag: lets a caller check that cancellation reached the tool
         self._events: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
