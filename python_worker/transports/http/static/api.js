@@ -1,0 +1,49 @@
+// The worker's plain HTTP routes: auth state, login/logout, the tool list (docs/http.md).
+// Requests go to the page's own origin; the session cookie (HttpOnly, set by /v1/login) authenticates them,
+// so the token is sent once, in a POST body, and never in a URL.
+
+/** An error the worker sent as {"error": {type, message, code, details?, traceback?}}, or a transport failure. */
+export class ApiError extends Error {
+  constructor(status, error) {
+    super(error.message || `HTTP ${status}`);
+    this.status = status;
+    this.code = error.code || "UNKNOWN";
+    this.type = error.type || "";
+    this.details = error.details;
+    this.traceback = error.traceback;
+  }
+}
+
+async function request(method, path, body) {
+  const init = { method, credentials: "same-origin", headers: { Accept: "application/json" } };
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  let response;
+  try {
+    response = await fetch(path, init);
+  } catch (err) {
+    throw new ApiError(0, { code: "UNAVAILABLE", message: `cannot reach the worker: ${err.message}` });
+  }
+  if (response.status === 204) return null;
+  const text = await response.text();
+  let payload = null;
+  try {
+    payload = text ? JSON.parse(text) : null;
+  } catch {
+    payload = null;
+  }
+  if (!response.ok) {
+    const error = payload && payload.error ? payload.error : { message: text.slice(0, 200) || response.statusText };
+    throw new ApiError(response.status, error);
+  }
+  return payload;
+}
+
+/** {required, authenticated} */
+export const authState = () => request("GET", "/v1/auth");
+export const login = (token) => request("POST", "/v1/login", { token });
+export const logout = () => request("POST", "/v1/logout");
+/** {worker_id, adapter, tools: [{name, description, streaming, parameters, result}]} */
+export const listTools = () => request("GET", "/v1/tools");
