@@ -63,6 +63,9 @@ def test_pip_install_gives_a_worker_that_serves_a_users_adapters_package(tmp_pat
     names = zipfile.ZipFile(wheel).namelist()
     assert "python_worker/_generated/krait/v1/worker_pb2_grpc.py" in names
     assert "python_worker/py.typed" in names and "krait_adapters/showcase/adapter.py" in names
+    page = "python_worker/transports/http/static/"  # the live page, served at / by serve --http-port
+    assert {f"{page}{f}" for f in ("index.html", "main.js", "socket.js", "views.js", "style.css")} <= set(names)
+    assert "krait_adapters/dashboard/adapter.py" in names
     assert not any(n.startswith("adapters/") for n in names)
 
     _run(*pip, "install", source, cwd=tmp_path)

@@ -29,8 +29,10 @@ function ticks(lo, hi, count = 5) {
   return out;
 }
 
-function label(v) {
+/** A tick label: as many decimals as the tick step needs (440.01 vs 440.02), SI prefixes for big values. */
+function label(v, step = 0) {
   const a = Math.abs(v);
+  if (step > 0 && step < 1 && a < 1e4) return v.toFixed(Math.min(12, Math.ceil(-Math.log10(step) - 1e-9)));
   if (a >= 1e9) return `${+(v / 1e9).toPrecision(3)}G`;
   if (a >= 1e6) return `${+(v / 1e6).toPrecision(3)}M`;
   if (a >= 1e4) return `${+(v / 1e3).toPrecision(3)}k`;
@@ -56,6 +58,8 @@ function prepare(canvas) {
 const PAD = { left: 52, right: 10, top: 20, bottom: 22 };
 
 function axes(ctx, box, xTicks, yTicks, xPos, yPos, xFormat = label) {
+  const yStep = yTicks.length > 1 ? yTicks[1] - yTicks[0] : 0;
+  const xStep = xTicks.length > 1 ? xTicks[1] - xTicks[0] : 0;
   ctx.strokeStyle = "rgba(128,128,128,0.25)";
   ctx.fillStyle = "#8a93a3";
   ctx.font = "11px system-ui, sans-serif";
@@ -68,7 +72,7 @@ function axes(ctx, box, xTicks, yTicks, xPos, yPos, xFormat = label) {
     ctx.moveTo(box.left, y);
     ctx.lineTo(box.right, y);
     ctx.stroke();
-    ctx.fillText(label(t), box.left - 6, y);
+    ctx.fillText(label(t, yStep), box.left - 6, y);
   }
   ctx.textAlign = "center";
   ctx.textBaseline = "top";
@@ -78,7 +82,7 @@ function axes(ctx, box, xTicks, yTicks, xPos, yPos, xFormat = label) {
     ctx.moveTo(x, box.top);
     ctx.lineTo(x, box.bottom);
     ctx.stroke();
-    ctx.fillText(xFormat(t), x, box.bottom + 4);
+    ctx.fillText(xFormat(t, xStep), x, box.bottom + 4);
   }
 }
 

@@ -67,6 +67,7 @@ function kindOf(schema) {
   return "json";
 }
 
+// the property's own title (pydantic's "Max Rate Hz"), else its name: not a referenced model's ("SignalSpec")
 const title = (name, schema) => schema.title || name.replaceAll("_", " ");
 
 function help(schema) {
@@ -104,14 +105,14 @@ function field(name, schema, root, required, path) {
   const kind = kindOf(inner);
   const id = `f${++uid}`;
   const def = schema.default !== undefined ? schema.default : inner.default;
-  const label = el("label", { for: id }, title(name, inner), required ? el("span", { class: "req", text: " *" }) : null);
+  const label = el("label", { for: id }, title(name, schema), required ? el("span", { class: "req", text: " *" }) : null);
   const wrap = (control, extra = null) =>
     el("div", { class: `field field-${kind}`, "data-field": path }, label, control, extra, help(schema));
   const attrs = { id, name: path, "data-param": path, required: required && !nullable };
 
   if (kind === "object") {
     const sub = form(inner, root, `${path}.`);
-    const box = el("fieldset", { class: "nested", "data-param": path }, el("legend", { text: title(name, inner) }), help(schema), sub.node);
+    const box = el("fieldset", { class: "nested", "data-param": path }, el("legend", { text: title(name, schema) }), help(schema), sub.node);
     if (!nullable && required) return { node: box, read: sub.read };
     // optional object: off means "left out" (the tool's default, e.g. the audio tools' 440 Hz sine)
     const toggle = el("input", { type: "checkbox", id, "data-param-enable": path, checked: def !== null && def !== undefined });
@@ -119,7 +120,7 @@ function field(name, schema, root, required, path) {
     toggle.addEventListener("change", sync);
     sync();
     const node = el("div", { class: "field field-object", "data-field": path },
-      el("label", { class: "inline" }, toggle, ` set ${title(name, inner)}`), box);
+      el("label", { class: "inline" }, toggle, ` set ${title(name, schema)}`), box);
     return { node, read: () => (toggle.checked ? sub.read() : undefined) };
   }
 

@@ -113,6 +113,7 @@ export class Run {
     const details = error.details ? el("pre", { class: "details", text: JSON.stringify(error.details, null, 1) }) : null;
     const trace = error.traceback ? el("details", {}, el("summary", { text: "traceback" }), el("pre", { text: error.traceback })) : null;
     this.node.dataset.errorCode = error.code || "";
+    this.node.dataset.errorType = error.type || "";
     this.end(cancelled ? "cancelled" : "error", el("h4", { class: cancelled ? "" : "bad", text: title }), el("p", { class: "error-message", text: error.message }), details, trace);
   }
 }

@@ -249,6 +249,12 @@ class TableView {
   take(chunk) {
     const d = chunk.data;
     if (!isRecord(d) || !INSTRUMENT_TYPES.has(d.type)) return false;
+    // update_index has no gaps at the source: a gap here is deltas skipped by overflow=latest (stale cells)
+    if (isNum(d.update_index) && this.lastUpdate !== undefined && d.update_index > this.lastUpdate + 1) {
+      this.missed = (this.missed || 0) + d.update_index - this.lastUpdate - 1;
+      this.node.dataset.missedUpdates = String(this.missed);
+    }
+    if (isNum(d.update_index)) this.lastUpdate = d.update_index;
     if (d.type === "snapshot") d.readings.forEach((r) => this.fill(r));
     if (d.type === "delta") {
       (d.changes || []).forEach((c) => this.fill(c.reading, c.changed_fields || []));
@@ -258,6 +264,7 @@ class TableView {
     if (d.type === "end") this.status.textContent = `ended: ${d.reason} after ${d.polls} polls, ${d.updates} updates`;
     else if (d.type === "heartbeat") this.status.textContent = `alive: ${d.polls} polls`;
     else this.status.textContent = `update ${d.update_index} (poll ${d.poll_index})`;
+    if (this.missed) this.status.textContent += ` · ${this.missed} updates skipped to keep up: some cells may be stale (deliver every chunk to see all)`;
     this.node.dataset.rows = String(this.rows.size);
     count(this.node, "updates");
     return true;
