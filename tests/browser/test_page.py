@@ -164,3 +164,32 @@ def test_forms_check_input_and_errors_reach_the_page(page: Page) -> None:
     assert page.until_state(bad, "done", "error") == "error"
     assert page.one("[data-final] .error-message", bad).text
     page.screenshot("errors")
+
+
+def test_quick_start_runs_every_view_at_once_and_each_stops(page: Page) -> None:
+    page.logged_in(TOKEN)
+    presets = [page.attr(b, "data-preset") for b in page.all("#presets [data-preset]")]
+    assert {"training", "spectrum", "levels", "pitch", "spectrogram", "progress", "instruments", "all"} <= set(presets)
+    page.one('#presets [data-preset="all"]').click()
+    runs = page.wait(lambda d: len(page.all("article.run")) >= 7 and page.all("article.run"), "seven runs")
+    views = {
+        "train_model": '[data-chart="loss"]',
+        "stream_spectrum": '[data-view="spectrum"]',
+        "stream_levels": '[data-view="meter"]',
+        "stream_pitch": '[data-view="pitch"]',
+        "stream_spectrogram": '[data-view="spectrogram"]',
+        "stream_progress": '[data-view="progress"]',
+        "monitor": '[data-view="table"]',
+    }
+    for run in runs:
+        css = views[page.attr(run, "data-tool")]
+        page.wait(lambda d, run=run, css=css: page.all(css, run) and page.chunks(run) >= 3, f"{css} drawing")
+    page.driver.execute_script("window.scrollTo(0, 0)")
+    page.screenshot("quick-start")
+
+    for run in runs:
+        if page.state(run) == "running":
+            page.one('[data-action="stop"]', run).click()
+    for run in runs:  # a short one may have finished first
+        assert page.until_state(run, "cancelled", "done", "error") in ("cancelled", "done"), page.attr(run, "data-tool")
+    assert page.console_errors() == []

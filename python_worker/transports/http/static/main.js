@@ -4,6 +4,7 @@
 
 import { ApiError, authState, listTools, login, logout } from "./api.js";
 import { FormError, el, schemaForm } from "./form.js";
+import { available } from "./presets.js";
 import { Run } from "./run.js";
 import { CallSocket, socketUrl } from "./socket.js";
 
@@ -44,6 +45,7 @@ async function loadTools() {
     tools = listing.tools;
     $("#worker").textContent = `${listing.adapter} · ${listing.worker_id}`;
     renderTools();
+    renderPresets();
     document.body.dataset.tools = String(tools.length);
     const wanted = new URLSearchParams(location.hash.slice(1)).get("tool");
     if (wanted) select(wanted);
@@ -66,6 +68,21 @@ function renderTools() {
             el("span", { class: `badge ${t.streaming ? "stream" : "unary"}`, text: t.streaming ? "stream" : "unary" }))),
       ),
   );
+}
+
+function renderPresets() {
+  const presets = available(tools);
+  const buttons = presets.map((p) =>
+    el("button", { type: "button", "data-preset": p.id, title: `${p.tool} ${JSON.stringify(p.args)}`, text: p.label }),
+  );
+  const all = el("button", { type: "button", class: "start", "data-preset": "all", text: "Start all" });
+  const hint = presets.length ? "Choose a tool on the left, or start a ready-made run:" : "Choose a tool on the left.";
+  $("#presets").replaceChildren(el("span", { class: "muted", text: hint }), ...(presets.length ? [...buttons, all] : []));
+  $("#presets").hidden = false;
+  $("#presets").onclick = (event) => {
+    const id = event.target.closest("[data-preset]")?.dataset.preset;
+    for (const p of presets) if (id === "all" || id === p.id) launch(p.tool, p.args, { overflow: p.overflow || "latest", rate: 30 });
+  };
 }
 
 function select(name) {
@@ -106,11 +123,22 @@ function select(name) {
 }
 
 function startRun(tool, args, formNode) {
-  const request = { tool: tool.name, args, session: $("#session").value.trim() || undefined };
+  const delivery = tool.streaming
+    ? {
+        rate: Number(formNode.querySelector('[data-option="max_rate_hz"]').value),
+        overflow: formNode.querySelector('[data-option="overflow"]').value,
+      }
+    : {};
+  launch(tool.name, args, delivery);
+}
+
+/** Start a run of `name`; delivery: {rate (chunks/s, 0 = no limit), overflow} for a streaming tool. */
+function launch(name, args, { rate = 0, overflow } = {}) {
+  const tool = tools.find((t) => t.name === name);
+  const request = { tool: name, args, session: $("#session").value.trim() || undefined };
   if (tool.streaming) {
-    const rate = Number(formNode.querySelector('[data-option="max_rate_hz"]').value);
     if (rate > 0) request.max_rate_hz = rate;
-    request.overflow = formNode.querySelector('[data-option="overflow"]').value;
+    request.overflow = overflow;
   }
   const run = new Run(socket, request, { streaming: tool.streaming, onAuthLost: () => setAuth("login") });
   $("#runs").prepend(run.node);
