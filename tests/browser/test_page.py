@@ -193,3 +193,22 @@ def test_quick_start_runs_every_view_at_once_and_each_stops(page: Page) -> None:
     for run in runs:  # a short one may have finished first
         assert page.until_state(run, "cancelled", "done", "error") in ("cancelled", "done"), page.attr(run, "data-tool")
     assert page.console_errors() == []
+
+
+def test_numpy_chunks_arrive_as_binary_frames_and_are_drawn(page: Page) -> None:
+    page.logged_in(TOKEN)
+    spectrum = page.start("stream_spectrum", {"max_chunks": 5, "format": "npy"}, every_chunk=True)
+    arrays = page.start("stream_arrays", {"batches": 2, "batch_rows": 3, "cols": 4}, every_chunk=True)
+    for run in (spectrum, arrays):
+        assert page.until_state(run, "done", "error") == "done", page.one("[data-final]", run).text
+
+    plot = page.view(spectrum, "spectrum")  # a float32 (2, 256) array: frequencies, levels; the peak in metadata
+    assert (page.number(plot, "frames"), page.number(plot, "points")) == (5, 256)
+    assert page.number(plot, "peak-hz") == pytest.approx(440.0, abs=2.0)
+    text = page.one("pre", page.view(arrays, "text")).text
+    assert text.startswith("array <f4 shape (3, 4), min ") and page.chunks(arrays) == 2
+
+    form = page.choose("array_stats")  # arrays as arguments travel over gRPC and the link, not HTTP's JSON
+    page.one('[data-action="start"]', form).click()
+    assert "cannot be sent from the page" in page.one(".form-error", form).text
+    assert page.console_errors() == []

@@ -166,10 +166,11 @@ function field(name, schema, root, required, path) {
       placeholder: inner.items.type === "string" ? "a, b, c or a JSON list" : "1, 2.5, 3" });
     parse = (text) => parseList(text, inner.items.type, path);
   } else if (kind === "binary") {
-    // NumPy arguments accept a JSON list of numbers on the HTTP API; raw bytes cannot be typed into a page
-    const npy = inner.contentMediaType === "application/x-npy";
-    input = el("input", { ...attrs, type: "text", disabled: !npy, placeholder: npy ? "1, 2.5, 3" : "bytes: use a client library" });
-    parse = (text) => parseList(text, "number", path);
+    // the HTTP API takes JSON arguments only: NumPy arrays and bytes travel over gRPC, the link or Elixir
+    input = el("input", { ...attrs, type: "text", disabled: true, placeholder: "binary: not sent over HTTP" });
+    parse = () => {
+      throw new FormError(path, "a binary argument (NumPy array or bytes) cannot be sent from the page: use a client library");
+    };
   } else {
     input = el("textarea", { ...attrs, rows: 2, placeholder: "JSON" });
     input.value = def === undefined || def === null ? "" : JSON.stringify(def);
@@ -187,6 +188,8 @@ function field(name, schema, root, required, path) {
     node: wrap(input),
     read: () => {
       const text = input.value;
+      if (kind === "binary" && !required) return undefined;
+      if (kind === "binary") return parse(text);
       if (text.trim() === "" && kind !== "string") {
         if (required && !nullable) throw new FormError(path, "is required");
         return required ? null : undefined;

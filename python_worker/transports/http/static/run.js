@@ -4,7 +4,7 @@
 // (overflow=latest) as the final metadata reports them.
 
 import { el } from "./form.js";
-import { ViewSet } from "./views.js";
+import { ViewSet, describe } from "./views.js";
 
 let runs = 0;
 
@@ -102,7 +102,7 @@ export class Run {
   }
 
   result(result, metadata) {
-    const text = typeof result === "string" ? result : JSON.stringify(result, null, 1);
+    const text = describe(result);
     this.end("done", el("h4", { text: "Result" }), el("pre", { class: "result", "data-result": "", text }), metadataTable(metadata));
   }
 

@@ -24,6 +24,14 @@ export function decodeArray(header, bytes) {
   return { dtype: header.dtype, shape: header.shape, values: new Typed(copy) };
 }
 
+/** A unary result: an array result ({dtype, shape, base64}, content_type application/x-npy) as a typed array. */
+function decodeResult(message) {
+  const result = message.result;
+  if (message.content_type !== "application/x-npy" || !result || typeof result.base64 !== "string") return result;
+  const bytes = Uint8Array.from(atob(result.base64), (c) => c.charCodeAt(0));
+  return decodeArray(result, bytes.buffer);
+}
+
 /** One binary frame: 4-byte big-endian header length N, N bytes of JSON header, the raw array bytes. */
 export function decodeBinaryFrame(buffer) {
   const length = new DataView(buffer).getUint32(0, false);
@@ -113,7 +121,7 @@ export class CallSocket {
         return;
       case "result":
         this.calls.delete(message.id);
-        handlers.onResult(message.result, message.metadata || {});
+        handlers.onResult(decodeResult(message), message.metadata || {});
         return;
       case "error":
         this.calls.delete(message.id);

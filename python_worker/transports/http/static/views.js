@@ -328,11 +328,12 @@ class ChartsView {
 }
 
 // -- text: text/* chunks as lines, anything else as its latest JSON ---------------------------------------------
-function describe(data) {
+/** Text for any value: a string as is, an array's dtype, shape and range, anything else as JSON. */
+export function describe(data) {
   if (isArrayChunk(data)) {
     let [lo, hi] = [Infinity, -Infinity];
     for (const v of data.values) { const n = Number(v); if (n < lo) lo = n; if (n > hi) hi = n; }
-    return `array ${data.dtype} [${data.shape.join(" × ")}]${data.values.length ? `, min ${lo}, max ${hi}` : ""}`;
+    return `array ${data.dtype} shape (${data.shape.join(", ")})${data.values.length ? `, min ${lo}, max ${hi}` : ""}`;
   }
   return typeof data === "string" ? data : JSON.stringify(data, null, 1);
 }
