@@ -10,7 +10,17 @@ import { CallSocket, socketUrl } from "./socket.js";
 
 const $ = (selector) => document.querySelector(selector);
 const socket = new CallSocket(socketUrl());
-socket.onstate = (state) => (document.body.dataset.socket = state);
+socket.onstate = async (state) => {
+  document.body.dataset.socket = state;
+  if (state !== "closed" || !["ok", "open"].includes(document.body.dataset.auth)) return;
+  // a refused handshake (an expired session) looks like any closed socket: ask whether we are still logged in
+  try {
+    const auth = await authState();
+    if (auth.required && !auth.authenticated) setAuth("login");
+  } catch {
+    /* the worker is gone: the runs show it */
+  }
+};
 
 let tools = [];
 let current = null; // {tool, form}
