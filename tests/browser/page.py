@@ -67,7 +67,7 @@ class Page:
         self.one('[data-action="login"]').click()
 
     def logged_in(self, token: str) -> None:
-        if self.body("auth") == "login":
+        if self.body("auth") == "login" and self.one("#token").is_displayed():
             self.login(token)
         self.wait(lambda d: self.body("auth") in ("ok", "open") and int(self.body("tools") or 0) > 0, "tools listed")
 

@@ -29,7 +29,7 @@ def test_the_page_asks_for_the_token_and_keeps_it_out_of_urls_and_scripts(page: 
     page.screenshot("login-refused")
 
     page.login(TOKEN)
-    page.logged_in(TOKEN)
+    page.wait(lambda d: page.body("auth") == "ok" and int(page.body("tools") or 0) > 0, "logged in, tools listed")
     names = {page.attr(b, "data-tool") for b in page.all("button[data-tool]")}
     assert {"stream_progress", "train_model", "stream_spectrum", "monitor", "stream_levels"} <= names
 
@@ -48,13 +48,11 @@ def test_the_page_asks_for_the_token_and_keeps_it_out_of_urls_and_scripts(page: 
 
 def test_progress_training_and_a_spectrum_draw_as_they_run_and_end_with_their_final_state(page: Page) -> None:
     page.logged_in(TOKEN)
-    progress = page.start("stream_progress", {"steps": 40, "delay_ms": 50})
+    progress = page.start("stream_progress", {"steps": 100, "delay_ms": 100})  # 10 s
+    bar = page.view(progress, "progress")
+    page.wait(lambda d: 0 < page.number(bar, "value") < 100, "the progress bar part-way")  # it moves as it runs
     training = page.start("train_model", {"epochs": 6, "hidden": 16}, every_chunk=True)
     spectrum = page.start("stream_spectrum", {"max_chunks": 30})
-
-    # while they run: the progress bar moves, the charts gain points
-    bar = page.view(progress, "progress")
-    page.wait(lambda d: 0 < page.number(bar, "value") < 100, "the progress bar part-way")
     plot = page.view(spectrum, "spectrum")
     page.wait(lambda d: page.number(plot, "frames") >= 2, "spectrum frames arriving")
     page.screenshot("running")
@@ -117,7 +115,7 @@ def test_levels_pitch_and_an_instrument_monitor_get_their_own_views(page: Page) 
     page.logged_in(TOKEN)
     levels = page.start("stream_levels", {"max_chunks": 20})
     pitch = page.start("stream_pitch", {"max_chunks": 20})
-    monitor = page.start("monitor", {"poll_interval": 0.05, "max_polls": 40, "seed": 3})
+    monitor = page.start("monitor", {"poll_interval": 0.05, "max_polls": 40, "seed": 3}, every_chunk=True)
     for run in (levels, pitch, monitor):
         assert page.until_state(run, "done", "error", timeout=60) == "done", page.one("[data-final]", run).text
 

@@ -5,6 +5,8 @@
 // defaults and required. Anything else is a JSON text field. read() returns the arguments or throws a
 // FormError naming the field; an empty optional field is left out, so the tool's own default applies.
 
+import { el } from "./dom.js";
+
 export class FormError extends Error {
   constructor(path, message) {
     super(`${path}: ${message}`);
@@ -14,17 +16,6 @@ export class FormError extends Error {
 
 let uid = 0;
 
-function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attrs)) {
-    if (value === undefined || value === null || value === false) continue;
-    if (key === "class") node.className = value;
-    else if (key === "text") node.textContent = value;
-    else node.setAttribute(key, value === true ? "" : value);
-  }
-  node.append(...children.filter((c) => c !== null && c !== undefined));
-  return node;
-}
 
 function resolve(schema, root) {
   let current = schema;
@@ -226,4 +217,3 @@ export function schemaForm(parameters) {
   return built;
 }
 
-export { el };

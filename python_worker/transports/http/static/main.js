@@ -3,7 +3,8 @@
 // body[data-tools] (tools listed), body[data-socket] (open | closed).
 
 import { ApiError, authState, listTools, login, logout } from "./api.js";
-import { FormError, el, schemaForm } from "./form.js";
+import { el } from "./dom.js";
+import { FormError, schemaForm } from "./form.js";
 import { available } from "./presets.js";
 import { Run } from "./run.js";
 import { CallSocket, socketUrl } from "./socket.js";

@@ -3,7 +3,7 @@
 // data-chunks counts the chunks received, data-dropped the ones the worker left out to keep up
 // (overflow=latest) as the final metadata reports them.
 
-import { el } from "./form.js";
+import { el } from "./dom.js";
 import { ViewSet, describe } from "./views.js";
 
 let runs = 0;
