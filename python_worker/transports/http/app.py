@@ -62,7 +62,7 @@ class Front:
         self.executor = ThreadPoolExecutor(max_workers=engine.max_calls + 4, thread_name_prefix="http")
         self.stopping = False
         self._live: set[Callable[[BaseException], None]] = set()
-        self._tools = self._tools_body()
+        self.tools_body = self._tools_body()
 
     def _tools_body(self) -> bytes:
         listing = self.engine.list_tools()
@@ -206,7 +206,7 @@ def build_app(front: Front) -> Starlette:
         return response
 
     async def tools(request: Request) -> Response:
-        return Response(front._tools, media_type=JSON)
+        return Response(front.tools_body, media_type=JSON)
 
     def check_kind(name: str, streaming: bool) -> None:
         spec = engine.specs.get(name)
