@@ -24,11 +24,9 @@ import grpc
 import grpc.aio
 
 from . import codec
-from .client import Chunk, _translate, build_request
-from .proto import pb, pb_grpc
-from .transports.grpc.channel import channel_options
-from .transports.grpc.security import ClientTLS, client_metadata
-from .wire import Decoded, decode_batch
+from .client import Chunk, _Connection, _translate
+from .proto import pb
+from .wire import Decoded
 
 
 class AsyncChunkStream:
@@ -75,50 +73,14 @@ class AsyncChunkStream:
             self._call.cancel()
 
 
-class AsyncClient:
+class AsyncClient(_Connection):
     """A ``grpc.aio`` connection to one Krait worker at ``target`` (``host:port``).
 
     ``timeout`` (seconds) is the default deadline of every call; ``session_id`` the default session;
-    ``token`` and ``tls`` as for :class:`~python_worker.client.Client`.
+    ``token``, ``tls`` and ``channel`` (a ``grpc.aio.Channel``) as for :class:`~python_worker.client.Client`.
     """
 
-    def __init__(
-        self,
-        target: str,
-        *,
-        timeout: float | None = None,
-        session_id: str = "",
-        max_message_bytes: int = 64 << 20,
-        channel: grpc.aio.Channel | None = None,
-        token: str | None = None,
-        tls: ClientTLS | bool | None = None,
-    ) -> None:
-        self.target = target
-        self.timeout = timeout
-        self.session_id = session_id
-        self._owns_channel = channel is None
-        options = channel_options(max_message_bytes)
-        if channel is not None:
-            self._channel = channel
-        elif tls:
-            tls = tls if isinstance(tls, ClientTLS) else ClientTLS()
-            self._channel = grpc.aio.secure_channel(target, tls.credentials(), options=[*options, *tls.options()])
-        else:
-            self._channel = grpc.aio.insecure_channel(target, options=options)
-        self.token = token
-        self._auth = client_metadata(token)
-        self._stub = pb_grpc.ToolWorkerStub(self._channel)  # type: ignore[no-untyped-call]  # generated
-        self._batched = self._channel.unary_stream(
-            "/krait.v1.ToolWorker/ExecuteStreamingToolBatched",
-            request_serializer=pb.ExecuteToolRequest.SerializeToString,
-            response_deserializer=decode_batch,
-        )
-
-    def session(self, session_id: str) -> AsyncClient:
-        """A client bound to ``session_id`` that shares this client's connection."""
-        return AsyncClient(
-            self.target, timeout=self.timeout, session_id=session_id, channel=self._channel, token=self.token
-        )
+    _grpc = grpc.aio
 
     # -- calls ----------------------------------------------------------------------------------------------
     async def execute(self, tool: str, /, **args: Any) -> Any:
@@ -152,9 +114,9 @@ class AsyncClient:
         metadata: Mapping[str, str] | None = None,
     ) -> Any:
         """Like :meth:`call` but returns the ExecuteToolResponse (data, content_type, metadata)."""
-        request = build_request(tool, args, self.session_id if session_id is None else session_id, metadata)
+        request = self._request(tool, args, session_id, metadata)
         try:
-            return await self._stub.ExecuteTool(request, timeout=timeout or self.timeout, metadata=self._auth)
+            return await self._stub.ExecuteTool(request, **self._call_options(timeout))
         except grpc.RpcError as error:
             raise _translate(error, streaming=False) from None
 
@@ -168,8 +130,8 @@ class AsyncClient:
         metadata: Mapping[str, str] | None = None,
     ) -> AsyncChunkStream:
         """:meth:`execute_stream` with arguments as a mapping and per-call options."""
-        request = build_request(tool, args, self.session_id if session_id is None else session_id, metadata)
-        return AsyncChunkStream(self._batched(request, timeout=timeout or self.timeout, metadata=self._auth))
+        request = self._request(tool, args, session_id, metadata)
+        return AsyncChunkStream(self._batched(request, **self._call_options(timeout)))
 
     # -- worker and sessions --------------------------------------------------------------------------------
     async def ping(self, message: str = "", *, timeout: float = 5.0) -> Any:

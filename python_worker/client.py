@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import grpc
 import numpy as np
@@ -198,13 +198,12 @@ class ChunkStream:
         self._call.cancel()
 
 
-class Client:
-    """A connection to one Krait worker at ``target`` (``host:port``).
+class _Connection:
+    """What :class:`Client` and :class:`~python_worker.aio_client.AsyncClient` share: the channel (made by
+    ``_grpc``: the ``grpc`` module or ``grpc.aio``), the token, the default timeout and session, and how a call's
+    request is built."""
 
-    ``timeout`` (seconds) is the default deadline of every call; ``session_id`` the default session.
-    ``token`` is sent as ``authorization: Bearer <token>``; ``tls`` (True for the system's CA roots, or a
-    :class:`ClientTLS` naming a CA file and the client's certificate) makes the connection TLS.
-    """
+    _grpc: Any = grpc
 
     def __init__(
         self,
@@ -213,7 +212,7 @@ class Client:
         timeout: float | None = None,
         session_id: str = "",
         max_message_bytes: int = 64 << 20,
-        channel: grpc.Channel | None = None,
+        channel: Any = None,
         token: str | None = None,
         tls: ClientTLS | bool | None = None,
     ) -> None:
@@ -226,9 +225,9 @@ class Client:
             self._channel = channel
         elif tls:
             tls = tls if isinstance(tls, ClientTLS) else ClientTLS()
-            self._channel = grpc.secure_channel(target, tls.credentials(), options=[*options, *tls.options()])
+            self._channel = self._grpc.secure_channel(target, tls.credentials(), options=[*options, *tls.options()])
         else:
-            self._channel = grpc.insecure_channel(target, options=options)
+            self._channel = self._grpc.insecure_channel(target, options=options)
         self.token = token
         self._auth = client_metadata(token)
         self._stub = pb_grpc.ToolWorkerStub(self._channel)  # type: ignore[no-untyped-call]  # generated
@@ -238,9 +237,29 @@ class Client:
             response_deserializer=decode_batch,
         )
 
-    def session(self, session_id: str) -> Client:
+    def session(self, session_id: str) -> Self:
         """A client bound to ``session_id`` that shares this client's connection."""
-        return Client(self.target, timeout=self.timeout, session_id=session_id, channel=self._channel, token=self.token)
+        return type(self)(
+            self.target, timeout=self.timeout, session_id=session_id, channel=self._channel, token=self.token
+        )
+
+    def _request(
+        self, tool: str, args: Mapping[str, Any] | None, session_id: str | None, metadata: Mapping[str, str] | None
+    ) -> Any:
+        return build_request(tool, args, self.session_id if session_id is None else session_id, metadata)
+
+    def _call_options(self, timeout: float | None) -> dict[str, Any]:
+        return {"timeout": timeout or self.timeout, "metadata": self._auth}
+
+
+class Client(_Connection):
+    """A connection to one Krait worker at ``target`` (``host:port``).
+
+    ``timeout`` (seconds) is the default deadline of every call; ``session_id`` the default session.
+    ``token`` is sent as ``authorization: Bearer <token>``; ``tls`` (True for the system's CA roots, or a
+    :class:`ClientTLS` naming a CA file and the client's certificate) makes the connection TLS; ``channel`` an
+    existing ``grpc.Channel`` to use instead.
+    """
 
     # -- calls ----------------------------------------------------------------------------------------------
     def execute(self, tool: str, /, **args: Any) -> Any:
@@ -274,9 +293,9 @@ class Client:
         metadata: Mapping[str, str] | None = None,
     ) -> Any:
         """Like :meth:`call` but returns the ExecuteToolResponse (data, content_type, metadata)."""
-        request = build_request(tool, args, self.session_id if session_id is None else session_id, metadata)
+        request = self._request(tool, args, session_id, metadata)
         try:
-            return self._stub.ExecuteTool(request, timeout=timeout or self.timeout, metadata=self._auth)
+            return self._stub.ExecuteTool(request, **self._call_options(timeout))
         except grpc.RpcError as error:
             raise _translate(error, streaming=False) from None
 
@@ -290,8 +309,9 @@ class Client:
         metadata: Mapping[str, str] | None = None,
     ) -> ChunkStream:
         """:meth:`execute_stream` with arguments as a mapping and per-call options."""
-        request = build_request(tool, args, self.session_id if session_id is None else session_id, metadata)
-        return ChunkStream(self._batched(request, timeout=timeout or self.timeout, metadata=self._auth))
+        return ChunkStream(
+            self._batched(self._request(tool, args, session_id, metadata), **self._call_options(timeout))
+        )
 
     # -- worker and sessions --------------------------------------------------------------------------------
     def ping(self, message: str = "", *, timeout: float = 5.0) -> Any:

@@ -16,7 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import Field
 
@@ -88,7 +88,7 @@ class AudioAdapter(BaseAdapter):
         duration_s: float | None,
         max_chunks: int | None,
         realtime: bool,
-    ) -> Iterator[dict[str, Any] | StreamChunk]:
+    ) -> Iterator[dict[str, Any] | StreamChunk[Any]]:
         runner.check_bounds(max_rate_hz, duration_s, max_chunks)
         src = open_source(
             source,
@@ -152,11 +152,11 @@ class AudioAdapter(BaseAdapter):
         def make(rate: int, n: int) -> LevelsAnalyser:
             return LevelsAnalyser(rate, n, time_weighting=time_weighting, weighting=weighting, peak_hold_s=peak_hold_s)
 
-        return self._stream(
+        return cast(Iterator[dict[str, Any]], self._stream(  # its snapshots are dicts
             "stream_levels", make, ctx, source=source, device=device, path=path, signal=signal,
             sample_rate=sample_rate, channels=channels, block_size=block_size, max_rate_hz=max_rate_hz,
             duration_s=duration_s, max_chunks=max_chunks, realtime=realtime,
-        )  # fmt: skip
+        ))  # fmt: skip
 
     @tool(supports_streaming=True)
     def stream_spectrum(
@@ -190,7 +190,7 @@ class AudioAdapter(BaseAdapter):
             float | None, Field(description="peak markers falling this many dB/s (0 = max hold); null = none")
         ] = None,
         ctx: ToolContext | None = None,
-    ) -> Iterator[dict[str, Any] | StreamChunk]:
+    ) -> Iterator[dict[str, Any] | StreamChunk[Any]]:
         """FFT amplitude spectrum in dBFS (window, A/C/Z weighting, averaging, peak markers), its peak, reduced."""
 
         def make(rate: int, n: int) -> SpectrumAnalyser:
@@ -237,7 +237,7 @@ class AudioAdapter(BaseAdapter):
             Literal["json", "npy"], Field(description="'npy' (default): a float32 array, frequencies in row 0")
         ] = "npy",
         ctx: ToolContext | None = None,
-    ) -> Iterator[dict[str, Any] | StreamChunk]:
+    ) -> Iterator[dict[str, Any] | StreamChunk[Any]]:
         """A rolling spectrogram: every chunk holds the dB rows of the frames completed since the previous one."""
 
         def make(rate: int, n: int) -> SpectrogramAnalyser:
@@ -284,11 +284,11 @@ class AudioAdapter(BaseAdapter):
                 time_weighting=time_weighting, channel=channel,
             )  # fmt: skip
 
-        return self._stream(
+        return cast(Iterator[dict[str, Any]], self._stream(  # its snapshots are dicts
             "stream_octave", make, ctx, source=source, device=device, path=path, signal=signal,
             sample_rate=sample_rate, channels=channels, block_size=block_size, max_rate_hz=max_rate_hz,
             duration_s=duration_s, max_chunks=max_chunks, realtime=realtime,
-        )  # fmt: skip
+        ))  # fmt: skip
 
     @tool(supports_streaming=True)
     def stream_pitch(
@@ -323,11 +323,11 @@ class AudioAdapter(BaseAdapter):
                 min_level_dbfs=min_level_dbfs, channel=channel,
             )  # fmt: skip
 
-        return self._stream(
+        return cast(Iterator[dict[str, Any]], self._stream(  # its snapshots are dicts
             "stream_pitch", make, ctx, source=source, device=device, path=path, signal=signal,
             sample_rate=sample_rate, channels=channels, block_size=block_size, max_rate_hz=max_rate_hz,
             duration_s=duration_s, max_chunks=max_chunks, realtime=realtime,
-        )  # fmt: skip
+        ))  # fmt: skip
 
     @tool(supports_streaming=True)
     def stream_scope(
@@ -347,7 +347,7 @@ class AudioAdapter(BaseAdapter):
         window_s: Annotated[float | None, Field(description="seconds of signal shown; null = one block")] = None,
         format: Format = "json",
         ctx: ToolContext | None = None,
-    ) -> Iterator[dict[str, Any] | StreamChunk]:
+    ) -> Iterator[dict[str, Any] | StreamChunk[Any]]:
         """The latest waveform of every channel, decimated to at most `points` samples per channel."""
         if window_s is not None and window_s <= 0:
             raise ValueError(f"window_s must be > 0 (or null: one block), got {window_s}")

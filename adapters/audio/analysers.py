@@ -51,7 +51,7 @@ def _rounded(values: np.ndarray, digits: int) -> list[float]:
     return np.round(np.asarray(values, dtype=np.float64), digits).tolist()
 
 
-def _npy_chunk(array: np.ndarray, fields: dict[str, Any]) -> StreamChunk:
+def _npy_chunk(array: np.ndarray, fields: dict[str, Any]) -> StreamChunk[Any]:
     """A float32 array chunk; the scalar fields travel as metadata strings (None as "")."""
     meta = {k: "" if v is None else str(v) for k, v in fields.items()}
     return StreamChunk(data=np.ascontiguousarray(array, dtype=np.float32), metadata=meta)
@@ -268,7 +268,7 @@ class SpectrumAnalyser:
         for frame in self._framer.push(mono[:, 0]):
             self._averager.add(power_spectrum(frame, self.layout.window), self.layout.weights)
 
-    def snapshot(self, header: dict[str, Any]) -> dict[str, Any] | StreamChunk:
+    def snapshot(self, header: dict[str, Any]) -> dict[str, Any] | StreamChunk[Any]:
         layout = self.layout
         if self._averager is not None and self._averager.power is not None:
             raw = power_to_db(self._averager.power)
@@ -352,7 +352,7 @@ class SpectrogramAnalyser:
             levels = np.maximum(power_to_db(power_spectrum(frame, layout.window)) + layout.weights, DB_FLOOR)
             self._rows.append(layout.shown(levels)[1])
 
-    def snapshot(self, header: dict[str, Any]) -> dict[str, Any] | StreamChunk:
+    def snapshot(self, header: dict[str, Any]) -> dict[str, Any] | StreamChunk[Any]:
         rows = np.array(self._rows)
         fields = {
             **header,
@@ -524,7 +524,7 @@ class ScopeAnalyser:
     def feed(self, block: np.ndarray) -> None:
         self._history.push(block)
 
-    def snapshot(self, header: dict[str, Any]) -> dict[str, Any] | StreamChunk:
+    def snapshot(self, header: dict[str, Any]) -> dict[str, Any] | StreamChunk[Any]:
         samples = self._history.buffer[:: self.step].T  # (channels, points)
         fields = {
             **header,

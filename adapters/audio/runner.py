@@ -34,7 +34,7 @@ class Analyser(Protocol):
 
     def feed(self, block: Any) -> None: ...
 
-    def snapshot(self, header: dict[str, Any]) -> dict[str, Any] | StreamChunk: ...
+    def snapshot(self, header: dict[str, Any]) -> dict[str, Any] | StreamChunk[Any]: ...
 
 
 def check_bounds(max_rate_hz: float | None, duration_s: float | None, max_chunks: int | None) -> None:
@@ -58,7 +58,7 @@ def run(
     duration_s: float | None,
     max_chunks: int | None,
     realtime: bool,
-) -> Iterator[dict[str, Any] | StreamChunk]:
+) -> Iterator[dict[str, Any] | StreamChunk[Any]]:
     """Yield the analyser's chunks for an opened ``source`` until a bound, the source's end or cancellation."""
     interval = 1.0 / max_rate_hz if max_rate_hz else 0.0
     rate = source.sample_rate
@@ -70,7 +70,7 @@ def run(
     pace = realtime and not source.live
     cancel = ctx.cancel_event if ctx is not None else threading.Event()  # no context: never cancelled
 
-    def chunk() -> dict[str, Any] | StreamChunk:
+    def chunk() -> dict[str, Any] | StreamChunk[Any]:
         nonlocal chunks, emitted_at
         header = {"t_s": round(frames / rate, 6), "index": chunks, "overflows": source.overflows}
         chunks += 1

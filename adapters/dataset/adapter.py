@@ -39,13 +39,13 @@ class Totals:
         self.bytes += batch.nbytes
         self.chunks += 1
 
-    def final(self, **extra: Any) -> StreamChunk:
+    def final(self, **extra: Any) -> StreamChunk[Any]:
         data = {"rows": self.rows, "bytes": self.bytes, "chunks": self.chunks, **extra}
         meta = {"rows": str(self.rows), "bytes": str(self.bytes), "chunks": str(self.chunks)}
         return StreamChunk(data=data, is_final=True, metadata=meta)
 
 
-def _batch_chunk(batch: np.ndarray, offset: int, rows: int, extra: dict[str, str] | None = None) -> StreamChunk:
+def _batch_chunk(batch: np.ndarray, offset: int, rows: int, extra: dict[str, str] | None = None) -> StreamChunk[Any]:
     return StreamChunk(data=batch, metadata={"offset": str(offset), "rows": str(rows), **(extra or {})})
 
 

@@ -108,7 +108,7 @@ class InstrumentAdapter(BaseAdapter):
         read_mode: ReadMode = "get",
         monitor_id: str = "",
         ctx: ToolContext | None = None,
-    ) -> Iterator[dict[str, Any] | StreamChunk]:
+    ) -> Iterator[dict[str, Any] | StreamChunk[Any]]:
         """Poll instrument parameters: a snapshot of every reading, then deltas with the changes only."""
         ctx = ctx or ToolContext(tool_name="monitor", worker_id="local")
         src = self._open(source, seed, faults, station, read_mode)

@@ -57,7 +57,7 @@ def run_monitor(
     choose: Choose | None = None,
     tolerances: Tolerances | None = None,
     recent: RecentChanges | None = None,
-) -> Iterator[dict[str, Any] | StreamChunk]:
+) -> Iterator[dict[str, Any] | StreamChunk[Any]]:
     """Yield the update chunks of one monitor; ``record`` counts polls and updates and gets the end reason.
 
     ``sleep(seconds)`` returns False when the call was cancelled meanwhile (``ToolContext.sleep``). ``choose``
@@ -167,7 +167,7 @@ def run_monitor(
             next_poll = now
 
 
-def _end(record: MonitorRecord, reason: str) -> StreamChunk:
+def _end(record: MonitorRecord, reason: str) -> StreamChunk[Any]:
     record.reason = reason
     data = {"type": "end", "reason": reason, "polls": record.polls, "updates": record.updates, "ts": time.time()}
     return StreamChunk(data=data, is_final=True)

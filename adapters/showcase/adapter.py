@@ -42,7 +42,9 @@ class ShowcaseAdapter(BaseAdapter):
 
     # -- streams --------------------------------------------------------------------------------------------
     @tool(description="Stream progress updates", supports_streaming=True)
-    def stream_progress(self, steps: int = 10, delay_ms: float = 0.0, ctx: ToolContext | None = None):
+    def stream_progress(
+        self, steps: int = 10, delay_ms: float = 0.0, ctx: ToolContext | None = None
+    ) -> Iterator[dict[str, Any]]:
         if steps < 0:
             raise ValueError("steps must be >= 0")
         for i in range(steps):
@@ -51,12 +53,12 @@ class ShowcaseAdapter(BaseAdapter):
             yield {"step": i + 1, "total": steps, "progress": (i + 1) / steps * 100}
 
     @tool(description="Stream numbers 0..count-1", supports_streaming=True)
-    def stream_numbers(self, count: int = 10):
+    def stream_numbers(self, count: int = 10) -> Iterator[dict[str, Any]]:
         for i in range(count):
             yield {"number": i, "is_last": i == count - 1}
 
     @tool(description="Stream items, the last one as an explicit final chunk", supports_streaming=True)
-    def stream_items(self, count: int = 5):
+    def stream_items(self, count: int = 5) -> Iterator[StreamChunk[dict[str, Any]]]:
         for i in range(count):
             yield StreamChunk(
                 data={"index": i + 1, "value": f"Item {i + 1}"},
@@ -65,12 +67,14 @@ class ShowcaseAdapter(BaseAdapter):
             )
 
     @tool(description="Stream small dicts {'i': n} as fast as possible (benchmarks)", supports_streaming=True)
-    def stream_small(self, count: int = 1000):
+    def stream_small(self, count: int = 1000) -> Iterator[dict[str, int]]:
         for i in range(count):
             yield {"i": i}
 
     @tool(description="Stream float32 arrays of batch_rows x cols", supports_streaming=True)
-    def stream_arrays(self, batches: int = 4, batch_rows: int = 1024, cols: int = 1024, as_json: bool = False):
+    def stream_arrays(
+        self, batches: int = 4, batch_rows: int = 1024, cols: int = 1024, as_json: bool = False
+    ) -> Iterator[Any]:
         rng = np.random.default_rng(0)
         block = rng.standard_normal((batch_rows, cols), dtype=np.float32)
         for i in range(batches):
@@ -78,18 +82,20 @@ class ShowcaseAdapter(BaseAdapter):
             yield {"rows": block.tolist()} if as_json else block
 
     @tool(description="Stream lines of text as text/plain chunks", supports_streaming=True)
-    def stream_text(self, lines: int = 3):
+    def stream_text(self, lines: int = 3) -> Iterator[StreamChunk[str]]:
         for i in range(lines):
             yield StreamChunk(data=f"line {i + 1}", content_type="text/plain; charset=utf-8")
 
     @tool(description="Stream a few chunks, then raise ValueError", supports_streaming=True)
-    def failing_stream(self, fail_at: int = 3):
+    def failing_stream(self, fail_at: int = 3) -> Iterator[dict[str, int]]:
         for i in range(fail_at):
             yield {"step": i + 1}
         raise ValueError(f"failed at step {fail_at + 1}")
 
     @tool(description="Tick every interval_ms until cancelled", supports_streaming=True)
-    def endless_stream(self, interval_ms: float = 50.0, tag: str = "", ctx: ToolContext | None = None):
+    def endless_stream(
+        self, interval_ms: float = 50.0, tag: str = "", ctx: ToolContext | None = None
+    ) -> Iterator[dict[str, int]]:
         assert ctx is not None
         self._event(tag, "started")
         tick = 0
@@ -106,7 +112,9 @@ class ShowcaseAdapter(BaseAdapter):
             self._event(tag, "finally")
 
     @tool(description="Yield once, then block (checking the cancel flag) for up to `seconds`", supports_streaming=True)
-    def blocking_stream(self, seconds: float = 30.0, tag: str = "", ctx: ToolContext | None = None):
+    def blocking_stream(
+        self, seconds: float = 30.0, tag: str = "", ctx: ToolContext | None = None
+    ) -> Iterator[dict[str, float]]:
         assert ctx is not None
         self._event(tag, "started")
         try:
@@ -117,14 +125,14 @@ class ShowcaseAdapter(BaseAdapter):
             self._event(tag, "finally")
 
     @tool(description="Report progress through the context while streaming", supports_streaming=True)
-    def progress_demo(self, steps: int = 3, ctx: ToolContext | None = None):
+    def progress_demo(self, steps: int = 3, ctx: ToolContext | None = None) -> Iterator[dict[str, int]]:
         assert ctx is not None
         for i in range(steps):
             ctx.report_progress(i + 1, total=steps, message=f"step {i + 1}")
             yield {"done": i + 1}
 
     @tool(description="Broken on purpose: yields after its final chunk", supports_streaming=True)
-    def yield_after_final(self):
+    def yield_after_final(self) -> Iterator[Any]:
         yield StreamChunk(data={"final": True}, is_final=True)
         yield {"too": "late"}
 

@@ -45,7 +45,7 @@ from scipy import signal as sps
 
 from .levels import DB_FLOOR, amplitude_to_db, power_to_db
 
-WINDOWS: dict[str, str | tuple[str, ...]] = {
+WINDOWS: dict[str, str] = {
     "hann": "hann",
     "hamming": "hamming",
     "blackman": "blackman",
