@@ -7,6 +7,7 @@ python -m python_worker serve --adapter ... --host 0.0.0.0 --tls-cert tls.crt --
 python -m python_worker tools --target worker:50051 --tls-ca ca.crt --token-file token
 python -m python_worker health --target worker:50051 --tls-ca ca.crt
 python -m python_worker call stream_progress --target 127.0.0.1:50051 --args '{"steps": 3}' --stream
+python -m python_worker serve --adapter adapters.showcase:ShowcaseAdapter --http-port 8080  # then open the page
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ def _serve(ns: argparse.Namespace) -> int:
         security=security,
         metrics_port=ns.metrics_port,
         metrics=not ns.no_metrics,
+        http_port=ns.http_port,
     )
     return serve(options, link=link)
 
@@ -197,6 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve Prometheus metrics at /metrics on this port (0 picks a free one; announced as metrics_port)",
     )
     serve.add_argument(
+        "--http-port",
+        type=int,
+        default=None,
+        help="serve the HTTP front (JSON calls, Server-Sent Events, WebSocket, the live page; docs/http.md) on this "
+        "port (0 picks a free one; announced as http_port); same --host, TLS and token as gRPC",
+    )
+    serve.add_argument(
         "--no-metrics",
         action="store_true",
         help="count nothing (the benchmarks' baseline; the Metrics call then answers empty)",
@@ -239,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=2.0,
         help="seconds from SIGTERM or stdin closing to exit, whatever the tools are doing (default 2)",
     )
-    serve.add_argument("--tls-cert", help="PEM certificate (chain) to serve gRPC over TLS, with --tls-key")
+    serve.add_argument("--tls-cert", help="PEM certificate (chain) to serve gRPC (and HTTP) over TLS, with --tls-key")
     serve.add_argument("--tls-key", help="PEM private key of --tls-cert")
     serve.add_argument("--tls-client-ca", help="PEM CA file: clients must present a certificate it signed (mutual TLS)")
     serve.add_argument(

@@ -6,7 +6,8 @@ so no worker outlives a crashed supervisor; it is gone within its grace either w
 started (see shutdown.py). Readiness is announced once serving: over the link as a READY frame; otherwise on
 stdout as ``KRAIT_READY {"port": ..., "pid": ..., "worker_id": ..., "adapter": ...}``, and in the ready file.
 With ``--metrics-port``, the worker's Prometheus metrics are served at ``/metrics`` on that port (announced as
-``metrics_port`` in both).
+``metrics_port`` in both); with ``--http-port``, the HTTP front (JSON, SSE, WebSocket and the page: see
+``docs/http.md``) on that port, announced as ``http_port``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import tracing
 from ..engine import Engine, aio_runner
@@ -33,6 +35,9 @@ from ..transports.grpc.server import GrpcServer
 from ..transports.link import LinkServer
 from ..transports.link_io import READY, FrameReader, FrameWriter
 from .shutdown import GROUP_TERM_WAIT_S, Shutdown, exit_now, lead_process_group, stop_group
+
+if TYPE_CHECKING:
+    from ..transports.http.server import HttpServer
 
 log = logging.getLogger("krait.worker")
 
@@ -62,6 +67,7 @@ class ServeOptions:
     security: ServerSecurity = field(default_factory=ServerSecurity)  # TLS, token, --insecure (gRPC only)
     metrics_port: int | None = None  # serve /metrics on this port (0: a free one); None: no metrics endpoint
     metrics: bool = True  # count calls (False: nothing counted, the Metrics call answers empty)
+    http_port: int | None = None  # serve the HTTP front on this port (0: a free one); None: no HTTP front
 
 
 def _watch_stdin(shutdown: Shutdown) -> None:
@@ -85,11 +91,10 @@ def _should_watch_stdin() -> bool:
     return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
-def _announce(options: ServeOptions, port: int, metrics_port: int | None) -> None:
+def _announce(options: ServeOptions, port: int, extra: dict[str, str]) -> None:
     info: dict[str, object] = {"port": port, "pid": os.getpid(), "worker_id": options.worker_id}
     info["adapter"] = options.adapter
-    if metrics_port is not None:
-        info["metrics_port"] = metrics_port
+    info.update({key: int(value) for key, value in extra.items()})
     line = json.dumps(info)
     if options.ready_file:
         path = Path(options.ready_file)
@@ -106,7 +111,7 @@ def serve(options: ServeOptions, link: FrameWriter | None = None) -> int:
     stdin/stdout, and gRPC as well only when ``options.port`` is set."""
     options.worker_id = options.worker_id or f"worker-{os.getpid()}"
     serves_grpc = link is None or options.port is not None
-    if serves_grpc:
+    if serves_grpc or options.http_port is not None:
         try:  # before anything starts: a worker that would be exposed, or cannot read its files, never serves
             options.security.check(options.host)
             options.security.credentials()
@@ -154,6 +159,9 @@ def serve(options: ServeOptions, link: FrameWriter | None = None) -> int:
             sessions.close()
             stop_group()
             exit_now(1)
+    http_server = None
+    if options.http_port is not None and not shutdown.requested:
+        http_server = _http_server(engine, options, sessions)
     grpc_server = None
     if serves_grpc:
 
@@ -179,21 +187,34 @@ def serve(options: ServeOptions, link: FrameWriter | None = None) -> int:
 
     if not shutdown.requested:
         port = grpc_server.start() if grpc_server is not None else None
+        ports: dict[str, str] = {}  # announced beside the gRPC port
+        if metrics_port is not None:
+            ports["metrics_port"] = str(metrics_port)
+        if http_server is not None:
+            try:
+                ports["http_port"] = str(http_server.start())
+            except RuntimeError as exc:
+                log.error("%s", exc)
+                sessions.close()
+                stop_group()
+                exit_now(1)
+            log.info("serving HTTP on %s://%s:%s/", http_server.front.scheme, options.host, ports["http_port"])
         if link_server is not None and link is not None:
             link_server.start()
             metadata = {"grpc_port": str(port)} if port is not None else {}
-            if metrics_port is not None:
-                metadata["metrics_port"] = str(metrics_port)
+            metadata |= ports
             ready = engine.ping(pb.PingRequest(message="ready"))
             link.send(0, READY, ready.SerializeToString(), metadata=metadata or None)
             log.info("serving %s over the link%s", options.adapter, f" and on {options.host}:{port}" if port else "")
         elif port is not None:
             log.info("serving %s on %s:%d (%s)", options.adapter, options.host, port, options.security.describe())
-            _announce(options, port, metrics_port)
+            _announce(options, port, ports)
 
     log.info("stopping: %s", shutdown.wait())
     # in-flight calls get half the grace to finish, then they are cancelled (their generators closed, their
     # flags raised); the rest of the grace is for the tools to wind down and the adapter to close
+    if http_server is not None:
+        http_server.stop(options.grace / 2, shutdown.remaining())
     if grpc_server is not None:
         grpc_server.stop(options.grace / 2, shutdown.remaining())
     if link_server is not None:
@@ -213,6 +234,30 @@ def serve(options: ServeOptions, link: FrameWriter | None = None) -> int:
             log.warning("exiting with %d tool call(s) still running: they ignored cancellation", stuck)
         exit_now(0)
     return 0
+
+
+def _http_server(engine: Engine, options: ServeOptions, sessions: SessionStore) -> HttpServer:
+    """The HTTP front, bound (not serving yet); a missing library or a port it cannot bind ends the worker."""
+    from ..transports.http.server import HttpServer, HttpUnavailable
+
+    assert options.http_port is not None
+    try:
+        return HttpServer(
+            engine,
+            host=options.host,
+            port=options.http_port,
+            security=options.security,
+            max_message_bytes=options.max_message_bytes,
+        )
+    except HttpUnavailable as exc:
+        log.error("%s", exc)
+        code = 2
+    except OSError as exc:
+        log.error("cannot serve HTTP on %s:%d: %s", options.host, options.http_port, exc.strerror or exc)
+        code = 1
+    sessions.close()
+    stop_group()
+    exit_now(code)
 
 
 def _await_link_close(link_server: LinkServer, shutdown: Shutdown) -> None:

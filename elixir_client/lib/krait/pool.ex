@@ -71,8 +71,10 @@ defmodule Krait.Pool do
 
   `ready` counts workers that are up (idle or busy); `starting` those starting or waiting to be
   restarted; per worker, `calls` counts completed calls, `in_flight` the calls it runs now (up to
-  `:calls_per_worker`; `:busy` when full) and `restarts` how often its slot was restarted. A remote
-  pool's workers have their `endpoint` and no `os_pid`; its `size` is the number of endpoints found.
+  `:calls_per_worker`; `:busy` when full) and `restarts` how often its slot was restarted;
+  `grpc_port` and `http_port` are the loopback ports a worker serves gRPC and HTTP on (`nil` when it
+  does not: see the options `:expose_grpc`, `:transport` and `:http_port`). A remote pool's workers
+  have their `endpoint` and no `os_pid`; its `size` is the number of endpoints found.
   """
   @spec stats(GenServer.server()) :: map()
   def stats(pool \\ __MODULE__), do: Krait.Pool.Scheduler.stats(pool)

@@ -272,6 +272,15 @@ defmodule Krait.Tensor do
     size
   end
 
+  @doc """
+  The NumPy dtype string of a tensor (what NumPy's `dtype.str` gives: `"<f4"`, `"|u1"`, `">i8"`).
+
+      iex> Krait.Tensor.dtype_str(Krait.Tensor.new(<<1.0::float-32-little>>, :float32, {1}))
+      "<f4"
+  """
+  @spec dtype_str(t()) :: String.t()
+  def dtype_str(%__MODULE__{} = t), do: descr(t)
+
   defp descr(%__MODULE__{dtype: dtype}) when is_binary(dtype), do: dtype
 
   defp descr(%__MODULE__{dtype: dtype, byte_order: order}) do

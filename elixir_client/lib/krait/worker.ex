@@ -123,8 +123,11 @@ defmodule Krait.Worker do
           ["--host", @host, "--port", "0", "--log-format", "json"]
       end
 
-    base ++ transport_args ++ opts.worker_args
+    base ++ transport_args ++ http_args(Map.get(opts, :http_port)) ++ opts.worker_args
   end
+
+  defp http_args(nil), do: []
+  defp http_args(port), do: ["--http-port", Integer.to_string(port)]
 
   # The link's frames are {packet, 4}; Python's own stderr stays apart (the worker sends its output as
   # LOG frames once it runs; an interpreter that fails before that writes to the BEAM's stderr). Over
@@ -315,25 +318,34 @@ defmodule Krait.Worker do
     Process.cancel_timer(state.startup_timer)
     info = Krait.Proto.PingResponse.decode(payload)
 
-    grpc_port =
-      case Integer.parse(Map.get(metadata, "grpc_port", "")) do
-        {port, ""} -> port
-        _ -> nil
-      end
-
-    announce(%{state | status: :ready}, %{adapter: info.adapter, grpc_port: grpc_port})
+    announce(%{state | status: :ready}, %{
+      adapter: info.adapter,
+      grpc_port: port_in(metadata, "grpc_port"),
+      http_port: port_in(metadata, "http_port")
+    })
   end
 
   defp grpc_ready(state, json) do
     Process.cancel_timer(state.startup_timer)
 
-    with {:ok, %{"port" => tcp_port}} <- Krait.JSON.decode(json),
+    with {:ok, %{"port" => tcp_port} = ready} <- Krait.JSON.decode(json),
          {:ok, conn} <- connect(tcp_port, state.opts.connect_timeout) do
-      announce(%{state | conn: conn, status: :ready}, %{grpc_port: tcp_port})
+      announce(%{state | conn: conn, status: :ready}, %{
+        grpc_port: tcp_port,
+        http_port: Map.get(ready, "http_port")
+      })
     else
       error ->
         Logger.error("Krait worker #{state.id} could not connect: #{inspect(error)}")
         {:stop, {:shutdown, {:connect_failed, error}}, state}
+    end
+  end
+
+  # a port the READY frame's metadata announces (as a string), or nil
+  defp port_in(metadata, key) do
+    case Integer.parse(Map.get(metadata, key, "")) do
+      {port, ""} -> port
+      _ -> nil
     end
   end
 

@@ -151,6 +151,14 @@ defmodule Krait.Pool.Config do
         "with `transport: :link`, also serve each worker's gRPC service on a loopback port (shown as " <>
           "`grpc_port` in `Krait.Pool.stats/1`), for debugging or callers in other languages"
     ],
+    http_port: [
+      type: {:or, [{:in, [nil]}, :non_neg_integer]},
+      default: nil,
+      doc:
+        "serve each started worker's HTTP front (JSON calls, Server-Sent Events, WebSocket and the " <>
+          "live page; `docs/http.md`) on this loopback port: `0` gives each worker a free one, shown as " <>
+          "`http_port` in `Krait.Pool.stats/1`; a fixed port needs `size: 1`; `nil`: none"
+    ],
     trace: [
       type: :boolean,
       default: false,
@@ -170,6 +178,7 @@ defmodule Krait.Pool.Config do
   ]
 
   @remote_only [:tls, :token]
+  @local_only [:http_port]
 
   @enforce_keys [:name, :size, :adapter, :python, :cwd, :worker]
   defstruct [
@@ -209,7 +218,8 @@ defmodule Krait.Pool.Config do
           health_failures: pos_integer(),
           shutdown_grace: non_neg_integer(),
           transport: :link | :grpc,
-          expose_grpc: boolean()
+          expose_grpc: boolean(),
+          http_port: non_neg_integer() | nil
         }
 
   @type t :: %__MODULE__{
@@ -253,7 +263,7 @@ defmodule Krait.Pool.Config do
           )
 
         %{endpoints: endpoints} ->
-          remote(o, endpoints)
+          with :ok <- only_local(o), do: remote(o, endpoints)
 
         %{adapter: _} ->
           local(o)
@@ -272,6 +282,8 @@ defmodule Krait.Pool.Config do
              do: :ok,
              else: invalid("Krait.Pool: #{inspect(given)} apply to :endpoints only")
            ),
+         size = Map.get_lazy(o, :size, &System.schedulers_online/0),
+         :ok <- check_http_port(o.http_port, size),
          cwd = Path.expand(Map.get_lazy(o, :cwd, &File.cwd!/0)),
          :ok <- check_dir(cwd),
          {:ok, python} <- resolve_python(o.python, cwd) do
@@ -287,14 +299,15 @@ defmodule Krait.Pool.Config do
           :health_failures,
           :shutdown_grace,
           :transport,
-          :expose_grpc
+          :expose_grpc,
+          :http_port
         ])
         |> Map.merge(%{python: python, cwd: cwd, env: Enum.to_list(o.env)})
 
       {:ok,
        %__MODULE__{
          name: o.name,
-         size: Map.get_lazy(o, :size, &System.schedulers_online/0),
+         size: size,
          adapter: o.adapter,
          python: python,
          cwd: cwd,
@@ -347,6 +360,26 @@ defmodule Krait.Pool.Config do
       lease_grace: o.lease_grace
     }
   end
+
+  defp only_local(o) do
+    case Enum.filter(@local_only, &(o[&1] not in [nil, false])) do
+      [] ->
+        :ok
+
+      given ->
+        invalid("Krait.Pool: #{inspect(given)} apply to started workers only, not :endpoints")
+    end
+  end
+
+  defp check_http_port(port, size) when is_integer(port) and port > 0 and size > 1,
+    do:
+      invalid(
+        "Krait.Pool: http_port: #{port} would be the same port for #{size} workers: give 0 " <>
+          "(each worker picks a free port, shown in Krait.Pool.stats/1) or size: 1",
+        http_port: port
+      )
+
+  defp check_http_port(_port, _size), do: :ok
 
   defp secret(nil), do: nil
   defp secret(token), do: fn -> token end

@@ -283,6 +283,7 @@ defmodule Krait.Pool.Scheduler do
             conn: info.conn,
             channel: Map.get(info, :channel, Krait.GRPC.Connection),
             grpc_port: Map.get(info, :grpc_port),
+            http_port: Map.get(info, :http_port),
             os_pid: info.os_pid,
             ready_at: now()
         }
@@ -718,6 +719,7 @@ defmodule Krait.Pool.Scheduler do
           conn: nil,
           channel: nil,
           grpc_port: nil,
+          http_port: nil,
           os_pid: nil,
           leases: [],
           calls: 0,
@@ -998,6 +1000,7 @@ defmodule Krait.Pool.Scheduler do
               pid: w.pid,
               os_pid: w.os_pid,
               grpc_port: w.grpc_port,
+              http_port: w.http_port,
               endpoint: endpoint(state, slot),
               in_flight: length(w.leases),
               calls: w.calls,
@@ -1013,6 +1016,7 @@ defmodule Krait.Pool.Scheduler do
               pid: nil,
               os_pid: nil,
               grpc_port: nil,
+              http_port: nil,
               endpoint: endpoint(state, slot),
               in_flight: 0,
               calls: 0,

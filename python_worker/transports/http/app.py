@@ -1,0 +1,301 @@
+"""The HTTP front's routes (Starlette) over one :class:`~python_worker.engine.Engine`.
+
+Starlette and uvicorn (rather than aiohttp): Starlette is the routing, request and WebSocket layer and nothing
+else, on the ASGI interface whose ``http.disconnect`` message tells a response at once that its client went
+(what cancels a stream's tool, :mod:`.sse`); uvicorn serves it with flow control on every write (what lets a
+slow client backpressure a tool) and with TLS from the same PEM files as gRPC. aiohttp would do the same jobs
+but cancels a handler on disconnect only when asked to, and brings its own client and server stacks the worker
+does not need.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+from starlette.applications import Starlette
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.websockets import WebSocket
+
+from ...engine import Engine
+from ...errors import CallError, WrongRpc
+from .auth import COOKIE, Auth
+from .calls import (
+    FORWARDED_HEADERS,
+    Gone,
+    build_request,
+    max_rate,
+    overflow,
+    parse_args,
+    run_unary,
+    timeout_ms,
+)
+from .chunks import dumps, result_json
+from .errors import HttpError, error_body, error_object, invalid
+from .feed import StreamFeed
+from .sse import SSEResponse, disconnected
+from .websocket import Socket
+
+log = logging.getLogger("krait.worker")
+
+STATIC = Path(__file__).parent / "static"
+JSON = "application/json"
+
+
+class Front:
+    """What the routes share: the engine, the executor its calls run on, the auth, the calls in flight."""
+
+    def __init__(self, engine: Engine, auth: Auth, *, max_body_bytes: int) -> None:
+        self.engine = engine
+        self.auth = auth
+        self.max_body_bytes = max_body_bytes
+        # a thread per call allowed (a unary tool, or a stream's pump), and a few for refusals beside them
+        self.executor = ThreadPoolExecutor(max_workers=engine.max_calls + 4, thread_name_prefix="http")
+        self.stopping = False
+        self._live: set[Callable[[BaseException], None]] = set()
+        self.tools_body = self._tools_body()
+
+    def _tools_body(self) -> bytes:
+        listing = self.engine.list_tools()
+        tools = [
+            {
+                "name": t.name,
+                "description": t.description,
+                "streaming": t.supports_streaming,
+                "parameters": json.loads(t.parameters_schema_json),
+                "result": json.loads(t.result_schema_json) if t.result_schema_json else None,
+            }
+            for t in listing.tools
+        ]
+        return dumps({"worker_id": listing.worker_id, "adapter": listing.adapter, "tools": tools})
+
+    # -- calls in flight ------------------------------------------------------------------------------------
+    def track(self, cancel: Callable[[BaseException], None]) -> Callable[[], None]:
+        """Register what cancels a call (the worker's stop calls it); returns what unregisters it."""
+        self._live.add(cancel)
+        return lambda: self._live.discard(cancel)
+
+    def cancel_all(self) -> None:
+        """The worker is stopping: refuse new calls, cancel every call in flight (on the loop)."""
+        self.stopping = True
+        reason = CallError("the worker is stopping", code=grpc.StatusCode.UNAVAILABLE, error_type="WorkerStopping")
+        for cancel in list(self._live):
+            cancel(reason)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._live)
+
+    # -- shared by the routes -------------------------------------------------------------------------------
+    def metadata(self, headers: Mapping[str, str]) -> dict[str, str]:
+        return {key: headers[key] for key in FORWARDED_HEADERS if key in headers}
+
+    def error(self, exc: BaseException, rpc: str, tool: str = "") -> tuple[int, dict[str, Any]]:
+        return error_object(self.engine, exc, rpc, tool)
+
+    def error_response(self, exc: BaseException, rpc: str, tool: str = "") -> Response:
+        status, error = self.error(exc, rpc, tool)
+        status = getattr(exc, "http_status", status)
+        return Response(error_body(error), status_code=status, media_type=JSON)
+
+    def guard(self, conn: HTTPConnection, method: str) -> str:
+        """Authenticate a request (raises :class:`HttpError`); refuses new calls once stopping."""
+        how = self.auth.authenticate(conn.headers, conn.cookies, method=method, scheme=self.scheme)
+        if self.stopping:
+            raise HttpError("the worker is stopping", code=grpc.StatusCode.UNAVAILABLE, error_type="WorkerStopping")
+        return how
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.auth.tls else "http"
+
+    async def body(self, request: Request) -> bytes:
+        """The request body, refused beyond the worker's maximum message size."""
+        size = int(request.headers.get("content-length") or 0)
+        parts: list[bytes] = []
+        total = 0
+        if size <= self.max_body_bytes:
+            async for part in request.stream():
+                parts.append(part)
+                total += len(part)
+                if total > self.max_body_bytes:
+                    break
+        if max(size, total) > self.max_body_bytes:
+            error = HttpError(
+                f"the request body holds more than the worker's maximum message size ({self.max_body_bytes} bytes)",
+                code=grpc.StatusCode.RESOURCE_EXHAUSTED,
+                error_type="BodyTooLarge",
+            )
+            error.http_status = 413  # type: ignore[attr-defined]
+            raise error
+        return b"".join(parts)
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def build_app(front: Front) -> Starlette:
+    engine = front.engine
+
+    def guarded(rpc: str, endpoint: Endpoint) -> Endpoint:
+        async def handle(request: Request) -> Response:
+            tool = request.path_params.get("name", "")
+            try:
+                front.guard(request, request.method)
+                return await endpoint(request)
+            except Exception as exc:
+                return front.error_response(exc, rpc, tool)
+
+        return handle
+
+    async def index(request: Request) -> Response:
+        page = STATIC / "index.html"
+        if not page.is_file():
+            return front.error_response(
+                HttpError("this worker has no page (index.html)", code=grpc.StatusCode.NOT_FOUND), "GET /"
+            )
+        return FileResponse(page)
+
+    async def auth_state(request: Request) -> Response:
+        return Response(
+            dumps(
+                {
+                    "required": front.auth.required,
+                    "authenticated": front.auth.logged_in(request.headers, request.cookies),
+                }
+            ),
+            media_type=JSON,
+        )
+
+    async def login(request: Request) -> Response:
+        try:
+            front.auth.check_host(request.headers)
+            front.auth.check_origin(request.headers, front.scheme)
+            try:
+                given = json.loads(await front.body(request))
+            except ValueError:
+                given = None
+            if not isinstance(given, dict) or not isinstance(given.get("token"), str):
+                raise invalid('POST /v1/login needs a JSON body {"token": "..."}')
+            if front.auth.required and not front.auth.token_matches(given["token"]):
+                raise HttpError("a wrong token", code=grpc.StatusCode.UNAUTHENTICATED, error_type="Unauthenticated")
+        except Exception as exc:
+            return front.error_response(exc, "POST /v1/login")
+        response = Response(status_code=204)
+        response.set_cookie(COOKIE, front.auth.sessions.create(), **front.auth.cookie_attributes())  # type: ignore[arg-type]
+        return response
+
+    async def logout(request: Request) -> Response:
+        try:
+            front.auth.check_host(request.headers)
+            front.auth.check_origin(request.headers, front.scheme)
+        except Exception as exc:
+            return front.error_response(exc, "POST /v1/logout")
+        front.auth.sessions.drop(request.cookies.get(COOKIE, ""))
+        response = Response(status_code=204)
+        response.delete_cookie(COOKIE, path="/", secure=front.auth.tls, httponly=True, samesite="strict")
+        return response
+
+    async def tools(request: Request) -> Response:
+        return Response(front.tools_body, media_type=JSON)
+
+    def check_kind(name: str, streaming: bool) -> None:
+        spec = engine.specs.get(name)
+        if spec is None or spec.supports_streaming == streaming:
+            return  # an unknown tool: the engine refuses it with NOT_FOUND
+        if spec.supports_streaming:
+            raise WrongRpc(f"{name} is a streaming tool: call it with /v1/tools/{name}/stream")
+        raise WrongRpc(f"{name} is not a streaming tool: call it with POST /v1/tools/{name}")
+
+    async def call(request: Request) -> Response:
+        name = request.path_params["name"]
+        args_json = parse_args(await front.body(request), "the request body")
+        deadline = timeout_ms(request.query_params.get("timeout_ms"))
+        check_kind(name, streaming=False)
+        req = build_request(name, args_json, request.query_params.get("session"), front.metadata(request.headers))
+        stop = asyncio.Event()
+        untrack = front.track(lambda _reason: stop.set())
+        watcher = asyncio.ensure_future(disconnected(request.receive))
+        watcher.add_done_callback(lambda _t: stop.set())
+        try:
+            response = await run_unary(
+                engine, front.executor, req, req.metadata, deadline_ms=deadline, gone=stop.wait()
+            )
+        except Gone:
+            if front.stopping:
+                raise CallError("the worker is stopping", code=grpc.StatusCode.UNAVAILABLE) from None
+            return Response(status_code=499)  # the client has gone: nobody reads this
+        finally:
+            watcher.cancel()
+            untrack()
+        return Response(result_json(response.data, response.content_type, response.metadata), media_type=JSON)
+
+    async def stream(request: Request) -> Response:
+        name = request.path_params["name"]
+        if request.method == "GET":
+            args_json = parse_args(request.query_params.get("args", ""), "the args parameter")
+        else:
+            args_json = parse_args(await front.body(request), "the request body")
+        query = request.query_params
+        deadline = timeout_ms(query.get("timeout_ms"))
+        rate = max_rate(query.get("max_rate_hz"))
+        strategy = overflow(query.get("overflow"))
+        check_kind(name, streaming=True)
+        req = build_request(name, args_json, query.get("session"), front.metadata(request.headers))
+        feed = StreamFeed(
+            engine, req, req.metadata, executor=front.executor, overflow=strategy, max_rate_hz=rate, timeout_ms=deadline
+        )
+        untrack = front.track(feed.cancel)
+        try:
+            await feed.open()
+        except BaseException:
+            untrack()
+            feed.cancel()
+            raise
+        return _Tracked(SSEResponse(feed, lambda exc: front.error(exc, "ExecuteStreamingTool", name)[1]), untrack)
+
+    async def ws(websocket: WebSocket) -> None:
+        try:
+            front.guard(websocket, "WEBSOCKET")
+        except HttpError as exc:
+            status, error = front.error(exc, "WebSocket")
+            await websocket.send_denial_response(Response(error_body(error), status_code=status, media_type=JSON))
+            return
+        await websocket.accept()
+        await Socket(front, websocket).serve()
+
+    routes = [
+        Route("/", index, methods=["GET"]),
+        Route("/v1/auth", auth_state, methods=["GET"]),
+        Route("/v1/login", login, methods=["POST"]),
+        Route("/v1/logout", logout, methods=["POST"]),
+        Route("/v1/tools", guarded("ListTools", tools), methods=["GET"]),
+        Route("/v1/tools/{name}", guarded("ExecuteTool", call), methods=["POST"]),
+        Route("/v1/tools/{name}/stream", guarded("ExecuteStreamingTool", stream), methods=["GET", "POST"]),
+        WebSocketRoute("/v1/ws", ws),
+        Mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static"),
+    ]
+    return Starlette(routes=routes)
+
+
+class _Tracked(Response):
+    """An ASGI response that unregisters its call once it has been sent."""
+
+    def __init__(self, inner: SSEResponse, untrack: Callable[[], None]) -> None:
+        self.inner = inner
+        self.untrack = untrack
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await self.inner(scope, receive, send)
+        finally:
+            self.untrack()

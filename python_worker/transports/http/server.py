@@ -1,0 +1,133 @@
+"""The HTTP front's server: uvicorn on a thread of its own, with its own event loop, started and stopped with
+the worker (``serve --http-port``).
+
+The listening socket is bound here, before the thread starts, so that a port in use is reported at start-up like
+gRPC's and the port 0 picks is known at once. TLS uses the worker's ``--tls-cert``/``--tls-key`` (and
+``--tls-client-ca``: client certificates required); the token is the worker's (:mod:`.auth`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+import threading
+import time
+from typing import Any
+
+from ...engine import Engine
+from ..grpc.security import ServerSecurity
+
+log = logging.getLogger("krait.worker")
+
+MISSING = (
+    "--http-port needs the HTTP front's libraries (Starlette, uvicorn, websockets), which are not installed: "
+    "pip install 'krait[http]'"
+)
+
+
+class HttpUnavailable(RuntimeError):
+    """The ``http`` extra is not installed."""
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host.strip("[]"), port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(False)
+    return sock
+
+
+class HttpServer:
+    """The HTTP front on ``host:port`` (0: a free port, :attr:`port` once bound). Raises :class:`HttpUnavailable`
+    without the ``http`` extra, ``OSError`` when it cannot listen."""
+
+    def __init__(
+        self, engine: Engine, *, host: str, port: int, security: ServerSecurity, max_message_bytes: int
+    ) -> None:
+        try:
+            import uvicorn
+
+            from .app import Front, build_app
+            from .auth import Auth
+        except ImportError as exc:
+            raise HttpUnavailable(f"{MISSING} ({exc})") from None
+        self.front = Front(
+            engine,
+            Auth(security.token, tls=bool(security.tls_cert), insecure=security.insecure),
+            max_body_bytes=max_message_bytes,
+        )
+        self.sock = _bind(host, port)
+        self.port: int = self.sock.getsockname()[1]
+        tls: dict[str, Any] = {}
+        if security.tls_cert and security.tls_key:
+            tls = {"ssl_certfile": security.tls_cert, "ssl_keyfile": security.tls_key}
+            if security.tls_client_ca:
+                tls |= {"ssl_ca_certs": security.tls_client_ca, "ssl_cert_reqs": ssl.CERT_REQUIRED}
+        config = uvicorn.Config(
+            build_app(self.front),
+            loop="asyncio",
+            http="h11",
+            ws="websockets-sansio",
+            lifespan="off",
+            log_config=None,
+            log_level="warning",
+            access_log=False,
+            proxy_headers=False,
+            server_header=False,
+            ws_max_size=max_message_bytes,
+            # a connection per call allowed, and room for the page's requests and refusals beside them
+            limit_concurrency=engine.max_calls + 64,
+            timeout_graceful_shutdown=1,
+            **tls,
+        )
+        self.server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._run, name="http", daemon=True)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._error: BaseException | None = None
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as exc:  # TLS files that do not load, ...
+            self._error = exc
+            log.error("the HTTP front failed: %s", exc)
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self.server.serve(sockets=[self.sock])
+
+    def start(self) -> int:
+        """Serve; returns the port once listening. Raises what keeps it from serving."""
+        self._thread.start()
+        while not self.server.started:
+            if not self._thread.is_alive():
+                raise RuntimeError(f"the HTTP front did not start: {self._error}")
+            time.sleep(0.005)
+        return self.port
+
+    def stop(self, grace: float, wait: float) -> None:
+        """Refuse new calls; calls in flight get ``grace`` seconds, then are cancelled (their tools stopped);
+        wait at most ``wait`` seconds for the server to close."""
+        end = time.monotonic() + wait
+        loop = self._loop
+        if loop is not None and self._thread.is_alive():
+            deadline = time.monotonic() + min(grace, wait)
+            loop.call_soon_threadsafe(_stop_new, self.front)
+            while self.front.in_flight and time.monotonic() < deadline:
+                time.sleep(0.01)
+            loop.call_soon_threadsafe(self.front.cancel_all)
+        self.server.should_exit = True
+        self._thread.join(max(0.0, end - time.monotonic()))
+        self.front.executor.shutdown(wait=False, cancel_futures=True)
+        self.sock.close()
+
+
+def _stop_new(front: Any) -> None:
+    front.stopping = True
