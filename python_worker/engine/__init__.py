@@ -21,7 +21,7 @@ import grpc
 
 from .. import tracing
 from ..errors import CallError, InvalidArguments, Overloaded, clip, to_status
-from ..logs import CURRENT_CALL, CallInfo, call_ended, call_id_from, in_call
+from ..logs import CALL_ID_HEADER, CURRENT_CALL, CallInfo, call_ended, call_id_from, clean_call_id, in_call
 from ..metrics import UNKNOWN_TOOL, WorkerMetrics, exposition
 from ..proto import pb
 from ..sdk import BaseAdapter, ToolContext, ToolSpec
@@ -325,7 +325,9 @@ class Engine:
     # -- internals ------------------------------------------------------------------------------------------
     def _begin(self, request: Any, metadata: Mapping[str, str]) -> CallInfo:
         """Mark this thread's log records as the call's."""
-        return in_call(request.tool_name, request.session_id, call_id_from(metadata.items()))
+        given = metadata.get(CALL_ID_HEADER)
+        call_id = clean_call_id(given) if isinstance(given, str) else call_id_from(None)
+        return in_call(request.tool_name, request.session_id, call_id)
 
     def _span(self, request: Any, metadata: Mapping[str, str], info: CallInfo) -> Any:
         span = tracing.start(

@@ -1,19 +1,28 @@
 """The local link: the pool's own workers served over their stdin/stdout (``docs/link.md``), a thin front over
 the :class:`~python_worker.engine.Engine` like the gRPC servicer.
 
-Threads follow the leader/follower pattern: one thread at a time reads the pipe; when it reads a tool call it
-hands the reading over (releases the read lock, which wakes a follower) and serves the call itself, as the
-tool's thread for a unary call or as the sender of a stream's batches. A call so starts on the thread that read
-it, with no queue and no hand-off between threads on the way: the hand-off to an executor cost ~30 µs per call
-(measured: a Port ping-pong through a thread pool took 37-48 µs p50 against 11-16 µs answered on the reading
-thread, and 24 µs with leader/follower). Control frames (cancel, credit) and small requests (ping) are handled by
-the reading thread at once.
+Threads follow the leader/follower pattern: one thread at a time reads the pipe (it holds the read lock); when it
+reads a tool call it hands the reading over (releases the read lock, which wakes a follower) and serves the call
+itself, as the tool's thread for a unary call or as the sender of a stream's batches. A call so starts on the
+thread that read it, with no queue and no hand-off between threads on the way: the hand-off to an executor cost
+~30 µs per call (measured: a Port ping-pong through a thread pool took 37-48 µs p50 against 11-16 µs answered on
+the reading thread, and 24 µs with leader/follower). Control frames (cancel, credit) and small requests (ping)
+are handled by the reading thread at once, without letting go of the reading.
+
+A unary call on an otherwise idle worker (the pool's usual case: one call per worker) is served *inline*: the
+reading thread runs it without handing the reading over, and reads on once it is answered. Handing over wakes a
+follower, which then takes the GIL from the tool; on this 2-core VM that doubled the worker's CPU time per call.
+A tool that is not quick must not keep the link unread (cancels, credit for other calls, health pings), so a
+watchdog thread hands the reading over on the inline call's behalf once it has run for a tick or two
+(:data:`INLINE_TICK_S`), and the tool is then handed over at once on its next calls. The watchdog ticks only
+while inline calls come, and sleeps once they stop.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,6 +40,15 @@ _OK = status_pb2.Status(code=code_pb2.OK).SerializeToString()
 _TOOL_METHODS = frozenset({"ExecuteTool", "ExecuteStreamingTool", "ExecuteStreamingToolBatched"})
 # answered on the reading thread (session calls may run an adapter's on_session_end: they get a thread)
 _INLINE_METHODS = frozenset({"Ping", "ListTools"})
+# How often the watchdog looks at an inline call: one still running after a whole tick (1-2 ticks after it
+# started) gets the reading handed over. A tick wakes a thread, 1/INLINE_TICK_S times a second while inline
+# calls come; none once they have stopped for INLINE_IDLE_TICKS ticks. Not shorter: on a loaded 2-core machine
+# a quick call is sometimes preempted for a few ms, and a 2 ms tick marked quick tools slow.
+INLINE_TICK_S = 0.005
+INLINE_IDLE_TICKS = 250
+# A tool handed over by the watchdog is handed over at once for this long (a slow tool then runs inline once in
+# a while; a quick one that was slow once, behind a garbage collection say, is served inline again).
+SLOW_TOOL_S = 5.0
 
 
 def _status(code: int, message: str) -> bytes:
@@ -54,6 +72,7 @@ class LinkCall:
         self.stream: StreamHandle | None = None
         self.cancel_event: threading.Event | None = None
         self._cond: threading.Condition | None = None
+        self.open_frame: Any = None  # the OPEN frame of a call served inline
 
     def attach(self, cancel_event: threading.Event, stream: StreamHandle | None = None) -> None:
         """The call's tool is about to run: from now on a cancellation reaches it."""
@@ -127,10 +146,20 @@ class LinkServer:
         self._read_lock = threading.Lock()
         self._calls: dict[int, LinkCall] = {}
         self._calls_lock = threading.Lock()
+        # the inline call (see the module doc): its number, whether it runs, whether its reading was handed over
+        self._inline_cond = threading.Condition(threading.Lock())
+        self._inline_seq = 0
+        self._inline_running = False
+        self._handed = False
+        self._inline_tool = ""
+        self._watching = False  # the watchdog ticks (else it waits for the next inline call)
+        # tools an inline call of which had to be handed over, until when they are handed over at once
+        self._slow_tools: dict[str, float] = {}
 
     def start(self) -> None:
         for n in range(self._threads):
             threading.Thread(target=self._loop, name=f"link-{n}", daemon=True).start()
+        threading.Thread(target=self._watch, name="link-watchdog", daemon=True).start()
 
     def cancel_all(self, message: str) -> None:
         """The worker is stopping: every call's tool is told to stop."""
@@ -142,16 +171,76 @@ class LinkServer:
     # -- reading --------------------------------------------------------------------------------------------
     def _loop(self) -> None:
         while not self.closed.is_set():
-            with self._read_lock:
-                if self.closed.is_set():
-                    return
-                frame = self.reader.read()
-                if frame is None:  # the pool has gone (see app.py)
-                    self.closed.set()
-                    return
-                work = self._dispatch(frame)
-            if work is not None:
-                work()
+            self._read_lock.acquire()
+            if not self._lead():
+                return
+
+    def _lead(self) -> bool:
+        """Read frames while this thread holds the read lock, until a call takes the thread: then the reading
+        has been handed over. False once the link has closed."""
+        while True:
+            if self.closed.is_set():
+                self._read_lock.release()
+                return False
+            frame = self.reader.read()
+            if frame is None:  # the pool has gone (see app.py)
+                self.closed.set()
+                self._read_lock.release()
+                return False
+            work = self._dispatch(frame)
+            if work is None:
+                continue
+            if isinstance(work, LinkCall):
+                if self._serve_inline(work):
+                    continue  # answered, and the reading was never handed over
+                return True
+            self._read_lock.release()
+            work()
+            return True
+
+    def _serve_inline(self, call: LinkCall) -> bool:
+        """Serve a unary call on the reading thread; True when the reading is still this thread's afterwards,
+        False when it was handed over meanwhile (by the watchdog, or at once for a tool known to be slow)."""
+        with self._inline_cond:
+            self._inline_seq += 1
+            self._inline_running = True
+            if not self._watching:
+                self._watching = True
+                self._inline_cond.notify()
+        try:
+            self._serve_tool(call, call.open_frame, inline=True)
+        finally:
+            with self._inline_cond:
+                self._inline_running = False
+                handed, self._handed = self._handed, False
+        return not handed
+
+    def _hand_over_inline(self) -> None:
+        """Let a follower read while the inline call runs on (the read lock is released on its reader's behalf).
+        With the inline lock held."""
+        if self._inline_running and not self._handed:
+            self._handed = True
+            self._read_lock.release()
+
+    def _is_slow(self, tool: str) -> bool:
+        until = self._slow_tools.get(tool)
+        return until is not None and time.monotonic() < until
+
+    def _watch(self) -> None:
+        seen, quiet = -1, 0
+        while True:
+            with self._inline_cond:
+                while not self._watching:
+                    self._inline_cond.wait()
+            time.sleep(INLINE_TICK_S)
+            with self._inline_cond:
+                if self._inline_running and self._inline_seq == seen:  # the same call as a tick ago: not quick
+                    self._slow_tools[self._inline_tool] = time.monotonic() + SLOW_TOOL_S
+                    self._hand_over_inline()
+                quiet = quiet + 1 if self._inline_seq == seen else 0
+                seen = self._inline_seq
+                if quiet >= INLINE_IDLE_TICKS:
+                    self._watching = False
 
     def _dispatch(self, frame: Any) -> Any:
         """Handle a frame on the reading thread; returns the work a tool call needs, to run after reading is
@@ -167,6 +256,9 @@ class LinkServer:
                     call.deadline = self._deadlines.after(
                         frame.timeout_ms / 1000, lambda: call.cancel(code_pb2.DEADLINE_EXCEEDED, "deadline exceeded")
                     )
+                if frame.method == "ExecuteTool" and len(self._calls) == 1:
+                    call.open_frame = frame
+                    return call  # served inline
                 return lambda: self._serve_tool(call, frame)
             if frame.method in _INLINE_METHODS:
                 self._serve_small(frame)  # quick, and never blocks: no hand-over of the reading
@@ -193,12 +285,17 @@ class LinkServer:
             return
         self.writer.send_parts([(frame.call_id, MESSAGE, response.SerializeToString()), (frame.call_id, END, _OK)])
 
-    def _serve_tool(self, call: LinkCall, frame: Any) -> None:
+    def _serve_tool(self, call: LinkCall, frame: Any, *, inline: bool = False) -> None:
         metadata = frame.metadata  # a protobuf map: read-only, as the engine needs it
         tool_name = ""
         try:
             request = self.engine.parse_request(frame.payload)
             tool_name = request.tool_name
+            if inline:
+                with self._inline_cond:
+                    self._inline_tool = tool_name
+                    if self._is_slow(tool_name):
+                        self._hand_over_inline()
             if frame.method == "ExecuteTool":
                 response = self.engine.execute(request, metadata, on_ready=lambda ctx: call.attach(ctx.cancel_event))
                 if call.ended is None:

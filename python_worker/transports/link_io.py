@@ -90,13 +90,24 @@ class FrameWriter:
             if self.closed:
                 return
             try:
-                _write_all(self._fd, [p for p in parts if p])
+                # the usual case, one writev that takes everything; else the loop over what is left
+                total = sum(p.nbytes if isinstance(p, memoryview) else len(p) for p in parts)
+                written = os.writev(self._fd, parts) if len(parts) <= 1024 else 0
+                if written < total:
+                    _write_all(self._fd, [p for p in parts if p], written)
             except OSError:  # the pool has gone: the reader sees EOF and the worker stops
                 self.closed = True
 
 
-def _write_all(fd: int, parts: list[bytes | memoryview]) -> None:
-    views = [memoryview(p) for p in parts]
+def _write_all(fd: int, parts: list[bytes | memoryview], skip: int = 0) -> None:
+    """Write ``parts`` but their first ``skip`` bytes (already written)."""
+    views = [memoryview(p).cast("B") for p in parts]
+    while skip:
+        if skip >= len(views[0]):
+            skip -= len(views.pop(0))
+        else:
+            views[0] = views[0][skip:]
+            skip = 0
     while views:
         written = os.writev(fd, views[:1024])
         while written:

@@ -90,6 +90,34 @@ defmodule Krait.TransportTest do
     assert {:ok, 3.0} = Krait.execute("add", %{a: 1, b: 2}, pool: exposed)
   end
 
+  test "a slow unary call on the link leaves the link read: its cancel and other calls get through" do
+    # The worker serves a lone unary call on the thread that reads the link, and hands the reading over
+    # once the call turns out slow: a second call on the same worker is answered while the first runs,
+    # and the first one's caller going away reaches the tool.
+    pool = start_pool!(size: 1, transport: :link, calls_per_worker: 2)
+    [%{id: wid}] = Krait.Pool.stats(pool).workers
+
+    # twice: the second time, the tool is known to be slow and handed over at once
+    for _ <- 1..2 do
+      tag = tag()
+
+      slow =
+        Task.async(fn ->
+          Krait.execute("slow_tool", %{seconds: 10, tag: tag}, pool: pool, timeout: 30_000)
+        end)
+
+      assert eventually(fn -> worker_events(pool, wid, tag)["started"] end)
+      started = System.monotonic_time(:millisecond)
+      assert {:ok, 3.0} = Krait.execute("add", %{a: 1, b: 2}, pool: pool, timeout: 30_000)
+      # well before the slow call could end
+      assert System.monotonic_time(:millisecond) - started < 5_000
+
+      Task.shutdown(slow, :brutal_kill)
+      assert eventually(fn -> worker_events(pool, wid, tag)["cancel_seen"] end, 5_000)
+      assert eventually(fn -> Krait.Pool.stats(pool).busy == 0 end)
+    end
+  end
+
   # {address, port} of the TCP sockets an OS process listens on (/proc: its socket inodes in LISTEN).
   defp listening_ports(os_pid) do
     inodes =
