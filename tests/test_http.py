@@ -476,6 +476,16 @@ def test_without_a_token_foreign_origins_and_hosts_are_refused(client: httpx.Cli
     assert client.post("/v1/tools/add", json={"a": 1, "b": 2}, headers={"Origin": base_url(worker)}).status_code == 200
 
 
+def test_the_page_and_the_api_cannot_be_framed_or_sniffed(client: httpx.Client) -> None:
+    # the page starts tools with its cookie: another site must not frame it (clickjacking), and it runs only its
+    # own scripts; errors and refusals carry the headers too
+    for response in (client.get("/"), client.get("/static/main.js"), client.get("/v1/tools"), client.get("/nope")):
+        csp = response.headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp and "unsafe" not in csp
+        assert response.headers["x-frame-options"] == "DENY"
+        assert response.headers["x-content-type-options"] == "nosniff"
+
+
 def test_a_body_over_the_maximum_message_size_is_413() -> None:
     with http_worker("--max-message-mb", "0.01") as (_, client):
         response = client.post("/v1/tools/echo", json={"value": "x" * 20_000})

@@ -20,6 +20,7 @@ from typing import Any
 
 import grpc
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
@@ -42,6 +43,7 @@ from .calls import (
 from .chunks import dumps, result_json
 from .errors import HttpError, error_body, error_object, invalid
 from .feed import StreamFeed
+from .headers import SecurityHeaders
 from .sse import SSEResponse, disconnected
 from .websocket import Socket
 
@@ -284,7 +286,7 @@ def build_app(front: Front) -> Starlette:
         WebSocketRoute("/v1/ws", ws),
         Mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static"),
     ]
-    return Starlette(routes=routes)
+    return Starlette(routes=routes, middleware=[Middleware(SecurityHeaders)])
 
 
 class _Tracked(Response):
