@@ -23,7 +23,7 @@ import numpy as np
 
 def _serve(ns: argparse.Namespace) -> int:
     from .logs import configure
-    from .transports.grpc.security import SecurityConfigError, ServerSecurity, read_token
+    from .transports.security import SecurityConfigError, ServerSecurity, read_token
     from .worker.serve import ServeOptions, serve
 
     # adapters are imported from the current directory first, as `python -m` does (the krait-worker script's
@@ -94,7 +94,8 @@ def _show(value: Any) -> str:
 def _client(ns: argparse.Namespace, **kw: Any) -> Any:
     """A Client for ``--target`` with the security flags; exits with 2 naming an unusable one."""
     from .client import Client
-    from .transports.grpc.security import ClientTLS, SecurityConfigError, read_token
+    from .transports.grpc.security import ClientTLS
+    from .transports.security import SecurityConfigError, read_token
 
     try:
         token = read_token(ns.token_file)

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from python_worker.cli import build_parser
-from python_worker.transports.grpc.security import ServerSecurity
+from python_worker.transports.security import ServerSecurity
 
 from .workers import ROOT
 

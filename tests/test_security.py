@@ -16,7 +16,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from python_worker.client import Client, KraitError, UnauthenticatedError
-from python_worker.transports.grpc.security import ClientTLS, SecurityConfigError, ServerSecurity, is_loopback
+from python_worker.transports.grpc.security import ClientTLS
+from python_worker.transports.security import SecurityConfigError, ServerSecurity, is_loopback
 
 from .certs import Certs, make_certs
 from .workers import ROOT, Worker, running_worker, spawn

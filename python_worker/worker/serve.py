@@ -30,10 +30,10 @@ from ..engine.sessions import DEFAULT_MAX_SESSIONS, SessionStore
 from ..metrics import WorkerMetrics, serve_http
 from ..proto import pb
 from ..sdk import AdapterPathError, BaseAdapter, load_adapter
-from ..transports.grpc.security import SecurityConfigError, ServerSecurity
 from ..transports.grpc.server import GrpcServer
 from ..transports.link import LinkServer
 from ..transports.link_io import READY, FrameReader, FrameWriter
+from ..transports.security import SecurityConfigError, ServerSecurity
 from .shutdown import GROUP_TERM_WAIT_S, Shutdown, exit_now, lead_process_group, stop_group
 
 if TYPE_CHECKING:
@@ -114,7 +114,7 @@ def serve(options: ServeOptions, link: FrameWriter | None = None) -> int:
     if serves_grpc or options.http_port is not None:
         try:  # before anything starts: a worker that would be exposed, or cannot read its files, never serves
             options.security.check(options.host)
-            options.security.credentials()
+            options.security.tls_files()
         except SecurityConfigError as exc:
             log.error("%s", exc)
             return 2

@@ -13,9 +13,10 @@ from grpc_reflection.v1alpha import reflection
 
 from ...engine import Engine
 from ...proto import SERVICE_NAME
+from ..security import ServerSecurity
 from .aux_streams import MAX_AUX_STREAMS, AuxStreamLimit
 from .channel import channel_options
-from .security import ServerSecurity
+from .security import interceptors, server_credentials
 from .servicer import ToolWorkerServicer, register
 
 log = logging.getLogger("krait.worker")
@@ -41,7 +42,7 @@ class GrpcServer:
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_calls + MAX_AUX_STREAMS + 8, thread_name_prefix="grpc"),
             options=[*channel_options(max_message_bytes), ("grpc.so_reuseport", 0)],
-            interceptors=[*security.interceptors(), AuxStreamLimit(SERVICE_NAME)],  # the token first
+            interceptors=[*interceptors(security), AuxStreamLimit(SERVICE_NAME)],  # the token first
         )
         register(ToolWorkerServicer(engine), self.server)
         self.health = health.HealthServicer()
@@ -51,7 +52,7 @@ class GrpcServer:
             self.server,
         )
         try:
-            credentials = security.credentials()
+            credentials = server_credentials(security)
             address = f"{host}:{port}"
             if credentials is None:
                 self.port = self.server.add_insecure_port(address)

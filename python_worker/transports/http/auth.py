@@ -24,7 +24,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping
 
-from ..grpc.security import is_loopback
+from ..security import is_loopback
 from .errors import forbidden, unauthenticated
 
 COOKIE = "krait_session"

@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from ...engine import Engine
-from ..grpc.security import ServerSecurity
+from ..security import ServerSecurity
 
 log = logging.getLogger("krait.worker")
 
