@@ -158,12 +158,7 @@ defmodule Krait.Worker do
   def handle_info({:krait_open, ref, owner, method, request, timeout_ms, metadata}, state) do
     case state.calls do
       nil ->
-        send(
-          owner,
-          {:krait_stream, ref,
-           {:done, {:error, Krait.GRPC.Error.unprocessed("worker not running")}}}
-        )
-
+        refuse_open(owner, ref, "worker not running")
         {:noreply, state}
 
       calls ->
@@ -309,8 +304,27 @@ defmodule Krait.Worker do
     send(state.opts.pool, {:krait_worker_down, self(), reason, Output.lines(state.output)})
     state = fail_calls(state, "worker stopped")
     stop_process(%{state | status: :stopping})
+    refuse_pending_opens()
     :ok
   end
+
+  # Calls opened (`Krait.Link.start_stream/4` sends a message, it does not wait) but still in the
+  # mailbox as this process stops never reached the worker: each is answered as unprocessed, so its
+  # caller retries it on another worker instead of seeing this process's exit (which would not tell
+  # it whether its call had been sent). Last in `terminate/2`, to leave the least time for another.
+  defp refuse_pending_opens do
+    receive do
+      {:krait_open, ref, owner, _method, _request, _timeout_ms, _metadata} ->
+        refuse_open(owner, ref, "worker stopped")
+        refuse_pending_opens()
+    after
+      0 -> :ok
+    end
+  end
+
+  defp refuse_open(owner, ref, message),
+    do:
+      send(owner, {:krait_stream, ref, {:done, {:error, Krait.GRPC.Error.unprocessed(message)}}})
 
   ## Startup
 

@@ -135,4 +135,28 @@ defmodule Krait.Pool.WorkerDeathTest do
       end
     end)
   end
+
+  test "a call still in a stopping worker's mailbox is retried, not failed" do
+    # Krait.Link opens a call with a message: the worker process may stop with the open request still
+    # unread. That call never reached Python; it must run on the replacement, not fail with :worker.
+    capture_log(fn ->
+      pool = start_pool!(size: 1)
+      [%{pid: worker}] = Krait.Pool.stats(pool).workers
+      :ok = :sys.suspend(worker)
+
+      call =
+        Task.async(fn -> Krait.execute("add", %{a: 1, b: 2}, pool: pool, timeout: 30_000) end)
+
+      # the open request waits in the suspended worker's mailbox
+      assert eventually(fn ->
+               match?(
+                 {:message_queue_len, n} when n > 0,
+                 Process.info(worker, :message_queue_len)
+               )
+             end)
+
+      :ok = :sys.terminate(worker, {:shutdown, :test})
+      assert {:ok, 3.0} = Task.await(call, 30_000)
+    end)
+  end
 end
