@@ -26,25 +26,6 @@ defmodule Krait.ChunkJSON do
 
   alias Krait.{Chunk, Error, Tensor}
 
-  @codes %{
-    1 => "CANCELLED",
-    2 => "UNKNOWN",
-    3 => "INVALID_ARGUMENT",
-    4 => "DEADLINE_EXCEEDED",
-    5 => "NOT_FOUND",
-    6 => "ALREADY_EXISTS",
-    7 => "PERMISSION_DENIED",
-    8 => "RESOURCE_EXHAUSTED",
-    9 => "FAILED_PRECONDITION",
-    10 => "ABORTED",
-    11 => "OUT_OF_RANGE",
-    12 => "UNIMPLEMENTED",
-    13 => "INTERNAL",
-    14 => "UNAVAILABLE",
-    15 => "DATA_LOSS",
-    16 => "UNAUTHENTICATED"
-  }
-
   # the code of an error that did not come from a worker's status
   @category_codes %{
     python: "UNKNOWN",
@@ -143,8 +124,8 @@ defmodule Krait.ChunkJSON do
 
   @doc "The gRPC status name of an error (`\"DEADLINE_EXCEEDED\"`...)."
   @spec code(Error.t()) :: String.t()
-  def code(%Error{details: %{status: status}}) when is_map_key(@codes, status),
-    do: @codes[status]
+  def code(%Error{details: %{status: status}}) when is_integer(status) and status in 1..16,
+    do: Krait.GRPC.Error.status_name(status)
 
   def code(%Error{category: category}), do: Map.get(@category_codes, category, "UNKNOWN")
 
