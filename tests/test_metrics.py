@@ -93,6 +93,41 @@ def test_in_flight_and_sessions_are_read_at_scrape_time() -> None:
         assert got[("krait_tool_calls_total", (("status", "CANCELLED"), ("tool", "endless_stream")))] == 1
 
 
+def test_a_call_stopped_by_its_deadline_counts_as_deadline_exceeded_not_cancelled() -> None:
+    # over gRPC (unary and stream) and over HTTP (unary and SSE); a caller who goes away stays CANCELLED
+    import httpx
+
+    from python_worker.client import DeadlineExceededError
+
+    with running_worker("adapters.showcase:ShowcaseAdapter", "--metrics-port", "0", "--http-port", "0") as worker:
+        with Client(worker.target) as client:
+            with pytest.raises(DeadlineExceededError):
+                client.call("slow_tool", {"seconds": 30}, timeout=0.3)
+            with pytest.raises(DeadlineExceededError):
+                list(client.stream("endless_stream", {"interval_ms": 20}, timeout=0.3))
+            gone = client.execute_stream("endless_stream", interval_ms=20)
+            next(iter(gone))
+            gone.close()
+        with httpx.Client(base_url=f"http://127.0.0.1:{worker.info['http_port']}", timeout=10) as http:
+            assert http.post("/v1/tools/slow_tool?timeout_ms=300", json={"seconds": 30}).status_code == 504
+            body = http.post("/v1/tools/endless_stream/stream?timeout_ms=300", json={"interval_ms": 20}).text
+            assert "DEADLINE_EXCEEDED" in body
+
+        url = f"http://127.0.0.1:{worker.info['metrics_port']}/metrics"
+
+        def counted() -> dict:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                got = samples(response.read().decode())
+            assert got[("krait_calls_in_flight", ())] == 0
+            return got
+
+        got = eventually(counted, timeout=10, what="every call ended")
+    calls = {labels: n for (name, labels), n in got.items() if name == "krait_tool_calls_total"}
+    assert calls[(("status", "DEADLINE_EXCEEDED"), ("tool", "slow_tool"))] == 2
+    assert calls[(("status", "DEADLINE_EXCEEDED"), ("tool", "endless_stream"))] == 2
+    assert calls[(("status", "CANCELLED"), ("tool", "endless_stream"))] == 1
+
+
 def test_metrics_port_taken_is_a_clear_startup_error(tmp_path: Path) -> None:
     import socket
     import subprocess

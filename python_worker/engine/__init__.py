@@ -72,8 +72,9 @@ class StreamHandle:
     def start(self) -> None:
         self.call.start()
 
-    def cancel(self) -> None:
-        self.call.cancel()
+    def cancel(self, reason: str = "CANCELLED") -> None:
+        """Stop the tool: its caller went (``"CANCELLED"``) or its deadline passed (``"DEADLINE_EXCEEDED"``)."""
+        self.call.cancel(reason)
 
     def batches(self, *, batched: bool = True) -> Iterator[list[Any]]:
         """Lists of queued chunks, whatever is ready (one chunk each when not ``batched``), until the tool ends;
@@ -85,18 +86,21 @@ class StreamHandle:
                 if metrics is not None:
                     self._count(metrics)
                 yield batch
-            self._status = "CANCELLED" if self.ctx.cancel_event.is_set() else "OK"
+            self._status = self._cancelled() if self.ctx.cancel_event.is_set() else "OK"
         except Cancelled:
-            self._status = "CANCELLED"
+            self._status = self._cancelled()
             return
         except GeneratorExit:  # the transport stopped taking batches: its caller went
-            self._status = "CANCELLED"
+            self._status = self._cancelled()
             raise
         except BaseException as exc:
             self._status = status_name(exc)
             self._error = exc
             _tag(exc, self._info)
             raise
+
+    def _cancelled(self) -> str:
+        return self.ctx.cancel_event.reason or "CANCELLED"
 
     def _count(self, metrics: WorkerMetrics) -> None:
         chunks, nbytes = self.call._seq, self.call.nbytes
@@ -109,9 +113,11 @@ class StreamHandle:
         if metrics is not None:
             self._count(metrics)
             # a stream its transport stopped taking (the caller went) ends cancelled
-            metrics.call_ended(self.ctx.tool_name, self._status or "CANCELLED", time.perf_counter() - self._started)
+            metrics.call_ended(
+                self.ctx.tool_name, self._status or self._cancelled(), time.perf_counter() - self._started
+            )
         if self._span is not None:
-            self._span.end(self._status or "CANCELLED", self._error, self.call._seq, self.call.nbytes)
+            self._span.end(self._status or self._cancelled(), self._error, self.call._seq, self.call.nbytes)
         self._engine._end(self.ctx, self._acquired)
 
 
@@ -222,11 +228,13 @@ class Engine:
         try:
             on_ready(ctx)
             response = run_unary(self.adapter, accepted[0], accepted[1], ctx, started)
-            if ctx.cancel_event.is_set():  # the transport answers CANCELLED (or DEADLINE_EXCEEDED)
-                status = "CANCELLED"
+            if ctx.cancel_event.is_set():  # the transport answers CANCELLED or DEADLINE_EXCEEDED
+                status = ctx.cancel_event.reason or "CANCELLED"
             return response
         except BaseException as exc:
             status, error = status_name(exc), exc
+            if status == "CANCELLED":  # the tool stopped on the flag: the flag says why
+                status = ctx.cancel_event.reason or status
             _tag(exc, info)
             raise
         finally:

@@ -179,9 +179,9 @@ class StreamingCall:
         else:
             self.thread.start()
 
-    def cancel(self) -> None:
-        """The caller has gone: raise the flag and unblock the tool."""
-        self.ctx.cancel_event.set()
+    def cancel(self, reason: str = "CANCELLED") -> None:
+        """The caller has gone (or its deadline passed: ``reason``): raise the flag and unblock the tool."""
+        self.ctx.cancel_event.set(reason)
         self.buffer.cancel()
 
     def _chunk(self, item: Any) -> tuple[Chunk | bytes, int, bool]:

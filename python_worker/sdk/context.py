@@ -18,17 +18,20 @@ class ToolCancelled(Exception):
 
 class CancelEvent(threading.Event):
     """A ``threading.Event`` that also runs callbacks, once, when it is set: how a cancellation raised on a
-    gRPC thread reaches an asyncio task on the worker's event loop (the callback cancels the task)."""
+    gRPC thread reaches an asyncio task on the worker's event loop (the callback cancels the task). ``reason``
+    is the status the call ends with once set: ``"CANCELLED"`` (its caller went) or ``"DEADLINE_EXCEEDED"``."""
 
     def __init__(self) -> None:
         super().__init__()
+        self.reason = ""
         self._callbacks: list[Callable[[], object]] = []
         self._callbacks_lock = threading.Lock()
 
-    def set(self) -> None:
+    def set(self, reason: str = "CANCELLED") -> None:
         with self._callbacks_lock:
             if self.is_set():
                 return
+            self.reason = reason
             super().set()
             callbacks, self._callbacks = self._callbacks, []
         for callback in callbacks:

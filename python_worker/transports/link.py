@@ -26,11 +26,13 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, status_pb2
 
 from ..engine import Engine, StreamHandle
 from ..engine.deadlines import Deadline, Deadlines
 from ..proto import pb
+from ..sdk.context import CancelEvent
 from ..wire import encode_batch
 from .link_io import CANCEL, CREDIT, END, MESSAGE, OPEN, STARTED, FrameReader, FrameWriter
 
@@ -49,6 +51,18 @@ INLINE_IDLE_TICKS = 250
 # A tool handed over by the watchdog is handed over at once for this long (a slow tool then runs inline once in
 # a while; a quick one that was slow once, behind a garbage collection say, is served inline again).
 SLOW_TOOL_S = 5.0
+
+
+def _cancel_reason(payload: bytes) -> tuple[int, str]:
+    """The code and message a CANCEL frame ends its call with: its payload, when there is one, is a
+    ``google.rpc.Status`` saying why (DEADLINE_EXCEEDED: the caller's deadline passed)."""
+    if payload:
+        try:
+            if status_pb2.Status.FromString(payload).code == code_pb2.DEADLINE_EXCEEDED:
+                return code_pb2.DEADLINE_EXCEEDED, "deadline exceeded"
+        except DecodeError:
+            log.warning("a CANCEL frame with a malformed status: taken as a plain cancel")
+    return code_pb2.CANCELLED, "cancelled by the caller"
 
 
 def _status(code: int, message: str) -> bytes:
@@ -70,11 +84,12 @@ class LinkCall:
         self.ended: bytes | None = None  # the END status once cancelled or past its deadline
         self.deadline: Deadline | None = None
         self.stream: StreamHandle | None = None
-        self.cancel_event: threading.Event | None = None
+        self.cancel_event: CancelEvent | None = None
         self._cond: threading.Condition | None = None
         self.open_frame: Any = None  # the OPEN frame of a call served inline
+        self._reason = "CANCELLED"  # the status its tool's cancellation ends it with
 
-    def attach(self, cancel_event: threading.Event, stream: StreamHandle | None = None) -> None:
+    def attach(self, cancel_event: CancelEvent, stream: StreamHandle | None = None) -> None:
         """The call's tool is about to run: from now on a cancellation reaches it."""
         with self._lock:
             self.cancel_event, self.stream = cancel_event, stream
@@ -89,6 +104,7 @@ class LinkCall:
             if self.ended is not None:
                 return
             self.ended = _status(code, message)
+            self._reason = "DEADLINE_EXCEEDED" if code == code_pb2.DEADLINE_EXCEEDED else "CANCELLED"
             cond = self._cond
         if cond is not None:
             with cond:
@@ -97,9 +113,9 @@ class LinkCall:
 
     def _stop(self) -> None:
         if self.cancel_event is not None:
-            self.cancel_event.set()
+            self.cancel_event.set(self._reason)
         if self.stream is not None:
-            self.stream.cancel()
+            self.stream.cancel(self._reason)
 
     def add_credit(self, n: int) -> None:
         with self._lock:
@@ -269,7 +285,7 @@ class LinkServer:
                 open_call = self._calls.get(call_id)
             if open_call is not None:
                 if kind == CANCEL:
-                    open_call.cancel(code_pb2.CANCELLED, "cancelled by the caller")
+                    open_call.cancel(*_cancel_reason(frame.payload))
                 else:
                     open_call.add_credit(frame.credit)
             return None

@@ -429,7 +429,7 @@ defmodule Krait.Call do
             :ok
 
           :deadline ->
-            cancel(s)
+            cancel(s, :deadline)
             {:error, timeout_error(o, s.ctx)}
 
           {:error, _} = error ->
@@ -446,7 +446,7 @@ defmodule Krait.Call do
         down_result(s, reason, delivered?)
     after
       remaining(o.deadline) ->
-        cancel(s)
+        cancel(s, :deadline)
         {:error, timeout_error(o, s.ctx)}
     end
   end
@@ -519,7 +519,7 @@ defmodule Krait.Call do
         down_result(s, reason, false)
     after
       remaining(o.deadline) ->
-        cancel(s)
+        cancel(s, :deadline)
         {:error, timeout_error(o, s.ctx)}
     end
   end
@@ -714,7 +714,9 @@ defmodule Krait.Call do
   defp lazy_failed(st, {:error, error}), do: lazy_raise(%{st | s: :done}, st.lease, error)
 
   defp lazy_after(%{s: s, lease: lease, event: {started, meta}} = st) do
-    if s != :done, do: cancel(s)
+    if s != :done,
+      do: cancel(s, if(remaining(st.o.deadline) == 0, do: :deadline, else: :cancelled))
+
     Scheduler.checkin(lease)
 
     case Process.delete({__MODULE__, :stream_error, st.o.call_id}) do
@@ -725,11 +727,11 @@ defmodule Krait.Call do
 
   ## Helpers
 
-  defp cancel(%{ref: ref, conn: conn, channel: channel, mon: mon}) do
+  defp cancel(%{ref: ref, conn: conn, channel: channel, mon: mon}, reason \\ :cancelled) do
     Process.demonitor(mon, [:flush])
 
     try do
-      channel.cancel(conn, ref)
+      channel.cancel(conn, ref, reason)
     catch
       :exit, _ -> :ok
     end

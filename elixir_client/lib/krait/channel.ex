@@ -20,8 +20,15 @@ defmodule Krait.Channel do
               {:ok, reference()} | {:error, term()}
   @doc "Acknowledges `bytes` of messages taken by the owner."
   @callback ack(pid(), reference(), non_neg_integer()) :: :ok
-  @doc "Cancels the stream (the worker stops the call); later messages for it are dropped."
-  @callback cancel(pid(), reference()) :: :ok
+  @typedoc "Why a caller cancels: it went away or gave up (`:cancelled`), or its deadline passed (`:deadline`)."
+  @type cancel_reason :: :cancelled | :deadline
+
+  @doc """
+  Cancels the stream (the worker stops the call); later messages for it are dropped. The reason
+  reaches the worker where the channel can carry it (the link: the call ends `DEADLINE_EXCEEDED`
+  in the worker's metrics and spans, not `CANCELLED`; gRPC's worker knows its deadline itself).
+  """
+  @callback cancel(pid(), reference(), cancel_reason()) :: :ok
 
   @doc """
   A whole unary call: `{:ok, response_binary}` or `{:error, reason}`; the caller waits at most

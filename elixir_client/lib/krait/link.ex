@@ -37,8 +37,8 @@ defmodule Krait.Link do
   end
 
   @impl true
-  def cancel(worker, ref) do
-    send(worker, {:krait_cancel, ref})
+  def cancel(worker, ref, reason \\ :cancelled) do
+    send(worker, {:krait_cancel, ref, reason})
     :ok
   end
 end

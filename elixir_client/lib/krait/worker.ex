@@ -170,8 +170,8 @@ defmodule Krait.Worker do
   def handle_info({:krait_ack, ref, bytes}, %{calls: %Calls{} = calls} = state),
     do: {:noreply, %{state | calls: Calls.ack(calls, ref, bytes)}}
 
-  def handle_info({:krait_cancel, ref}, %{calls: %Calls{} = calls} = state),
-    do: {:noreply, %{state | calls: Calls.cancel(calls, ref)}}
+  def handle_info({:krait_cancel, ref, reason}, %{calls: %Calls{} = calls} = state),
+    do: {:noreply, %{state | calls: Calls.cancel(calls, ref, reason)}}
 
   def handle_info({port, {:data, packet}}, %{port: port, transport: :link} = state)
       when is_binary(packet) do

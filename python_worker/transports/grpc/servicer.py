@@ -62,7 +62,7 @@ class ToolWorkerServicer(pb_grpc.ToolWorkerServicer):
     # -- tool calls ---------------------------------------------------------------------------------------
     def ExecuteTool(self, request: Any, context: grpc.ServicerContext) -> Any:
         def ready(ctx: ToolContext) -> None:
-            context.add_callback(ctx.cancel_event.set)
+            context.add_callback(lambda: ctx.cancel_event.set(_ended_by(context)))
             # headers go out before the tool runs: a client that saw none knows the call never started
             context.send_initial_metadata(())
 
@@ -86,7 +86,7 @@ class ToolWorkerServicer(pb_grpc.ToolWorkerServicer):
         try:
             handle = self.engine.stream(request, _metadata(context), frame_large=batched)
             # fires when the RPC ends for any reason: client cancel, disconnect, deadline, or normal end
-            context.add_callback(handle.cancel)
+            context.add_callback(lambda: handle.cancel(_ended_by(context)))
             # headers go out before the tool runs: a client that saw none knows the call never started
             context.send_initial_metadata(())
             handle.start()
@@ -96,6 +96,12 @@ class ToolWorkerServicer(pb_grpc.ToolWorkerServicer):
         finally:
             if handle is not None:
                 handle.close()
+
+
+def _ended_by(context: grpc.ServicerContext) -> str:
+    """Why an RPC that ended before its tool did was cut short: its deadline, or its client."""
+    remaining = context.time_remaining()
+    return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
 
 
 def _metadata(context: grpc.ServicerContext) -> dict[str, str]:

@@ -102,17 +102,17 @@ async def run_unary(
     first (the caller left), a DEADLINE_EXCEEDED error past ``deadline_ms``."""
     loop = asyncio.get_running_loop()
     holder: list[ToolContext] = []
-    stop = [False]
+    stopped: list[str] = []  # why the call was cut short, once it was (CANCELLED, DEADLINE_EXCEEDED)
 
     def ready(ctx: ToolContext) -> None:  # on the executor thread, before the tool runs
         holder.append(ctx)
-        if stop[0]:
-            ctx.cancel_event.set()
+        if stopped:
+            ctx.cancel_event.set(stopped[0])
 
-    def cancel() -> None:
-        stop[0] = True
+    def cancel(reason: str) -> None:
+        stopped.append(reason)
         if holder:
-            holder[0].cancel_event.set()
+            holder[0].cancel_event.set(reason)
 
     def execute() -> tuple[Any, BaseException | None]:
         # the error is handed back, not re-raised through the future: it keeps the tool's traceback as it was
@@ -130,7 +130,7 @@ async def run_unary(
             return_when=asyncio.FIRST_COMPLETED,
         )
     except asyncio.CancelledError:
-        cancel()
+        cancel("CANCELLED")
         _forget(call)
         raise
     finally:
@@ -141,9 +141,10 @@ async def run_unary(
         if error is not None:
             raise error
         return response
-    cancel()  # the tool's flag; its answer, if it ever comes, is dropped
+    gone_first = waiter is not None and waiter in done
+    cancel("CANCELLED" if gone_first else "DEADLINE_EXCEEDED")  # the tool's flag; a late answer is dropped
     _forget(call)
-    if waiter is not None and waiter in done:
+    if gone_first:
         raise Gone
     raise deadline_exceeded(deadline_ms or 0)
 

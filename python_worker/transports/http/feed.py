@@ -136,12 +136,15 @@ class StreamFeed:
             self._cond.notify_all()
             handle = self._handle
         if handle is not None:
-            handle.cancel()
+            handle.cancel(self._why())
 
     async def wait_closed(self) -> None:
         """Wait for the pump to end (the call's slot freed)."""
         if self._pump is not None:
             await asyncio.shield(self._pump)
+
+    def _why(self) -> str:
+        return "DEADLINE_EXCEEDED" if self._expired else "CANCELLED"
 
     def _expire(self) -> None:
         self._expired = True
@@ -202,7 +205,7 @@ class StreamFeed:
                 self._handle = handle
                 closed = self._closed
             if closed:
-                handle.cancel()
+                handle.cancel(self._why())
             self._loop.call_soon_threadsafe(self._opened.set_result, None)
             handle.start()
             for batch in handle.batches():

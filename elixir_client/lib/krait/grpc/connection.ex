@@ -197,9 +197,10 @@ defmodule Krait.GRPC.Connection do
   Cancels a call with RST_STREAM(CANCEL). Once this returns, no message for `ref` is sent
   any more (not even `:done`); earlier ones may still be in the owner's mailbox.
   """
-  @spec cancel(conn, reference) :: :ok
+  @spec cancel(conn, reference, Krait.Channel.cancel_reason()) :: :ok
   @impl Krait.Channel
-  def cancel(conn, ref) when is_reference(ref) do
+  # the reason is not sent: the server knows its own deadline (grpc-timeout)
+  def cancel(conn, ref, _reason \\ :cancelled) when is_reference(ref) do
     GenServer.call(conn, {:cancel, ref})
   catch
     :exit, _ -> :ok

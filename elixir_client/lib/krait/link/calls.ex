@@ -108,10 +108,10 @@ defmodule Krait.Link.Calls do
 
   @doc "The owner gave up on stream `ref`: tell the worker to stop the call and forget it."
   @spec cancel(t(), reference()) :: t()
-  def cancel(t, ref) do
+  def cancel(t, ref, reason \\ :cancelled) do
     case Map.fetch(t.refs, ref) do
       {:ok, id} ->
-        command(t, Frame.cancel(id))
+        command(t, Frame.cancel(id, reason))
         forget(t, id, Map.fetch!(t.calls, id))
 
       :error ->

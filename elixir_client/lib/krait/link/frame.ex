@@ -45,10 +45,18 @@ defmodule Krait.Link.Frame do
     ]
   end
 
-  @doc "A `CANCEL` frame for `call_id`."
-  @spec cancel(pos_integer()) :: iodata()
-  def cancel(call_id),
+  @doc """
+  A `CANCEL` frame for `call_id`; for `:deadline` its payload is a `google.rpc.Status` with code
+  `DEADLINE_EXCEEDED` (4), so the worker ends the call as past its deadline rather than cancelled.
+  """
+  @spec cancel(pos_integer(), Krait.Channel.cancel_reason()) :: iodata()
+  def cancel(call_id, reason \\ :cancelled)
+
+  def cancel(call_id, :cancelled),
     do: [Wire.field(1, :uint64, call_id), Wire.field(2, :uint64, @kinds.cancel)]
+
+  def cancel(call_id, :deadline),
+    do: [cancel(call_id, :cancelled), Wire.delimited(5, Wire.field(1, :uint64, 4))]
 
   @doc "A `CREDIT` frame: `call_id` may send `bytes` more bytes of message payload."
   @spec credit(pos_integer(), pos_integer()) :: iodata()

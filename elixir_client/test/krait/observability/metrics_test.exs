@@ -55,6 +55,30 @@ defmodule Krait.Observability.MetricsTest do
     assert length(Regex.scan(~r/^# HELP krait_tool_calls_total /m, text)) == 1
   end
 
+  test "a call stopped by its deadline over the link is counted DEADLINE_EXCEEDED by its worker" do
+    pool = start_pool!(size: 1)
+
+    {:error, %Krait.Error{category: :timeout}} =
+      Krait.execute("slow_tool", %{seconds: 30}, pool: pool, timeout: 300)
+
+    {:error, %Krait.Error{category: :timeout}} =
+      Krait.execute_stream("endless_stream", %{interval_ms: 20}, fn _ -> :ok end,
+        pool: pool,
+        timeout: 300
+      )
+
+    [w] = Enum.map(Krait.Pool.stats(pool).workers, & &1.id)
+
+    series = fn tool ->
+      ~s(krait_tool_calls_total{worker_id="#{w}",status="DEADLINE_EXCEEDED",tool="#{tool}"})
+    end
+
+    assert eventually(fn ->
+             s = samples(Krait.Metrics.prometheus(pool))
+             s[series.("slow_tool")] == 1 and s[series.("endless_stream")] == 1
+           end)
+  end
+
   test "refused checkouts and restarts are counted" do
     pool = start_pool!(size: 1, max_queue: 0)
     test = self()
