@@ -5,7 +5,8 @@ Over the local link (``serve --link``) every record is one LOG frame (:mod:`..tr
 
     {"level": "WARNING", "logger": "krait.worker", "message": "...", "worker_id": "w1",
      "exception": "Traceback ...",                           (only when the record carries an exception)
-     "tool": "train", "session_id": "s1", "call_id": "..."}  (only for records emitted during a call)
+     "tool": "train", "session_id": "s1", "call_id": "...",  (only for records emitted during a call)
+     "trace_id": "4bf9..."}                                  (and its span's trace id, when it records one)
 
 A record "during a call" is one emitted on the call's gRPC thread or on its streaming tool's thread, whoever
 logs it (Krait, the adapter, a library): the call is held in a context variable set by the call machinery
@@ -15,6 +16,7 @@ traceback is never printed line by line beside them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import secrets
@@ -39,6 +41,7 @@ class CallInfo:
     tool: str
     session_id: str
     call_id: str
+    trace_id: str = ""  # the call's span's trace id, once it has one
 
 
 CURRENT_CALL: ContextVar[CallInfo | None] = ContextVar("krait_call", default=None)
@@ -64,6 +67,13 @@ def clean_call_id(value: str) -> str:
 def in_call(tool: str, session_id: str, call_id: str) -> CallInfo:
     """Mark this thread's records as the call's until :func:`call_ended`."""
     info = CallInfo(tool=clip(tool), session_id=clip(session_id), call_id=call_id)
+    CURRENT_CALL.set(info)
+    return info
+
+
+def with_trace(info: CallInfo, trace_id: str) -> CallInfo:
+    """Mark this thread's records with the call's trace id too (known once its span has started)."""
+    info = dataclasses.replace(info, trace_id=trace_id)
     CURRENT_CALL.set(info)
     return info
 
@@ -109,6 +119,8 @@ def record_fields(record: logging.LogRecord, formatter: logging.Formatter) -> di
     call: CallInfo | None = getattr(record, "krait_call", None)
     if call is not None:
         out["tool"], out["session_id"], out["call_id"] = call.tool, call.session_id, call.call_id
+        if call.trace_id:
+            out["trace_id"] = call.trace_id
     return out
 
 

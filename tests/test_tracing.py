@@ -4,6 +4,7 @@ a failure sets the span's status and records the exception."""
 
 from __future__ import annotations
 
+import json
 import secrets
 from typing import Any
 
@@ -159,3 +160,20 @@ def test_export_asked_for_without_the_exporter_is_a_warning_not_a_failure() -> N
         process.wait(10)
     assert process.stderr is not None
     assert b"OpenTelemetry export asked for, but opentelemetry.exporter is missing" in process.stderr.read()
+
+
+def test_the_calls_log_records_carry_its_trace_id(tmp_path) -> None:
+    log = tmp_path / "worker.log"
+    header, trace_id, _ = traceparent()
+    with log.open("wb") as sink, running_worker(TRACED, "--log-format", "json", stderr=sink) as worker:
+        with grpc.insecure_channel(worker.target) as channel:
+            stub = pb_grpc.ToolWorkerStub(channel)  # type: ignore[no-untyped-call]
+            stub.ExecuteTool(build_request("work", {}, "", None), metadata=[("traceparent", header)], timeout=10)
+
+        def logged() -> dict[str, Any]:
+            lines = [json.loads(x.removeprefix("KRAIT_LOG ")) for x in log.read_text().splitlines()]
+            [record] = [r for r in lines if r["message"] == "working on the call"]
+            return record
+
+        record = eventually(logged, timeout=10, interval=0.05)
+    assert record["trace_id"] == trace_id and record["tool"] == "work" and record["call_id"]

@@ -21,7 +21,7 @@ import grpc
 
 from .. import tracing
 from ..errors import CallError, InvalidArguments, Overloaded, clip, to_status
-from ..logs import CALL_ID_HEADER, CURRENT_CALL, CallInfo, call_ended, call_id_from, clean_call_id, in_call
+from ..logs import CALL_ID_HEADER, CURRENT_CALL, CallInfo, call_ended, call_id_from, clean_call_id, in_call, with_trace
 from ..metrics import UNKNOWN_TOOL, WorkerMetrics, exposition
 from ..proto import pb
 from ..sdk import BaseAdapter, ToolContext, ToolSpec
@@ -275,6 +275,8 @@ class Engine:
         info = self._begin(request, metadata)
         acquired = False
         span = self._span(request, metadata, info) if self.tracing else None
+        if span is not None and span.trace_id:
+            info = with_trace(info, span.trace_id)
         try:
             self._acquire()
             acquired = True

@@ -18,8 +18,8 @@ defmodule Krait.Worker do
     2. waits for it to be ready: a `READY` frame (link), or the `KRAIT_READY {json}` line giving the
        port to connect to (gRPC); then tells the pool `{:krait_worker_ready, pid, info}`;
     3. logs what the worker says: each Python log record is one `Logger` event at its level, traceback
-       included, with metadata `worker_id`, and `tool`, `session_id` and `call_id` when it comes from a
-       call (see `Krait.Worker.Output`);
+       included, with metadata `worker_id`, and `tool`, `session_id`, `call_id` (and `trace_id` when
+       traced) when it comes from a call (see `Krait.Worker.Output`);
     4. pings the worker every `health_interval` ms; after `health_failures` pings in a row without an
        answer within `health_timeout` ms it kills the process (SIGKILL) and stops, so a hung worker cannot
        silently stay in the pool;

@@ -39,6 +39,19 @@ defmodule Krait.WorkerLogTest do
     refute_receive {:log, _, "Traceback" <> _, _}, 100
   end
 
+  test "a traced call's records carry its trace id", %{pool: pool} do
+    LogForwarder.attach()
+    word = "t#{System.unique_integer([:positive])}"
+    trace_id = Base.encode16(:crypto.strong_rand_bytes(16), case: :lower)
+    traceparent = "00-#{trace_id}-#{Base.encode16(:crypto.strong_rand_bytes(8), case: :lower)}-01"
+
+    assert {:ok, ^word} =
+             Krait.execute("log_records", %{message: word}, pool: pool, trace_context: traceparent)
+
+    assert_receive {:log, :warning, "warning: " <> ^word, meta}, 5_000
+    assert meta.trace_id == trace_id
+  end
+
   test "an error's call id is the one the worker's records carry", %{pool: pool} do
     LogForwarder.attach()
 

@@ -8,6 +8,7 @@ defmodule Krait.Proto.LogRecord do
       exception: {4, :string},
       tool: {5, :string},
       session_id: {6, :string},
-      call_id: {7, :string}
+      call_id: {7, :string},
+      trace_id: {8, :string}
     ]
 end

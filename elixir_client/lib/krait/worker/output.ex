@@ -36,7 +36,7 @@ defmodule Krait.Worker.Output do
       end
 
     metadata =
-      for key <- [:tool, :session_id, :call_id],
+      for key <- [:tool, :session_id, :call_id, :trace_id],
           (value = field(record, key)) != "",
           do: {key, value}
 
