@@ -465,6 +465,31 @@ def test_login_sets_an_http_only_cookie_that_authenticates(secured: Worker) -> N
         assert client.get("/v1/auth").json()["authenticated"] is False
 
 
+def test_guessing_the_token_is_slowed_down() -> None:
+    # wrong tokens count by client address, by login or bearer header alike; once too many, even the right one
+    # waits (a guess must not be told apart from the token), while a session already logged in goes on
+    from python_worker.transports.http.auth import MAX_FAILURES
+
+    with http_worker(env={"KRAIT_TOKEN": TOKEN}) as (worker, client):
+        url = base_url(worker)
+        assert client.post("/v1/login", json={"token": TOKEN}).status_code == 204
+        with httpx.Client(base_url=url, timeout=30) as guesser:
+            for n in range(MAX_FAILURES):
+                if n % 2:
+                    response = guesser.post("/v1/login", json={"token": f"guess-{n}"})
+                else:
+                    response = guesser.get("/v1/tools", headers={"Authorization": f"Bearer guess-{n}"})
+                assert response.status_code == 401
+            for refused in (
+                guesser.post("/v1/login", json={"token": TOKEN}),
+                guesser.get("/v1/tools", headers={"Authorization": f"Bearer {TOKEN}"}),
+            ):
+                assert refused.status_code == 429, refused.text
+                error = refused.json()["error"]
+                assert error["code"] == "RESOURCE_EXHAUSTED" and "try again in" in error["message"]
+        assert client.get("/v1/tools").status_code == 200  # the session logged in before
+
+
 def test_without_a_token_foreign_origins_and_hosts_are_refused(client: httpx.Client, worker: Worker) -> None:
     assert client.get("/v1/auth").json() == {"required": False, "authenticated": True}
     evil = client.post("/v1/tools/add", json={"a": 1, "b": 2}, headers={"Origin": "http://evil.example"})

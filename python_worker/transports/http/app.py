@@ -111,7 +111,9 @@ class Front:
 
     def guard(self, conn: HTTPConnection, method: str) -> str:
         """Authenticate a request (raises :class:`HttpError`); refuses new calls once stopping."""
-        how = self.auth.authenticate(conn.headers, conn.cookies, method=method, scheme=self.scheme)
+        how = self.auth.authenticate(
+            conn.headers, conn.cookies, method=method, scheme=self.scheme, client=_client(conn)
+        )
         if self.stopping:
             raise HttpError("the worker is stopping", code=grpc.StatusCode.UNAVAILABLE, error_type="WorkerStopping")
         return how
@@ -188,7 +190,7 @@ def build_app(front: Front) -> Starlette:
                 given = None
             if not isinstance(given, dict) or not isinstance(given.get("token"), str):
                 raise invalid('POST /v1/login needs a JSON body {"token": "..."}')
-            if front.auth.required and not front.auth.token_matches(given["token"]):
+            if front.auth.required and not front.auth.check_token(given["token"], _client(request)):
                 raise HttpError("a wrong token", code=grpc.StatusCode.UNAUTHENTICATED, error_type="Unauthenticated")
         except Exception as exc:
             return front.error_response(exc, "POST /v1/login")
@@ -287,6 +289,11 @@ def build_app(front: Front) -> Starlette:
         Mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static"),
     ]
     return Starlette(routes=routes, middleware=[Middleware(SecurityHeaders)])
+
+
+def _client(conn: HTTPConnection) -> str:
+    """The client's address, as wrong tokens are counted."""
+    return conn.client.host if conn.client is not None else ""
 
 
 class _Tracked(Response):

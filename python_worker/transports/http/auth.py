@@ -11,7 +11,9 @@
 - Without a token (loopback only, unless ``--insecure``), a request must name a loopback host in ``Host``: a
   page that rebinds its own DNS name to 127.0.0.1 cannot reach the worker.
 
-Comparisons are constant-time (``hmac.compare_digest``). Sessions live in memory, at most
+Comparisons are constant-time (``hmac.compare_digest``). A client address that gave a wrong token
+:data:`MAX_FAILURES` times in :data:`FAILURE_WINDOW_S` (by login or bearer header) is refused 429 until the
+oldest of those failures is that old: guessing a token costs time. Sessions live in memory, at most
 :data:`MAX_SESSIONS` (the oldest go first) for at most :data:`SESSION_MAX_AGE_S` each.
 """
 
@@ -21,15 +23,50 @@ import hmac
 import secrets
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Mapping
 
 from ..security import is_loopback
-from .errors import forbidden, unauthenticated
+from .errors import forbidden, too_many, unauthenticated
 
 COOKIE = "krait_session"
 SESSION_MAX_AGE_S = 12 * 3600
 MAX_SESSIONS = 1000
+MAX_FAILURES = 10
+FAILURE_WINDOW_S = 60.0
+MAX_CLIENTS_TRACKED = 10_000
+
+
+class Failures:
+    """Wrong tokens by client address, in the last :data:`FAILURE_WINDOW_S`."""
+
+    def __init__(self) -> None:
+        self._by_client: OrderedDict[str, deque[float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def check(self, client: str) -> None:
+        """Raise 429 when ``client`` has used up its wrong tokens."""
+        with self._lock:
+            times = self._recent(client, time.monotonic())
+            if times is not None and len(times) >= MAX_FAILURES:
+                wait = times[0] + FAILURE_WINDOW_S - time.monotonic()
+                raise too_many(f"{MAX_FAILURES} wrong tokens from this address: try again in {max(wait, 0):.0f} s")
+
+    def add(self, client: str) -> None:
+        with self._lock:
+            now = time.monotonic()
+            times = self._recent(client, now)
+            if times is None:
+                times = self._by_client[client] = deque(maxlen=MAX_FAILURES)
+                while len(self._by_client) > MAX_CLIENTS_TRACKED:
+                    self._by_client.popitem(last=False)
+            times.append(now)
+
+    def _recent(self, client: str, now: float) -> deque[float] | None:
+        times = self._by_client.get(client)
+        while times and times[0] < now - FAILURE_WINDOW_S:
+            times.popleft()
+        return times
 
 
 class Sessions:
@@ -70,6 +107,7 @@ class Auth:
         self.tls = tls
         self.insecure = insecure
         self.sessions = Sessions()
+        self.failures = Failures()
 
     @property
     def required(self) -> bool:
@@ -78,10 +116,21 @@ class Auth:
     def token_matches(self, given: str) -> bool:
         return self._token is not None and hmac.compare_digest(given.encode("utf-8", "replace"), self._token)
 
-    def authenticate(self, headers: Mapping[str, str], cookies: Mapping[str, str], *, method: str, scheme: str) -> str:
+    def check_token(self, given: str, client: str) -> bool:
+        """:meth:`token_matches`, counting a wrong token against ``client`` (its address); raises 429 once it has
+        given too many."""
+        self.failures.check(client)
+        if self.token_matches(given):
+            return True
+        self.failures.add(client)
+        return False
+
+    def authenticate(
+        self, headers: Mapping[str, str], cookies: Mapping[str, str], *, method: str, scheme: str, client: str = ""
+    ) -> str:
         """How the request is authenticated (``"bearer"``, ``"cookie"`` or ``"none"`` when no token is needed);
-        raises UNAUTHENTICATED or PERMISSION_DENIED. ``method`` is the HTTP method (``"WEBSOCKET"`` for a
-        handshake)."""
+        raises UNAUTHENTICATED, PERMISSION_DENIED or (too many wrong tokens from ``client``) RESOURCE_EXHAUSTED.
+        ``method`` is the HTTP method (``"WEBSOCKET"`` for a handshake)."""
         self.check_host(headers)
         self.check_origin(headers, scheme)
         if self._token is None:
@@ -89,7 +138,7 @@ class Auth:
         authorization = headers.get("authorization", "")
         if authorization:
             scheme_name, _, given = authorization.partition(" ")
-            if scheme_name.lower() != "bearer" or not self.token_matches(given.strip()):
+            if scheme_name.lower() != "bearer" or not self.check_token(given.strip(), client):
                 raise unauthenticated("a wrong token in 'Authorization: Bearer <token>'")
             return "bearer"
         session = cookies.get(COOKIE, "")
