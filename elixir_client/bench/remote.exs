@@ -1,7 +1,8 @@
 # Remote pools: the same showcase worker reached over TLS with a token and in plain text, and a call
 # served by another BEAM node's worker beside one served by the local node's (two :peer nodes,
 # distribution and epmd on 127.0.0.1 only; an epmd the benchmark started is stopped after). Prints `BENCH {json}`
-# lines like bench.exs. Run by hand: scripts/bench does not run it yet.
+# lines like bench.exs; scripts/bench runs it after bench.exs. Row 10's limit: bare sockets, TLS and plain, reading
+# from scripts/benchmarks/tls_limit.py.
 #
 #   cd elixir_client && mix run bench/remote.exs              (quick)
 #   cd elixir_client && KRAIT_BENCH='{"quick": false}' mix run bench/remote.exs
@@ -47,10 +48,13 @@ defmodule KraitRemoteBench do
       tls =
         measure(cfg, tls_args, tls: [cacertfile: Path.join(dir, "ca.pem")], token: "bench-token")
 
+      {limit_plain, limit_tls} = socket_limit(cfg, dir)
+
       for {name, p, t} <- [
             {"remote_items_per_s", plain.items, tls.items},
             {"remote_mib_per_s_4mib", plain.mib, tls.mib},
-            {"remote_unary_p50_us", plain.p50, tls.p50}
+            {"remote_unary_p50_us", plain.p50, tls.p50},
+            {"tls_limit_mib_per_s", limit_plain, limit_tls}
           ] do
         IO.puts(
           "BENCH " <>
@@ -148,6 +152,70 @@ defmodule KraitRemoteBench do
 
         System.cmd("epmd", ["-kill"], stderr_to_stdout: true)
       end
+    end
+  end
+
+  # Row 10's limit: MiB/s read from a bare socket (the options Krait's connection uses), plain and TLS,
+  # from scripts/benchmarks/tls_limit.py; median of cfg.runs each.
+  defp socket_limit(cfg, dir) do
+    mib = cfg.blobs * 4
+
+    port =
+      Port.open({:spawn_executable, @python}, [
+        :binary,
+        {:line, 1024},
+        {:cd, @root},
+        {:args,
+         [
+           "-m",
+           "scripts.benchmarks.tls_limit",
+           "127.0.0.2",
+           Path.join(dir, "server.crt.pem"),
+           Path.join(dir, "server.key.pem"),
+           to_string(mib)
+         ]}
+      ])
+
+    receive do
+      {^port, {:data, {:eol, "READY " <> ports}}} ->
+        [plain_port, tls_port] = ports |> String.split() |> Enum.map(&String.to_integer/1)
+        read = fn mod, tcp_port -> median(cfg.runs, fn -> socket_rate(mod, tcp_port, mib) end) end
+        result = {read.(:gen_tcp, plain_port), read.(:ssl, tls_port)}
+        Port.close(port)
+        result
+    after
+      20_000 -> raise "tls_limit.py did not start"
+    end
+  end
+
+  defp socket_rate(mod, tcp_port, mib) do
+    opts = [:binary, packet: :raw, active: 100, nodelay: true, buffer: 262_144]
+    opts = if mod == :ssl, do: opts ++ [verify: :verify_none], else: opts
+    {:ok, socket} = mod.connect(~c"127.0.0.2", tcp_port, opts, 5_000)
+    setopts = if mod == :ssl, do: &:ssl.setopts/2, else: &:inet.setopts/2
+
+    try do
+      rate(mib, fn ->
+        :ok = mod.send(socket, "g")
+        drain(socket, setopts, mib * 1_048_576)
+      end)
+    after
+      mod.close(socket)
+    end
+  end
+
+  defp drain(_socket, _setopts, left) when left <= 0, do: :ok
+
+  defp drain(socket, setopts, left) do
+    receive do
+      {tag, ^socket, data} when tag in [:tcp, :ssl] ->
+        drain(socket, setopts, left - byte_size(data))
+
+      {tag, ^socket} when tag in [:tcp_passive, :ssl_passive] ->
+        :ok = setopts.(socket, active: 100)
+        drain(socket, setopts, left)
+    after
+      10_000 -> raise "the socket limit stalled"
     end
   end
 

@@ -387,6 +387,13 @@ def table(r: dict[str, float]) -> list[tuple[str, str, str, str]]:
             ratio(tls, plain, "x plain"),
             target,
         )
+    tls, plain = get("tls_limit_mib_per_s_tls"), get("tls_limit_mib_per_s_plain")
+    row(
+        "10. bare sockets, TLS vs plain text: 4 MiB blocks (the limit)",
+        "n/a" if tls is None or plain is None else f"{tls:,.0f} vs {plain:,.0f} MiB/s",
+        ratio(tls, plain, "x plain"),
+        "the limit",
+    )
     added = get("cross_node_unary_p50_us_added_us")
     row(
         "11. unary p50 served by another node's worker vs the local node's",
