@@ -1,8 +1,9 @@
 """Krait's Python worker: write adapters with ``@tool`` methods, serve them over gRPC, call them.
 
 from python_worker import BaseAdapter, tool, StreamChunk, ToolContext
+from python_worker import open_path  # a file the caller names, confined to KRAIT_DATA_ROOT
 """
 
-from .sdk import BaseAdapter, Session, StreamChunk, ToolCancelled, ToolContext, tool
+from .sdk import BaseAdapter, Session, StreamChunk, ToolCancelled, ToolContext, open_path, tool
 
-__all__ = ["BaseAdapter", "Session", "StreamChunk", "ToolCancelled", "ToolContext", "tool"]
+__all__ = ["BaseAdapter", "Session", "StreamChunk", "ToolCancelled", "ToolContext", "open_path", "tool"]

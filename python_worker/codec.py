@@ -2,7 +2,11 @@
 
 - ``application/json``: dicts, lists, numbers, strings, bools and None. orjson encodes (fast, and it turns NumPy
   scalars into plain numbers); integers beyond 64 bits, which orjson refuses, fall back to the standard library so
-  they stay exact. JSON has no NaN or Infinity: non-finite floats become ``null`` (documented in the README).
+  they stay exact. JSON has no NaN or Infinity, and a ``null`` in their place would pass for "no value": a
+  non-finite float anywhere in a value (NumPy scalars and arrays inside it too) is refused with
+  :class:`NonFiniteError` naming where it is (the engine ends the call with ``FAILED_PRECONDITION``). Finding it
+  costs nothing on the usual path: orjson writes NaN as ``null``, so the value is searched only when its JSON
+  holds a ``null``.
   Decoding is strict and the same whichever parser runs: NaN, Infinity, numbers beyond a double's range, lone
   surrogates and nesting deeper than about a thousand levels are errors (:class:`JSONValueError` names where).
 - ``application/x-npy``: NumPy arrays in the standard ``.npy`` format (magic, header with dtype and shape, raw
@@ -50,6 +54,18 @@ class EncodeError(TypeError):
     """A value cannot be put on the wire (an unsupported type, or a value JSON cannot hold)."""
 
 
+class NonFiniteError(EncodeError):
+    """A value holds NaN or an infinity, which JSON cannot; ``path`` is where (keys and indices from the top)."""
+
+    def __init__(self, path: tuple[str | int, ...], number: Any) -> None:
+        self.path, self.number = path, number
+        self.where = "".join(f"[{p!r}]" for p in path)  # ['loss'][2]: appended to what the value is
+        super().__init__(f"{self.where or 'the value'} is {number!r}, {NON_FINITE_RULE}")
+
+
+NON_FINITE_RULE = "not a finite number: JSON has no NaN or Infinity (send None, or a string, for it)"
+
+
 def _json_fallback(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
@@ -62,16 +78,54 @@ def _json_fallback(value: Any) -> Any:
 
 
 def encode_json(value: Any) -> bytes:
-    """Encode ``value`` as JSON; big integers stay exact."""
+    """Encode ``value`` as JSON; big integers stay exact. Raises :class:`EncodeError` (:class:`NonFiniteError`
+    for NaN or an infinity, naming where) for what JSON cannot hold."""
     try:
-        return orjson.dumps(value, default=_json_fallback, option=_ORJSON_OPTS)
+        data: bytes = orjson.dumps(value, default=_json_fallback, option=_ORJSON_OPTS)
     except orjson.JSONEncodeError as exc:
         if "Integer exceeds 64-bit range" not in str(exc):
             raise EncodeError(f"cannot encode {type(value).__name__} as JSON: {exc}") from None
+    else:
+        if b"null" in data and (found := first_non_finite(value)) is not None:
+            raise NonFiniteError(*found)
+        return data
     try:
         return json.dumps(value, default=_json_fallback, allow_nan=False, separators=(",", ":")).encode()
     except (TypeError, ValueError) as exc:
+        if (found := first_non_finite(value)) is not None:
+            raise NonFiniteError(*found) from None
         raise EncodeError(f"cannot encode {type(value).__name__} as JSON: {exc}") from None
+
+
+def first_non_finite(value: Any) -> tuple[tuple[str | int, ...], Any] | None:
+    """The path to the first NaN or infinity in ``value`` (as :func:`encode_json` would write it: dicts, lists,
+    tuples, sets, NumPy scalars and arrays, and whatever pydantic turns into those), and the number itself."""
+    stack: list[tuple[tuple[str | int, ...], Any]] = [((), value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, (str, bytes, int, type(None))):
+            continue
+        if isinstance(item, (float, np.floating, np.complexfloating)):
+            if not np.isfinite(item):
+                return path, item.item() if isinstance(item, np.generic) else item
+        elif isinstance(item, np.ndarray):
+            if item.dtype.kind in "fc" and not (finite := np.isfinite(item)).all():
+                index = tuple(int(i) for i in np.argwhere(~finite)[0])
+                return (*path, *index), item[index].item()
+        elif isinstance(item, dict):
+            stack.extend(((*path, str(key)), child) for key, child in reversed(item.items()))
+        elif isinstance(item, (list, tuple)):
+            stack.extend(((*path, i), child) for i, child in reversed(list(enumerate(item))))
+        elif isinstance(item, (set, frozenset)):
+            stack.extend(((*path, i), child) for i, child in enumerate(item))
+        elif not isinstance(item, np.generic):
+            try:  # a dataclass, a pydantic model, an Enum...: walk the form it is written in
+                plain = _json_fallback(item)
+            except Exception:
+                continue
+            if plain is not item:
+                stack.append((path, plain))
+    return None
 
 
 class JSONValueError(ValueError):
@@ -226,6 +280,22 @@ def decode_npy(data: bytes | memoryview) -> np.ndarray:
         raise ValueError(f".npy payload holds {have} data bytes, its header {shape} {dtype} needs {need}")
     array = np.frombuffer(buf, dtype=dtype, count=count, offset=offset)
     return array.reshape(shape, order="F" if fortran else "C")
+
+
+# what an .npy argument may hold: bools, integers, floats, complex, bytes and text strings, datetimes and
+# durations; void and structured records (kind "V") are refused, as no tool's arithmetic expects them
+ARGUMENT_DTYPE_KINDS = "biufcSUMm"
+
+
+def check_argument_dtype(array: np.ndarray) -> None:
+    """Raise ValueError naming ``array``'s dtype if a tool may not receive it as an argument."""
+    dtype = array.dtype
+    if dtype.kind not in ARGUMENT_DTYPE_KINDS:
+        what = "structured records" if dtype.names else "void (raw bytes)" if dtype.kind == "V" else "unsupported"
+        raise ValueError(
+            f"dtype {str(dtype)[:120]} ({what}) is not supported; send numbers, bools or strings"
+            " (raw bytes as application/octet-stream)"
+        )
 
 
 def encode_value(value: Any, content_type: str | None = None) -> tuple[bytes, str]:

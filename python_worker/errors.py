@@ -70,6 +70,14 @@ class ProtocolViolation(CallError):
     error_type = "StreamContractError"
 
 
+class ResultError(CallError):
+    """A tool's result (or one of its chunks) cannot be put on the wire: a NaN or an infinity in JSON, a type
+    nothing encodes. A bug in the tool, like a broken stream contract; never sent as something else (``null``)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    error_type = "ResultError"
+
+
 class Overloaded(CallError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     error_type = "WorkerOverloaded"

@@ -9,6 +9,7 @@ import pytest
 
 from python_worker.codec import (
     JSONValueError,
+    NonFiniteError,
     decode_json,
     decode_npy,
     decode_value,
@@ -62,7 +63,9 @@ def test_json_integers_stay_exact_and_numpy_scalars_are_numbers() -> None:
     value = {"big": 2**100, "neg": -(2**70), "small": 3, "f": 0.1}
     assert decode_json(encode_json(value)) == value
     assert decode_json(encode_json({"x": np.float32(1.5), "n": np.int64(7)})) == {"x": 1.5, "n": 7}
-    assert encode_json(float("nan")) == b"null"  # JSON has no NaN: documented
+    with pytest.raises(NonFiniteError, match=r"\['x'\]\[1\] is nan, not a finite number"):
+        encode_json({"x": [1.0, float("nan")]})  # JSON has no NaN, and null would pass for "no value"
+    assert encode_json({"x": None, "s": "null"}) == b'{"x":null,"s":"null"}'
 
 
 def test_values_pick_their_content_type() -> None:

@@ -29,6 +29,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, model_validator
 from scipy.io import wavfile
 
+from python_worker.sdk.files import open_path, undecodable
+
 from .signal.generators import SignalGenerator
 
 SourceKind = Literal["device", "file", "signal"]
@@ -179,17 +181,21 @@ class FileSource(BlockSource):
         self.frames = 0
 
     def _open(self) -> None:
-        if not os.path.isfile(self.path):
-            raise SourceError(f"WAV file not found: {self.path!r}")
-        try:
+        # confined to KRAIT_DATA_ROOT like every path a caller names; a refusal is INVALID_ARGUMENT
+        with open_path(self.path) as file:
+            # scipy maps only a file it opens by name: the name of the descriptor just checked, not the path again
+            by_fd = f"/proc/self/fd/{file.fileno()}"
+            source: Any = by_fd if os.path.exists(by_fd) else file  # no /proc: read whole, without a map
             try:
-                rate, data = wavfile.read(self.path, mmap=True)
-            except ValueError as exc:
-                if "mmap" not in str(exc):
-                    raise
-                rate, data = wavfile.read(self.path)  # 24-bit files cannot be memory-mapped
-        except (ValueError, OSError, EOFError) as exc:
-            raise SourceError(f"cannot read {self.path!r} as a WAV file: {exc}") from None
+                try:
+                    rate, data = wavfile.read(source, mmap=True)  # the map outlives the descriptor
+                except ValueError as exc:
+                    if "mmap" not in str(exc):
+                        raise
+                    file.seek(0)
+                    rate, data = wavfile.read(source)  # 24-bit files cannot be memory-mapped
+            except (ValueError, OSError, EOFError) as exc:
+                raise undecodable("path", self.path, f"a WAV file Krait can read ({_wav_problem(exc)})") from None
         if data.ndim == 1:
             data = data[:, None]
         if self._wanted_rate is not None and self._wanted_rate != rate:
@@ -221,6 +227,19 @@ class FileSource(BlockSource):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "path": self.path}
+
+
+def _wav_problem(exc: BaseException) -> str:
+    """What is wrong with a WAV file, in words of our own: scipy's messages quote the file's bytes (``File format
+    b'root' not understood``), which must never reach the caller."""
+    text = str(exc)
+    if text.startswith("Unknown wave file format"):
+        return "an encoding other than PCM or IEEE float"
+    if text.startswith("Unsupported bit depth"):
+        return "an unsupported bit depth"
+    if isinstance(exc, (EOFError, OSError)) or "end of file" in text.lower():
+        return "it ends too soon"
+    return "no RIFF/WAVE header" if text.startswith(("File format", "Not a WAV file")) else "a damaged header"
 
 
 def import_sounddevice() -> ModuleType:

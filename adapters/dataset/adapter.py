@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import PurePath
 from typing import Any
 
 import numpy as np
 
-from python_worker import BaseAdapter, StreamChunk, ToolContext, tool
+from python_worker import BaseAdapter, StreamChunk, ToolContext, open_path, tool
 
 from .csv_reader import CsvRows
 from .npy_reader import NpyRows
-from .paths import resolve_data_path
 from .synthetic import check_request, generate_batches
 
 READERS = {".npy": "npy", ".csv": "csv"}
@@ -91,15 +91,21 @@ class DatasetAdapter(BaseAdapter):
     ) -> Iterator[Any]:
         if chunk_rows <= 0:
             raise ValueError(f"chunk_rows must be > 0 (got {chunk_rows})")
-        file = resolve_data_path(path)
-        kind = READERS.get(file.suffix.lower())
+        with open_path(path) as file:  # confined to KRAIT_DATA_ROOT; closed on every ending, cancellation included
+            yield from self._stream_file(file, path, chunk_rows, delimiter, header, ctx)
+
+    def _stream_file(
+        self, file: Any, path: str, chunk_rows: int, delimiter: str, header: bool | None, ctx: ToolContext | None
+    ) -> Iterator[Any]:
+        suffix = PurePath(path).suffix
+        kind = READERS.get(suffix.lower())
         if kind is None:
             raise ValueError(
-                f"{path}: unsupported file type {file.suffix or '(no extension)'!r}; stream_file reads .npy and .csv"
+                f"{path}: unsupported file type {suffix or '(no extension)'!r}; stream_file reads .npy and .csv"
             )
         totals = Totals()
         if kind == "npy":
-            with NpyRows(file) as npy:
+            with NpyRows(file, name=path) as npy:
                 for offset, batch in npy.batches(chunk_rows):
                     if ctx is not None and ctx.cancelled:
                         return
@@ -109,7 +115,7 @@ class DatasetAdapter(BaseAdapter):
                 shape, dtype = list(npy.shape), str(npy.dtype)
             yield totals.final(path=path, format="npy", dtype=dtype, shape=shape)
         else:
-            with CsvRows(file, delimiter=delimiter, header=header) as csv_rows:
+            with CsvRows(file, delimiter=delimiter, header=header, name=path) as csv_rows:
                 names = json.dumps(csv_rows.columns) if csv_rows.columns is not None else None
                 for offset, batch in csv_rows.batches(chunk_rows):
                     if ctx is not None and ctx.cancelled:

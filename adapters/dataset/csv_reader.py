@@ -11,9 +11,10 @@ number; its fields become the column names. Every row must have as many fields a
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, BinaryIO
 
 import numpy as np
 
@@ -21,7 +22,8 @@ COMMENT = "#"
 
 
 class CsvFormatError(ValueError):
-    """A line of the file is not a row of numbers (the message names the file, line and field)."""
+    """A line of the file is not a row of numbers. The message names the file, line and column, never the text
+    found there: the tool hands out numbers, and its errors must not turn it into a reader of any text file."""
 
 
 def _is_number(field: str) -> bool:
@@ -35,16 +37,19 @@ def _is_number(field: str) -> bool:
 class CsvRows:
     """An open CSV file; :meth:`batches` yields ``(row offset, float64 rows)``. Use as a context manager."""
 
-    def __init__(self, path: Path, delimiter: str = ",", header: bool | None = None) -> None:
+    def __init__(
+        self, source: Path | BinaryIO, delimiter: str = ",", header: bool | None = None, name: str | None = None
+    ) -> None:
         if len(delimiter) != 1 or delimiter in '\r\n"' + COMMENT:
             raise ValueError(f"delimiter must be one character other than a quote, newline or '#' (got {delimiter!r})")
-        self.path = path
+        self.path = name if name is not None else str(source)  # the caller's words, not the server's path
         self.delimiter = delimiter
         self.columns: list[str] | None = None
         self.n_columns: int | None = None
         self._line_no = 0  # number of the last line read
         self._pending: tuple[int, str] | None = None  # a first line that turned out to be data
-        self._file: IO[str] | None = open(path, encoding="utf-8", newline="")  # noqa: SIM115 - closed by close()
+        binary = source if not isinstance(source, Path) else open(source, "rb")  # noqa: SIM115 - closed by close()
+        self._file: IO[str] | None = io.TextIOWrapper(binary, encoding="utf-8", newline="")
         try:
             self._read_header(header)
         except BaseException:
@@ -115,12 +120,10 @@ class CsvRows:
         for line_no, text in lines:
             fields = self._fields(text)
             if len(fields) != self.n_columns:
-                raise CsvFormatError(
-                    f"{self.path}:{line_no}: {len(fields)} fields, expected {self.n_columns}: {text[:80]!r}"
-                )
+                raise CsvFormatError(f"{self.path}:{line_no}: {len(fields)} fields, expected {self.n_columns}")
             for column, field in enumerate(fields, 1):
                 if not _is_number(field):
-                    raise CsvFormatError(f"{self.path}:{line_no}, column {column}: not a number: {field[:40]!r}")
+                    raise CsvFormatError(f"{self.path}:{line_no}, column {column}: not a number")
 
     def close(self) -> None:
         if self._file is not None:

@@ -11,9 +11,10 @@ rows costs anyway; for a Fortran-ordered file it is also what gathers each batch
 from __future__ import annotations
 
 import mmap
+import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, BinaryIO
 
 import numpy as np
 
@@ -26,9 +27,11 @@ _HEADER_READERS = {
 class NpyRows:
     """An open .npy file; :meth:`batches` yields ``(row offset, rows)``. Use as a context manager."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._file: IO[bytes] | None = open(path, "rb")  # noqa: SIM115 - closed by close(), also on cancellation
+    def __init__(self, source: Path | BinaryIO, name: str | None = None) -> None:
+        # an open file (the tool's, from python_worker.open_path: confined to the data root) or a path; errors name
+        # the file by ``name``, the caller's own words, never by where it really is on the server
+        self.path = name if name is not None else str(source)
+        self._file: IO[bytes] | None = source if not isinstance(source, Path) else open(source, "rb")  # noqa: SIM115
         self._map: mmap.mmap | None = None
         self._array: np.ndarray | None = None
         try:
@@ -41,22 +44,22 @@ class NpyRows:
         assert self._file is not None
         try:
             version = np.lib.format.read_magic(self._file)
-        except ValueError as exc:
-            raise ValueError(f"{self.path}: not a .npy file ({exc})") from None
+        except Exception:  # NumPy's message quotes the file's first bytes: never echo them
+            raise ValueError(f"{self.path}: not a .npy file (no .npy magic string)") from None
         reader = _HEADER_READERS.get(version)
         if reader is None:
             raise ValueError(f"{self.path}: .npy format version {version} is not supported (1.0 and 2.0 are)")
         try:
             shape, fortran_order, dtype = reader(self._file)
-        except ValueError as exc:
-            raise ValueError(f"{self.path}: bad .npy header ({exc})") from None
+        except Exception:  # NumPy's message quotes the header (its tokenizer raises several types): never echo it
+            raise ValueError(f"{self.path}: bad .npy header (not a dtype, order and shape NumPy can read)") from None
         if dtype.hasobject:
             raise ValueError(f"{self.path}: holds Python objects (dtype {dtype}); only plain dtypes can be streamed")
         self.shape: tuple[int, ...] = tuple(shape)
         self.dtype: np.dtype = dtype
         offset = self._file.tell()
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        size = Path(self.path).stat().st_size
+        size = os.fstat(self._file.fileno()).st_size
         if size < offset + nbytes:
             raise ValueError(
                 f"{self.path}: truncated: its header needs {nbytes} data bytes, the file holds {size - offset}"

@@ -5,12 +5,14 @@ A :class:`Reading` is one parameter's value at one moment: instrument, parameter
 it becomes a reading with ``value=None`` and ``error="ExceptionType: message"``.
 
 Values are made JSON-friendly as they are read: NumPy scalars become Python numbers, arrays and tuples become
-lists, complex numbers ``{"real": x, "imag": y}``, anything else unknown its ``str()``. (JSON has no NaN or
-Infinity: Krait sends those as null.)
+lists, complex numbers ``{"real": x, "imag": y}``, anything else unknown its ``str()``. A NaN or infinite
+reading becomes None (null): JSON has no such numbers, and Krait refuses them in a chunk rather than guess; for
+an instrument, "no finite value" is what null means here.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -63,14 +65,16 @@ class ChangeEvent:
 
 def normalize_value(value: Any) -> Any:
     """A JSON-friendly copy of ``value`` (see the module docstring)."""
-    if value is None or isinstance(value, (bool, int, float, str)):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, np.ndarray):
         return normalize_value(value.tolist())
     if isinstance(value, np.generic):
         return normalize_value(value.item())
     if isinstance(value, complex):
-        return {"real": value.real, "imag": value.imag}
+        return {"real": normalize_value(value.real), "imag": normalize_value(value.imag)}
     if isinstance(value, (list, tuple)):
         return [normalize_value(v) for v in value]
     if isinstance(value, Mapping):

@@ -24,7 +24,7 @@ import grpc
 import numpy as np
 
 from .. import codec
-from ..errors import CallError, InvalidArguments, ProtocolViolation, ToolNotFound, WrongRpc, clip
+from ..errors import CallError, InvalidArguments, ProtocolViolation, ResultError, ToolNotFound, WrongRpc, clip
 from ..proto import pb
 from ..sdk import BaseAdapter, StreamChunk, ToolContext, ToolSpec
 from ..sdk.tool import ArgumentError
@@ -97,7 +97,9 @@ def _parse_args(text: str, tool_name: str) -> dict[str, Any]:
 def _decode_blob(tool_name: str, name: str, blob: Any) -> Any:
     if blob.content_type == codec.NPY:
         try:
-            return codec.decode_npy(blob.data)
+            array = codec.decode_npy(blob.data)
+            codec.check_argument_dtype(array)
+            return array
         except ValueError as exc:
             raise InvalidArguments(f"{tool_name}: binary argument {name!r}: {exc}") from None
     if blob.content_type in (codec.BYTES, ""):
@@ -106,6 +108,17 @@ def _decode_blob(tool_name: str, name: str, blob: Any) -> Any:
         f"{tool_name}: binary argument {name!r} has content type {blob.content_type!r};"
         f" expected {codec.NPY} or {codec.BYTES}"
     )
+
+
+def _encode(tool_name: str, what: str, value: Any, content_type: str | None) -> tuple[bytes, str]:
+    """A result or chunk on the wire, or :class:`ResultError` saying why it cannot go (one rule for every
+    transport: link, gRPC and HTTP all send what the engine encoded here)."""
+    try:
+        return codec.encode_value(value, content_type)
+    except codec.NonFiniteError as exc:
+        raise ResultError(f"{tool_name}: {what}{exc.where} is {exc.number!r}, {codec.NON_FINITE_RULE}") from None
+    except codec.EncodeError as exc:
+        raise ResultError(f"{tool_name}: {what} cannot be sent: {exc}") from None
 
 
 def final_metadata(
@@ -131,7 +144,7 @@ def run_unary(adapter: BaseAdapter, spec: ToolSpec, kwargs: dict[str, Any], ctx:
     meta: dict[str, str] | None = None
     if isinstance(value, StreamChunk):
         value, content_type, meta = value.data, value.content_type, value.metadata
-    data, content_type = codec.encode_value(value, content_type)
+    data, content_type = _encode(spec.name, "result", value, content_type)
     meta = final_metadata(meta, started, ctx.worker_id, ctx.trace_id)
     if progress:
         meta["progress"] = codec.encode_json(progress[-1]).decode()
@@ -193,10 +206,13 @@ class StreamingCall:
             value, content_type, meta, is_final = item, None, None, False
         parts: tuple[bytes, memoryview] | None = None
         if isinstance(value, np.ndarray) and content_type in (None, codec.NPY):
-            parts, content_type = codec.npy_parts(value), codec.NPY
+            try:
+                parts, content_type = codec.npy_parts(value), codec.NPY
+            except codec.EncodeError as exc:
+                raise ResultError(f"{self.spec.name}: chunk {self._seq} cannot be sent: {exc}") from None
             nbytes = len(parts[0]) + parts[1].nbytes
         else:
-            data, content_type = codec.encode_value(value, content_type)
+            data, content_type = _encode(self.spec.name, f"chunk {self._seq}", value, content_type)
             nbytes = len(data)
         if nbytes > self.max_chunk_bytes:
             raise CallError(

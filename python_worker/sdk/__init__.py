@@ -3,17 +3,21 @@
 from .adapter import AdapterPathError, BaseAdapter, load_adapter
 from .chunk import StreamChunk
 from .context import Session, ToolCancelled, ToolContext
+from .files import FileArgumentError, open_path, resolve_path
 from .tool import ArgumentError, ToolSpec, tool
 
 __all__ = [
     "AdapterPathError",
     "ArgumentError",
     "BaseAdapter",
+    "FileArgumentError",
     "Session",
     "StreamChunk",
     "ToolCancelled",
     "ToolContext",
     "ToolSpec",
     "load_adapter",
+    "open_path",
+    "resolve_path",
     "tool",
 ]

@@ -101,6 +101,11 @@ class ToolSpec:
             values = {name: getattr(validated, name) for name in model.model_fields}
             if validated.model_extra:
                 values.update(validated.model_extra)
+            # a nested model of the adapter's own keeps its own config: one that allows inf still gets none
+            if (found := codec.first_non_finite(values)) is not None:
+                (arg, *rest), _ = found
+                shown = "".join(f"[{p!r}]" for p in rest)
+                problems.append(f"argument '{arg}'{shown}: a number beyond a float's range (floats are 64-bit)")
         if problems:
             raise ArgumentError(f"{self.name}: " + "; ".join(problems))
         values.update((k, args[k]) for k in self.binary_params if k in args)
@@ -139,6 +144,8 @@ class ToolSpec:
             elif error["type"] == "extra_forbidden":
                 known = ", ".join(self.param_names) or "no arguments"
                 problems.append(f"unknown argument '{arg}' ({self.name} takes: {known})")
+            elif error["type"] == "finite_number":
+                problems.append(f"argument '{arg}'{path}: a number beyond a float's range (floats are 64-bit)")
             else:
                 got = error.get("input")
                 shown = type(got).__name__ if isinstance(got, (np.ndarray, bytes)) else repr(got)[:80]
@@ -288,7 +295,9 @@ def build_spec(func: Callable[..., Any]) -> ToolSpec:
         else:
             json_fields[param.name] = (annotation, field_info)
         fields[param.name] = (annotation, field_info)
-    config = ConfigDict(strict=True, extra=extra, arbitrary_types_allowed=True)
+    # allow_inf_nan=False: JSON holds no NaN or Infinity, so a non-finite float here is an integer (or a
+    # number) beyond a float's range that pydantic would round to inf: refused, naming the argument
+    config = ConfigDict(strict=True, extra=extra, arbitrary_types_allowed=True, allow_inf_nan=False)
     try:
         model = pydantic.create_model(f"{info['name']}_args", __config__=config, **fields)
         json_model = pydantic.create_model(f"{info['name']}_json_args", __config__=config, **json_fields)

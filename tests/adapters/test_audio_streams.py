@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import psutil
 import pytest
@@ -365,13 +366,53 @@ def test_wav_file_errors_are_clear(client: Client, tmp_path: Path) -> None:
         data(client, "stream_levels", source="file", path=str(wav), sample_rate=48000)
     with pytest.raises(KraitError, match=r"has 2 channel\(s\), fewer than channels=3"):
         data(client, "stream_levels", source="file", path=str(wav), channels=3)
-    with pytest.raises(KraitError, match="WAV file not found"):
+    with pytest.raises(KraitError, match=r"FileNotFoundError: argument 'path': .*missing\.wav: no such file"):
         data(client, "stream_levels", source="file", path=str(tmp_path / "missing.wav"))
-    (tmp_path / "text.wav").write_text("not audio")
-    with pytest.raises(KraitError, match=r"cannot read .* as a WAV file"):
+    (tmp_path / "text.wav").write_text("s3cr3t, not audio")
+    with pytest.raises(KraitError) as info:
         data(client, "stream_levels", source="file", path=str(tmp_path / "text.wav"))
+    # scipy's own message quotes the file's first bytes ("File format b's3cr' not understood"): never sent
+    assert (info.value.code, info.value.type) == (grpc.StatusCode.INVALID_ARGUMENT, "FileFormatError")
+    assert info.value.message.endswith("text.wav: not a WAV file Krait can read (no RIFF/WAVE header)")
+    assert "s3cr" not in info.value.message + info.value.traceback
+    with pytest.raises(KraitError, match=r"NotAFileError: argument 'path': .*: not a regular file"):
+        data(client, "stream_levels", source="file", path=str(tmp_path))
     with pytest.raises(KraitError, match=r"source='file' needs path="):
         data(client, "stream_levels", source="file")
+
+
+def test_file_source_is_confined_to_the_data_root(tmp_path: Path) -> None:
+    """With KRAIT_DATA_ROOT set, source='file' reads only under it; whatever lies outside (a root-only file, a
+    missing one, one reached by ``..`` or through a link inside the root) gets one answer that quotes nothing."""
+    root = tmp_path / "root"
+    root.mkdir()
+    _write_wav(root / "tones.wav", seconds=0.1)
+    _write_wav(tmp_path / "outside.wav", seconds=0.1)
+    (root / "link.wav").symlink_to(tmp_path / "outside.wav")
+    (root / "shadow.wav").symlink_to("/etc/shadow")
+    with running_worker(ADAPTER, env={"KRAIT_DATA_ROOT": str(root)}) as worker, Client(worker.target) as c:
+        assert data(c, "stream_levels", source="file", path="tones.wav", max_rate_hz=0, **FAST)[-1]["t_s"] > 0
+        answers = set()
+        for path in [
+            "/etc/shadow",
+            "/etc/no-such-file",
+            "../outside.wav",
+            "../missing.wav",
+            str(tmp_path / "outside.wav"),
+            "link.wav",
+            "shadow.wav",
+        ]:
+            with pytest.raises(KraitError) as info:
+                data(c, "stream_levels", source="file", path=path, **FAST)
+            error = info.value
+            assert (error.code, error.type) == (grpc.StatusCode.INVALID_ARGUMENT, "PathNotAllowedError"), error
+            assert not error.traceback and str(root) not in error.message and "b'" not in error.message
+            answers.add(error.message.replace(repr(path), "<path>"))
+        assert answers == {
+            "PathNotAllowedError: argument 'path': <path> is outside the data root (KRAIT_DATA_ROOT): name a file"
+            " under it, relative to the root"
+        }
+        assert c.execute("active_streams")["open"] == []  # nothing was left open by a refusal
 
 
 def _mapped(pid: int, path: Path) -> bool:

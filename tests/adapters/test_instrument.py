@@ -161,6 +161,10 @@ def test_values_are_made_json_friendly() -> None:
     assert normalize_value(1 + 2j) == {"real": 1.0, "imag": 2.0}
     assert normalize_value({1: np.float64(2)}) == {"1": 2.0}
     assert normalize_value(Path("/x")) == "/x"
+    # JSON has no NaN or infinity (Krait refuses them in a chunk): a reading without a finite value is null
+    assert normalize_value(math.nan) is None and normalize_value(np.float64("-inf")) is None
+    assert normalize_value([1.0, math.inf]) == [1.0, None]
+    assert normalize_value(complex(math.nan, 1)) == {"real": None, "imag": 1.0}
 
 
 def test_a_failing_read_becomes_an_error_reading() -> None:

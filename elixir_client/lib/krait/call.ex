@@ -228,6 +228,12 @@ defmodule Krait.Call do
   @doc false
   @spec options(term()) :: {:ok, options()} | {:error, Error.t()}
   def options(opts) do
+    with :ok <- check_pool(opts) do
+      validate_options(opts)
+    end
+  end
+
+  defp validate_options(opts) do
     case Krait.Options.validate(opts, @schema) do
       {:ok, o} ->
         session = if o.session_id in [nil, ""], do: nil, else: to_string(o.session_id)
@@ -262,6 +268,33 @@ defmodule Krait.Call do
     end
   end
 
+  # `:pool` must name a running Krait pool before anything is sent to it: a call to any other process
+  # would crash the caller (or that process, on an unexpected message). Every pool, local or remote,
+  # owns a metrics table named after it from its start to its end: one ETS lookup, no message.
+  defp check_pool(opts) when is_list(opts) do
+    pool = if Keyword.keyword?(opts), do: Keyword.get(opts, :pool, Krait.Pool), else: Krait.Pool
+
+    cond do
+      is_atom(pool) and pool not in [nil, true, false] and
+          :ets.whereis(Krait.Metrics.table(pool)) != :undefined ->
+        :ok
+
+      is_atom(pool) and pool not in [nil, true, false] ->
+        {:error, Error.pool(:pool_not_running, %{pool: pool})}
+
+      true ->
+        {:error,
+         %{
+           Error.pool(:not_a_pool, %{pool: pool})
+           | message:
+               "option :pool is #{inspect(pool, limit: 5, printable_limit: 80)}, not a Krait pool:" <>
+                 " name a pool by the :name it was started with"
+         }}
+    end
+  end
+
+  defp check_pool(_opts), do: :ok
+
   defp options_for_session(o, session_id) when is_binary(session_id) and session_id != "",
     do: {:ok, %{o | session_id: session_id, affinity: :strict_queue}}
 
@@ -276,7 +309,56 @@ defmodule Krait.Call do
     String.downcase(unique) <> "-" <> random
   end
 
+  # A tool is named by a non-empty string, or an atom as a convenience (`:add`), never by nil or a
+  # boolean: those are atoms in Erlang, but a nil name is a missing value, not the tool "nil".
+  defp build_request(tool, _args, _o) when tool in [nil, true, false, ""],
+    do: invalid("tool name must be a non-empty string, got: #{inspect(tool)}")
+
   defp build_request(tool, args, o) when is_binary(tool) or is_atom(tool) do
+    cond do
+      is_binary(tool) and not String.valid?(tool) ->
+        invalid(
+          "tool name must be UTF-8 text, got: #{inspect(tool, limit: 5, printable_limit: 40)}"
+        )
+
+      key = duplicate_key(args) ->
+        invalid(
+          "argument #{inspect(key)} is given twice (as an atom and as a string key, or twice in a" <>
+            " keyword list): keep one"
+        )
+
+      true ->
+        encode_request(tool, args, o)
+    end
+  end
+
+  defp build_request(tool, _args, _o),
+    do: invalid("tool name must be a non-empty string, got: #{inspect(tool, limit: 5)}")
+
+  # The name of the first argument given twice: `%{:value => 1, "value" => 2}` would silently keep one.
+  defp duplicate_key(args) do
+    keys =
+      cond do
+        is_map(args) -> Map.keys(args)
+        is_list(args) and args != [] and Keyword.keyword?(args) -> Keyword.keys(args)
+        true -> []
+      end
+
+    keys
+    |> Enum.reduce_while(MapSet.new(), fn key, seen ->
+      name = if is_atom(key), do: Atom.to_string(key), else: key
+
+      if MapSet.member?(seen, name),
+        do: {:halt, {:dup, name}},
+        else: {:cont, MapSet.put(seen, name)}
+    end)
+    |> case do
+      {:dup, name} -> name
+      _ -> nil
+    end
+  end
+
+  defp encode_request(tool, args, o) do
     case Payload.encode_args(args) do
       {:ok, json, binaries} ->
         request = %Krait.Proto.ExecuteToolRequest{
@@ -296,9 +378,6 @@ defmodule Krait.Call do
         invalid(message)
     end
   end
-
-  defp build_request(tool, _args, _o),
-    do: invalid("tool name must be a string, got: #{inspect(tool)}")
 
   defp invalid(message), do: {:error, Error.new(:invalid_argument, message)}
 

@@ -10,7 +10,9 @@ defmodule Krait.Error do
       * `:session_worker_unavailable` - a strict affinity mode and the session's worker has died;
       * `:pool_saturated` - the checkout queue is full (`:max_queue`);
       * `:queue_timeout` - the call's `:timeout` passed while it waited for a worker;
-      * `:pool_not_running` - no pool is registered under the `:pool` name;
+      * `:pool_not_running` - no pool is running under the `:pool` name (an atom);
+      * `:not_a_pool` - `:pool` is not a pool's name at all (a pid, a tuple, a string...): pools are
+        named by the atom they were started with, and nothing is sent to anything else;
       * `:workers_failing` - no worker is up and every worker's last start failed (an adapter
         that does not import, a `:python` without Krait...): returned at once instead of waiting.
         `details.last_error` holds the failed worker's last output (the import error itself),
@@ -65,7 +67,8 @@ defmodule Krait.Error do
     session_worker_unavailable: "the session's worker is no longer running",
     pool_saturated: "the pool's checkout queue is full",
     queue_timeout: "timed out waiting for a free worker",
-    pool_not_running: "no Krait pool is running under that name"
+    pool_not_running: "no Krait pool is running under that name",
+    not_a_pool: "option :pool does not name a Krait pool"
   }
 
   @doc "Builds a `:pool` error for one of the checkout failure reasons."
