@@ -77,7 +77,8 @@ class AsyncClient(_Connection):
     """A ``grpc.aio`` connection to one Krait worker at ``target`` (``host:port``).
 
     ``timeout`` (seconds) is the default deadline of every call; ``session_id`` the default session;
-    ``token``, ``tls`` and ``channel`` (a ``grpc.aio.Channel``) as for :class:`~python_worker.client.Client`.
+    ``token`` (by default ``token_file``'s, else ``$KRAIT_TOKEN``, else the file ``$KRAIT_TOKEN_FILE`` names), ``tls``
+    and ``channel`` (a ``grpc.aio.Channel``) as for :class:`~python_worker.client.Client`.
     """
 
     _grpc = grpc.aio

@@ -8,6 +8,11 @@ python -m python_worker tools --target worker:50051 --tls-ca ca.crt --token-file
 python -m python_worker health --target worker:50051 --tls-ca ca.crt
 python -m python_worker call stream_progress --target 127.0.0.1:50051 --args '{"steps": 3}' --stream
 python -m python_worker serve --adapter adapters.showcase:ShowcaseAdapter --http-port 8080  # then open the page
+
+A served TCP port (gRPC, HTTP, metrics) needs a credential: without a token (--token-file, $KRAIT_TOKEN,
+$KRAIT_TOKEN_FILE) or a client CA, ``serve`` makes one and announces it (the ready file, the KRAIT_READY line, the
+page's URL); ``--no-auth`` serves without any, explicitly. Clients read --token-file, else $KRAIT_TOKEN, else the
+file $KRAIT_TOKEN_FILE names.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import numpy as np
 
 def _serve(ns: argparse.Namespace) -> int:
     from .logs import configure
-    from .transports.security import SecurityConfigError, ServerSecurity, read_token
+    from .transports.security import SecurityConfigError, ServerSecurity, client_token
     from .worker.serve import ServeOptions, serve
 
     # adapters are imported from the current directory first, as `python -m` does (the krait-worker script's
@@ -42,12 +47,19 @@ def _serve(ns: argparse.Namespace) -> int:
         configure(log_format=ns.log_format, level=ns.log_level, worker_id=worker_id)
     auto = {"auto": None, "on": True, "off": False}
     try:
-        token = read_token(ns.token_file)
+        # as clients read it; with --no-auth, any token found is refused by ServerSecurity.check (they contradict)
+        token = client_token(None, ns.token_file)
     except SecurityConfigError as exc:
         print(f"serve: {exc}", file=sys.stderr)
         return 2
     security = ServerSecurity(
-        tls_cert=ns.tls_cert, tls_key=ns.tls_key, tls_client_ca=ns.tls_client_ca, token=token, insecure=ns.insecure
+        tls_cert=ns.tls_cert,
+        tls_key=ns.tls_key,
+        tls_client_ca=ns.tls_client_ca,
+        token=token,
+        insecure=ns.insecure,
+        no_auth=ns.no_auth,
+        allowed_hosts=ns.allowed_hosts,
     )
     options = ServeOptions(
         adapter=ns.adapter,
@@ -81,6 +93,14 @@ def _positive(kind: type[int] | type[float]) -> Any:
     return parse
 
 
+def _host_list(text: str) -> tuple[str, ...]:
+    """``--allowed-hosts a,b``: lower-case names, none empty."""
+    names = tuple(name.strip().lower() for name in text.split(","))
+    if not all(names) or any(" " in name or "/" in name for name in names):
+        raise argparse.ArgumentTypeError(f"expected host names separated by commas (or '*'), got {text!r}")
+    return names
+
+
 def _show(value: Any) -> str:
     if isinstance(value, np.ndarray):
         return json.dumps({"ndarray": {"dtype": str(value.dtype), "shape": list(value.shape)}})
@@ -95,13 +115,13 @@ def _client(ns: argparse.Namespace, **kw: Any) -> Any:
     """A Client for ``--target`` with the security flags; exits with 2 naming an unusable one."""
     from .client import Client
     from .transports.grpc.security import ClientTLS
-    from .transports.security import SecurityConfigError, read_token
+    from .transports.security import SecurityConfigError
 
     try:
-        token = read_token(ns.token_file)
         tls = ClientTLS(ca=ns.tls_ca, cert=ns.tls_cert, key=ns.tls_key, server_name=ns.tls_server_name)
         secure = bool(ns.tls or ns.tls_ca or ns.tls_cert or ns.tls_server_name)
-        return Client(ns.target, token=token, tls=tls if secure else None, **kw)
+        # the token: --token-file, else $KRAIT_TOKEN, else the file $KRAIT_TOKEN_FILE names (client_token)
+        return Client(ns.target, token_file=ns.token_file, tls=tls if secure else None, **kw)
     except SecurityConfigError as exc:
         print(f"{ns.command}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -154,7 +174,10 @@ def _call(ns: argparse.Namespace) -> int:
 
 
 def _client_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--token-file", help="file holding the worker's token (default: $KRAIT_TOKEN when set)")
+    parser.add_argument(
+        "--token-file",
+        help="file holding the worker's token (default: $KRAIT_TOKEN, else the file $KRAIT_TOKEN_FILE names)",
+    )
     parser.add_argument("--tls", action="store_true", help="connect over TLS, verifying with the system's CA roots")
     parser.add_argument("--tls-ca", help="PEM CA file that signed the worker's certificate (implies --tls)")
     parser.add_argument("--tls-cert", help="PEM client certificate for mutual TLS, with --tls-key")
@@ -217,7 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve the local link on stdin/stdout (what a Krait pool uses; see docs/link.md)",
     )
     serve.add_argument("--worker-id", default="", help="id reported in final-chunk metadata (default worker-PID)")
-    serve.add_argument("--ready-file", help="write the readiness JSON (port, pid, worker_id) here once serving")
+    serve.add_argument(
+        "--ready-file",
+        help="write the readiness JSON (port, pid, worker_id, and the token when one was made) here once serving; "
+        "mode 0600, replaced atomically, never written through a symlink",
+    )
     serve.add_argument("--max-message-mb", type=float, default=64, help="max gRPC message size (default 64)")
     serve.add_argument(
         "--max-calls", type=_positive(int), default=32, help="concurrent tool calls allowed (default 32)"
@@ -254,8 +281,22 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-client-ca", help="PEM CA file: clients must present a certificate it signed (mutual TLS)")
     serve.add_argument(
         "--token-file",
-        help="file holding the token every RPC but health checks must carry as 'authorization: Bearer <token>' "
-        "(default: $KRAIT_TOKEN when set)",
+        help="file holding the token every call but health checks must carry as 'authorization: Bearer <token>' "
+        "(default: $KRAIT_TOKEN, else the file $KRAIT_TOKEN_FILE names; else, when a TCP port is served, a new "
+        "one, announced in the ready file and the KRAIT_READY line)",
+    )
+    serve.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="serve gRPC, HTTP and metrics without any credential: any local user may call every tool",
+    )
+    serve.add_argument(
+        "--allowed-hosts",
+        type=_host_list,
+        default=(),
+        metavar="NAME,NAME",
+        help="the names an HTTP request's Host header may carry ('*': any); default: any with a token or client "
+        "CA, else loopback names only",
     )
     serve.add_argument(
         "--insecure",

@@ -29,6 +29,7 @@ from .errors import tool_error_from_rpc_error
 from .proto import pb, pb_grpc
 from .transports.grpc.channel import channel_options
 from .transports.grpc.security import ClientTLS, client_metadata
+from .transports.security import client_token
 from .wire import decode_batch
 
 if TYPE_CHECKING:
@@ -214,6 +215,7 @@ class _Connection:
         max_message_bytes: int = 64 << 20,
         channel: Any = None,
         token: str | None = None,
+        token_file: str | None = None,
         tls: ClientTLS | bool | None = None,
     ) -> None:
         self.target = target
@@ -228,7 +230,8 @@ class _Connection:
             self._channel = self._grpc.secure_channel(target, tls.credentials(), options=[*options, *tls.options()])
         else:
             self._channel = self._grpc.insecure_channel(target, options=options)
-        self.token = token
+        # a worker serving TCP needs a token by default: the caller's, else $KRAIT_TOKEN / $KRAIT_TOKEN_FILE
+        self.token = token = client_token(token, token_file)
         self._auth = client_metadata(token)
         self._stub = pb_grpc.ToolWorkerStub(self._channel)  # type: ignore[no-untyped-call]  # generated
         self._batched = self._channel.unary_stream(
@@ -256,7 +259,8 @@ class Client(_Connection):
     """A connection to one Krait worker at ``target`` (``host:port``).
 
     ``timeout`` (seconds) is the default deadline of every call; ``session_id`` the default session.
-    ``token`` is sent as ``authorization: Bearer <token>``; ``tls`` (True for the system's CA roots, or a
+    ``token`` (or the one in ``token_file``; by default ``$KRAIT_TOKEN``, else the file ``$KRAIT_TOKEN_FILE``
+    names) is sent as ``authorization: Bearer <token>``; ``tls`` (True for the system's CA roots, or a
     :class:`ClientTLS` naming a CA file and the client's certificate) makes the connection TLS; ``channel`` an
     existing ``grpc.Channel`` to use instead.
     """
@@ -337,7 +341,7 @@ class Client(_Connection):
 
     def metrics(self, *, timeout: float = 10.0) -> str:
         """The worker's Prometheus metrics in the text format (what ``--metrics-port`` serves at /metrics)."""
-        return str(self._stub.Metrics(pb.MetricsRequest(), timeout=timeout).text)
+        return str(self._stub.Metrics(pb.MetricsRequest(), timeout=timeout, metadata=self._auth).text)
 
     def initialize_session(self, session_id: str, metadata: Mapping[str, str] | None = None) -> bool:
         request = pb.InitializeSessionRequest(session_id=session_id, metadata=dict(metadata or {}))

@@ -29,7 +29,7 @@ def main() -> int:
     print(f"(the worker logs to {log.name})")
     with running_worker("adapters.showcase:ShowcaseAdapter", "--worker-id", "demo-1", stderr=log) as worker:
         print(f"worker ready on {worker.target} (pid {worker.info['pid']})\n")
-        with Client(worker.target, timeout=60) as client:
+        with Client(worker.target, token=worker.token, timeout=60) as client:
             print("stream_progress(steps=20), one chunk every 100 ms:")
             for chunk in client.execute_stream("stream_progress", steps=20, delay_ms=100):
                 if chunk.is_final:

@@ -1,5 +1,6 @@
 """A real Prometheus server for tests: Debian's ``prometheus`` started on loopback with a generated config and a
-short scrape interval, queried through its HTTP API, stopped by pid."""
+short scrape interval, queried through its HTTP API, stopped by pid. A target may want a token (sent from a
+``credentials_file``, as a deployment does) and TLS (``tls_config``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,37 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Target:
+    """A scrape target: ``host:port``, the token Prometheus sends (``authorization.credentials_file``), and with
+    ``ca`` HTTPS verified against that CA file (``server_name``: the name to verify, when not the address's)."""
+
+    address: str
+    token: str | None = None
+    ca: str | None = None
+    server_name: str | None = None
+    interval: str | None = None  # scrape_interval and scrape_timeout (default: SCRAPE_INTERVAL, both)
+    timeout: str | None = None
+
+    def job(self, name: str, tmp: Path) -> str:
+        lines = [f"  - job_name: {name}"]
+        if self.interval:
+            lines.append(f"    scrape_interval: {self.interval}")
+        if self.timeout:
+            lines.append(f"    scrape_timeout: {self.timeout}")
+        if self.token is not None:
+            credentials = tmp / f"{name}.token"
+            credentials.write_text(self.token + "\n")
+            credentials.chmod(0o600)
+            lines += ["    authorization:", f"      credentials_file: {credentials}"]
+        if self.ca is not None:
+            lines += ["    scheme: https", "    tls_config:", f"      ca_file: {self.ca}"]
+            if self.server_name:
+                lines.append(f"      server_name: {self.server_name}")
+        lines += ["    static_configs:", f"      - targets: ['{self.address}']"]
+        return "".join(line + "\n" for line in lines)
 
 
 class Prometheus:
@@ -51,18 +84,21 @@ class Prometheus:
         assert len(result) <= 1, result
         return float(result[0]["value"][1]) if result else None
 
+    def targets(self) -> dict[str, dict[str, Any]]:
+        """Each active target by job: its ``health`` ("up", "down", "unknown") and ``lastError``."""
+        return {t["labels"]["job"]: t for t in self.get("/api/v1/targets")["activeTargets"]}
+
     def targets_up(self) -> list[str]:
-        active = self.get("/api/v1/targets")["activeTargets"]
-        return [t["scrapeUrl"] for t in active if t["health"] == "up"]
+        return [t["scrapeUrl"] for t in self.targets().values() if t["health"] == "up"]
 
 
 @contextlib.contextmanager
-def running_prometheus(targets: dict[str, str], tmp: Path, timeout: float = 30.0) -> Iterator[Prometheus]:
-    """Prometheus scraping ``targets`` (job name -> host:port) every 200 ms."""
+def running_prometheus(targets: dict[str, str | Target], tmp: Path, timeout: float = 30.0) -> Iterator[Prometheus]:
+    """Prometheus scraping ``targets`` (job name -> host:port or :class:`Target`) every 200 ms."""
     binary = shutil.which("prometheus")
     assert binary, "the prometheus server is missing: scripts/setup installs Debian's prometheus package"
     jobs = "".join(
-        f"  - job_name: {job}\n    static_configs:\n      - targets: ['{target}']\n" for job, target in targets.items()
+        (target if isinstance(target, Target) else Target(target)).job(job, tmp) for job, target in targets.items()
     )
     config = tmp / "prometheus.yml"
     config.write_text(

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 from .workers import ROOT, running_worker
+
+RUN = [sys.executable, "-m", "python_worker"]
+
+
+def _cli(*args: str, env: dict[str, str | None]) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in {**os.environ, **env}.items() if v is not None}
+    return subprocess.run([*RUN, *args], cwd=ROOT, env=environ, capture_output=True, timeout=60, text=True)
 
 
 def test_cli_call_and_tools() -> None:
@@ -34,3 +43,28 @@ def test_cli_call_and_tools() -> None:
         )
         assert failed.returncode == 1
         assert "error (INVALID_ARGUMENT): ArgumentError: add: missing required argument 'b'" in failed.stderr
+
+
+def test_the_cli_finds_the_token_in_its_flag_then_krait_token_then_krait_token_file(tmp_path: Path) -> None:
+    token = os.environ["KRAIT_TOKEN"]  # the worker's (the session's)
+    right, wrong = tmp_path / "right", tmp_path / "wrong"
+    right.write_text(token + "\n")
+    wrong.write_text("not-the-token\n")
+    with running_worker() as worker:
+        target = ("--target", worker.target)
+        assert _cli("tools", *target, env={"KRAIT_TOKEN": None, "KRAIT_TOKEN_FILE": str(right)}).returncode == 0
+        # $KRAIT_TOKEN before $KRAIT_TOKEN_FILE, --token-file before both
+        assert _cli("tools", *target, env={"KRAIT_TOKEN": token, "KRAIT_TOKEN_FILE": str(wrong)}).returncode == 0
+        flagged = _cli("tools", *target, "--token-file", str(right), env={"KRAIT_TOKEN": "not-the-token"})
+        assert flagged.returncode == 0, flagged.stderr
+        refused = _cli("call", "add", *target, "--args", '{"a": 1, "b": 2}', env={"KRAIT_TOKEN": None})
+        assert refused.returncode == 1 and "error (UNAUTHENTICATED)" in refused.stderr
+        missing = _cli("tools", *target, env={"KRAIT_TOKEN": None, "KRAIT_TOKEN_FILE": str(tmp_path / "nope")})
+        assert missing.returncode == 2 and "cannot read the token file" in missing.stderr
+        assert "Traceback" not in refused.stderr + missing.stderr
+
+
+def test_serve_refuses_an_unusable_allowed_hosts_list() -> None:
+    bad = _cli("serve", "--adapter", "adapters.showcase:ShowcaseAdapter", "--allowed-hosts", "a,,b", env={})
+    assert bad.returncode == 2
+    assert "--allowed-hosts: expected host names separated by commas (or '*'), got 'a,,b'" in bad.stderr

@@ -47,7 +47,11 @@ def _deaf_call(client: Client, seconds: float = 30) -> grpc.Call:
         "/krait.v1.ToolWorker/ExecuteTool",
         request_serializer=pb.ExecuteToolRequest.SerializeToString,
         response_deserializer=pb.ExecuteToolResponse.FromString,
-    )(pb.ExecuteToolRequest(tool_name="sleep_deaf", args_json=json.dumps({"seconds": seconds})), timeout=60)
+    )(
+        pb.ExecuteToolRequest(tool_name="sleep_deaf", args_json=json.dumps({"seconds": seconds})),
+        timeout=60,
+        metadata=client._auth,  # the token, as the client sends it
+    )
     call.initial_metadata()
     return call
 

@@ -23,6 +23,8 @@ class Worker:
     port: int
     info: dict
     host: str = "127.0.0.1"
+    # the token its TCP ports want: the one it made (announced), else the one it was given ($KRAIT_TOKEN)
+    token: str | None = None
 
     @property
     def target(self) -> str:
@@ -38,7 +40,9 @@ class Worker:
             return self.process.wait(5)
 
 
-def spawn(adapter: str, *args: str, env: dict[str, str] | None = None, stderr=None) -> subprocess.Popen[bytes]:
+def spawn(adapter: str, *args: str, env: dict[str, str | None] | None = None, stderr=None) -> subprocess.Popen[bytes]:
+    """``serve`` with ``args``; ``env`` adds to this process's environment (a None value removes a variable)."""
+    environ = {key: value for key, value in {**os.environ, **(env or {})}.items() if value is not None}
     cmd = [PYTHON, "-m", "python_worker", "serve", "--adapter", adapter, "--port", "0", *args]
     return subprocess.Popen(
         cmd,
@@ -46,7 +50,7 @@ def spawn(adapter: str, *args: str, env: dict[str, str] | None = None, stderr=No
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=stderr,
-        env={**os.environ, **(env or {})},
+        env=environ,
     )
 
 
@@ -81,7 +85,8 @@ def running_worker(
     worker = None
     try:
         info = wait_ready(process)
-        worker = Worker(process, info["port"], info, host)
+        given = {**os.environ, **(kw.get("env") or {})}.get("KRAIT_TOKEN")
+        worker = Worker(process, info["port"], info, host, info.get("token") or given)
         yield worker
     finally:
         if worker is not None:

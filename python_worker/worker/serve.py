@@ -8,19 +8,30 @@ stdout as ``KRAIT_READY {"port": ..., "pid": ..., "worker_id": ..., "adapter": .
 With ``--metrics-port``, the worker's Prometheus metrics are served at ``/metrics`` on that port (announced as
 ``metrics_port`` in both); with ``--http-port``, the HTTP front (JSON, SSE, WebSocket and the page: see
 ``docs/http.md``) on that port, announced as ``http_port``.
+
+Secure by default on a shared machine: every TCP listener (gRPC, HTTP, metrics) needs a credential, since any
+local user can reach a loopback port. Without a token, a client CA or ``--no-auth``, the worker makes a token
+(256 bits) for all of them and announces it as ``token`` beside the ports: in the ready file (mode 0600, written
+to a new file made by ``mkstemp`` in the same directory and renamed over the target, so a symlink another user
+planted at the target or at any temporary name is never written through), on the KRAIT_READY line (stdout: the
+pipe to the process that started the worker, or the operator's terminal) and in the link's READY frame; its log
+says where to find it, and with the HTTP front gives the page's URL with the token in the fragment (never sent
+to a server, not in any access log), as Jupyter does. The local link itself is the pool's own pipe: no token.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import signal
 import stat
 import sys
+import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,7 +44,7 @@ from ..sdk import AdapterPathError, BaseAdapter, load_adapter
 from ..transports.grpc.server import GrpcServer
 from ..transports.link import LinkServer
 from ..transports.link_io import READY, FrameReader, FrameWriter
-from ..transports.security import SecurityConfigError, ServerSecurity
+from ..transports.security import SecurityConfigError, ServerSecurity, generate_token
 from .shutdown import GROUP_TERM_WAIT_S, Shutdown, exit_now, lead_process_group, stop_group
 
 if TYPE_CHECKING:
@@ -64,7 +75,7 @@ class ServeOptions:
     stdin_watch: bool | None = None  # None: watch when stdin is a pipe or socket
     process_group: bool | None = None  # None: lead a process group when stdin is watched (supervised)
     grace: float = 2.0
-    security: ServerSecurity = field(default_factory=ServerSecurity)  # TLS, token, --insecure (gRPC only)
+    security: ServerSecurity = field(default_factory=ServerSecurity)  # TLS, token, --no-auth: every TCP listener
     metrics_port: int | None = None  # serve /metrics on this port (0: a free one); None: no metrics endpoint
     metrics: bool = True  # count calls (False: nothing counted, the Metrics call answers empty)
     http_port: int | None = None  # serve the HTTP front on this port (0: a free one); None: no HTTP front
@@ -91,18 +102,42 @@ def _should_watch_stdin() -> bool:
     return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
-def _announce(options: ServeOptions, port: int, extra: dict[str, str]) -> None:
+def _announce(options: ServeOptions, port: int, extra: dict[str, str], token: str | None) -> None:
     info: dict[str, object] = {"port": port, "pid": os.getpid(), "worker_id": options.worker_id}
     info["adapter"] = options.adapter
     info.update({key: int(value) for key, value in extra.items()})
+    if token is not None:
+        info["token"] = token
     line = json.dumps(info)
     if options.ready_file:
-        path = Path(options.ready_file)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(line + "\n")
-        tmp.replace(path)  # atomic: a reader never sees half a file
+        write_private(options.ready_file, line + "\n")
     sys.stdout.write(READY_PREFIX + line + "\n")
     sys.stdout.flush()
+
+
+def write_private(path: str, text: str) -> None:
+    """Replace ``path`` atomically by a file of mode 0600 holding ``text``: written to a new file that ``mkstemp``
+    creates (O_EXCL, in the target's directory) and renamed over ``path``. Neither step follows a symlink: another
+    user's link at ``path`` is replaced, its target untouched; a reader never sees half a file."""
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as file:  # mkstemp's mode is 0600
+            file.write(text)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def with_credential(security: ServerSecurity, listens: bool) -> tuple[ServerSecurity, str | None]:
+    """``security`` with a token made for it when the worker ``listens`` on TCP without a token, a client CA or
+    ``no_auth``; and that new token (None when none was made)."""
+    if not listens or security.token or security.tls_client_ca or security.no_auth:
+        return security, None
+    token = generate_token()
+    return replace(security, token=token), token
 
 
 def serve(options: ServeOptions, link: FrameWriter | None = None) -> int:
@@ -111,7 +146,9 @@ def serve(options: ServeOptions, link: FrameWriter | None = None) -> int:
     stdin/stdout, and gRPC as well only when ``options.port`` is set."""
     options.worker_id = options.worker_id or f"worker-{os.getpid()}"
     serves_grpc = link is None or options.port is not None
-    if serves_grpc or options.http_port is not None:
+    listens = serves_grpc or options.http_port is not None or options.metrics_port is not None
+    options.security, made_token = with_credential(options.security, listens)
+    if listens:
         try:  # before anything starts: a worker that would be exposed, or cannot read its files, never serves
             options.security.check(options.host)
             options.security.tls_files()
@@ -153,7 +190,9 @@ def serve(options: ServeOptions, link: FrameWriter | None = None) -> int:
         exit_now(2)
     if options.metrics_port is not None and metrics is not None and not shutdown.requested:
         try:
-            metrics_server, metrics_port = serve_http(options.metrics_port, options.host, metrics.registry)
+            metrics_server, metrics_port = serve_http(
+                options.metrics_port, options.host, metrics.registry, options.security
+            )
         except OSError as exc:
             log.error("cannot serve metrics on %s:%d: %s", options.host, options.metrics_port, exc)
             sessions.close()
@@ -199,16 +238,20 @@ def serve(options: ServeOptions, link: FrameWriter | None = None) -> int:
                 stop_group()
                 exit_now(1)
             log.info("serving HTTP on %s://%s:%s/", http_server.front.scheme, options.host, ports["http_port"])
+        if made_token is not None:
+            _tell_token(options, made_token, http_server.front.scheme if http_server else None, ports, link)
         if link_server is not None and link is not None:
             link_server.start()
             metadata = {"grpc_port": str(port)} if port is not None else {}
             metadata |= ports
+            if made_token is not None:
+                metadata["token"] = made_token
             ready = engine.ping(pb.PingRequest(message="ready"))
             link.send(0, READY, ready.SerializeToString(), metadata=metadata or None)
             log.info("serving %s over the link%s", options.adapter, f" and on {options.host}:{port}" if port else "")
         elif port is not None:
             log.info("serving %s on %s:%d (%s)", options.adapter, options.host, port, options.security.describe())
-            _announce(options, port, ports)
+            _announce(options, port, ports, made_token)
 
     log.info("stopping: %s", shutdown.wait())
     # in-flight calls get half the grace to finish, then they are cancelled (their generators closed, their
@@ -234,6 +277,26 @@ def serve(options: ServeOptions, link: FrameWriter | None = None) -> int:
             log.warning("exiting with %d tool call(s) still running: they ignored cancellation", stuck)
         exit_now(0)
     return 0
+
+
+def _tell_token(
+    options: ServeOptions, token: str, http_scheme: str | None, ports: dict[str, str], link: FrameWriter | None
+) -> None:
+    """Log where the token made for this worker is announced; with the HTTP front, the page's URL carrying it in
+    the fragment (the browser keeps it; no server or proxy log sees it)."""
+    where = ["the link's READY frame" if link is not None else "the KRAIT_READY line on stdout"]
+    if options.ready_file:
+        where.append(f"the ready file {options.ready_file}")
+    log.info(
+        "no token given (--token-file, $KRAIT_TOKEN): made one for the TCP ports; it is in %s. Clients: "
+        "KRAIT_TOKEN=<token> or --token-file; --no-auth serves without one",
+        " and ".join(where),
+    )
+    if http_scheme is not None:
+        host = options.host if options.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        host = f"[{host}]" if ":" in host else host
+        # in the worker's log (stderr, the operator's terminal), as Jupyter does
+        log.info("open the page: %s://%s:%s/#token=%s", http_scheme, host, ports["http_port"], token)
 
 
 def _http_server(engine: Engine, options: ServeOptions, sessions: SessionStore) -> HttpServer:

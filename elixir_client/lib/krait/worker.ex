@@ -80,7 +80,7 @@ defmodule Krait.Worker do
 
   @impl true
   def handle_continue(:spawn, %{opts: opts} = state) do
-    env = [{~c"PYTHONUNBUFFERED", ~c"1"} | Enum.map(opts.env, &env_pair/1)]
+    env = [{~c"PYTHONUNBUFFERED", ~c"1"} | Enum.map(opts.env, &env_pair/1)] ++ token_env(opts)
 
     port_opts =
       [
@@ -343,7 +343,7 @@ defmodule Krait.Worker do
     Process.cancel_timer(state.startup_timer)
 
     with {:ok, %{"port" => tcp_port} = ready} <- Krait.JSON.decode(json),
-         {:ok, conn} <- connect(tcp_port, state.opts.connect_timeout) do
+         {:ok, conn} <- connect(tcp_port, state.opts) do
       announce(%{state | conn: conn, status: :ready}, %{
         grpc_port: tcp_port,
         http_port: Map.get(ready, "http_port")
@@ -383,8 +383,20 @@ defmodule Krait.Worker do
   defp channel(%{transport: :link}), do: {Krait.Link, self()}
   defp channel(%{transport: :grpc, conn: conn}), do: {Krait.GRPC.Connection, conn}
 
-  defp connect(tcp_port, timeout),
-    do: Krait.GRPC.Connection.start_link(host: @host, port: tcp_port, connect_timeout: timeout)
+  defp connect(tcp_port, %{connect_timeout: timeout} = opts) do
+    metadata =
+      case Map.get(opts, :token) do
+        nil -> %{}
+        token -> %{"authorization" => "Bearer " <> token.()}
+      end
+
+    Krait.GRPC.Connection.start_link(
+      host: @host,
+      port: tcp_port,
+      connect_timeout: timeout,
+      metadata: metadata
+    )
+  end
 
   # A link worker that exits before it could say anything has failed in the interpreter itself (no
   # python_worker importable, say), writing to stderr, which is not the link: ask the same Python, so
@@ -524,6 +536,13 @@ defmodule Krait.Worker do
     System.cmd("kill", ["-#{sig}", "--", "-#{os_pid}"], stderr_to_stdout: true)
     :ok
   end
+
+  # A worker that listens gets the pool's token in its environment (argv is readable by every local
+  # user in /proc); the config has already removed any other KRAIT_TOKEN from `env`.
+  defp token_env(%{token: token}) when is_function(token, 0),
+    do: [{~c"KRAIT_TOKEN", to_charlist(token.())}]
+
+  defp token_env(_opts), do: []
 
   defp env_pair({k, v}) when is_nil(v) or v == false, do: {to_charlist(k), false}
   defp env_pair({k, v}), do: {to_charlist(k), to_charlist(v)}

@@ -6,15 +6,27 @@ defmodule Krait.Test.PythonWorker do
   The worker runs under a `Port` whose stdin it watches: when the port closes (the test
   process exits or `stop/1` is called) the worker exits by itself. Its stderr (logs) goes
   to a file in the system temp dir, so test output stays clean.
+
+  A worker serving TCP needs a credential. Unless `args` give one (`--token-file`,
+  `--tls-client-ca`) or `token: :generated` asks for the worker's own (announced on its
+  `KRAIT_READY` line, kept in `:token`), it is started with `--no-auth`: these tests are about the
+  gRPC client's mechanics, and the token tests say so. `KRAIT_TOKEN`/`KRAIT_TOKEN_FILE` of the
+  BEAM's environment never reach it.
   """
 
   @repo Path.expand("../../..", __DIR__)
   @python Path.join(@repo, ".venv/bin/python")
   @stubs Path.join(@repo, "python_worker/_generated/krait/v1/worker_pb2.py")
 
-  defstruct [:port, :tcp_port, :os_pid, :log]
+  defstruct [:port, :tcp_port, :os_pid, :log, :token]
 
-  @type t :: %__MODULE__{port: port, tcp_port: pos_integer, os_pid: pos_integer, log: Path.t()}
+  @type t :: %__MODULE__{
+          port: port,
+          tcp_port: pos_integer,
+          os_pid: pos_integer,
+          log: Path.t(),
+          token: String.t() | nil
+        }
 
   @doc "The repository root (holding `proto/`, `python_worker/`, `.venv/`)."
   @spec repo() :: Path.t()
@@ -62,9 +74,16 @@ defmodule Krait.Test.PythonWorker do
     log =
       Path.join(System.tmp_dir!(), "krait-test-worker-#{System.unique_integer([:positive])}.log")
 
+    args = Keyword.get(opts, :args, [])
+
+    credential =
+      if Keyword.get(opts, :token) == :generated or "--token-file" in args or
+           "--tls-client-ca" in args,
+         do: [],
+         else: ["--no-auth"]
+
     worker_args =
-      ["-m", "python_worker", "serve", "--adapter", adapter, "--port", "0"] ++
-        Keyword.get(opts, :args, [])
+      ["-m", "python_worker", "serve", "--adapter", adapter, "--port", "0"] ++ credential ++ args
 
     # sh only redirects stderr, then execs python, which keeps the port's stdin.
     port =
@@ -73,13 +92,14 @@ defmodule Krait.Test.PythonWorker do
         :exit_status,
         {:line, 65_536},
         {:cd, @repo},
+        {:env, [{~c"KRAIT_TOKEN", false}, {~c"KRAIT_TOKEN_FILE", false}]},
         {:args, ["-c", ~s(exec "$0" "$@" 2>>"#{log}"), @python | worker_args]}
       ])
 
     {:os_pid, os_pid} = Port.info(port, :os_pid)
     deadline = System.monotonic_time(:millisecond) + timeout
-    tcp_port = await_ready(port, deadline, log)
-    %__MODULE__{port: port, tcp_port: tcp_port, os_pid: os_pid, log: log}
+    {tcp_port, token} = await_ready(port, deadline, log)
+    %__MODULE__{port: port, tcp_port: tcp_port, os_pid: os_pid, log: log, token: token}
   end
 
   defp await_ready(port, deadline, log) do
@@ -87,8 +107,8 @@ defmodule Krait.Test.PythonWorker do
 
     receive do
       {^port, {:data, {:eol, "KRAIT_READY " <> json}}} ->
-        %{"port" => tcp_port} = :jiffy.decode(json, [:return_maps])
-        tcp_port
+        %{"port" => tcp_port} = ready = :jiffy.decode(json, [:return_maps])
+        {tcp_port, Map.get(ready, "token")}
 
       {^port, {:data, _other}} ->
         await_ready(port, deadline, log)

@@ -2,6 +2,14 @@ defmodule Krait.Pool.Config do
   @moduledoc """
   A pool's configuration: the pool options' one declaration (`schema/0`, whose table is in
   `Krait.Pool`'s docs) and the struct `build/1` makes from them, with paths resolved.
+
+  The token: every TCP port a worker serves needs one, since any local user can reach a loopback
+  port. An endpoint pool sends `:token` (or `:token_file`'s, else `$KRAIT_TOKEN`, else the file
+  `$KRAIT_TOKEN_FILE` names, as the Python clients do). A pool whose started workers listen
+  (`transport: :grpc`, `expose_grpc: true`, `:http_port`) gives them `:token`, or a new 256-bit one,
+  in their environment (`KRAIT_TOKEN`: argv is readable by every local user in `/proc`), connects
+  with it, and shows it as `token` in `Krait.Pool.stats/1`. It is held as a closure, so crash reports
+  and `:sys.get_state/1` show `#Function`, not the secret.
   """
 
   alias Krait.Options
@@ -32,7 +40,17 @@ defmodule Krait.Pool.Config do
     ],
     token: [
       type: :string,
-      doc: "with `:endpoints`: the workers' token, sent as `authorization: Bearer <token>`"
+      default_doc: "`$KRAIT_TOKEN` / `:token_file` (endpoints); a new one (listening workers)",
+      doc:
+        "the workers' token: sent as `authorization: Bearer <token>` to `:endpoints`; given to " <>
+          "started workers that listen (`transport: :grpc`, `expose_grpc`, `http_port`) as " <>
+          "`KRAIT_TOKEN`, a new random one when none is given (shown in `Krait.Pool.stats/1`)"
+    ],
+    token_file: [
+      type: :string,
+      doc:
+        "a file holding the token (surrounding whitespace dropped), instead of `:token`; " <>
+          "default: the file `$KRAIT_TOKEN_FILE` names, when `$KRAIT_TOKEN` is not set"
     ],
     name: [
       type: :atom,
@@ -177,7 +195,7 @@ defmodule Krait.Pool.Config do
     worker_module: [type: :atom, default: Krait.Worker, doc: false]
   ]
 
-  @remote_only [:tls, :token]
+  @remote_only [:tls]
   @local_only [:http_port]
 
   @enforce_keys [:name, :size, :adapter, :python, :cwd, :worker]
@@ -192,6 +210,7 @@ defmodule Krait.Pool.Config do
     :id_prefix,
     :worker_sup,
     :metrics_port,
+    token: nil,
     trace: false,
     worker_module: Krait.Worker,
     dns_interval: 30_000,
@@ -219,7 +238,8 @@ defmodule Krait.Pool.Config do
           shutdown_grace: non_neg_integer(),
           transport: :link | :grpc,
           expose_grpc: boolean(),
-          http_port: non_neg_integer() | nil
+          http_port: non_neg_integer() | nil,
+          token: (() -> String.t()) | nil
         }
 
   @type t :: %__MODULE__{
@@ -237,6 +257,7 @@ defmodule Krait.Pool.Config do
           calls_per_worker: pos_integer(),
           cluster: boolean(),
           metrics_port: non_neg_integer() | nil,
+          token: (() -> String.t()) | nil,
           trace: boolean(),
           max_queue: non_neg_integer(),
           backoff_min: pos_integer(),
@@ -286,7 +307,8 @@ defmodule Krait.Pool.Config do
          :ok <- check_http_port(o.http_port, size),
          cwd = Path.expand(Map.get_lazy(o, :cwd, &File.cwd!/0)),
          :ok <- check_dir(cwd),
-         {:ok, python} <- resolve_python(o.python, cwd) do
+         {:ok, python} <- resolve_python(o.python, cwd),
+         {:ok, token} <- local_token(o) do
       worker =
         o
         |> Map.take([
@@ -302,7 +324,12 @@ defmodule Krait.Pool.Config do
           :expose_grpc,
           :http_port
         ])
-        |> Map.merge(%{python: python, cwd: cwd, env: Enum.to_list(o.env)})
+        |> Map.merge(%{
+          python: python,
+          cwd: cwd,
+          env: worker_env(o.env, token),
+          token: secret(token)
+        })
 
       {:ok,
        %__MODULE__{
@@ -312,7 +339,8 @@ defmodule Krait.Pool.Config do
          python: python,
          cwd: cwd,
          worker: worker,
-         worker_module: o.worker_module
+         worker_module: o.worker_module,
+         token: secret(token)
        }
        |> Map.merge(common(o))}
     end
@@ -320,12 +348,13 @@ defmodule Krait.Pool.Config do
 
   defp remote(o, endpoints) do
     with :ok <- check_endpoints(endpoints),
-         {:ok, tls} <- check_tls(o.tls) do
+         {:ok, tls} <- check_tls(o.tls),
+         {:ok, token} <- given_token(o, true) do
       worker =
         o
         |> Map.take([:connect_timeout, :health_interval, :health_timeout, :health_failures])
         # the token as a closure: crash reports and :sys.get_state show #Function, not the secret
-        |> Map.merge(%{tls: tls, token: secret(o[:token]), transport: :remote})
+        |> Map.merge(%{tls: tls, token: secret(token), transport: :remote})
 
       {:ok,
        %__MODULE__{
@@ -383,6 +412,75 @@ defmodule Krait.Pool.Config do
 
   defp secret(nil), do: nil
   defp secret(token), do: fn -> token end
+
+  @doc """
+  A new token: 256 random bits, URL-safe base64 without padding (43 characters), as the Python
+  worker makes its own.
+  """
+  @spec generate_token() :: String.t()
+  def generate_token, do: :crypto.strong_rand_bytes(32) |> Base.url_encode64(padding: false)
+
+  # Started workers that serve a TCP port need a token: the one given, else a new one; the others
+  # get none (the link is the pool's own pipe).
+  defp local_token(o) do
+    listens? = o.transport == :grpc or o.expose_grpc or o.http_port != nil
+
+    case given_token(o, false) do
+      {:ok, nil} when listens? -> {:ok, generate_token()}
+      other -> other
+    end
+  end
+
+  # :token, else :token_file's; with `env?`, else $KRAIT_TOKEN, else the file $KRAIT_TOKEN_FILE names.
+  defp given_token(o, env?) do
+    cond do
+      o[:token] && o[:token_file] ->
+        invalid("Krait.Pool: give :token or :token_file, not both")
+
+      o[:token] ->
+        nonempty(String.trim(o.token), "option :token is empty")
+
+      o[:token_file] ->
+        read_token(o.token_file, ":token_file")
+
+      env? and (System.get_env("KRAIT_TOKEN") || "") |> String.trim() != "" ->
+        {:ok, String.trim(System.get_env("KRAIT_TOKEN"))}
+
+      env? and (System.get_env("KRAIT_TOKEN_FILE") || "") |> String.trim() != "" ->
+        read_token(String.trim(System.get_env("KRAIT_TOKEN_FILE")), "$KRAIT_TOKEN_FILE")
+
+      true ->
+        {:ok, nil}
+    end
+  end
+
+  defp read_token(path, what) do
+    path = Path.expand(path)
+
+    case File.read(path) do
+      {:ok, text} ->
+        nonempty(String.trim(text), "the token file #{path} (#{what}) is empty")
+
+      {:error, reason} ->
+        invalid(
+          "Krait.Pool: cannot read the token file #{path} (#{what}): #{:file.format_error(reason)}",
+          token_file: path
+        )
+    end
+  end
+
+  defp nonempty("", message), do: invalid("Krait.Pool: " <> message)
+  defp nonempty(token, _message), do: {:ok, token}
+
+  # The workers' environment. With a token, `Krait.Worker` adds it as KRAIT_TOKEN when it spawns
+  # (never in argv, which every local user can read in /proc; not here, where it would be plain
+  # text in the pool's state): any the caller's :env or the BEAM's own environment holds goes.
+  defp worker_env(env, nil), do: Enum.to_list(env)
+
+  defp worker_env(env, _token) do
+    rest = Enum.reject(env, fn {k, _} -> to_string(k) in ["KRAIT_TOKEN", "KRAIT_TOKEN_FILE"] end)
+    rest ++ [{"KRAIT_TOKEN_FILE", false}]
+  end
 
   defp check_endpoints([]), do: invalid("Krait.Pool: :endpoints is empty")
 

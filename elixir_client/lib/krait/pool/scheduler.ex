@@ -1037,6 +1037,9 @@ defmodule Krait.Pool.Scheduler do
       queue_length: map_size(state.waiters),
       sessions: map_size(state.sessions),
       failing: state.failing,
+      # the token of a pool whose started workers listen (see Krait.Pool.Config): what other
+      # callers of those ports need
+      token: if(state.config.token, do: state.config.token.()),
       workers: workers
     }
   end

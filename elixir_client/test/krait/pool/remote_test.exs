@@ -299,9 +299,9 @@ defmodule Krait.Pool.RemoteTest do
     assert m =~ "not both"
 
     assert {:error, %Error{message: m}} =
-             Krait.Pool.start_link(pool_opts(name: :krait_bad_remote, token: "t"))
+             Krait.Pool.start_link(pool_opts(name: :krait_bad_remote, tls: true))
 
-    assert m =~ "[:token] apply to :endpoints only"
+    assert m =~ "[:tls] apply to :endpoints only"
   end
 
   defp wait_failing(pool) do
