@@ -286,7 +286,15 @@ Demo.section("Pool stats")
 IO.inspect(Map.delete(Krait.Pool.stats(), :workers), label: "  stats")
 
 if metrics_port do
+  # the endpoint wants the pool's token, as every port Krait serves does: hand it to Prometheus in a
+  # file only this user can read
+  token_file = Path.join(System.tmp_dir!(), "krait-demo-metrics-token")
+  File.rm(token_file)
+  File.write!(token_file, "")
+  File.chmod!(token_file, 0o600)
+  File.write!(token_file, Krait.Pool.stats().token)
   Demo.section("Metrics at http://127.0.0.1:#{metrics_port}/metrics: calling tools until Ctrl-C")
+  IO.puts("  scrape them: scripts/prometheus #{metrics_port} #{token_file}")
 
   Stream.repeatedly(fn ->
     Krait.execute("add", %{a: 1, b: 2})

@@ -8,8 +8,11 @@ defmodule Krait.TestPrometheus do
   import ExUnit.Assertions
   import Krait.TestHelpers
 
-  @doc "Starts Prometheus scraping `targets` (`job => \"host:port\"`); returns its base URL."
-  @spec start!(%{String.t() => String.t()}, String.t()) :: String.t()
+  @doc """
+  Starts Prometheus scraping `targets` (`job => "host:port"`, or `job => {"host:port",
+  credentials_file}` for a target wanting a bearer token); returns its base URL.
+  """
+  @spec start!(%{String.t() => String.t() | {String.t(), String.t()}}, String.t()) :: String.t()
   def start!(targets, dir) do
     binary = System.find_executable("prometheus")
 
@@ -17,8 +20,13 @@ defmodule Krait.TestPrometheus do
            "the prometheus server is missing: scripts/setup installs Debian's prometheus package"
 
     jobs =
-      Enum.map_join(targets, fn {job, target} ->
-        "  - job_name: #{job}\n    static_configs:\n      - targets: ['#{target}']\n"
+      Enum.map_join(targets, fn
+        {job, {target, credentials}} ->
+          "  - job_name: #{job}\n    authorization:\n      credentials_file: #{credentials}\n" <>
+            "    static_configs:\n      - targets: ['#{target}']\n"
+
+        {job, target} ->
+          "  - job_name: #{job}\n    static_configs:\n      - targets: ['#{target}']\n"
       end)
 
     config = Path.join(dir, "prometheus.yml")
@@ -66,11 +74,13 @@ defmodule Krait.TestPrometheus do
     end
   end
 
-  @doc "An HTTP GET with `:httpc`."
-  @spec get(String.t()) :: {:ok, term()} | {:error, term()}
-  def get(url),
+  @doc "An HTTP GET with `:httpc` (`headers` as charlist pairs)."
+  @spec get(String.t(), [{charlist(), charlist()}]) :: {:ok, term()} | {:error, term()}
+  def get(url, headers \\ []),
     do:
-      :httpc.request(:get, {String.to_charlist(url), []}, [timeout: 5_000], body_format: :binary)
+      :httpc.request(:get, {String.to_charlist(url), headers}, [timeout: 5_000],
+        body_format: :binary
+      )
 
   defp free_port do
     {:ok, socket} = :gen_tcp.listen(0, ip: {127, 0, 0, 1})

@@ -8,7 +8,8 @@ defmodule Krait.Pool.Config do
   `$KRAIT_TOKEN_FILE` names, as the Python clients do). A pool whose started workers listen
   (`transport: :grpc`, `expose_grpc: true`, `:http_port`) gives them `:token`, or a new 256-bit one,
   in their environment (`KRAIT_TOKEN`: argv is readable by every local user in `/proc`), connects
-  with it, and shows it as `token` in `Krait.Pool.stats/1`. It is held as a closure, so crash reports
+  with it, and shows it as `token` in `Krait.Pool.stats/1`. The pool's own `/metrics`
+  (`:metrics_port`) wants the same token, so a pool serving it has one too. It is held as a closure, so crash reports
   and `:sys.get_state/1` show `#Function`, not the secret.
   """
 
@@ -190,7 +191,8 @@ defmodule Krait.Pool.Config do
       doc:
         "serve the pool's Prometheus metrics and its workers' (`Krait.Metrics.prometheus/1`) at " <>
           "`/metrics` on this loopback port through `:inets` (0 picks a free one: " <>
-          "`Krait.Metrics.HTTP.port/1`); `nil`: no endpoint"
+          "`Krait.Metrics.HTTP.port/1`), wanting the pool's token (`token` in `Krait.Pool.stats/1`) " <>
+          "as `authorization: Bearer <token>`; `nil`: no endpoint"
     ],
     worker_module: [type: :atom, default: Krait.Worker, doc: false]
   ]
@@ -350,6 +352,10 @@ defmodule Krait.Pool.Config do
     with :ok <- check_endpoints(endpoints),
          {:ok, tls} <- check_tls(o.tls),
          {:ok, token} <- given_token(o, true) do
+      # the pool's own /metrics needs a token: the endpoints' one, else a new one (which the
+      # endpoints, serving without a token then, ignore)
+      token = if(token == nil and o.metrics_port != nil, do: generate_token(), else: token)
+
       worker =
         o
         |> Map.take([:connect_timeout, :health_interval, :health_timeout, :health_failures])
@@ -423,7 +429,9 @@ defmodule Krait.Pool.Config do
   # Started workers that serve a TCP port need a token: the one given, else a new one; the others
   # get none (the link is the pool's own pipe).
   defp local_token(o) do
-    listens? = o.transport == :grpc or o.expose_grpc or o.http_port != nil
+    # the pool's own /metrics (Krait.Metrics.HTTP) wants the same token
+    listens? =
+      o.transport == :grpc or o.expose_grpc or o.http_port != nil or o.metrics_port != nil
 
     case given_token(o, false) do
       {:ok, nil} when listens? -> {:ok, generate_token()}

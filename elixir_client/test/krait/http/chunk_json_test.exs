@@ -12,15 +12,15 @@ defmodule Krait.ChunkJSONTest do
 
   setup_all do
     pool = start_module_pool!(size: 1, http_port: 0)
-    [%{http_port: port}] = Krait.Pool.stats(pool).workers
-    %{pool: pool, base: "http://127.0.0.1:#{port}"}
+    %{workers: [%{http_port: port}], token: token} = Krait.Pool.stats(pool)
+    %{pool: pool, base: "http://127.0.0.1:#{port}", token: token}
   end
 
   # the chunk JSON of a stream over the worker's HTTP front: [{event, json}]
-  defp sse(base, tool, args) do
-    url = String.to_charlist("#{base}/v1/tools/#{tool}/stream")
+  defp sse(ctx, tool, args) do
+    url = String.to_charlist("#{ctx.base}/v1/tools/#{tool}/stream")
     body = IO.iodata_to_binary(Krait.JSON.encode!(args))
-    request = {url, [], ~c"application/json", body}
+    request = {url, bearer(ctx.token), ~c"application/json", body}
 
     {:ok, {{_, 200, _}, headers, text}} =
       :httpc.request(:post, request, [timeout: 30_000], body_format: :binary)
@@ -37,6 +37,9 @@ defmodule Krait.ChunkJSONTest do
       {fields["event"], Krait.JSON.decode!(fields["data"])}
     end
   end
+
+  # the pool gave its listening workers a token of its own
+  defp bearer(token), do: [{~c"authorization", String.to_charlist("Bearer " <> token)}]
 
   defp timeless(%{"metadata" => meta} = map),
     do: %{map | "metadata" => Map.delete(meta, "execution_time_ms")}
@@ -59,7 +62,7 @@ defmodule Krait.ChunkJSONTest do
       from_elixir =
         for c <- chunks, do: {if(c.is_final, do: "final", else: "chunk"), ChunkJSON.to_map(c)}
 
-      from_http = sse(ctx.base, tool, args)
+      from_http = sse(ctx, tool, args)
       assert length(from_elixir) == length(from_http)
 
       for {chunk, {event, mine}, {http_event, theirs}} <-
@@ -99,7 +102,7 @@ defmodule Krait.ChunkJSONTest do
       end
 
     [{"chunk", _}, {"error", %{"error" => http_error}}] =
-      sse(ctx.base, "failing_stream", %{fail_at: 1})
+      sse(ctx, "failing_stream", %{fail_at: 1})
 
     %{"error" => mine} = ChunkJSON.error_map(error)
 
@@ -114,7 +117,7 @@ defmodule Krait.ChunkJSONTest do
   test "a unary tool's error fields and status are the front's", ctx do
     {:error, error} = Krait.execute("quota", %{retry_after: 2.5}, pool: ctx.pool)
     url = String.to_charlist("#{ctx.base}/v1/tools/quota")
-    request = {url, [], ~c"application/json", ~s({"retry_after": 2.5})}
+    request = {url, bearer(ctx.token), ~c"application/json", ~s({"retry_after": 2.5})}
 
     {:ok, {{_, status, _}, _, body}} =
       :httpc.request(:post, request, [timeout: 30_000], body_format: :binary)
@@ -136,13 +139,16 @@ defmodule Krait.ChunkJSONTest do
     [%{http_port: port}] = Krait.Pool.stats(ctx.pool).workers
     assert is_integer(port) and port > 0
     grpc = start_pool!(size: 1, transport: :grpc, http_port: 0)
-    [%{http_port: grpc_http, grpc_port: grpc_port}] = Krait.Pool.stats(grpc).workers
+
+    %{workers: [%{http_port: grpc_http, grpc_port: grpc_port}], token: token} =
+      Krait.Pool.stats(grpc)
+
     assert is_integer(grpc_http) and grpc_http not in [port, grpc_port]
+    assert token != ctx.token
+    tools = ~c"http://127.0.0.1:#{grpc_http}/v1/tools"
 
     {:ok, {{_, 200, _}, _, body}} =
-      :httpc.request(:get, {~c"http://127.0.0.1:#{grpc_http}/v1/tools", []}, [],
-        body_format: :binary
-      )
+      :httpc.request(:get, {tools, bearer(token)}, [], body_format: :binary)
 
     assert %{"tools" => [_ | _]} = Krait.JSON.decode!(body)
     plain = start_pool!(size: 1)

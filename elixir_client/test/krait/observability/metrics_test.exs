@@ -116,12 +116,29 @@ defmodule Krait.Observability.MetricsTest do
     port = Krait.Metrics.HTTP.port(pool)
     assert is_integer(port) and port > 0
 
-    {:ok, {{_, 404, _}, _, _}} = TestPrometheus.get("http://127.0.0.1:#{port}/other")
-    {:ok, {{_, 200, _}, headers, _}} = TestPrometheus.get("http://127.0.0.1:#{port}/metrics")
+    token = Krait.Pool.stats(pool).token
+    assert is_binary(token) and byte_size(token) == 43
+    auth = [{~c"authorization", String.to_charlist("Bearer " <> token)}]
+    metrics = "http://127.0.0.1:#{port}/metrics"
+
+    # any local user reaches a loopback port: without the pool's token, nothing (and not at once)
+    started = System.monotonic_time(:millisecond)
+    {:ok, {{_, 401, _}, headers, _}} = TestPrometheus.get(metrics)
+    assert System.monotonic_time(:millisecond) - started >= 900
+    assert {~c"www-authenticate", ~c"Bearer"} in headers
+    {:ok, {{_, 401, _}, _, _}} = TestPrometheus.get(metrics, [{~c"authorization", ~c"Bearer x"}])
+    {:ok, {{_, 401, _}, _, _}} = TestPrometheus.get("http://127.0.0.1:#{port}/other")
+
+    {:ok, {{_, 404, _}, _, _}} = TestPrometheus.get("http://127.0.0.1:#{port}/other", auth)
+    {:ok, {{_, 200, _}, headers, _}} = TestPrometheus.get(metrics, auth)
     assert {~c"content-type", ~c"text/plain; version=0.0.4; charset=utf-8"} in headers
 
     make_calls(pool)
-    url = TestPrometheus.start!(%{"krait_pool" => "127.0.0.1:#{port}"}, dir)
+    credentials = Path.join(dir, "token")
+    File.write!(credentials, token)
+    File.chmod!(credentials, 0o600)
+
+    url = TestPrometheus.start!(%{"krait_pool" => {"127.0.0.1:#{port}", credentials}}, dir)
     value = &TestPrometheus.value(url, &1)
 
     assert eventually(
