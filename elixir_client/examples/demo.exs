@@ -288,11 +288,13 @@ IO.inspect(Map.delete(Krait.Pool.stats(), :workers), label: "  stats")
 if metrics_port do
   # the endpoint wants the pool's token, as every port Krait serves does: hand it to Prometheus in a
   # file only this user can read
-  token_file = Path.join(System.tmp_dir!(), "krait-demo-metrics-token")
-  File.rm(token_file)
-  File.write!(token_file, "")
+  # (a new name, created exclusively: a shared /tmp may hold another user's link at any fixed name)
+  suffix = Base.url_encode64(:crypto.strong_rand_bytes(9))
+  token_file = Path.join(System.tmp_dir!(), "krait-demo-metrics-token-" <> suffix)
+  file = File.open!(token_file, [:write, :exclusive])
   File.chmod!(token_file, 0o600)
-  File.write!(token_file, Krait.Pool.stats().token)
+  IO.binwrite(file, Krait.Pool.stats().token)
+  File.close(file)
   Demo.section("Metrics at http://127.0.0.1:#{metrics_port}/metrics: calling tools until Ctrl-C")
   IO.puts("  scrape them: scripts/prometheus #{metrics_port} #{token_file}")
 
