@@ -1,16 +1,23 @@
-"""Helpers of the HTTP front's tests: real HTTP clients (httpx) against real workers, and an SSE reader."""
+"""Helpers of the HTTP front's tests: real HTTP clients (httpx) against real workers, and an SSE reader.
+
+Every worker a test starts serves with the session's ``$KRAIT_TOKEN`` (tests/conftest.py), and :func:`http_worker`'s
+client sends it as a bearer; :func:`open_worker` starts one without any token, as ``--no-auth`` does.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import os
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from .workers import Worker, running_worker
+from .workers import PYTHON, ROOT, Worker, running_worker
 
 
 @dataclass
@@ -60,11 +67,42 @@ def tool_events(client: httpx.Client, tag: str) -> dict[str, float]:
     return response.json()["result"]
 
 
+def token() -> str:
+    """The token of the workers tests start (conftest.py sets it for the session)."""
+    return os.environ["KRAIT_TOKEN"]
+
+
+def bearer(value: str | None = None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {value or token()}"}
+
+
+@functools.cache
+def no_auth_args() -> tuple[str, ...]:
+    """How to start a worker without any token: ``--no-auth`` where serve has it (serve then makes a token when
+    none is given), else nothing (an empty $KRAIT_TOKEN is no token)."""
+    result = subprocess.run([PYTHON, "-m", "python_worker", "serve", "--help"], cwd=ROOT, capture_output=True)
+    return ("--no-auth",) if b"--no-auth" in result.stdout else ()
+
+
 @contextlib.contextmanager
-def http_worker(*args: str, host: str = "127.0.0.1", **kw: Any) -> Iterator[tuple[Worker, httpx.Client]]:
-    """A showcase worker serving HTTP (and gRPC) with ``args``, and an HTTP client of it."""
+def open_worker(*args: str, host: str = "127.0.0.1", **kw: Any) -> Iterator[Worker]:
+    """A showcase worker serving HTTP with no token at all."""
+    env = {**kw.pop("env", {}), "KRAIT_TOKEN": ""}
+    with running_worker(
+        "adapters.showcase:ShowcaseAdapter", "--http-port", "0", *no_auth_args(), *args, host=host, env=env, **kw
+    ) as worker:
+        yield worker
+
+
+@contextlib.contextmanager
+def http_worker(
+    *args: str, host: str = "127.0.0.1", auth: bool = True, **kw: Any
+) -> Iterator[tuple[Worker, httpx.Client]]:
+    """A showcase worker serving HTTP (and gRPC) with ``args``, and an HTTP client of it that sends the worker's
+    token (``auth=False``: a client without it)."""
+    token_value = kw.get("env", {}).get("KRAIT_TOKEN") or token()
     with (
         running_worker("adapters.showcase:ShowcaseAdapter", "--http-port", "0", *args, host=host, **kw) as worker,
-        httpx.Client(base_url=base_url(worker), timeout=30) as client,
+        httpx.Client(base_url=base_url(worker), timeout=30, headers=bearer(token_value) if auth else None) as client,
     ):
         yield worker, client

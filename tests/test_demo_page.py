@@ -29,7 +29,10 @@ def test_piped_it_prints_the_url_streams_over_sse_and_ends_by_itself() -> None:
     out = result.stdout.decode()
     assert result.returncode == 0, out + result.stderr.decode()
     assert URL.search(result.stdout), out
-    assert "curl -N 'http://127.0.0.1:" in out and "/v1/tools/train_model/stream?args=" in out
+    token = re.search(r"#token=([A-Za-z0-9_-]+)", out)
+    assert token, out  # the page's URL carries the worker's token in its fragment
+    assert f"curl -N -H 'Authorization: Bearer {token.group(1)}' 'http://127.0.0.1:" in out
+    assert "/v1/tools/train_model/stream?args=" in out
     assert [line.split()[3] for line in out.splitlines() if "event: chunk" in line] == ["1/3", "2/3", "3/3"]
     assert "event: final  complete" in out and out.rstrip().endswith("worker stopped")
 

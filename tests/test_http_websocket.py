@@ -15,7 +15,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from .http_support import base_url, http_worker, tool_events
+from .http_support import base_url, bearer, http_worker, tool_events
 from .support import eventually
 from .workers import Worker
 
@@ -36,7 +36,7 @@ def ws_url(worker: Worker) -> str:
 
 @pytest.fixture
 def ws(served: tuple[Worker, httpx.Client]) -> Iterator[ClientConnection]:
-    with connect(ws_url(served[0]), open_timeout=10) as socket:
+    with connect(ws_url(served[0]), additional_headers=bearer(), open_timeout=10) as socket:
         yield socket
 
 
@@ -203,7 +203,7 @@ def test_a_duplicate_call_id_is_refused_and_the_first_call_goes_on(ws: ClientCon
 
 def test_a_client_that_goes_away_cancels_all_its_calls(served: tuple[Worker, httpx.Client]) -> None:
     worker, client = served
-    with connect(ws_url(worker), open_timeout=10) as socket:
+    with connect(ws_url(worker), additional_headers=bearer(), open_timeout=10) as socket:
         for n in range(3):
             call(socket, f"e{n}", "endless_stream", {"interval_ms": 5, "tag": f"ws-gone-{n}"})
         seen: set[str] = set()
@@ -213,8 +213,8 @@ def test_a_client_that_goes_away_cancels_all_its_calls(served: tuple[Worker, htt
         eventually(lambda n=n: "finally" in tool_events(client, f"ws-gone-{n}"))
 
 
-def test_the_handshake_needs_the_token_or_the_cookie_from_the_own_origin() -> None:
-    with http_worker(env={"KRAIT_TOKEN": TOKEN}) as (worker, client):
+def test_the_handshake_needs_the_token_or_the_session_with_its_secret_from_the_own_origin() -> None:
+    with http_worker(env={"KRAIT_TOKEN": TOKEN}, auth=False) as (worker, client):
         url = ws_url(worker)
         own = base_url(worker)
         with pytest.raises(InvalidStatus) as refused:
@@ -224,14 +224,21 @@ def test_the_handshake_needs_the_token_or_the_cookie_from_the_own_origin() -> No
         with connect(url, additional_headers={"Authorization": f"Bearer {TOKEN}"}, open_timeout=10) as socket:
             call(socket, "a", "add", {"a": 1, "b": 2})
             assert until_end(socket, "a")[0]["result"] == 3
-        assert client.post("/v1/login", json={"token": TOKEN}).status_code == 204
-        cookie = f"krait_session={client.cookies['krait_session']}"
+        login = client.post("/v1/login", json={"token": TOKEN})
+        assert login.status_code == 200
+        cookie = {"Cookie": f"krait_session={client.cookies['krait_session']}"}
+        protocols = ["krait.v1", f"krait.session.{login.json()['session']}"]
         with pytest.raises(InvalidStatus) as foreign:
-            connect(url, additional_headers={"Cookie": cookie}, origin="http://evil.example", open_timeout=10)
+            connect(url, additional_headers=cookie, subprotocols=protocols, origin="http://evil.example")
         assert foreign.value.response.status_code == 403
         with pytest.raises(InvalidStatus) as no_origin:
-            connect(url, additional_headers={"Cookie": cookie}, open_timeout=10)
+            connect(url, additional_headers=cookie, subprotocols=protocols, open_timeout=10)
         assert no_origin.value.response.status_code == 403
-        with connect(url, additional_headers={"Cookie": cookie}, origin=own, open_timeout=10) as socket:
+        # the cookie alone (as a server on another port of 127.0.0.1 receives it) is refused
+        with pytest.raises(InvalidStatus) as no_secret:
+            connect(url, additional_headers=cookie, subprotocols=["krait.v1"], origin=own, open_timeout=10)
+        assert no_secret.value.response.status_code == 401
+        with connect(url, additional_headers=cookie, subprotocols=protocols, origin=own, open_timeout=10) as socket:
+            assert socket.subprotocol == "krait.v1"  # the secret is never echoed
             call(socket, "s", "stream_numbers", {"count": 2})
             assert [f["event"] for f in until_end(socket, "s")] == ["chunk", "chunk", "final"]

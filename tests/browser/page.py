@@ -53,9 +53,10 @@ class Page:
 
     # -- navigation and login ---------------------------------------------------------------------------------
     def fresh(self) -> None:
-        """Open the page logged out: the session cookie is deleted first."""
+        """Open the page logged out: the session cookie and the session's secret are deleted first."""
         self.driver.get(self.url + "/")
         self.driver.delete_all_cookies()
+        self.driver.execute_script("sessionStorage.clear()")
         self.driver.get(self.url + "/")
         self.driver.get_log("browser")  # start each test with an empty console
         self.wait(lambda d: self.body("auth") not in ("", "checking"), "the page asked /v1/auth")

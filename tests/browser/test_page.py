@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 
+import httpx
 import pytest
 
 from python_worker.client import Client
@@ -33,13 +34,26 @@ def test_the_page_asks_for_the_token_and_keeps_it_out_of_urls_and_scripts(page: 
     names = {page.attr(b, "data-tool") for b in page.all("button[data-tool]")}
     assert {"stream_progress", "train_model", "stream_spectrum", "monitor", "stream_levels"} <= names
 
-    # the session is an HttpOnly cookie: scripts cannot read it, and the token is in no URL
+    # the session is an HttpOnly cookie (scripts cannot read it) and a secret in this origin's sessionStorage;
+    # the token is in no URL
     cookies = {c["name"]: c for c in page.driver.get_cookies()}
     assert cookies["krait_session"]["httpOnly"] and TOKEN not in cookies["krait_session"]["value"]
     assert "krait_session" not in page.driver.execute_script("return document.cookie")
+    secret = page.driver.execute_script("return sessionStorage.getItem('krait-secret')")
+    assert secret and secret != cookies["krait_session"]["value"]
     assert TOKEN not in page.driver.current_url
-    page.driver.refresh()  # the cookie keeps the page logged in
-    page.wait(lambda d: page.body("auth") == "ok", "still logged in after a reload")
+    page.driver.refresh()  # the cookie and the secret keep the page logged in
+    page.wait(lambda d: page.body("auth") == "ok" and int(page.body("tools") or 0) > 0, "still logged in")
+
+    # the cookie as a server on another port of 127.0.0.1 receives it, replayed with the page's own Origin: refused
+    replayed = {"krait_session": cookies["krait_session"]["value"]}
+    with httpx.Client(base_url=page.url, cookies=replayed, headers={"Origin": page.url}, timeout=30) as thief:
+        assert thief.get("/v1/tools").status_code == 401
+        assert thief.post("/v1/tools/stream_events", json={"tag": "x"}).status_code == 401
+        assert thief.get("/v1/auth").json() == {"required": True, "authenticated": False}
+        assert thief.post("/v1/logout").status_code == 204
+    page.driver.refresh()  # and it could not log the page out
+    page.wait(lambda d: page.body("auth") == "ok" and int(page.body("tools") or 0) > 0, "still logged in")
 
     page.one("#logout").click()
     page.wait(lambda d: page.body("auth") == "login", "logged out")
@@ -80,6 +94,25 @@ def test_progress_training_and_a_spectrum_draw_as_they_run_and_end_with_their_fi
     assert page.chunks(training) == 7  # 6 epochs + the final summary
     page.screenshot("finished")
     assert page.console_errors() == []
+
+
+def test_a_token_in_the_fragment_logs_in_and_leaves_the_address_bar(page: Page) -> None:
+    # `serve` prints http://127.0.0.1:PORT/#token=...: the fragment never reaches the worker; the page logs in with
+    # it and takes it out of the address (the rest of the fragment stays)
+    page.driver.get("about:blank")  # a navigation, not a same-document fragment change
+    page.driver.get(f"{page.url}/#token={TOKEN}&tool=stream_progress")
+    page.wait(lambda d: page.body("auth") == "ok" and int(page.body("tools") or 0) > 0, "logged in by the fragment")
+    page.wait(lambda d: page.one('form[data-tool-form="stream_progress"]'), "the tool named in the fragment")
+    assert TOKEN not in page.driver.current_url and "tool=stream_progress" in page.driver.current_url
+    assert TOKEN not in page.driver.execute_script("return location.href + document.body.innerHTML")
+    run = page.start("stream_progress", {"steps": 3, "delay_ms": 10})  # the WebSocket takes the session's secret
+    assert page.until_state(run, "done") == "done"
+
+    page.fresh()
+    page.driver.get("about:blank")
+    page.driver.get(f"{page.url}/#token=not-the-token")
+    error = page.wait(lambda d: page.one("#login-error").is_displayed() and page.one("#login-error"), "refused")
+    assert "not accepted" in error.text and page.body("auth") == "login" and "token" not in page.driver.current_url
 
 
 def test_stopping_a_running_stream_from_the_page_stops_the_tool(page: Page, http_worker: Worker) -> None:

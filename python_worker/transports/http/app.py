@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import orjson
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import HTTPConnection, Request
@@ -29,7 +30,7 @@ from starlette.websockets import WebSocket
 
 from ...engine import Engine
 from ...errors import CallError, WrongRpc
-from .auth import COOKIE, Auth
+from .auth import COOKIE, SESSION_MAX_AGE_S, SUBPROTOCOL, Auth, offered_subprotocols, refusal_delay, session_secret
 from .calls import (
     FORWARDED_HEADERS,
     Gone,
@@ -41,7 +42,7 @@ from .calls import (
     timeout_ms,
 )
 from .chunks import dumps, result_json
-from .errors import HttpError, error_body, error_object, invalid
+from .errors import HttpError, error_body, error_object, invalid, unauthenticated
 from .feed import StreamFeed
 from .headers import SecurityHeaders
 from .sse import SSEResponse, disconnected
@@ -51,6 +52,9 @@ log = logging.getLogger("krait.worker")
 
 STATIC = Path(__file__).parent / "static"
 JSON = "application/json"
+Endpoint = Callable[[Request], Awaitable[Response]]
+LOGIN_MAX_BYTES = 4096  # POST /v1/login: {"token": "..."}, read before anyone is authenticated
+PARSE_INLINE_BYTES = 64 << 10  # JSON up to this size is parsed on the event loop; larger on the parser threads
 
 
 class Front:
@@ -62,6 +66,8 @@ class Front:
         self.max_body_bytes = max_body_bytes
         # a thread per call allowed (a unary tool, or a stream's pump), and a few for refusals beside them
         self.executor = ThreadPoolExecutor(max_workers=engine.max_calls + 4, thread_name_prefix="http")
+        # large JSON bodies are parsed here, off the event loop: two at a time, whatever the number of callers
+        self.parsers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="http-json")
         self.stopping = False
         self._live: set[Callable[[BaseException], None]] = set()
         self.tools_body = self._tools_body()
@@ -102,64 +108,91 @@ class Front:
         return {key: headers[key] for key in FORWARDED_HEADERS if key in headers}
 
     def error(self, exc: BaseException, rpc: str, tool: str = "") -> tuple[int, dict[str, Any]]:
+        if not isinstance(exc, CallError) and getattr(exc, "_krait_call", None) is None:
+            # not a tool's failure but the front's own: logged with its traceback, answered without it (no
+            # server path, no internals reach a remote caller)
+            log.error("%s: the HTTP front failed on a request", rpc, exc_info=exc)
+            return 500, {
+                "type": "InternalError",
+                "message": "the worker failed to handle this request (its log has the details)",
+                "code": "INTERNAL",
+            }
         return error_object(self.engine, exc, rpc, tool)
 
     def error_response(self, exc: BaseException, rpc: str, tool: str = "") -> Response:
         status, error = self.error(exc, rpc, tool)
         status = getattr(exc, "http_status", status)
-        return Response(error_body(error), status_code=status, media_type=JSON)
+        # a refused token closes its connection: the next guess costs a new connection and a new penalty
+        headers = {"connection": "close"} if status == 401 else None
+        return Response(error_body(error), status_code=status, media_type=JSON, headers=headers)
+
+    async def refusal(self, exc: BaseException, rpc: str, tool: str = "") -> Response:
+        """:meth:`error_response`, held first for the penalty of a wrong or missing token (a coroutine: it holds
+        no thread and no call slot)."""
+        delay = refusal_delay(exc)
+        if delay:
+            await asyncio.sleep(delay)
+        return self.error_response(exc, rpc, tool)
 
     def guard(self, conn: HTTPConnection, method: str) -> str:
         """Authenticate a request (raises :class:`HttpError`); refuses new calls once stopping."""
-        how = self.auth.authenticate(
-            conn.headers, conn.cookies, method=method, scheme=self.scheme, client=_client(conn)
-        )
+        how = self.auth.authenticate(conn.headers, conn.cookies, method=method, scheme=self.scheme)
         if self.stopping:
             raise HttpError("the worker is stopping", code=grpc.StatusCode.UNAVAILABLE, error_type="WorkerStopping")
         return how
+
+    def guarded(self, rpc: str, endpoint: Endpoint) -> Endpoint:
+        """``endpoint`` behind :meth:`guard`; whatever it raises is answered as JSON (a refused token late)."""
+
+        async def handle(request: Request) -> Response:
+            tool = request.path_params.get("name", "")
+            try:
+                self.guard(request, request.method)
+                return await endpoint(request)
+            except Exception as exc:
+                return await self.refusal(exc, rpc, tool)
+
+        return handle
 
     @property
     def scheme(self) -> str:
         return "https" if self.auth.tls else "http"
 
-    async def body(self, request: Request) -> bytes:
-        """The request body, refused beyond the worker's maximum message size."""
-        size = int(request.headers.get("content-length") or 0)
-        parts: list[bytes] = []
-        total = 0
-        if size <= self.max_body_bytes:
+    async def body(self, request: Request, limit: int | None = None) -> bytes:
+        """The request body, refused (413) beyond ``limit`` bytes (the front's JSON body limit by default)
+        before more than that is read: a ``Content-Length`` over it is refused at once."""
+        limit = self.max_body_bytes if limit is None else limit
+        try:
+            size = int(request.headers.get("content-length") or 0)
+        except ValueError:
+            size = 0  # h11 has already refused a malformed Content-Length
+        body = bytearray()
+        if size <= limit:
             async for part in request.stream():
-                parts.append(part)
-                total += len(part)
-                if total > self.max_body_bytes:
+                body += part
+                if len(body) > limit:
                     break
-        if max(size, total) > self.max_body_bytes:
+        if max(size, len(body)) > limit:
             error = HttpError(
-                f"the request body holds more than the worker's maximum message size ({self.max_body_bytes} bytes)",
+                f"the request body holds more than this route's limit ({limit} bytes; see --max-json-mb)",
                 code=grpc.StatusCode.RESOURCE_EXHAUSTED,
                 error_type="BodyTooLarge",
             )
             error.http_status = 413  # type: ignore[attr-defined]
             raise error
-        return b"".join(parts)
+        return bytes(body)
 
-
-Endpoint = Callable[[Request], Awaitable[Response]]
+    async def args(self, body: bytes | str, where: str) -> str:
+        """:func:`parse_args` of a body, on the parser threads when it is large (the event loop keeps serving)."""
+        if len(body) <= PARSE_INLINE_BYTES:
+            return parse_args(body, where)
+        return await asyncio.get_running_loop().run_in_executor(self.parsers, parse_args, body, where)
 
 
 def build_app(front: Front) -> Starlette:
     engine = front.engine
 
-    def guarded(rpc: str, endpoint: Endpoint) -> Endpoint:
-        async def handle(request: Request) -> Response:
-            tool = request.path_params.get("name", "")
-            try:
-                front.guard(request, request.method)
-                return await endpoint(request)
-            except Exception as exc:
-                return front.error_response(exc, rpc, tool)
-
-        return handle
+    guarded = front.guarded
 
     async def index(request: Request) -> Response:
         page = STATIC / "index.html"
@@ -170,32 +203,38 @@ def build_app(front: Front) -> Starlette:
         return FileResponse(page)
 
     async def auth_state(request: Request) -> Response:
-        return Response(
-            dumps(
-                {
-                    "required": front.auth.required,
-                    "authenticated": front.auth.logged_in(request.headers, request.cookies),
-                }
-            ),
-            media_type=JSON,
-        )
+        # a bearer here is checked like anywhere else: a wrong one is a guess, held and refused (no free oracle)
+        try:
+            front.auth.check_host(request.headers)
+            front.auth.check_origin(request.headers, front.scheme)
+            bearer = front.auth.bearer(request.headers) if front.auth.required else None
+            if bearer is False:
+                raise unauthenticated("a wrong token in 'Authorization: Bearer <token>'")
+        except Exception as exc:
+            return await front.refusal(exc, "GET /v1/auth")
+        authenticated = bool(bearer) or front.auth.logged_in(request.headers, request.cookies)
+        return Response(dumps({"required": front.auth.required, "authenticated": authenticated}), media_type=JSON)
 
     async def login(request: Request) -> Response:
         try:
             front.auth.check_host(request.headers)
             front.auth.check_origin(request.headers, front.scheme)
+            body = await front.body(request, LOGIN_MAX_BYTES)
             try:
-                given = json.loads(await front.body(request))
-            except ValueError:
+                given = orjson.loads(body)
+            except (orjson.JSONDecodeError, RecursionError):  # orjson refuses nesting deeper than 1024
                 given = None
             if not isinstance(given, dict) or not isinstance(given.get("token"), str):
                 raise invalid('POST /v1/login needs a JSON body {"token": "..."}')
-            if front.auth.required and not front.auth.check_token(given["token"], _client(request)):
-                raise HttpError("a wrong token", code=grpc.StatusCode.UNAUTHENTICATED, error_type="Unauthenticated")
+            if front.auth.required and not front.auth.token_matches(given["token"]):
+                raise unauthenticated("a wrong token")
         except Exception as exc:
-            return front.error_response(exc, "POST /v1/login")
-        response = Response(status_code=204)
-        response.set_cookie(COOKIE, front.auth.sessions.create(), **front.auth.cookie_attributes())  # type: ignore[arg-type]
+            return await front.refusal(exc, "POST /v1/login")
+        session, secret = front.auth.sessions.create()
+        # the secret goes to the page's script only; the cookie, which any port of this host receives, is
+        # worthless without it
+        response = Response(dumps({"session": secret, "max_age_s": SESSION_MAX_AGE_S}), media_type=JSON)
+        response.set_cookie(COOKIE, session, **front.auth.cookie_attributes())  # type: ignore[arg-type]
         return response
 
     async def logout(request: Request) -> Response:
@@ -204,7 +243,9 @@ def build_app(front: Front) -> Starlette:
             front.auth.check_origin(request.headers, front.scheme)
         except Exception as exc:
             return front.error_response(exc, "POST /v1/logout")
-        front.auth.sessions.drop(request.cookies.get(COOKIE, ""))
+        session = request.cookies.get(COOKIE, "")
+        if front.auth.sessions.valid(session, session_secret(request.headers)):
+            front.auth.sessions.drop(session)  # a cookie alone (replayed from another port) cannot end it
         response = Response(status_code=204)
         response.delete_cookie(COOKIE, path="/", secure=front.auth.tls, httponly=True, samesite="strict")
         return response
@@ -222,7 +263,7 @@ def build_app(front: Front) -> Starlette:
 
     async def call(request: Request) -> Response:
         name = request.path_params["name"]
-        args_json = parse_args(await front.body(request), "the request body")
+        args_json = await front.args(await front.body(request), "the request body")
         deadline = timeout_ms(request.query_params.get("timeout_ms"))
         check_kind(name, streaming=False)
         req = build_request(name, args_json, request.query_params.get("session"), front.metadata(request.headers))
@@ -248,7 +289,7 @@ def build_app(front: Front) -> Starlette:
         if request.method == "GET":
             args_json = parse_args(request.query_params.get("args", ""), "the args parameter")
         else:
-            args_json = parse_args(await front.body(request), "the request body")
+            args_json = await front.args(await front.body(request), "the request body")
         query = request.query_params
         deadline = timeout_ms(query.get("timeout_ms"))
         rate = max_rate(query.get("max_rate_hz"))
@@ -271,10 +312,12 @@ def build_app(front: Front) -> Starlette:
         try:
             front.guard(websocket, "WEBSOCKET")
         except HttpError as exc:
-            status, error = front.error(exc, "WebSocket")
-            await websocket.send_denial_response(Response(error_body(error), status_code=status, media_type=JSON))
+            await websocket.send_denial_response(await front.refusal(exc, "WebSocket"))
             return
-        await websocket.accept()
+        # the page offers krait.v1 and krait.session.<secret>: only krait.v1 is echoed (a browser refuses a
+        # handshake whose answer names none of the protocols it offered)
+        offered = offered_subprotocols(websocket.headers)
+        await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
         await Socket(front, websocket).serve()
 
     routes = [
@@ -289,11 +332,6 @@ def build_app(front: Front) -> Starlette:
         Mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static"),
     ]
     return Starlette(routes=routes, middleware=[Middleware(SecurityHeaders)])
-
-
-def _client(conn: HTTPConnection) -> str:
-    """The client's address, as wrong tokens are counted."""
-    return conn.client.host if conn.client is not None else ""
 
 
 class _Tracked(Response):

@@ -1,20 +1,26 @@
 """Who may call the HTTP front: the worker's token (the same ``--token-file``/``$KRAIT_TOKEN`` as gRPC), as an
-``Authorization: Bearer`` header or through a login cookie, and where a browser's request comes from.
+``Authorization: Bearer`` header or through a login session, and where a browser's request comes from.
 
-- A browser page cannot keep a token out of reach of scripts, nor put one in an ``EventSource`` or WebSocket
-  request; it logs in once (``POST /v1/login`` with the token) and gets an opaque random session id in an
-  ``HttpOnly; SameSite=Strict`` cookie (``Secure`` under TLS). The token never travels in a URL.
+- One rule for every path that looks at a token (a bearer on any route, ``GET /v1/auth``, ``POST /v1/login``,
+  the WebSocket handshake): :meth:`ServerSecurity.token_matches` (constant-time), and a wrong or missing token is
+  answered 401 only after :data:`~python_worker.transports.security.PENALTY`'s delay, with ``Connection: close``
+  (:func:`refusal_delay`). Nothing is counted per client address: on a shared machine every local client is
+  127.0.0.1, so a lockout by address would let any local user lock every other out.
+- A browser page logs in once (``POST /v1/login`` with the token) and gets two halves of a session: an opaque id
+  in an ``HttpOnly; SameSite=Strict`` cookie (``Secure`` under TLS), and a secret in the JSON answer that the page
+  keeps in memory (``sessionStorage``) and sends as the ``X-Krait-Session`` header, or as the WebSocket
+  subprotocol ``krait.session.<secret>``. Browsers send a cookie to every port of a host, so a server of another
+  local user on 127.0.0.1:18999 can read the cookie; it cannot read the secret (``sessionStorage`` is per origin,
+  port included): a cookie without its secret is refused.
 - A cookie is sent by the browser whatever page made the request, so a cookie-authenticated ``POST`` and the
-  WebSocket handshake must carry an ``Origin`` equal to this server's own (cross-site request forgery,
-  cross-site WebSocket hijacking); any request whose ``Origin`` or ``Sec-Fetch-Site`` says it comes from another
-  site is refused, token or not.
-- Without a token (loopback only, unless ``--insecure``), a request must name a loopback host in ``Host``: a
-  page that rebinds its own DNS name to 127.0.0.1 cannot reach the worker.
+  WebSocket handshake must carry an ``Origin`` equal to this server's own (cross-site request forgery, cross-site
+  WebSocket hijacking); any request whose ``Origin`` or ``Sec-Fetch-Site`` says it comes from another site is
+  refused, token or not.
+- ``Host`` is checked by :meth:`ServerSecurity.host_allowed` on every request, ``--insecure`` or not: a page that
+  rebinds its own DNS name to 127.0.0.1 cannot reach a worker without a token.
 
-Comparisons are constant-time (``hmac.compare_digest``). A client address that gave a wrong token
-:data:`MAX_FAILURES` times in :data:`FAILURE_WINDOW_S` (by login or bearer header) is refused 429 until the
-oldest of those failures is that old: guessing a token costs time. Sessions live in memory, at most
-:data:`MAX_SESSIONS` (the oldest go first) for at most :data:`SESSION_MAX_AGE_S` each.
+Sessions live in memory, at most :data:`MAX_SESSIONS` (the oldest go first) for at most
+:data:`SESSION_MAX_AGE_S` each.
 """
 
 from __future__ import annotations
@@ -23,141 +29,134 @@ import hmac
 import secrets
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Mapping
 
-from ..security import is_loopback
-from .errors import forbidden, too_many, unauthenticated
+from ..security import PENALTY, ServerSecurity
+from .errors import HttpError, forbidden, unauthenticated
 
 COOKIE = "krait_session"
+SESSION_HEADER = "x-krait-session"
+SUBPROTOCOL = "krait.v1"  # the WebSocket subprotocol the front speaks (echoed when offered)
+SESSION_SUBPROTOCOL = "krait.session."  # + the session's secret, offered beside SUBPROTOCOL by the page
 SESSION_MAX_AGE_S = 12 * 3600
 MAX_SESSIONS = 1000
-MAX_FAILURES = 10
-FAILURE_WINDOW_S = 60.0
-MAX_CLIENTS_TRACKED = 10_000
 
 
-class Failures:
-    """Wrong tokens by client address, in the last :data:`FAILURE_WINDOW_S`."""
-
-    def __init__(self) -> None:
-        self._by_client: OrderedDict[str, deque[float]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def check(self, client: str) -> None:
-        """Raise 429 when ``client`` has used up its wrong tokens."""
-        with self._lock:
-            times = self._recent(client, time.monotonic())
-            if times is not None and len(times) >= MAX_FAILURES:
-                wait = times[0] + FAILURE_WINDOW_S - time.monotonic()
-                raise too_many(f"{MAX_FAILURES} wrong tokens from this address: try again in {max(wait, 0):.0f} s")
-
-    def add(self, client: str) -> None:
-        with self._lock:
-            now = time.monotonic()
-            times = self._recent(client, now)
-            if times is None:
-                times = self._by_client[client] = deque(maxlen=MAX_FAILURES)
-                while len(self._by_client) > MAX_CLIENTS_TRACKED:
-                    self._by_client.popitem(last=False)
-            times.append(now)
-
-    def _recent(self, client: str, now: float) -> deque[float] | None:
-        times = self._by_client.get(client)
-        while times and times[0] < now - FAILURE_WINDOW_S:
-            times.popleft()
-        return times
+def refusal_delay(exc: BaseException) -> float:
+    """How long to hold the answer to ``exc``: the penalty of a wrong or missing token, 0 for anything else."""
+    if isinstance(exc, HttpError) and exc.code.name == "UNAUTHENTICATED":
+        return PENALTY.delay()
+    return 0.0
 
 
 class Sessions:
-    """The login cookies' session ids."""
+    """The login sessions: id (the cookie) -> (secret, expiry)."""
 
     def __init__(self) -> None:
-        self._ids: OrderedDict[str, float] = OrderedDict()  # id -> expiry (monotonic)
+        self._ids: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def create(self) -> str:
-        session = secrets.token_urlsafe(32)
+    def create(self) -> tuple[str, str]:
+        """A new session: its id (for the cookie) and its secret (for the page)."""
+        session, secret = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         with self._lock:
-            self._ids[session] = time.monotonic() + SESSION_MAX_AGE_S
+            self._ids[session] = (secret.encode(), time.monotonic() + SESSION_MAX_AGE_S)
             while len(self._ids) > MAX_SESSIONS:
                 self._ids.popitem(last=False)
-        return session
+        return session, secret
 
-    def valid(self, session: str) -> bool:
-        with self._lock:
-            expiry = self._ids.get(session)
-            if expiry is None:
-                return False
-            if expiry < time.monotonic():
-                del self._ids[session]
-                return False
-            return True
+    def exists(self, session: str) -> bool:
+        return self._entry(session) is not None
+
+    def valid(self, session: str, secret: str) -> bool:
+        """Is ``session`` alive and ``secret`` its own? (constant-time)"""
+        entry = self._entry(session)
+        return entry is not None and bool(secret) and hmac.compare_digest(secret.encode("utf-8", "replace"), entry[0])
 
     def drop(self, session: str) -> None:
         with self._lock:
             self._ids.pop(session, None)
 
+    def _entry(self, session: str) -> tuple[bytes, float] | None:
+        if not session:
+            return None
+        with self._lock:
+            entry = self._ids.get(session)
+            if entry is not None and entry[1] < time.monotonic():
+                del self._ids[session]
+                return None
+            return entry
+
+
+def offered_subprotocols(headers: Mapping[str, str]) -> list[str]:
+    return [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
+
+
+def session_secret(headers: Mapping[str, str]) -> str:
+    """The session secret a request presents: the header, else a WebSocket subprotocol."""
+    secret = headers.get(SESSION_HEADER, "")
+    if secret:
+        return secret.strip()
+    for protocol in offered_subprotocols(headers):
+        if protocol.startswith(SESSION_SUBPROTOCOL):
+            return protocol[len(SESSION_SUBPROTOCOL) :]
+    return ""
+
 
 class Auth:
-    """The token check, the login sessions and the origin checks of one HTTP front."""
+    """The token check, the login sessions, the Host and origin checks of one HTTP front."""
 
-    def __init__(self, token: str | None, *, tls: bool, insecure: bool) -> None:
-        self._token = token.encode() if token else None
-        self.tls = tls
-        self.insecure = insecure
+    def __init__(self, security: ServerSecurity) -> None:
+        self.security = security
+        self.tls = bool(security.tls_cert)
         self.sessions = Sessions()
-        self.failures = Failures()
 
     @property
     def required(self) -> bool:
-        return self._token is not None
+        return bool(self.security.token)
 
     def token_matches(self, given: str) -> bool:
-        return self._token is not None and hmac.compare_digest(given.encode("utf-8", "replace"), self._token)
+        return self.security.token_matches(given)
 
-    def check_token(self, given: str, client: str) -> bool:
-        """:meth:`token_matches`, counting a wrong token against ``client`` (its address); raises 429 once it has
-        given too many."""
-        self.failures.check(client)
-        if self.token_matches(given):
-            return True
-        self.failures.add(client)
-        return False
+    def bearer(self, headers: Mapping[str, str]) -> bool | None:
+        """None without an ``Authorization`` header, else whether it carries this worker's token as a bearer."""
+        authorization = headers.get("authorization")
+        if authorization is None:
+            return None
+        scheme_name, _, given = authorization.partition(" ")
+        return scheme_name.lower() == "bearer" and self.token_matches(given.strip())
 
-    def authenticate(
-        self, headers: Mapping[str, str], cookies: Mapping[str, str], *, method: str, scheme: str, client: str = ""
-    ) -> str:
-        """How the request is authenticated (``"bearer"``, ``"cookie"`` or ``"none"`` when no token is needed);
-        raises UNAUTHENTICATED, PERMISSION_DENIED or (too many wrong tokens from ``client``) RESOURCE_EXHAUSTED.
-        ``method`` is the HTTP method (``"WEBSOCKET"`` for a handshake)."""
+    def authenticate(self, headers: Mapping[str, str], cookies: Mapping[str, str], *, method: str, scheme: str) -> str:
+        """How the request is authenticated (``"bearer"``, ``"session"`` or ``"none"`` when no token is needed);
+        raises UNAUTHENTICATED (the caller holds it for the penalty) or PERMISSION_DENIED. ``method`` is the HTTP
+        method (``"WEBSOCKET"`` for a handshake)."""
         self.check_host(headers)
         self.check_origin(headers, scheme)
-        if self._token is None:
+        if not self.required:
             return "none"
-        authorization = headers.get("authorization", "")
-        if authorization:
-            scheme_name, _, given = authorization.partition(" ")
-            if scheme_name.lower() != "bearer" or not self.check_token(given.strip(), client):
+        bearer = self.bearer(headers)
+        if bearer is not None:
+            if not bearer:
                 raise unauthenticated("a wrong token in 'Authorization: Bearer <token>'")
             return "bearer"
         session = cookies.get(COOKIE, "")
-        if session and self.sessions.valid(session):
+        if self.sessions.valid(session, session_secret(headers)):
             if method != "GET" and "origin" not in headers:
-                raise forbidden(f"a {method} authenticated by the login cookie must carry an Origin header")
-            return "cookie"
+                raise forbidden(f"a {method} authenticated by a login session must carry an Origin header")
+            return "session"
+        if session and self.sessions.exists(session):
+            raise unauthenticated(
+                "the login cookie needs its session secret (the X-Krait-Session header, or the WebSocket "
+                "subprotocol krait.session.<secret>) from the login's answer"
+            )
         if session:
             raise unauthenticated("the login session has expired or was logged out: log in again")
         raise unauthenticated("this worker needs 'Authorization: Bearer <token>' or a login (POST /v1/login)")
 
     def logged_in(self, headers: Mapping[str, str], cookies: Mapping[str, str]) -> bool:
-        if self._token is None:
-            return True
-        authorization = headers.get("authorization", "")
-        if authorization.lower().startswith("bearer "):
-            return self.token_matches(authorization[7:].strip())
-        session = cookies.get(COOKIE, "")
-        return bool(session) and self.sessions.valid(session)
+        """Is the request authenticated by a login session (or is no token needed)?"""
+        return not self.required or self.sessions.valid(cookies.get(COOKIE, ""), session_secret(headers))
 
     def check_origin(self, headers: Mapping[str, str], scheme: str) -> None:
         """Refuse a request a browser says comes from another site."""
@@ -171,15 +170,15 @@ class Auth:
             raise forbidden(f"a {site} request is refused (Sec-Fetch-Site): only this worker's own page may call")
 
     def check_host(self, headers: Mapping[str, str]) -> None:
-        """Without a token, only a loopback ``Host`` (DNS rebinding)."""
-        if self._token is not None or self.insecure:
-            return
+        """Only the hosts :meth:`ServerSecurity.host_allowed` allows (DNS rebinding), ``--insecure`` or not."""
         host = headers.get("host", "")
-        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-        if host.startswith("[") and "]" in host:
-            name = host[1 : host.index("]")]
-        if not is_loopback(name):
-            raise forbidden(f"Host {host[:100]!r} is not a loopback address: this worker has no token")
+        if not self.security.host_allowed(host):
+            why = (
+                "it is not in --allowed-hosts"
+                if self.security.allowed_hosts
+                else "it is not a loopback address and this worker has no token (see --allowed-hosts)"
+            )
+            raise forbidden(f"Host {host[:100]!r} is refused: {why}")
 
     def cookie_attributes(self) -> dict[str, object]:
         return {"httponly": True, "samesite": "strict", "path": "/", "secure": self.tls, "max_age": SESSION_MAX_AGE_S}

@@ -24,6 +24,7 @@ from .feed import OVERFLOWS
 
 # request headers passed to the engine as call metadata: the caller's call id (logs) and trace context
 FORWARDED_HEADERS = ("krait-call-id", "traceparent", "tracestate")
+MAX_TIMEOUT_MS = 2**31 - 1  # ~24.8 days: a larger deadline is a mistake (and 10**400 ms overflows a float)
 
 
 class Gone(Exception):
@@ -63,8 +64,9 @@ def timeout_ms(value: Any, where: str = "timeout_ms") -> int | None:
         ms = int(value)
     except (TypeError, ValueError):
         raise invalid(f"{where} must be a positive integer (milliseconds), got {str(value)[:40]!r}") from None
-    if ms <= 0 or isinstance(value, bool):
-        raise invalid(f"{where} must be a positive integer (milliseconds), got {ms}")
+    if ms <= 0 or ms > MAX_TIMEOUT_MS or isinstance(value, bool):
+        shown = str(ms) if len(str(value)) <= 40 else f"{str(value)[:40]}..."
+        raise invalid(f"{where} must be a positive integer up to {MAX_TIMEOUT_MS} (milliseconds), got {shown}")
     return ms
 
 

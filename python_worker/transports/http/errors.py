@@ -48,10 +48,6 @@ def unauthenticated(message: str) -> HttpError:
     return HttpError(message, code=grpc.StatusCode.UNAUTHENTICATED, error_type="Unauthenticated")
 
 
-def too_many(message: str) -> HttpError:
-    return HttpError(message, code=grpc.StatusCode.RESOURCE_EXHAUSTED, error_type="TooManyAttempts")
-
-
 def forbidden(message: str) -> HttpError:
     return HttpError(message, code=grpc.StatusCode.PERMISSION_DENIED, error_type="Forbidden")
 

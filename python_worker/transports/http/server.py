@@ -3,7 +3,8 @@ the worker (``serve --http-port``).
 
 The listening socket is bound here, before the thread starts, so that a port in use is reported at start-up like
 gRPC's and the port 0 picks is known at once. TLS uses the worker's ``--tls-cert``/``--tls-key`` (and
-``--tls-client-ca``: client certificates required); the token is the worker's (:mod:`.auth`).
+``--tls-client-ca``: client certificates required); the token is the worker's (:mod:`.auth`). Connections are
+uvicorn's h11 protocol wrapped with a deadline for each request head and a budget (:mod:`.connections`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from typing import Any
 
 from ...engine import Engine
 from ..security import ServerSecurity
+
+MAX_JSON_BYTES = 16 << 20  # a JSON body (a call's arguments, a WebSocket frame) by default
+RECEIPT_TIMEOUT_S = 10.0  # a connection's time to deliver a complete request head (connections.py)
 
 log = logging.getLogger("krait.worker")
 
@@ -49,19 +53,30 @@ class HttpServer:
     without the ``http`` extra, ``OSError`` when it cannot listen."""
 
     def __init__(
-        self, engine: Engine, *, host: str, port: int, security: ServerSecurity, max_message_bytes: int
+        self,
+        engine: Engine,
+        *,
+        host: str,
+        port: int,
+        security: ServerSecurity,
+        max_message_bytes: int,
+        max_json_bytes: int = MAX_JSON_BYTES,
+        receipt_timeout_s: float = RECEIPT_TIMEOUT_S,
+        max_connections: int | None = None,
     ) -> None:
         try:
             import uvicorn
 
             from .app import Front, build_app
             from .auth import Auth
+            from .connections import Connections, Limits, default_max_connections, protocol_class
         except ImportError as exc:
             raise HttpUnavailable(f"{MISSING} ({exc})") from None
-        self.front = Front(
-            engine,
-            Auth(security.token, tls=bool(security.tls_cert), insecure=security.insecure),
-            max_body_bytes=max_message_bytes,
+        # a JSON body is parsed into Python objects many times its size: its own, smaller limit
+        body_limit = min(max_message_bytes, max_json_bytes)
+        self.front = Front(engine, Auth(security), max_body_bytes=body_limit)
+        self.connections = Connections(
+            Limits(receipt_timeout_s=receipt_timeout_s, max_connections=max_connections or default_max_connections())
         )
         self.sock = _bind(host, port)
         self.port: int = self.sock.getsockname()[1]
@@ -73,7 +88,8 @@ class HttpServer:
         config = uvicorn.Config(
             build_app(self.front),
             loop="asyncio",
-            http="h11",
+            # uvicorn's h11 protocol with a deadline for each request head and a connection budget
+            http=protocol_class(self.connections),
             ws="websockets-sansio",
             lifespan="off",
             log_config=None,
@@ -81,9 +97,8 @@ class HttpServer:
             access_log=False,
             proxy_headers=False,
             server_header=False,
-            ws_max_size=max_message_bytes,
-            # a connection per call allowed, and room for the page's requests and refusals beside them
-            limit_concurrency=engine.max_calls + 64,
+            ws_max_size=body_limit,
+            # no limit_concurrency: its 503 for everyone is what a flood wants; connections.py budgets instead
             timeout_graceful_shutdown=1,
             **tls,
         )
@@ -126,6 +141,7 @@ class HttpServer:
         self.server.should_exit = True
         self._thread.join(max(0.0, end - time.monotonic()))
         self.front.executor.shutdown(wait=False, cancel_futures=True)
+        self.front.parsers.shutdown(wait=False, cancel_futures=True)
         self.sock.close()
 
 

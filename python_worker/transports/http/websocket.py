@@ -26,6 +26,8 @@ from .feed import StreamFeed
 if TYPE_CHECKING:
     from .app import Front
 
+PARSE_INLINE_BYTES = 64 << 10  # frames up to this size are parsed on the event loop
+
 log = logging.getLogger("krait.worker")
 
 MAX_ID_CHARS = 128
@@ -63,7 +65,10 @@ class Socket:
 
     async def _frame(self, text: str) -> None:
         try:
-            frame = orjson.loads(text)
+            if len(text) <= PARSE_INLINE_BYTES:
+                frame = orjson.loads(text)
+            else:  # a large frame is parsed off the event loop, like a large body
+                frame = await asyncio.get_running_loop().run_in_executor(self.front.parsers, orjson.loads, text)
         except orjson.JSONDecodeError as exc:
             await self._error(None, invalid(f"the frame is not valid JSON: {exc}"))
             return

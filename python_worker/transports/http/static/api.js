@@ -1,6 +1,14 @@
 // The worker's plain HTTP routes: auth state, login/logout, the tool list (docs/http.md).
-// Requests go to the page's own origin; the session cookie (HttpOnly, set by /v1/login) authenticates them,
-// so the token is sent once, in a POST body, and never in a URL.
+// Requests go to the page's own origin. A login answers with a session secret and sets an HttpOnly cookie; both
+// authenticate a request: the cookie (which the browser sends to every port of this host, so a server of another
+// local user could read it) is worthless without the secret, which lives in this origin's sessionStorage only and
+// travels as the X-Krait-Session header (and as a WebSocket subprotocol, socket.js). The token is sent once, in a
+// POST body, and never in a URL the worker sees.
+
+const SECRET = "krait-secret";
+
+/** The session secret of the last login in this tab ("" when none). */
+export const sessionSecret = () => sessionStorage.getItem(SECRET) || "";
 
 /** An error the worker sent as {"error": {type, message, code, details?, traceback?}}, or a transport failure. */
 export class ApiError extends Error {
@@ -16,6 +24,7 @@ export class ApiError extends Error {
 
 async function request(method, path, body) {
   const init = { method, credentials: "same-origin", headers: { Accept: "application/json" } };
+  if (sessionSecret()) init.headers["X-Krait-Session"] = sessionSecret();
   if (body !== undefined) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
@@ -43,7 +52,16 @@ async function request(method, path, body) {
 
 /** {required, authenticated} */
 export const authState = () => request("GET", "/v1/auth");
-export const login = (token) => request("POST", "/v1/login", { token });
-export const logout = () => request("POST", "/v1/logout");
+export async function login(token) {
+  const answer = await request("POST", "/v1/login", { token });
+  sessionStorage.setItem(SECRET, answer.session);
+}
+export async function logout() {
+  try {
+    await request("POST", "/v1/logout");
+  } finally {
+    sessionStorage.removeItem(SECRET);
+  }
+}
 /** {worker_id, adapter, tools: [{name, description, streaming, parameters, result}]} */
 export const listTools = () => request("GET", "/v1/tools");

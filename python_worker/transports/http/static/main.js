@@ -38,8 +38,29 @@ function showError(target, err) {
   target.hidden = !err;
 }
 
+/** A token in the address's fragment (`#token=...`, as `serve` prints the page's URL): taken out of the address
+ * bar and history at once (the fragment never reaches the worker), then used to log in. */
+function takeFragmentToken() {
+  const params = new URLSearchParams(location.hash.slice(1));
+  const token = params.get("token");
+  if (token === null) return null;
+  params.delete("token");
+  const rest = params.toString();
+  history.replaceState(null, "", `${location.pathname}${location.search}${rest ? `#${rest}` : ""}`);
+  return token;
+}
+
 async function boot() {
   setAuth("checking");
+  const token = takeFragmentToken();
+  if (token) {
+    try {
+      await login(token);
+    } catch (err) {
+      setAuth("login");
+      return showError($("#login-error"), err.status === 401 ? new Error("The token in the address was not accepted.") : err);
+    }
+  }
   try {
     const auth = await authState();
     if (auth.required && !auth.authenticated) return setAuth("login");

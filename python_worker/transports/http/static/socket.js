@@ -7,6 +7,8 @@
 // own options (max_rate_hz, overflow) travel in the call frame, apart from the tool's arguments (the audio
 // tools have an argument named max_rate_hz too).
 
+import { sessionSecret } from "./api.js";
+
 let nextId = 1;
 
 // numpy dtype.str -> typed array; the worker sends little-endian data, as every browser's typed arrays are
@@ -59,7 +61,9 @@ export class CallSocket {
     if (this.socket && this.socket.readyState === WebSocket.OPEN) return this.socket;
     if (this.opening) return this.opening;
     this.opening = new Promise((resolve, reject) => {
-      const socket = new WebSocket(this.url);
+      // a WebSocket cannot carry a header: the session's secret travels as a subprotocol the worker does not echo
+      const secret = sessionSecret();
+      const socket = new WebSocket(this.url, secret ? ["krait.v1", `krait.session.${secret}`] : ["krait.v1"]);
       socket.binaryType = "arraybuffer";
       socket.onopen = () => {
         this.socket = socket;
