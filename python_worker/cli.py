@@ -78,6 +78,8 @@ def _serve(ns: argparse.Namespace) -> int:
         metrics_port=ns.metrics_port,
         metrics=not ns.no_metrics,
         http_port=ns.http_port,
+        max_json_bytes=int(ns.max_json_mb * (1 << 20)),
+        http_receipt_timeout=ns.http_receipt_timeout,
     )
     return serve(options, link=link)
 
@@ -203,6 +205,8 @@ def _health(ns: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line's parser (the deployment manifests' commands are checked against it)."""
+    from .transports.http.server import MAX_JSON_BYTES, RECEIPT_TIMEOUT_S  # the front's defaults (no uvicorn)
+
     prog = "krait-worker" if os.path.basename(sys.argv[0]) == "krait-worker" else "python -m python_worker"
     parser = argparse.ArgumentParser(prog=prog, description="Krait Python worker")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -228,6 +232,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="serve the HTTP front (JSON calls, Server-Sent Events, WebSocket, the live page; docs/http.md) on this "
         "port (0 picks a free one; announced as http_port); same --host, TLS and token as gRPC",
+    )
+    serve.add_argument(
+        "--max-json-mb",
+        type=_positive(float),
+        default=MAX_JSON_BYTES / (1 << 20),
+        help=f"largest JSON body or WebSocket frame the HTTP front reads (default {MAX_JSON_BYTES >> 20}); larger is "
+        "413. Parsing JSON takes many times its size in memory: raise it with the machine in mind",
+    )
+    serve.add_argument(
+        "--http-receipt-timeout",
+        type=_positive(float),
+        default=RECEIPT_TIMEOUT_S,
+        help=f"seconds an HTTP connection has to send a complete request head (default {RECEIPT_TIMEOUT_S:g}); "
+        "slower ones are closed",
     )
     serve.add_argument(
         "--no-metrics",

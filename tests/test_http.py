@@ -554,3 +554,30 @@ def test_a_routable_host_without_tls_and_token_is_refused() -> None:
         env={**os.environ, "KRAIT_TOKEN": ""},
     )
     assert result.returncode == 2 and b"refusing to serve 0.0.0.0" in result.stderr
+
+
+def test_the_fronts_connections_have_nagle_off() -> None:
+    """Responses are written in two parts (head, body): with Nagle's algorithm on, each response after the first on
+    a kept-alive connection waited ~40 ms for the client's delayed ACK. asyncio turns it off only on sockets whose
+    protocol says TCP, which the listening socket must therefore name."""
+    import asyncio
+    import socket
+
+    from python_worker.transports.http.server import _bind
+
+    async def main() -> int:
+        seen: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            seen.set_result(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        listening = _bind("127.0.0.1", 0)
+        server = await asyncio.start_server(accepted, sock=listening)
+        async with server:
+            _, writer = await asyncio.open_connection("127.0.0.1", listening.getsockname()[1])
+            nodelay = await asyncio.wait_for(seen, 10)
+            writer.close()
+        return nodelay
+
+    assert asyncio.run(main()) != 0

@@ -342,3 +342,19 @@ def test_a_raising_route_answers_json_without_a_traceback_or_a_path(caplog: pyte
         assert any("a bug in" in str(r.exc_info[1]) for r in caplog.records if r.exc_info)  # the log has it
     finally:
         server.stop(grace=0.1, wait=5)
+
+
+def test_the_json_limit_and_the_receipt_deadline_are_serve_options() -> None:
+    with http_worker("--max-json-mb", "0.01", "--http-receipt-timeout", "1") as (worker, client):
+        assert client.post("/v1/tools/echo", json={"value": "x" * 5000}).json()["result"] == "x" * 5000
+        over = client.post("/v1/tools/echo", json={"value": "x" * 20_000})
+        assert over.status_code == 413 and over.json()["error"]["code"] == "RESOURCE_EXHAUSTED"
+        sock = _partial_head(worker.info["http_port"])
+        opened = time.monotonic()
+        try:
+            while sock.recv(65536):  # whatever the front says before it closes
+                pass
+            waited = time.monotonic() - opened
+        finally:
+            sock.close()
+        assert 0.5 < waited < 5.0, f"the slow socket was closed after {waited:.1f} s (deadline 1 s)"

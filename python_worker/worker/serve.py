@@ -42,6 +42,7 @@ from ..metrics import WorkerMetrics, serve_http
 from ..proto import pb
 from ..sdk import AdapterPathError, BaseAdapter, load_adapter
 from ..transports.grpc.server import GrpcServer
+from ..transports.http.server import MAX_JSON_BYTES, RECEIPT_TIMEOUT_S
 from ..transports.link import LinkServer
 from ..transports.link_io import READY, FrameReader, FrameWriter
 from ..transports.security import SecurityConfigError, ServerSecurity, generate_token
@@ -79,6 +80,8 @@ class ServeOptions:
     metrics_port: int | None = None  # serve /metrics on this port (0: a free one); None: no metrics endpoint
     metrics: bool = True  # count calls (False: nothing counted, the Metrics call answers empty)
     http_port: int | None = None  # serve the HTTP front on this port (0: a free one); None: no HTTP front
+    max_json_bytes: int = MAX_JSON_BYTES  # the HTTP front's largest JSON body or WebSocket frame
+    http_receipt_timeout: float = RECEIPT_TIMEOUT_S  # an HTTP connection's time to send a request head
 
 
 def _watch_stdin(shutdown: Shutdown) -> None:
@@ -311,6 +314,8 @@ def _http_server(engine: Engine, options: ServeOptions, sessions: SessionStore) 
             port=options.http_port,
             security=options.security,
             max_message_bytes=options.max_message_bytes,
+            max_json_bytes=options.max_json_bytes,
+            receipt_timeout_s=options.http_receipt_timeout,
         )
     except HttpUnavailable as exc:
         log.error("%s", exc)
