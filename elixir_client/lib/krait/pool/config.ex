@@ -41,11 +41,13 @@ defmodule Krait.Pool.Config do
     ],
     token: [
       type: :string,
-      default_doc: "`$KRAIT_TOKEN` / `:token_file` (endpoints); a new one (listening workers)",
+      default_doc:
+        "`$KRAIT_TOKEN` / `:token_file` (endpoints); a new one (listening workers, `:metrics_port`)",
       doc:
         "the workers' token: sent as `authorization: Bearer <token>` to `:endpoints`; given to " <>
           "started workers that listen (`transport: :grpc`, `expose_grpc`, `http_port`) as " <>
-          "`KRAIT_TOKEN`, a new random one when none is given (shown in `Krait.Pool.stats/1`)"
+          "`KRAIT_TOKEN`, a new random one when none is given (shown in `Krait.Pool.stats/1`); " <>
+          "the pool's own `/metrics` wants it too"
     ],
     token_file: [
       type: :string,
