@@ -17,6 +17,7 @@ import pytest
 from python_worker import BaseAdapter, tool
 from python_worker.client import Client, DeadlineExceededError, KraitError, ToolError, build_request
 
+from .support import insecure_channel
 from .workers import ROOT, Worker, running_worker
 
 MODERN = "tests.fixtures.modern:ModernAdapter"
@@ -138,7 +139,7 @@ def test_async_tools_run_concurrently_up_to_max_calls(modern: Worker, client: Cl
         assert sorted(f.result(timeout=20) for f in calls) == [MAX_CALLS] * MAX_CALLS
 
     # with every slot taken by an async call, one more is refused, not queued
-    with grpc.insecure_channel(modern.target) as channel:
+    with insecure_channel(modern.target) as channel:
         execute = channel.unary_unary(
             "/krait.v1.ToolWorker/ExecuteTool", request_serializer=lambda r: r.SerializeToString()
         )

@@ -18,6 +18,7 @@ from python_worker.codec import encode_npy
 from python_worker.errors import tool_error_from_rpc_error
 from python_worker.proto import pb
 
+from .support import insecure_channel
 from .workers import Worker, running_worker
 
 ADAPTER = "adapters.showcase:ShowcaseAdapter"
@@ -41,7 +42,7 @@ def logged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Worker, P
 
 @pytest.fixture(scope="module")
 def channel(logged: tuple[Worker, Path]) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(logged[0].target) as ch:
+    with insecure_channel(logged[0].target) as ch:
         yield ch
 
 

@@ -21,7 +21,7 @@ from .workers import ROOT
 
 CLIENT = textwrap.dedent(
     """
-    import json, sys
+    import json, os, sys
     import grpc
     from google.rpc import status_pb2
     from krait.v1 import worker_pb2 as pb, worker_pb2_grpc as pb_grpc
@@ -29,16 +29,18 @@ CLIENT = textwrap.dedent(
     target, tool, args, rpc = sys.argv[1:5]
     stub = pb_grpc.ToolWorkerStub(grpc.insecure_channel(target))
     request = pb.ExecuteToolRequest(tool_name=tool, args_json=args)
+    auth = [("authorization", "Bearer " + os.environ["KRAIT_TOKEN"])]  # the worker's token, as a deployment passes it
     def chunk(c):
         return {"seq": c.seq, "data": c.data.decode(), "content_type": c.content_type, "is_final": c.is_final,
                 "metadata": dict(c.metadata)}
     try:
         if rpc == "stream":
-            out = [chunk(c) for c in stub.ExecuteStreamingTool(request, timeout=10)]
+            out = [chunk(c) for c in stub.ExecuteStreamingTool(request, timeout=10, metadata=auth)]
         elif rpc == "batched":
-            out = [[chunk(c) for c in b.chunks] for b in stub.ExecuteStreamingToolBatched(request, timeout=10)]
+            batches = stub.ExecuteStreamingToolBatched(request, timeout=10, metadata=auth)
+            out = [[chunk(c) for c in b.chunks] for b in batches]
         else:
-            r = stub.ExecuteTool(request, timeout=10)
+            r = stub.ExecuteTool(request, timeout=10, metadata=auth)
             out = {"data": r.data.decode(), "content_type": r.content_type, "metadata": dict(r.metadata)}
     except grpc.RpcError as e:
         status = status_pb2.Status.FromString(dict(e.trailing_metadata())["grpc-status-details-bin"])

@@ -9,6 +9,7 @@ import pytest
 from python_worker.client import Client, InvalidArgumentsError, KraitError, ToolError, ToolNotFoundError
 from python_worker.proto import pb, pb_grpc
 
+from .support import insecure_channel
 from .workers import running_worker
 
 
@@ -63,7 +64,7 @@ def test_array_argument_must_be_binary(client: Client) -> None:
 
 
 def _raw_call(worker_target: str, request: pb.ExecuteToolRequest) -> grpc.RpcError:
-    with grpc.insecure_channel(worker_target) as channel:
+    with insecure_channel(worker_target) as channel:
         stub = pb_grpc.ToolWorkerStub(channel)
         with pytest.raises(grpc.RpcError) as info:
             stub.ExecuteTool(request, timeout=10)

@@ -6,6 +6,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -15,7 +16,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from python_worker.client import Client, KraitError
 from python_worker.transports.grpc.aux_streams import MAX_AUX_STREAMS
 
-from .support import eventually
+from .support import eventually, insecure_channel
 from .workers import Worker, running_worker
 
 HOSTILE = "tests.fixtures.hostile:HostileAdapter"
@@ -71,33 +72,46 @@ class _Idle:
 def test_idle_reflection_and_health_streams_cannot_starve_ping_and_tool_calls(hostile) -> None:
     worker, client = hostile
     idle = _Idle()
-    with grpc.insecure_channel(worker.target) as channel:
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    # health needs no token (probes carry none): anyone can fill its budget, and only its budget
+    with grpc.insecure_channel(worker.target) as anonymous, insecure_channel(worker.target) as channel:
         reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
-        health = health_pb2_grpc.HealthStub(channel)
-        streams = [reflection.ServerReflectionInfo(idle, timeout=60) for _ in range(200)]
+        health = health_pb2_grpc.HealthStub(anonymous)
         watches = [health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=60) for _ in range(20)]
-        opened = streams + watches
+        streams: list[Any] = []
         try:
-            # all but the cap are refused at once; the ones served stay open (idle)
             eventually(
-                lambda: sum(s.done() for s in opened) == len(opened) - MAX_AUX_STREAMS,
+                lambda: sum(s.done() for s in watches) == len(watches) - MAX_AUX_STREAMS,
                 timeout=20,
-                what=f"all but {MAX_AUX_STREAMS} streams refused",
+                what=f"all but {MAX_AUX_STREAMS} health watches refused",
             )
-            refused = [s for s in opened if s.done()]
+            refused = [s for s in watches if s.done()]
             assert {s.code() for s in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
-            assert "at most 8 reflection and health-watch streams" in refused[0].details()
+            assert f"at most {MAX_AUX_STREAMS} health-watch streams" in refused[0].details()
+            # health's budget is full: reflection has its own
+            answer = next(reflection.ServerReflectionInfo(iter([request]), timeout=2))
+            assert answer.list_services_response.service
+            streams = [reflection.ServerReflectionInfo(idle, timeout=60) for _ in range(200)]
+            eventually(
+                lambda: sum(s.done() for s in streams) == len(streams) - MAX_AUX_STREAMS,
+                timeout=20,
+                what=f"all but {MAX_AUX_STREAMS} reflection streams refused",
+            )
+            refused = [s for s in streams if s.done()]
+            assert {s.code() for s in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+            assert f"at most {MAX_AUX_STREAMS} reflection streams" in refused[0].details()
             # Ping answers and tools run beside the open streams (2 s: "at once", far from the 50 ms benchmark)
             assert client.ping(timeout=2.0).pid == worker.process.pid
-            assert client.execute("pid") == worker.process.pid
-            assert len(list(client.execute_stream("log_from_stream"))) == 2  # a streaming call too
+            assert client.call("pid", timeout=2.0) == worker.process.pid
+            assert len(list(client.stream("log_from_stream", timeout=2.0))) == 2  # a streaming call too
+            check = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+            assert check.status == health_pb2.HealthCheckResponse.SERVING  # and a health check
         finally:
-            for s in opened:
+            for s in [*streams, *watches]:
                 s.cancel()
             idle.release.set()
-        # cancelled streams give their places back
-        request = reflection_pb2.ServerReflectionRequest(list_services="")
 
+        # cancelled streams give their places back
         def serves_reflection() -> bool:
             try:
                 return bool(next(reflection.ServerReflectionInfo(iter([request]), timeout=5)).list_services_response)

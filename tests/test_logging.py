@@ -13,7 +13,7 @@ import pytest
 from python_worker.client import Client
 from python_worker.proto import pb, pb_grpc
 
-from .support import eventually
+from .support import eventually, insecure_channel
 from .workers import Worker, running_worker
 
 HOSTILE = "tests.fixtures.hostile:HostileAdapter"
@@ -55,7 +55,7 @@ def test_records_outside_calls_carry_the_worker_id_only(json_worker) -> None:
 
 def test_a_tools_records_carry_its_call_and_a_traceback_is_one_record(json_worker) -> None:
     worker, log = json_worker
-    with grpc.insecure_channel(worker.target) as channel:
+    with insecure_channel(worker.target) as channel:
         request = pb.ExecuteToolRequest(tool_name="log_records", args_json='{"message": "m1"}', session_id="s-1")
         pb_grpc.ToolWorkerStub(channel).ExecuteTool(request, metadata=[("krait-call-id", "call-42")], timeout=10)
     warning = record(log, message="warning: m1")
@@ -88,7 +88,7 @@ def test_a_streaming_tools_own_thread_logs_as_part_of_its_call(json_worker) -> N
 def test_call_ids_are_clipped_and_refusals_carry_them(json_worker) -> None:
     worker, log = json_worker
     long_id = "c" * 100
-    with grpc.insecure_channel(worker.target) as channel:
+    with insecure_channel(worker.target) as channel:
         stub = pb_grpc.ToolWorkerStub(channel)
         with pytest.raises(grpc.RpcError) as info:
             stub.ExecuteTool(pb.ExecuteToolRequest(tool_name="nope"), metadata=[("krait-call-id", long_id)], timeout=10)
@@ -108,7 +108,7 @@ def test_call_ids_are_clipped_and_refusals_carry_them(json_worker) -> None:
 def test_text_format_names_the_worker_once_and_the_call(tmp_path: Path) -> None:
     log = tmp_path / "worker.log"
     with log.open("wb") as sink, running_worker(HOSTILE, "--worker-id", "w-text", stderr=sink) as worker:
-        with grpc.insecure_channel(worker.target) as channel:
+        with insecure_channel(worker.target) as channel:
             request = pb.ExecuteToolRequest(tool_name="log_records", args_json='{"message": "t1"}')
             pb_grpc.ToolWorkerStub(channel).ExecuteTool(request, metadata=[("krait-call-id", "call-t")], timeout=10)
         lines = eventually(lambda: [x for x in log.read_text().splitlines() if "warning: t1" in x] and log.read_text())

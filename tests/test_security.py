@@ -123,7 +123,7 @@ def test_mutual_tls_needs_a_client_certificate(certs: Certs) -> None:
             assert err.value.code == grpc.StatusCode.UNAVAILABLE
 
 
-def _serve_fails(*args: str, env: dict[str, str] | None = None) -> str:
+def _serve_fails(*args: str, env: dict[str, str | None] | None = None) -> str:
     process = spawn("adapters.showcase:ShowcaseAdapter", *args, stderr=subprocess.PIPE, env=env)
     try:
         _, stderr = process.communicate(timeout=30)
@@ -137,10 +137,13 @@ def _serve_fails(*args: str, env: dict[str, str] | None = None) -> str:
 
 def test_a_routable_address_without_tls_and_token_is_refused(certs: Certs, token_file: str) -> None:
     # refused before binding anything: 0.0.0.0 is never actually served
-    stderr = _serve_fails("--host", "0.0.0.0")
+    no_token: dict[str, str | None] = {"KRAIT_TOKEN": None}  # without the session's token
+    stderr = _serve_fails("--host", "0.0.0.0", env=no_token)
     assert "refusing to serve 0.0.0.0, which is not a loopback address, without TLS" in stderr
     assert "--insecure" in stderr
-    stderr = _serve_fails("--host", "0.0.0.0", "--tls-cert", certs.server_crt, "--tls-key", certs.server_key)
+    tls = ("--tls-cert", certs.server_crt, "--tls-key", certs.server_key)
+    # without a token given, serve makes one: only --no-auth leaves TLS alone, which is refused
+    stderr = _serve_fails("--host", "0.0.0.0", *tls, "--no-auth", env=no_token)
     assert "without a token" in stderr
     stderr = _serve_fails("--host", "0.0.0.0", "--token-file", token_file)
     assert "without TLS" in stderr

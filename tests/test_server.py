@@ -10,9 +10,11 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from python_worker.client import Client
 
+from .support import insecure_channel
+
 
 def test_health_service_reports_serving(worker) -> None:
-    with grpc.insecure_channel(worker.target) as channel:
+    with grpc.insecure_channel(worker.target) as channel:  # no token: probes carry none
         stub = health_pb2_grpc.HealthStub(channel)
         for service in ("", "krait.v1.ToolWorker"):
             response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
@@ -20,7 +22,7 @@ def test_health_service_reports_serving(worker) -> None:
 
 
 def test_reflection_lists_the_service(worker) -> None:
-    with grpc.insecure_channel(worker.target) as channel:
+    with insecure_channel(worker.target) as channel:  # behind the token
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         request = reflection_pb2.ServerReflectionRequest(list_services="")
         response = next(stub.ServerReflectionInfo(iter([request]), timeout=5))

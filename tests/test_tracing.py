@@ -15,7 +15,7 @@ from python_worker import codec
 from python_worker.client import Client, build_request
 from python_worker.proto import pb_grpc
 
-from .support import eventually
+from .support import eventually, insecure_channel
 from .workers import running_worker
 
 TRACED = "tests.fixtures.traced:TracedAdapter"
@@ -44,7 +44,7 @@ def client(worker):
 
 @pytest.fixture
 def stub(worker):
-    channel = grpc.insecure_channel(worker.target)
+    channel = insecure_channel(worker.target)
     yield pb_grpc.ToolWorkerStub(channel)  # type: ignore[no-untyped-call]
     channel.close()
 
@@ -166,7 +166,7 @@ def test_the_calls_log_records_carry_its_trace_id(tmp_path) -> None:
     log = tmp_path / "worker.log"
     header, trace_id, _ = traceparent()
     with log.open("wb") as sink, running_worker(TRACED, "--log-format", "json", stderr=sink) as worker:
-        with grpc.insecure_channel(worker.target) as channel:
+        with insecure_channel(worker.target) as channel:
             stub = pb_grpc.ToolWorkerStub(channel)  # type: ignore[no-untyped-call]
             stub.ExecuteTool(build_request("work", {}, "", None), metadata=[("traceparent", header)], timeout=10)
 

@@ -16,6 +16,7 @@ import pytest
 from python_worker.client import Client, InvalidArgumentsError, ToolError, build_request
 from python_worker.proto import pb, pb_grpc
 
+from .support import insecure_channel
 from .workers import Worker, running_worker
 
 GOOD: dict[str, Any] = {
@@ -229,7 +230,7 @@ def test_custom_exception_fields_reach_the_caller(client: Client) -> None:
 
 
 def test_binary_values_for_json_parameters_are_refused(modern: Worker) -> None:
-    with grpc.insecure_channel(modern.target) as channel:
+    with insecure_channel(modern.target) as channel:
         stub = pb_grpc.ToolWorkerStub(channel)
         for name, message in [
             ("ratio", "argument 'ratio' takes JSON, not a binary argument"),

@@ -52,13 +52,20 @@ function request(tool, args) {
   return { tool_name: tool, args_json: JSON.stringify(args) };
 }
 
+/** The worker's token as call metadata (from KRAIT_TOKEN, as a deployment passes it; none: no metadata). */
+function auth() {
+  const metadata = new grpc.Metadata();
+  if (process.env.KRAIT_TOKEN) metadata.add("authorization", `Bearer ${process.env.KRAIT_TOKEN}`);
+  return metadata;
+}
+
 function deadline(seconds) {
   return new Date(Date.now() + seconds * 1000);
 }
 
 function execute(client, tool, args) {
   return new Promise((resolve, reject) => {
-    client.ExecuteTool(request(tool, args), { deadline: deadline(10) }, (error, response) =>
+    client.ExecuteTool(request(tool, args), auth(), { deadline: deadline(10) }, (error, response) =>
       error ? reject(error) : resolve(response),
     );
   });
@@ -68,7 +75,7 @@ function execute(client, tool, args) {
 function stream(client, tool, args, stopAfter = Infinity) {
   return new Promise((resolve, reject) => {
     const chunks = [];
-    const call = client.ExecuteStreamingTool(request(tool, args), { deadline: deadline(10) });
+    const call = client.ExecuteStreamingTool(request(tool, args), auth(), { deadline: deadline(10) });
     call.on("data", (c) => {
       chunks.push({ seq: c.seq, data: decode(c.data, c.content_type), is_final: c.is_final, metadata: c.metadata });
       if (chunks.length === stopAfter) call.cancel();
@@ -106,7 +113,7 @@ async function main() {
     // JSON numbers beyond 2^53 lose digits in JSON.parse: write them as text, read them with BigInt
     const big = 2n ** 64n + 1n;
     const response = await new Promise((resolve, reject) =>
-      client.ExecuteTool({ tool_name: "echo", args_json: `{"value": ${big}}` }, { deadline: deadline(10) }, (e, r) =>
+      client.ExecuteTool({ tool_name: "echo", args_json: `{"value": ${big}}` }, auth(), { deadline: deadline(10) }, (e, r) =>
         e ? reject(e) : resolve(r),
       ),
     );

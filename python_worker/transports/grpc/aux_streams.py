@@ -1,57 +1,90 @@
-"""A cap on the worker's non-tool streams (reflection's ServerReflectionInfo, health's Watch).
+"""Budgets for the worker's non-tool streams: reflection's ServerReflectionInfo and health's Watch, each its own.
 
-grpcio's sync server holds one pool thread per open stream for its whole life, and these streams are not tool
-calls, so ``--max-calls`` does not count them: without a cap, a few dozen idle reflection streams from one
-local client take every thread, and Ping and tool calls wait behind them. Streams of any service other than
-``krait.v1.ToolWorker`` beyond the cap are refused at once with RESOURCE_EXHAUSTED; the server's pool has
-room for the cap on top of the tool calls (see app.py).
+On ``grpc.aio`` an open stream holds no thread, but it holds memory and a place in whatever the worker allows,
+and these streams are not tool calls, so ``--max-calls`` does not count them. Each service gets a small budget
+of its own: health's Watch needs no token (probes carry none), so an unauthenticated client can fill health's
+budget, and only health's: reflection's (behind the token) stays free, and neither touches the tool calls'
+slots or Ping. A stream beyond its service's budget is refused at once with RESOURCE_EXHAUSTED.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from grpc import aio
 
 log = logging.getLogger("krait.worker")
 
-# what grpcurl, a health watcher and a debugging session need at once, with room to spare
+Context = aio.ServicerContext[Any, Any]
+
+# what grpcurl, a health watcher and a debugging session need at once, with room to spare (per service)
 MAX_AUX_STREAMS = 8
 
+HEALTH_SERVICE = "grpc.health.v1.Health"
+REFLECTION_SERVICES = ("grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection")
 
-class AuxStreamLimit(grpc.ServerInterceptor):
-    """Refuses streams of services other than ``own_service`` beyond ``limit`` open at once."""
 
-    def __init__(self, own_service: str, limit: int = MAX_AUX_STREAMS) -> None:
-        self._own_prefix = f"/{own_service}/"
-        self._limit = limit
-        self._slots = threading.BoundedSemaphore(limit)
+class _Budget:
+    """Streams open at once for one service (counted on the event loop's thread: no lock)."""
 
-    def intercept_service(self, continuation: Callable[[Any], Any], handler_call_details: Any) -> Any:
-        handler = continuation(handler_call_details)
+    def __init__(self, what: str, limit: int) -> None:
+        self.what = what
+        self.limit = limit
+        self.open = 0
+
+
+class AuxStreamLimit(aio.ServerInterceptor):
+    """Refuses streams of health (Watch) and reflection beyond ``limit`` open at once, per service."""
+
+    def __init__(self, limit: int = MAX_AUX_STREAMS) -> None:
+        health = _Budget("health-watch", limit)
+        reflection = _Budget("reflection", limit)
+        self._budgets = {f"/{HEALTH_SERVICE}/": health} | {f"/{name}/": reflection for name in REFLECTION_SERVICES}
+
+    async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]], handler_call_details: Any) -> Any:
+        handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or method.startswith(self._own_prefix):
+        if handler is None or not handler.response_streaming:
+            return handler  # unary (a health Check): a coroutine for a moment, like Ping
+        budget = self._budgets.get(method[: method.rfind("/") + 1])
+        if budget is None:
             return handler
-        if handler.request_streaming and handler.response_streaming:
-            return handler._replace(stream_stream=self._limited(method, handler.stream_stream))
-        if handler.response_streaming:
-            return handler._replace(unary_stream=self._limited(method, handler.unary_stream))
-        return handler  # unary: a thread for a moment, like Ping
+        if handler.request_streaming:
+            return handler._replace(stream_stream=_limited(budget, method, handler.stream_stream))
+        return handler._replace(unary_stream=_limited(budget, method, handler.unary_stream))
 
-    def _limited(self, method: str, behavior: Callable[[Any, Any], Iterator[Any]]) -> Callable[..., Iterator[Any]]:
-        def run(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            if not self._slots.acquire(blocking=False):
-                log.warning("%s refused: RESOURCE_EXHAUSTED, %d such streams are open", method, self._limit)
-                context.abort(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"this worker serves at most {self._limit} reflection and health-watch streams at once",
-                )
-            try:
-                yield from behavior(request, context)
-            finally:
-                self._slots.release()
 
-        return run
+def _limited(budget: _Budget, method: str, behavior: Callable[[Any, Any], Any]) -> Callable[..., Any]:
+    async def admit(context: Context) -> None:
+        if budget.open >= budget.limit:
+            log.warning("%s refused: RESOURCE_EXHAUSTED, %d such streams are open", method, budget.limit)
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"this worker serves at most {budget.limit} {budget.what} streams at once",
+            )
+        budget.open += 1
+
+        def release(_context: Any) -> None:
+            budget.open -= 1
+
+        # when the RPC ends, however it ends (a stream left suspended at a yield is closed only later)
+        context.add_done_callback(release)  # type: ignore[arg-type]  # stub: a class
+
+    if inspect.isasyncgenfunction(behavior):  # reflection: an async generator
+
+        async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
+            await admit(context)
+            async for message in behavior(request, context):
+                yield message
+
+        return stream
+
+    async def writing(request: Any, context: Context) -> None:  # health's Watch: context.write()
+        await admit(context)
+        await behavior(request, context)
+
+    return writing

@@ -1,14 +1,36 @@
-"""ToolWorkerServicer: the ``krait.v1.ToolWorker`` gRPC service over one adapter instance."""
+"""ToolWorkerServicer: the ``krait.v1.ToolWorker`` gRPC service over the engine, as ``grpc.aio`` coroutines.
+
+Every RPC is a coroutine on the front's event loop until its tool runs: a call still waiting for its request
+message, or refused, holds no thread and no call slot. Tool code runs where it always has (the engine: a sync
+tool on a thread, an async tool on the engine's loop): a unary call's engine work on the front's bounded
+executor, a stream's batches read from :meth:`StreamHandle.batches` by a pump thread of that executor and
+handed to the RPC through :class:`~python_worker.engine.aio_bridge.ThreadToLoop` (with backpressure).
+
+Headers (initial metadata) always go out before a tool runs: a client that saw none knows the call never
+started and may retry it elsewhere. A stream sends them once the engine has accepted the call; a unary call
+sends them from the loop before handing the call to its thread (a refusal then comes after them, as a status):
+waiting on its thread for the loop to send them cost a round trip between the two, ~150 us a call.
+
+Done callbacks are typed ``# type: ignore[arg-type]``: the grpc stubs declare the callback as a class, not a
+Protocol, so no function matches it.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import functools
 import logging
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Executor
 from typing import Any
 
 import grpc
+from grpc import aio
 
 from ...engine import Engine, StreamHandle
+from ...engine.aio_bridge import ThreadToLoop
 from ...engine.requests import Malformed, deserializer
 from ...errors import CallError, InvalidArguments
 from ...proto import pb, pb_grpc
@@ -17,102 +39,260 @@ from ...wire import encode_batch
 
 log = logging.getLogger("krait.worker")
 
-# One gRPC message carries at most this many chunks / bytes: big enough to amortise grpcio's per-message cost,
-# small enough that the first chunks of a fast stream are not held back behind a huge batch.
-BATCH_MAX_CHUNKS = 4096
-BATCH_MAX_BYTES = 1 << 20
-# What a stream may hold between its tool and gRPC before the tool blocks at its next yield: enough to keep a
-# fast producer and the sender busy at once, and what bounds a worker's memory when the consumer is slow. A
-# larger chunk still goes through, alone (ChunkBuffer admits any chunk into an empty buffer).
-BUFFER_MAX_BYTES = 8 << 20
+Context = aio.ServicerContext[Any, Any]
 
 
 class ToolWorkerServicer(pb_grpc.ToolWorkerServicer):
     """The gRPC front of an :class:`~python_worker.engine.Engine`: each RPC hands its request to the engine,
-    hooks the RPC's cancellation to the call, and turns what ends the call into the RPC's status."""
+    hooks the RPC's end (cancel, disconnect, deadline) to the call, and turns what ends the call into the RPC's
+    status. ``executor`` runs the engine's blocking work (bounded: the engine's call slots and a few more)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, executor: Executor) -> None:
         self.engine = engine
+        self.executor = executor
+        # the executor's work not yet done (the server waits for it when stopping, before its loop closes)
+        self.pending: set[asyncio.Future[Any]] = set()
+
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        return self._track(asyncio.get_running_loop().run_in_executor(self.executor, fn, *args))
+
+    def _track(self, future: asyncio.Future[Any]) -> asyncio.Future[Any]:
+        self.pending.add(future)
+        future.add_done_callback(self.pending.discard)
+        return future
 
     # -- small RPCs ---------------------------------------------------------------------------------------
-    def Ping(self, request: Any, context: grpc.ServicerContext) -> Any:
+    async def Ping(self, request: Any, context: Context) -> Any:
         return self.engine.ping(request)
 
-    def ListTools(self, request: Any, context: grpc.ServicerContext) -> Any:
+    async def ListTools(self, request: Any, context: Context) -> Any:
         return self.engine.list_tools(request)
 
-    def Metrics(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return self.engine.metrics_text(request)
+    async def Metrics(self, request: Any, context: Context) -> Any:
+        return await self._submit(self.engine.metrics_text, request)
 
-    def InitializeSession(self, request: Any, context: grpc.ServicerContext) -> Any:
+    async def InitializeSession(self, request: Any, context: Context) -> Any:
+        return await self._session_call("InitializeSession", self.engine.initialize_session, request, context)
+
+    async def CleanupSession(self, request: Any, context: Context) -> Any:
+        return await self._session_call("CleanupSession", self.engine.cleanup_session, request, context)
+
+    async def _session_call(self, rpc: str, call: Callable[[Any], Any], request: Any, context: Context) -> Any:
+        # on the executor: a session's end runs the adapter's on_session_end, which may block
         try:
-            return self.engine.initialize_session(request)
+            return await self._submit(call, request)
         except CallError as exc:
-            context.abort_with_status(self.engine.status(exc, "InitializeSession"))
+            await _abort(context, self.engine.status(exc, rpc))
 
-    def CleanupSession(self, request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            return self.engine.cleanup_session(request)
-        except CallError as exc:
-            context.abort_with_status(self.engine.status(exc, "CleanupSession"))
-
-    def refuse_malformed(self, rpc: str, request: Malformed, context: grpc.ServicerContext) -> None:
-        context.abort_with_status(self.engine.status(InvalidArguments(request.reason), rpc))
+    async def refuse_malformed(self, rpc: str, request: Malformed, context: Context) -> None:
+        await _abort(context, self.engine.status(InvalidArguments(request.reason), rpc))
 
     # -- tool calls ---------------------------------------------------------------------------------------
-    def ExecuteTool(self, request: Any, context: grpc.ServicerContext) -> Any:
-        def ready(ctx: ToolContext) -> None:
-            context.add_callback(lambda: ctx.cancel_event.set(_ended_by(context)))
-            # headers go out before the tool runs: a client that saw none knows the call never started
-            context.send_initial_metadata(())
-
+    async def ExecuteTool(self, request: Any, context: Context) -> Any:
+        if isinstance(request, Malformed):
+            await self.refuse_malformed("ExecuteTool", request, context)
+        # headers first, from the loop, before the call goes to its thread: sent before the tool runs, as
+        # clients need (one that saw none knows the call never started), without a thread waiting on the loop
+        # for them (that round trip cost ~150 us a call); a refusal after them is still a status, as before
+        await context.send_initial_metadata(())
+        call = _UnaryCall()
+        context.add_done_callback(lambda _ctx: call.ended(_ended_by(context)))  # type: ignore[arg-type]
+        run = functools.partial(self.engine.execute, request, _metadata(context), on_ready=call.ready)
+        # in a context of its own: the call's log fields and span stay with the call, not with the thread
+        work = self._submit(contextvars.copy_context().run, _outcome, run)
         try:
-            return self.engine.execute(request, _metadata(context), on_ready=ready)
-        except Exception as exc:
-            context.abort_with_status(self.engine.status(exc, "ExecuteTool", request.tool_name))
+            # shielded: the RPC's cancellation must not orphan the thread's result (the done callback has
+            # already told the tool to stop)
+            response, error = await asyncio.shield(work)
+        except asyncio.CancelledError:
+            work.add_done_callback(_swallow)
+            raise
+        if error is not None:
+            await _abort(context, self.engine.status(error, "ExecuteTool", request.tool_name))
+        return response
 
-    def ExecuteStreamingTool(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        for batch in self._stream(request, context, rpc="ExecuteStreamingTool", batched=False):
-            seq, data, content_type, is_final, meta = batch[0]
-            yield pb.ToolChunk(seq=seq, data=data, content_type=content_type, is_final=is_final, metadata=meta)
-
-    def ExecuteStreamingToolBatched(self, request: Any, context: grpc.ServicerContext) -> Iterator[bytes]:
-        # already serialized: registered with a pass-through serializer (see register())
-        for batch in self._stream(request, context, rpc="ExecuteStreamingToolBatched", batched=True):
-            yield encode_batch(batch)
-
-    def _stream(self, request: Any, context: grpc.ServicerContext, *, rpc: str, batched: bool) -> Iterator[list[Any]]:
-        handle: StreamHandle | None = None
+    async def ExecuteStreamingTool(self, request: Any, context: Context) -> AsyncIterator[Any]:
+        stream = await self._open(request, context, "ExecuteStreamingTool", batched=False)
         try:
-            handle = self.engine.stream(request, _metadata(context), frame_large=batched)
-            # fires when the RPC ends for any reason: client cancel, disconnect, deadline, or normal end
-            context.add_callback(lambda: handle.cancel(_ended_by(context)))
-            # headers go out before the tool runs: a client that saw none knows the call never started
-            context.send_initial_metadata(())
-            handle.start()
-            yield from handle.batches(batched=batched)
-        except Exception as exc:
-            context.abort_with_status(self.engine.status(exc, rpc, request.tool_name))
+            while (messages := await stream.next()) is not None:
+                for message in messages:
+                    yield message
         finally:
-            if handle is not None:
-                handle.close()
+            stream.finish()
+
+    async def ExecuteStreamingToolBatched(self, request: Any, context: Context) -> AsyncIterator[bytes]:
+        # already serialized (on the pump's thread): registered with a pass-through serializer (see register())
+        stream = await self._open(request, context, "ExecuteStreamingToolBatched", batched=True)
+        try:
+            while (message := await stream.next()) is not None:
+                yield message
+        finally:
+            stream.finish()
+
+    async def _open(self, request: Any, context: Context, rpc: str, *, batched: bool) -> _Stream:
+        """Accept a streaming call, send the headers, start its tool; aborts the RPC when the call is refused."""
+        if isinstance(request, Malformed):
+            await self.refuse_malformed(rpc, request, context)
+        # the call's own context (log fields, span): opened in it, its batches pumped in it
+        call_context = contextvars.copy_context()
+        opening = self._submit(
+            call_context.run,
+            _outcome,
+            functools.partial(self.engine.stream, request, _metadata(context), frame_large=batched),
+        )
+        try:
+            handle, error = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            # the caller went while the call was being accepted: close what the engine opened (its slot)
+            opening.add_done_callback(_close_handle)
+            raise
+        if error is not None:
+            await _abort(context, self.engine.status(error, rpc, request.tool_name))
+        stream = _Stream(self, handle, context, rpc, batched)
+        try:
+            await context.send_initial_metadata(())
+        except BaseException:
+            stream.finish()
+            raise
+        if stream.over:  # the RPC ended while the headers went out: the tool never starts
+            raise asyncio.CancelledError
+        handle.start()
+        self._track(stream.bridge.start(call_context))
+        return stream
 
 
-def _ended_by(context: grpc.ServicerContext) -> str:
+class _Stream:
+    """A streaming call between its engine and its RPC: :meth:`next` gives what to send (None at the end; the
+    tool's error aborts the RPC after its last chunk); :meth:`finish`, always, stops a tool whose RPC ended
+    first (client cancel or disconnect, deadline: whichever it was is the call's status)."""
+
+    def __init__(
+        self, servicer: ToolWorkerServicer, handle: StreamHandle, context: Context, rpc: str, batched: bool
+    ) -> None:
+        self._servicer = servicer
+        self._handle = handle
+        self._context = context
+        self._rpc = rpc
+        self.over = False
+        self.bridge: ThreadToLoop[Any] = ThreadToLoop(
+            functools.partial(_messages, handle, batched), servicer.executor, on_done=handle.close
+        )
+        # the RPC is over for any reason (also while its handler waits to send: a done callback is certain)
+        context.add_done_callback(lambda _ctx: self.finish())  # type: ignore[arg-type]  # stub: a class
+
+    async def next(self) -> Any:
+        try:
+            item = await self.bridge.next()
+        except Exception as exc:  # the tool's error, after its last chunk
+            self.over = True
+            request_tool = self._handle.ctx.tool_name
+            await _abort(self._context, self._servicer.engine.status(exc, self._rpc, request_tool))
+            raise AssertionError("abort raises") from None
+        if item is None:
+            self.over = True
+        return item
+
+    def finish(self) -> None:
+        if not self.over:
+            self.over = True
+            self._handle.cancel(_ended_by(self._context))
+            self.bridge.close()
+            if not self.bridge.started:
+                self._handle.close()
+
+
+class _UnaryCall:
+    """A unary call's link between its engine thread and its RPC: :meth:`ready` (on the thread, once the engine
+    has accepted the call) hooks up cancellation, or refuses to start a tool whose caller has already gone;
+    :meth:`ended` (on the loop, when the RPC is over for any reason) raises the tool's cancel flag."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ctx: ToolContext | None = None
+        self._gone: str | None = None
+
+    def ready(self, ctx: ToolContext) -> None:
+        with self._lock:
+            self._ctx, gone = ctx, self._gone
+        if gone is not None:
+            ctx.cancel_event.set(gone)
+            raise CallError(f"{ctx.tool_name} was not started: its caller went", code=_code(gone))
+
+    def ended(self, reason: str) -> None:
+        with self._lock:
+            if self._gone is None:
+                self._gone = reason
+            ctx = self._ctx
+        if ctx is not None:
+            ctx.cancel_event.set(reason)
+
+
+def _code(reason: str) -> grpc.StatusCode:
+    return grpc.StatusCode.DEADLINE_EXCEEDED if reason == "DEADLINE_EXCEEDED" else grpc.StatusCode.CANCELLED
+
+
+def _messages(handle: StreamHandle, batched: bool) -> Iterator[Any]:
+    """What a stream sends, built on the pump's thread: per batch of ready chunks, one serialized batch message
+    (``batched``), or the list of its ``ToolChunk`` messages."""
+    batches = handle.batches(batched=True)
+    try:
+        for batch in batches:
+            if batched:
+                yield encode_batch(batch)
+            else:
+                yield [
+                    pb.ToolChunk(seq=seq, data=data, content_type=content_type, is_final=is_final, metadata=meta)
+                    for seq, data, content_type, is_final, meta in batch
+                ]
+    finally:
+        getattr(batches, "close", lambda: None)()  # a generator abandoned here ends its call as cancelled
+
+
+def _close_handle(opening: asyncio.Future[tuple[StreamHandle | None, Exception | None]]) -> None:
+    handle = None if opening.cancelled() or opening.exception() is not None else opening.result()[0]
+    if handle is not None:
+        handle.cancel()
+        handle.close()
+
+
+def _outcome(run: Callable[[], Any]) -> tuple[Any, Exception | None]:
+    """``run()``'s value or its exception, returned: raised through the executor, the exception's traceback
+    would carry concurrent.futures' frames above the tool's (the caller is shown the tool's code)."""
+    try:
+        return run(), None
+    except Exception as exc:
+        return None, exc
+
+
+def _swallow(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved: the RPC is over, nobody reads it
+
+
+async def _abort(context: Context, status: grpc.Status) -> None:
+    await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+def _ended_by(context: Context) -> str:
     """Why an RPC that ended before its tool did was cut short: its deadline, or its client."""
     remaining = context.time_remaining()
     return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
 
 
-def _metadata(context: grpc.ServicerContext) -> dict[str, str]:
-    return {key: value for key, value in context.invocation_metadata() if isinstance(value, str)}
+def _metadata(context: Context) -> dict[str, str]:
+    # the token stays here: nothing after the front needs it
+    return {
+        key: value
+        for key, value in (context.invocation_metadata() or ())
+        if isinstance(value, str) and key != "authorization"
+    }
 
 
 # methods whose handlers return serialized bytes (hand-encoded on the hot path)
 PRESERIALIZED = frozenset({"ExecuteStreamingToolBatched"})
 
 
-def register(servicer: ToolWorkerServicer, server: grpc.Server) -> None:
+def register(servicer: ToolWorkerServicer, server: aio.Server) -> None:
     """Add the service to ``server``, like the generated ``add_ToolWorkerServicer_to_server`` but with the
     batched stream's messages passed through as the bytes its handler already encoded."""
     service = pb.DESCRIPTOR.services_by_name["ToolWorker"]
@@ -131,11 +311,14 @@ def register(servicer: ToolWorkerServicer, server: grpc.Server) -> None:
 
 
 def _refusing_malformed(servicer: ToolWorkerServicer, rpc: str, behavior: Callable[[Any, Any], Any]) -> Any:
-    # the deserializer hands over a Malformed instead of raising (see requests.py); a streaming behavior returns
-    # its generator from here, so this wrapper adds no per-chunk cost
-    def handle(request: Any, context: grpc.ServicerContext) -> Any:
-        if isinstance(request, Malformed):
-            servicer.refuse_malformed(rpc, request, context)
-        return behavior(request, context)
+    # the deserializer hands over a Malformed instead of raising (see requests.py); the tool RPCs check it
+    # themselves (no extra layer per streamed message)
+    if rpc.startswith("Execute"):
+        return behavior
 
-    return handle
+    async def unary(request: Any, context: Context) -> Any:
+        if isinstance(request, Malformed):
+            await servicer.refuse_malformed(rpc, request, context)
+        return await behavior(request, context)
+
+    return unary
