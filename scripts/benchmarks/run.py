@@ -32,7 +32,9 @@ sys.path.insert(0, str(ROOT))
 
 from python_worker.client import Client  # noqa: E402
 from python_worker.transports.grpc.aux_streams import MAX_AUX_STREAMS  # noqa: E402
-from scripts.benchmarks import observability  # noqa: E402
+from python_worker.transports.grpc.security import client_metadata  # noqa: E402
+from python_worker.transports.security import TOKEN_ENV, generate_token  # noqa: E402
+from scripts.benchmarks import hostile, observability  # noqa: E402
 from scripts.benchmarks.raw_grpc import RawClient  # noqa: E402
 from tests.workers import running_worker  # noqa: E402
 
@@ -173,7 +175,8 @@ def ping_beside_idle_streams(target: str, client: Client, samples: int) -> dict[
     idle = _IdleRequests()
     with grpc.insecure_channel(target) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-        streams = [stub.ServerReflectionInfo(idle, timeout=600) for _ in range(IDLE_STREAMS)]
+        auth = client_metadata(client.token)
+        streams = [stub.ServerReflectionInfo(idle, timeout=600, metadata=auth) for _ in range(IDLE_STREAMS)]
         deadline = time.monotonic() + 30
         while sum(s.done() for s in streams) < IDLE_STREAMS - MAX_AUX_STREAMS and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -404,6 +407,18 @@ def table(r: dict[str, float]) -> list[tuple[str, str, str, str]]:
         "<= +100 µs",
     )
     rows.extend(observability.rows(get))
+    for front, key in (("gRPC Ping", "ping"), ("HTTP GET /v1/tools", "http")):
+        idle, held = get(f"hostile_idle_{key}_p99_ms"), get(f"hostile_attack_{key}_p99_ms")
+        row(
+            f"12. right-token {front} p50 / p99: idle vs {hostile.HALF_OPEN} half-open unauthenticated calls + "
+            f"{hostile.SLOW_SOCKETS} slow sockets",
+            "n/a"
+            if idle is None or held is None
+            else f"{get(f'hostile_idle_{key}_p50_ms'):.1f} / {idle:.1f} vs "
+            f"{get(f'hostile_attack_{key}_p50_ms'):.1f} / {held:.1f} ms",
+            f"{get('hostile_attack_failed'):.0f} failed under attack",
+            "p99 <= 50 ms",
+        )
     return rows
 
 
@@ -454,9 +469,12 @@ def main() -> int:
     cfg = {**(QUICK if ns.quick else FULL), "runs": runs, "quick": ns.quick}
     started = time.monotonic()
     results: dict[str, Any] = {"concurrent_streams": cfg["concurrent_streams"]}
+    # the workers started here serve with a token, as `serve` does by default, and the clients send it
+    os.environ.setdefault(TOKEN_ENV, generate_token())
     if not ns.elixir_only:
         results.update(python_benchmarks(cfg, runs))
         results.update(observability.observability_benchmarks(cfg, runs))
+        results.update(hostile.benchmark(cfg["ping_samples"]))
     if not ns.python_only:
         results.update(elixir_benchmarks(cfg))
     rows = table(results)
