@@ -8,6 +8,7 @@ python -m python_worker tools --target worker:50051 --tls-ca ca.crt --token-file
 python -m python_worker health --target worker:50051 --tls-ca ca.crt
 python -m python_worker call stream_progress --target 127.0.0.1:50051 --args '{"steps": 3}' --stream
 python -m python_worker serve --adapter adapters.showcase:ShowcaseAdapter --http-port 8080  # then open the page
+python -m python_worker serve --adapter adapters.showcase:ShowcaseAdapter --mcp  # MCP on stdin/stdout, for an agent
 
 A served TCP port (gRPC, HTTP, metrics) needs a credential: without a token (--token-file, $KRAIT_TOKEN,
 $KRAIT_TOKEN_FILE) or a client CA, ``serve`` makes one and announces it (the ready file, the KRAIT_READY line, the
@@ -38,6 +39,17 @@ def _serve(ns: argparse.Namespace) -> int:
 
     worker_id = ns.worker_id or f"worker-{os.getpid()}"
     link = None
+    mcp_stdio = None
+    if ns.mcp and ns.link:
+        print("serve: --mcp and --link both want stdin/stdout: choose one", file=sys.stderr)
+        return 2
+    if ns.mcp:
+        try:
+            from .transports.mcp.stdio import claim_stdio
+        except ImportError as exc:
+            print(f"serve: --mcp needs the mcp extra (pip install 'krait[mcp]'): {exc}", file=sys.stderr)
+            return 2
+        mcp_stdio = claim_stdio()  # first: from here on stdout is MCP's, and anything printed goes to stderr
     if ns.link:
         from .transports.link_io import LogFrameHandler, open_link
 
@@ -64,7 +76,7 @@ def _serve(ns: argparse.Namespace) -> int:
     options = ServeOptions(
         adapter=ns.adapter,
         host=ns.host,
-        port=ns.port if ns.port is not None or ns.link else 0,
+        port=ns.port if ns.port is not None or ns.link or ns.mcp else 0,
         worker_id=worker_id,
         ready_file=ns.ready_file,
         max_message_bytes=int(ns.max_message_mb * (1 << 20)),
@@ -81,7 +93,7 @@ def _serve(ns: argparse.Namespace) -> int:
         max_json_bytes=int(ns.max_json_mb * (1 << 20)),
         http_receipt_timeout=ns.http_receipt_timeout,
     )
-    return serve(options, link=link)
+    return serve(options, link=link, mcp_stdio=mcp_stdio)
 
 
 def _positive(kind: type[int] | type[float]) -> Any:
@@ -256,6 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--link",
         action="store_true",
         help="serve the local link on stdin/stdout (what a Krait pool uses; see docs/link.md)",
+    )
+    serve.add_argument(
+        "--mcp",
+        action="store_true",
+        help="serve MCP (the Model Context Protocol) on stdin/stdout, for an agent host that launches the worker "
+        "(docs/mcp.md): stdout carries only the protocol, logs go to stderr; gRPC only with --port",
     )
     serve.add_argument("--worker-id", default="", help="id reported in final-chunk metadata (default worker-PID)")
     serve.add_argument(

@@ -17,6 +17,10 @@ planted at the target or at any temporary name is never written through), on the
 pipe to the process that started the worker, or the operator's terminal) and in the link's READY frame; its log
 says where to find it, and with the HTTP front gives the page's URL with the token in the fragment (never sent
 to a server, not in any access log), as Jupyter does. The local link itself is the pool's own pipe: no token.
+
+With ``--mcp`` the worker speaks MCP on stdin/stdout (``docs/mcp.md``): stdout is the protocol, so there is no
+KRAIT_READY line (the ready file still has the JSON); like the link, the pipe is the host's own: no token, and
+gRPC only with ``--port``. The host closing stdin stops the worker.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from .shutdown import GROUP_TERM_WAIT_S, Shutdown, exit_now, lead_process_group,
 
 if TYPE_CHECKING:
     from ..transports.http.server import HttpServer
+    from ..transports.mcp.stdio import McpStdio
 
 log = logging.getLogger("krait.worker")
 
@@ -105,7 +110,9 @@ def _should_watch_stdin() -> bool:
     return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
-def _announce(options: ServeOptions, port: int, extra: dict[str, str], token: str | None) -> None:
+def _announce(
+    options: ServeOptions, port: int | None, extra: dict[str, str], token: str | None, *, stdout: bool = True
+) -> None:
     info: dict[str, object] = {"port": port, "pid": os.getpid(), "worker_id": options.worker_id}
     info["adapter"] = options.adapter
     info.update({key: int(value) for key, value in extra.items()})
@@ -114,6 +121,8 @@ def _announce(options: ServeOptions, port: int, extra: dict[str, str], token: st
     line = json.dumps(info)
     if options.ready_file:
         write_private(options.ready_file, line + "\n")
+    if not stdout:  # stdout is MCP's
+        return
     sys.stdout.write(READY_PREFIX + line + "\n")
     sys.stdout.flush()
 
@@ -143,12 +152,13 @@ def with_credential(security: ServerSecurity, listens: bool) -> tuple[ServerSecu
     return replace(security, token=token), token
 
 
-def serve(options: ServeOptions, link: FrameWriter | None = None) -> int:
+def serve(options: ServeOptions, link: FrameWriter | None = None, mcp_stdio: tuple[int, int] | None = None) -> int:
     """Run a worker until it is told to stop; returns the process exit code. With ``link`` (the writer of the
     frames to the pool, see :func:`..transports.link_io.open_link`), the worker serves the local link on
-    stdin/stdout, and gRPC as well only when ``options.port`` is set."""
+    stdin/stdout, and gRPC as well only when ``options.port`` is set; so with ``mcp_stdio`` (stdin and stdout
+    claimed by :func:`..transports.mcp.stdio.claim_stdio`), MCP."""
     options.worker_id = options.worker_id or f"worker-{os.getpid()}"
-    serves_grpc = link is None or options.port is not None
+    serves_grpc = (link is None and mcp_stdio is None) or options.port is not None
     listens = serves_grpc or options.http_port is not None or options.metrics_port is not None
     options.security, made_token = with_credential(options.security, listens)
     if listens:
@@ -159,9 +169,11 @@ def serve(options: ServeOptions, link: FrameWriter | None = None) -> int:
             log.error("%s", exc)
             return 2
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-    supervised = link is not None or _should_watch_stdin()
-    # over the link, stdin is the link: its reader sees the pool go
-    watch_stdin = link is None and (options.stdin_watch if options.stdin_watch is not None else supervised)
+    supervised = link is not None or mcp_stdio is not None or _should_watch_stdin()
+    # over the link (or MCP), stdin is the protocol: its reader sees the pool (the host) go
+    watch_stdin = (
+        link is None and mcp_stdio is None and (options.stdin_watch if options.stdin_watch is not None else supervised)
+    )
     # before any adapter code runs: whatever it starts is in the group from its first moment
     if options.process_group if options.process_group is not None else supervised:
         lead_process_group()
@@ -221,6 +233,10 @@ def serve(options: ServeOptions, link: FrameWriter | None = None) -> int:
             on_fail=cannot_listen,
             security=options.security,
         )
+    mcp_server = None
+    if mcp_stdio is not None:
+        mcp_server = _mcp_server(engine, options, mcp_stdio)
+        threading.Thread(target=_await_mcp_close, args=(mcp_server, shutdown), name="mcp-watch", daemon=True).start()
     link_server = None
     if link is not None:
         # one thread per tool call allowed, one reading, one for a session call or a refusal beside them
@@ -242,7 +258,16 @@ def serve(options: ServeOptions, link: FrameWriter | None = None) -> int:
                 exit_now(1)
             log.info("serving HTTP on %s://%s:%s/", http_server.front.scheme, options.host, ports["http_port"])
         if made_token is not None:
-            _tell_token(options, made_token, http_server.front.scheme if http_server else None, ports, link)
+            _tell_token(options, made_token, http_server.front.scheme if http_server else None, ports, link, mcp_server)
+        if mcp_server is not None:
+            mcp_server.start()
+            if options.ready_file:
+                _announce(options, port, ports, made_token, stdout=False)
+            log.info(
+                "serving %s over MCP on stdin/stdout%s",
+                options.adapter,
+                f" and on {options.host}:{port}" if port else "",
+            )
         if link_server is not None and link is not None:
             link_server.start()
             metadata = {"grpc_port": str(port)} if port is not None else {}
@@ -252,7 +277,7 @@ def serve(options: ServeOptions, link: FrameWriter | None = None) -> int:
             ready = engine.ping(pb.PingRequest(message="ready"))
             link.send(0, READY, ready.SerializeToString(), metadata=metadata or None)
             log.info("serving %s over the link%s", options.adapter, f" and on {options.host}:{port}" if port else "")
-        elif port is not None:
+        elif port is not None and mcp_server is None:
             log.info("serving %s on %s:%d (%s)", options.adapter, options.host, port, options.security.describe())
             _announce(options, port, ports, made_token)
 
@@ -261,6 +286,8 @@ def serve(options: ServeOptions, link: FrameWriter | None = None) -> int:
     # flags raised); the rest of the grace is for the tools to wind down and the adapter to close
     if http_server is not None:
         http_server.stop(options.grace / 2, shutdown.remaining())
+    if mcp_server is not None:
+        mcp_server.stop(options.grace / 2, shutdown.remaining())
     if grpc_server is not None:
         grpc_server.stop(options.grace / 2, shutdown.remaining())
     if link_server is not None:
@@ -283,13 +310,23 @@ def serve(options: ServeOptions, link: FrameWriter | None = None) -> int:
 
 
 def _tell_token(
-    options: ServeOptions, token: str, http_scheme: str | None, ports: dict[str, str], link: FrameWriter | None
+    options: ServeOptions,
+    token: str,
+    http_scheme: str | None,
+    ports: dict[str, str],
+    link: FrameWriter | None,
+    mcp_server: McpStdio | None = None,
 ) -> None:
     """Log where the token made for this worker is announced; with the HTTP front, the page's URL carrying it in
     the fragment (the browser keeps it; no server or proxy log sees it)."""
-    where = ["the link's READY frame" if link is not None else "the KRAIT_READY line on stdout"]
+    where = []
+    if mcp_server is None:
+        where.append("the link's READY frame" if link is not None else "the KRAIT_READY line on stdout")
     if options.ready_file:
         where.append(f"the ready file {options.ready_file}")
+    if not where:  # MCP on stdout, no ready file: the log (stderr, the host's) is the only place left
+        log.info("no token given (--token-file, $KRAIT_TOKEN): made one for the TCP ports: %s", token)
+        where.append("the line above")
     log.info(
         "no token given (--token-file, $KRAIT_TOKEN): made one for the TCP ports; it is in %s. Clients: "
         "KRAIT_TOKEN=<token> or --token-file; --no-auth serves without one",
@@ -326,6 +363,19 @@ def _http_server(engine: Engine, options: ServeOptions, sessions: SessionStore) 
     sessions.close()
     stop_group()
     exit_now(code)
+
+
+def _mcp_server(engine: Engine, options: ServeOptions, fds: tuple[int, int]) -> McpStdio:
+    from ..transports.mcp.stdio import McpStdio
+
+    return McpStdio(engine, fds, max_message_bytes=options.max_message_bytes)
+
+
+def _await_mcp_close(mcp_server: McpStdio, shutdown: Shutdown) -> None:
+    mcp_server.closed.wait()
+    if not shutdown.requested:
+        log.info("MCP's stdin closed: the host has gone")
+    shutdown.request("stdin closed")
 
 
 def _await_link_close(link_server: LinkServer, shutdown: Shutdown) -> None:

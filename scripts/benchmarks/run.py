@@ -34,7 +34,7 @@ from python_worker.client import Client  # noqa: E402
 from python_worker.transports.grpc.aux_streams import MAX_AUX_STREAMS  # noqa: E402
 from python_worker.transports.grpc.security import client_metadata  # noqa: E402
 from python_worker.transports.security import TOKEN_ENV, generate_token  # noqa: E402
-from scripts.benchmarks import hostile, observability  # noqa: E402
+from scripts.benchmarks import hostile, mcp_bench, observability  # noqa: E402
 from scripts.benchmarks.raw_grpc import RawClient  # noqa: E402
 from tests.workers import running_worker  # noqa: E402
 
@@ -416,8 +416,17 @@ def table(r: dict[str, float]) -> list[tuple[str, str, str, str]]:
             if idle is None or held is None
             else f"{get(f'hostile_idle_{key}_p50_ms'):.1f} / {idle:.1f} vs "
             f"{get(f'hostile_attack_{key}_p50_ms'):.1f} / {held:.1f} ms",
-            f"{get('hostile_attack_failed'):.0f} failed under attack",
+            "" if get("hostile_attack_failed") is None else f"{get('hostile_attack_failed'):.0f} failed under attack",
             "p99 <= 50 ms",
+        )
+    for what, key in (("unary add", "unary"), (f"{mcp_bench.STREAM_CHUNKS}-chunk stream", "stream")):
+        over_mcp, over_http = get(f"mcp_mcp_{key}_p50_ms"), get(f"mcp_http_{key}_p50_ms")
+        row(
+            f"13. {what} p50: MCP (Streamable HTTP{', chunks as progress' if key == 'stream' else ''}) vs the HTTP "
+            f"front ({'SSE' if key == 'stream' else 'POST'}), same worker, interleaved",
+            "n/a" if over_mcp is None or over_http is None else f"{over_mcp:.1f} vs {over_http:.1f} ms",
+            "n/a" if over_mcp is None or not over_http else f"{over_mcp / over_http:.1f}x",
+            "",
         )
     return rows
 
@@ -475,6 +484,7 @@ def main() -> int:
         results.update(python_benchmarks(cfg, runs))
         results.update(observability.observability_benchmarks(cfg, runs))
         results.update(hostile.benchmark(cfg["ping_samples"]))
+        results.update(mcp_bench.benchmark(max(20, cfg["ping_samples"] // 10)))
     if not ns.python_only:
         results.update(elixir_benchmarks(cfg))
     rows = table(results)

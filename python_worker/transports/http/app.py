@@ -69,6 +69,7 @@ class Front:
         # large JSON bodies are parsed here, off the event loop: two at a time, whatever the number of callers
         self.parsers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="http-json")
         self.stopping = False
+        self.mcp: Any = None  # MCP's Streamable HTTP at /mcp (build_app), when the mcp extra is installed
         self._live: set[Callable[[BaseException], None]] = set()
         self.tools_body = self._tools_body()
 
@@ -320,6 +321,7 @@ def build_app(front: Front) -> Starlette:
         await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
         await Socket(front, websocket).serve()
 
+    front.mcp = _mcp_endpoint(front)
     routes = [
         Route("/", index, methods=["GET"]),
         Route("/v1/auth", auth_state, methods=["GET"]),
@@ -329,9 +331,27 @@ def build_app(front: Front) -> Starlette:
         Route("/v1/tools/{name}", guarded("ExecuteTool", call), methods=["POST"]),
         Route("/v1/tools/{name}/stream", guarded("ExecuteStreamingTool", stream), methods=["GET", "POST"]),
         WebSocketRoute("/v1/ws", ws),
+        Route("/mcp", front.mcp or _no_mcp(front), methods=["GET", "POST", "DELETE"]),  # docs/mcp.md
         Mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static"),
     ]
     return Starlette(routes=routes, middleware=[Middleware(SecurityHeaders)])
+
+
+def _mcp_endpoint(front: Front) -> Any:
+    """MCP's Streamable HTTP (python_worker.transports.mcp.http), or None without the mcp extra."""
+    try:
+        from ..mcp.http import McpEndpoint
+    except ImportError:
+        return None
+    return McpEndpoint(front)
+
+
+def _no_mcp(front: Front) -> Endpoint:
+    async def unavailable(request: Request) -> Response:
+        error = HttpError("this worker has no MCP front: pip install 'krait[mcp]'", code=grpc.StatusCode.UNIMPLEMENTED)
+        return front.error_response(error, "MCP")
+
+    return front.guarded("MCP", unavailable)
 
 
 class _Tracked(Response):

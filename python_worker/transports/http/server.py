@@ -10,6 +10,7 @@ uvicorn's h11 protocol wrapped with a deadline for each request head and a budge
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import ssl
@@ -119,7 +120,9 @@ class HttpServer:
 
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
-        await self.server.serve(sockets=[self.sock])
+        mcp = self.front.mcp  # MCP's Streamable HTTP sessions live while the front serves
+        async with mcp.running() if mcp is not None else contextlib.nullcontext():
+            await self.server.serve(sockets=[self.sock])
 
     def start(self) -> int:
         """Serve; returns the port once listening. Raises what keeps it from serving."""
