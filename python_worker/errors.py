@@ -19,6 +19,7 @@ from grpc_status import rpc_status
 
 from .error_details import details_json
 from .proto import pb
+from .sdk.tool import ArgumentError
 
 # A status travels in trailers, which clients bound: grpcio refuses trailers over 16 KiB, and over 8 KiB at
 # random ("received metadata size exceeds soft limit"), and reports that instead of the error. What goes in is
@@ -125,8 +126,19 @@ def _wire_size(message: str, status: status_pb2.Status) -> int:
     return percent + (int(status.ByteSize()) * 4 + 2) // 3
 
 
+def as_call_error(exc: BaseException) -> BaseException:
+    """``exc``, or the :class:`InvalidArguments` it stands for when a tool raised the SDK's
+    :class:`~python_worker.sdk.tool.ArgumentError` (a :class:`~python_worker.sdk.files.FileArgumentError`...)."""
+    if isinstance(exc, ArgumentError) and not isinstance(exc, CallError):
+        converted = InvalidArguments(str(exc), error_type=exc.error_type)
+        converted._krait_call = getattr(exc, "_krait_call", None)  # type: ignore[attr-defined]
+        return converted
+    return exc
+
+
 def to_status(exc: BaseException, *, tool_name: str, worker_id: str) -> grpc.Status:
     """The gRPC status (with ToolError details) that reports ``exc``."""
+    exc = as_call_error(exc)
     if isinstance(exc, CallError):
         code, error_type, trace = exc.code, exc.error_type, ""
     else:

@@ -14,7 +14,9 @@ import textwrap
 import zipfile
 from pathlib import Path
 
-from python_worker.client import Client
+import pytest
+
+from python_worker.client import Client, UnauthenticatedError
 
 from .workers import ROOT, wait_ready
 
@@ -32,8 +34,8 @@ USER_ADAPTER = textwrap.dedent(
 )
 
 
-def _run(*cmd: str | Path, cwd: Path, timeout: float = 240) -> str:
-    result = subprocess.run([str(c) for c in cmd], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+def _run(*cmd: str | Path, cwd: Path, timeout: float = 240, env: dict[str, str] | None = None) -> str:
+    result = subprocess.run([str(c) for c in cmd], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     assert result.returncode == 0, f"{cmd} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result.stdout
 
@@ -92,11 +94,17 @@ def test_pip_install_gives_a_worker_that_serves_a_users_adapters_package(tmp_pat
     try:
         info = wait_ready(worker, timeout=60)
         target = f"127.0.0.1:{info['port']}"
-        with Client(target, timeout=20) as client:
+        # given no token, the worker made one (256 bits) and announced it: without it, nothing is served
+        assert len(info["token"]) == 43
+        with Client(target, timeout=20, token="not-the-token") as stranger, pytest.raises(UnauthenticatedError):
+            stranger.execute("shout", text="hello")
+        with Client(target, timeout=20, token=info["token"]) as client:
             assert client.execute("shout", text="hello") == "HELLO!"
-        # the installed client and CLI work too
+        # the installed client and CLI work too, the CLI with the token from the environment
         called = _run(
-            venv / "bin" / "krait-worker", "call", "shout", "--target", target, "--args", '{"text": "hi"}', cwd=project
+            *(venv / "bin" / "krait-worker", "call", "shout", "--target", target, "--args", '{"text": "hi"}'),
+            cwd=project,
+            env={**env, "KRAIT_TOKEN": info["token"]},
         )
         assert called.strip() == '"HI!"'
     finally:

@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 
 from .. import tracing
-from ..errors import CallError, InvalidArguments, Overloaded, clip, to_status
+from ..errors import CallError, InvalidArguments, Overloaded, as_call_error, clip, to_status
 from ..logs import CALL_ID_HEADER, CURRENT_CALL, CallInfo, call_ended, call_id_from, clean_call_id, in_call, with_trace
 from ..metrics import UNKNOWN_TOOL, WorkerMetrics, exposition
 from ..proto import pb
@@ -309,6 +309,7 @@ class Engine:
     def status(self, exc: BaseException, rpc: str, tool_name: str = "") -> grpc.Status:
         """The status that reports ``exc``, logged: expected failures (bad input, an overloaded worker) as one
         warning line; a traceback only for a bug in a tool or in Krait."""
+        exc = as_call_error(exc)
         status = to_status(exc, tool_name=tool_name, worker_id=self.worker_id)
         what = f"{rpc} {clip(tool_name)}" if tool_name else rpc
         # logged as the call's, although the call is over by now
@@ -378,6 +379,7 @@ def _checked(request: Any) -> Any:
 
 def status_name(exc: BaseException) -> str:
     """The name of the gRPC status code that reports ``exc`` (as :func:`..errors.to_status` decides it)."""
+    exc = as_call_error(exc)
     if isinstance(exc, CallError):
         return str(exc.code.name)
     if type(exc).__name__ == "ToolCancelled":

@@ -28,12 +28,12 @@ import stat
 from pathlib import Path
 from typing import BinaryIO
 
-from ..errors import InvalidArguments
+from .tool import ArgumentError
 
 ROOT_ENV = "KRAIT_DATA_ROOT"
 
 
-class FileArgumentError(InvalidArguments):
+class FileArgumentError(ArgumentError):
     """A path argument names no file this worker may read (``INVALID_ARGUMENT``; ``type`` says which rule)."""
 
     error_type = "FileArgumentError"

@@ -41,7 +41,16 @@ Kind = Literal["function", "generator", "coroutine", "async_generator"]
 
 
 class ArgumentError(ValueError):
-    """The arguments do not fit the tool's signature; the message names the argument."""
+    """The arguments do not fit the tool's signature, or a tool refuses one; the message names the argument. A tool
+    that raises it ends its call with INVALID_ARGUMENT and no traceback, reported as ``error_type``. (It lives here,
+    free of grpc, so that an adapter importing the SDK type-checks without Krait's wire modules.)"""
+
+    error_type = "ArgumentError"
+
+    def __init__(self, message: str, *, error_type: str | None = None) -> None:
+        super().__init__(message)
+        if error_type is not None:
+            self.error_type = error_type
 
 
 class UnresolvedHint(TypeError):
