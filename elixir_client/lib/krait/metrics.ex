@@ -14,6 +14,7 @@ defmodule Krait.Metrics do
   | `krait_pool_queue_wait_seconds` | histogram | (the time a checkout took, queued or not) |
   | `krait_pool_checkouts_refused_total` | counter | `reason` (`worker_busy`, `pool_saturated`, `queue_timeout`, ...) |
   | `krait_pool_worker_restarts_total` | counter | |
+  | `krait_pool_workers_recycled_total` | counter | `reason` (`calls`, `age`, `rss_mb`: see `Krait.Pool.Recycle`) |
   | `krait_pool_workers` | gauge | `state` (`ready`, `busy`, `starting`) |
 
   Counters live in an ETS table per pool (made by the pool's supervisor, written by the callers with
@@ -70,6 +71,11 @@ defmodule Krait.Metrics do
   end
 
   def checkout(pool, reason, _wait), do: bump(pool, {:refused, reason}, 1)
+
+  @doc false
+  # A recycled worker has stopped (the pool's scheduler counts it).
+  @spec recycled(atom(), atom()) :: :ok
+  def recycled(pool, reason), do: bump(pool, {:recycled, reason}, 1)
 
   defp bump(pool, key, n) do
     :ets.update_counter(table(pool), key, {2, n}, {key, 0})
@@ -128,6 +134,12 @@ defmodule Krait.Metrics do
         refused
       ),
       family("krait_pool_worker_restarts_total", "counter", "Worker restarts", [{[], restarts}]),
+      family(
+        "krait_pool_workers_recycled_total",
+        "counter",
+        "Workers replaced by the pool's recycle limits, by reason",
+        for(r <- Krait.Pool.Recycle.reasons(), do: {[reason: r], get.({:recycled, r})})
+      ),
       family("krait_pool_workers", "gauge", "Workers by state", [
         {[state: "ready"], stats.idle},
         {[state: "busy"], stats.busy},

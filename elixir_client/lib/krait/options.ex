@@ -25,6 +25,7 @@ defmodule Krait.Options do
     * `:server` - a process: an atom name, a pid, `{:global, term}` or `{:via, module, term}`;
     * `:env` - environment variables: a map or list of `{name, value}`, `nil` or `false` unsets one;
     * `:metadata` - a flat map of string (or atom) keys to strings, numbers or atoms;
+    * `:keyword` - a keyword list (its keys are checked by the option's own code);
     * `{:in, values}` - one of `values`;
     * `{:list, type}` - a list of values of `type`;
     * `{:or, types}` - any of `types`.
@@ -40,6 +41,7 @@ defmodule Krait.Options do
           | :server
           | :env
           | :metadata
+          | :keyword
           | {:in, [term()]}
           | {:list, type()}
           | {:or, [type()]}
@@ -165,6 +167,7 @@ defmodule Krait.Options do
   defp valid?(value, :server), do: server?(value)
   defp valid?(value, :env), do: env?(value)
   defp valid?(value, :metadata), do: is_map(value) and Enum.all?(value, &metadata_pair?/1)
+  defp valid?(value, :keyword), do: Keyword.keyword?(value)
   defp valid?(value, {:in, values}), do: value in values
   defp valid?(value, {:list, type}), do: is_list(value) and Enum.all?(value, &valid?(&1, type))
   defp valid?(value, {:or, types}), do: Enum.any?(types, &valid?(value, &1))
@@ -195,6 +198,7 @@ defmodule Krait.Options do
 
   defp type_doc(type, style \\ :markdown)
   defp type_doc(:any, _), do: "any term"
+  defp type_doc(:keyword, _), do: "a keyword list"
   defp type_doc(:atom, _), do: "an atom"
   defp type_doc(:string, _), do: "a string"
   defp type_doc(:boolean, _), do: "a boolean"

@@ -13,7 +13,9 @@ defmodule Krait.Telemetry do
   | `[:krait, :pool, :checkout]` | `wait` (native units) | `pool`, `session_id`, `result` (`:ok` or the refusal reason), `worker_id` |
   | `[:krait, :pool, :queue_timeout]` | `wait` | `pool`, `session_id` |
   | `[:krait, :worker, :up]` | `system_time` | `pool`, `worker_id`, `os_pid` |
-  | `[:krait, :worker, :down]` | `system_time` | `pool`, `worker_id`, `reason`, `status` (what it was doing) |
+  | `[:krait, :worker, :down]` | `system_time` | `pool`, `worker_id`, `reason`, `status` (what it was doing; `:retiring` for a recycled worker) |
+  | `[:krait, :worker, :recycling]` | `system_time`, `calls` (given so far), `rss_mb` (nil unless watched) | `pool`, `worker_id`, `reason` (`:calls`, `:age`, `:rss_mb`): the worker is due and its replacement starts |
+  | `[:krait, :worker, :recycled]` | `system_time`, `lifetime` (ms ready), `calls` (completed) | `pool`, `worker_id`, `reason`: the replaced worker has finished its calls and stopped |
 
   `kind` in a call's metadata is `:unary` or `:stream`. Durations are in `System.monotonic_time/0`
   units (`System.convert_time_unit/3` turns them into ms), as `:telemetry.span/3` reports them.
@@ -204,6 +206,26 @@ defmodule Krait.Telemetry do
         worker_id: worker_id,
         os_pid: os_pid
       })
+
+  @doc false
+  @spec worker_recycling(atom(), String.t(), atom(), non_neg_integer(), number() | nil) :: :ok
+  def worker_recycling(pool, worker_id, reason, calls, rss_mb),
+    do:
+      emit(
+        [:krait, :worker, :recycling],
+        %{system_time: System.system_time(), calls: calls, rss_mb: rss_mb},
+        %{pool: pool, worker_id: worker_id, reason: reason}
+      )
+
+  @doc false
+  @spec worker_recycled(atom(), String.t(), atom(), non_neg_integer(), non_neg_integer()) :: :ok
+  def worker_recycled(pool, worker_id, reason, lifetime, calls),
+    do:
+      emit(
+        [:krait, :worker, :recycled],
+        %{system_time: System.system_time(), lifetime: lifetime, calls: calls},
+        %{pool: pool, worker_id: worker_id, reason: reason}
+      )
 
   @doc false
   @spec worker_down(atom(), String.t(), term(), atom()) :: :ok

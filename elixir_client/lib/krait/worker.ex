@@ -20,7 +20,8 @@ defmodule Krait.Worker do
     3. logs what the worker says: each Python log record is one `Logger` event at its level, traceback
        included, with metadata `worker_id`, and `tool`, `session_id`, `call_id` (and `trace_id` when
        traced) when it comes from a call (see `Krait.Worker.Output`);
-    4. pings the worker every `health_interval` ms; after `health_failures` pings in a row without an
+    4. pings the worker every `health_interval` ms (and, when the pool recycles by memory, reads its
+       RSS from `/proc/PID/status` and tells the pool); after `health_failures` pings in a row without an
        answer within `health_timeout` ms it kills the process (SIGKILL) and stops, so a hung worker cannot
        silently stay in the pool;
     5. stops when the process exits (or, over gRPC, the connection closes); on shutdown it sends SIGTERM
@@ -152,6 +153,13 @@ defmodule Krait.Worker do
   @impl true
   def handle_cast(:lost, state), do: {:stop, {:shutdown, :connection_lost}, state}
 
+  # The pool recycles this worker (see Krait.Pool.Recycle): it has no call left; stopping sends
+  # SIGTERM, and the worker ends its sessions (on_session_end) and its adapter before it exits.
+  def handle_cast({:retire, reason}, state) do
+    Logger.info("Krait worker #{state.id} recycled (#{reason}); stopping it")
+    {:stop, {:shutdown, {:recycled, reason}}, state}
+  end
+
   ## The link: calls from owners, frames from the worker
 
   @impl true
@@ -255,6 +263,7 @@ defmodule Krait.Worker do
   ## Health
 
   def handle_info(:health_check, %{status: :ready} = state) do
+    report_rss(state)
     request = Krait.Proto.PingRequest.encode(%Krait.Proto.PingRequest{message: "health"})
     # The ping runs in its own process (its owner) while this one keeps routing frames.
     health =
@@ -460,6 +469,21 @@ defmodule Krait.Worker do
       {:noreply, %{state | health_failures: failures}}
     end
   end
+
+  # With a recycling limit on memory, each health tick reads the process's resident size (not each
+  # call: a /proc read costs ~20 µs) and tells the pool, which decides.
+  defp report_rss(%{opts: %{watch_rss: true}, os_pid: os_pid} = state) when os_pid != nil do
+    case File.read("/proc/#{os_pid}/status") do
+      {:ok, text} ->
+        mb = Krait.Pool.Recycle.rss_mb(text)
+        if mb, do: send(state.opts.pool, {:krait_worker_rss, self(), mb})
+
+      {:error, _} ->
+        :ok
+    end
+  end
+
+  defp report_rss(_state), do: :ok
 
   defp schedule_health(%{opts: %{health_interval: :infinity}}), do: :ok
 

@@ -26,6 +26,11 @@ defmodule Krait.Pool.Scheduler do
       *failing*: waiting and new callers get `{:workers_failing, last_error}` at once (with the
       worker's last output, e.g. the adapter's import error) while restarts go on with backoff;
       the first worker that comes up ends it;
+    * recycling (`recycle:`, the policy in `Krait.Pool.Recycle`): a worker due for it gets a
+      replacement started in its slot while it goes on serving; once the replacement is ready, the
+      old worker is `:retiring` (no new calls; its session bindings dropped, so their next calls
+      start afresh elsewhere; callers waiting for it go back to the general queue), and it is told
+      to stop once its last lease comes back. The slot keeps one ready worker throughout;
     * with `cluster: true`, its place in the cluster (`Krait.Pool.Cluster`): callers of this node
       are sent to other nodes' idle workers and to the nodes that hold their sessions.
   """
@@ -33,7 +38,7 @@ defmodule Krait.Pool.Scheduler do
   use GenServer
   require Logger
 
-  alias Krait.Pool.{Endpoints, Lease}
+  alias Krait.Pool.{Endpoints, Lease, Recycle}
 
   @type affinity :: :hint | :strict_queue | :strict_fail_fast
   @type deadline :: integer() | :infinity
@@ -145,10 +150,12 @@ defmodule Krait.Pool.Scheduler do
     state = %{
       config: config,
       name: config.name,
-      # slot => %{worker_id, gen, failures, restarts, timer, start_failed, last_error}
+      # slot => %{worker_id, gen, failures, restarts, timer, start_failed, last_error, successor,
+      #           recycles, recycle_failures}
       slots: %{},
-      # worker_id => %{pid, slot, status, conn, os_pid, leases, calls, ready_at}; a worker is :busy
-      # when it holds `calls_per_worker` leases, and in `idle` while it has room for another
+      # worker_id => %{pid, slot, status, conn, os_pid, leases, calls, given, ready_at, recycle,
+      # successor_of, rss_mb}; a worker is :busy when it holds `calls_per_worker` leases, and in
+      # `idle` while it has room for another; :retiring once replaced (see Krait.Pool.Recycle)
       workers: %{},
       # monitor ref of a worker process => worker_id
       worker_mons: %{},
@@ -171,7 +178,11 @@ defmodule Krait.Pool.Scheduler do
       failing: nil,
       # a remote pool's slot => its endpoint (see Krait.Pool.Endpoints), and the DNS errors
       endpoints: %{},
-      dns_errors: []
+      dns_errors: [],
+      # workers recycled so far, by reason
+      recycled: Map.new(Recycle.reasons(), &{&1, 0}),
+      # the last worker's start, spawn to ready (ms): how early a replacement starts
+      startup_ms: 1_000
     }
 
     state =
@@ -291,6 +302,9 @@ defmodule Krait.Pool.Scheduler do
         state = put_in(state.workers[info.worker_id], w)
         state = update_in(state.slots[w.slot], &%{&1 | start_failed: false})
         state = %{state | failing: nil}
+        state = %{state | startup_ms: now() - w.spawned_at}
+        state = if w.successor_of, do: hand_over_slot(state, info.worker_id), else: state
+        schedule_age_check(state, info.worker_id)
         # one serve per lease it can give: each hands it to a waiter or lists it as idle
         state =
           Enum.reduce(1..state.config.calls_per_worker, state, fn _, acc ->
@@ -384,6 +398,45 @@ defmodule Krait.Pool.Scheduler do
 
   def handle_info(:resolve_endpoints, state), do: {:noreply, resolve_endpoints(state)}
 
+  # Recycling: a worker's RSS (each health tick), its age, a replacement's retry.
+  def handle_info({:krait_worker_rss, pid, mb}, state) do
+    case Enum.find(state.workers, fn {_wid, w} -> w.pid == pid end) do
+      {wid, _w} ->
+        state = put_in(state.workers[wid].rss_mb, mb)
+        {:noreply, check_recycle(state, wid)}
+
+      nil ->
+        {:noreply, state}
+    end
+  end
+
+  def handle_info({:recycle_check, wid}, state) do
+    state = check_recycle(state, wid)
+
+    # not yet (the start-up measure changed since the timer was set): look again later
+    case state.workers[wid] do
+      %{recycle: nil, status: status, ready_at: ready_at} when status in [:idle, :busy] ->
+        lead = Recycle.lead(state.startup_ms)
+        left = Recycle.age_timer(state.config.recycle, lead) - (now() - ready_at)
+        Process.send_after(self(), {:recycle_check, wid}, max(left, 10))
+
+      _ ->
+        :ok
+    end
+
+    {:noreply, state}
+  end
+
+  def handle_info({:recycle_retry, wid}, state) do
+    case state.workers[wid] do
+      %{recycle: reason, status: status} when reason != nil and status in [:idle, :busy] ->
+        {:noreply, start_successor(state, wid)}
+
+      _ ->
+        {:noreply, state}
+    end
+  end
+
   def handle_info(:sweep_sessions, state) do
     cutoff = now() - state.config.session_ttl
 
@@ -405,9 +458,9 @@ defmodule Krait.Pool.Scheduler do
   ## Placement: where a new checkout goes
 
   defp place(%{session: nil} = _req, state) do
-    case state.idle do
-      [wid | _] -> {:assign, wid, state}
-      [] -> unavailable_or_enqueue(state)
+    case pick_idle(state) do
+      nil -> unavailable_or_enqueue(state)
+      wid -> {:assign, wid, state}
     end
   end
 
@@ -424,6 +477,10 @@ defmodule Krait.Pool.Scheduler do
           nil ->
             {:error, :session_worker_unavailable, state}
 
+          # recycled: the session ended with it (its binding is normally dropped already)
+          %{status: :retiring} ->
+            first_call(req, %{state | sessions: Map.delete(state.sessions, sid)})
+
           %{status: :idle} ->
             {:assign, wid, state}
 
@@ -431,7 +488,7 @@ defmodule Krait.Pool.Scheduler do
             cond do
               affinity == :strict_fail_fast -> {:error, :worker_busy, state}
               affinity == :strict_queue -> {:enqueue, wid, state}
-              state.idle != [] -> {:assign, hd(state.idle), state}
+              state.idle != [] -> {:assign, pick_idle(state), state}
               true -> {:enqueue, :any, state}
             end
         end
@@ -439,17 +496,26 @@ defmodule Krait.Pool.Scheduler do
   end
 
   defp first_call(req, state) do
-    case state.idle do
-      [wid | _] ->
-        {:assign, wid, state}
-
-      [] when req.affinity == :strict_fail_fast and state.failing == nil ->
+    case pick_idle(state) do
+      nil when req.affinity == :strict_fail_fast and state.failing == nil ->
         {:error, :worker_busy, state}
 
-      [] ->
+      nil ->
         unavailable_or_enqueue(state)
+
+      wid ->
+        {:assign, wid, state}
     end
   end
+
+  # The idle worker a new call takes: the longest idle, passing over workers due for recycling
+  # (waiting for their replacement) while another is idle, so that they take few calls past their
+  # limit; they still serve when no other worker can.
+  defp pick_idle(%{idle: []}), do: nil
+  defp pick_idle(%{idle: [wid]}), do: wid
+
+  defp pick_idle(%{idle: [first | _] = idle, workers: workers}),
+    do: Enum.find(idle, first, &(workers[&1].recycle == nil))
 
   defp unavailable_or_enqueue(%{failing: nil} = state), do: {:enqueue, :any, state}
   defp unavailable_or_enqueue(state), do: {:error, {:workers_failing, state.failing}, state}
@@ -534,7 +600,7 @@ defmodule Krait.Pool.Scheduler do
 
   defp room?(state, wid) do
     case state.workers[wid] do
-      %{status: status, leases: leases} when status != :starting ->
+      %{status: status, leases: leases} when status in [:idle, :busy] ->
         length(leases) < state.config.calls_per_worker
 
       _ ->
@@ -581,6 +647,10 @@ defmodule Krait.Pool.Scheduler do
       %{worker: other} ->
         case state.workers[other] do
           nil when w.affinity == :hint ->
+            state = %{state | sessions: Map.delete(state.sessions, w.session)}
+            hand_over(state, w.ref, wid)
+
+          %{status: :retiring} ->
             state = %{state | sessions: Map.delete(state.sessions, w.session)}
             hand_over(state, w.ref, wid)
 
@@ -643,12 +713,12 @@ defmodule Krait.Pool.Scheduler do
     state =
       update_in(
         state.workers[wid],
-        &%{&1 | status: if(full?, do: :busy, else: :idle), leases: leases}
+        &%{&1 | status: if(full?, do: :busy, else: :idle), leases: leases, given: &1.given + 1}
       )
 
     # a worker with room for another call stays idle, at the back
     state = if full?, do: state, else: %{state | idle: state.idle ++ [wid]}
-    bind_session(state, req.session, wid)
+    state |> bind_session(req.session, wid) |> check_recycle(wid)
   end
 
   defp bind_session(state, nil, _wid), do: state
@@ -676,6 +746,12 @@ defmodule Krait.Pool.Scheduler do
     end
   end
 
+  defp released(state, lease, ref, %{status: :retiring} = w) do
+    w = %{w | leases: List.delete(w.leases, ref), calls: w.calls + 1}
+    state = put_in(state.workers[lease.worker_id], w)
+    if w.leases == [], do: retire(state, lease.worker_id), else: state
+  end
+
   defp released(state, lease, ref, w) do
     w = %{w | status: :idle, leases: List.delete(w.leases, ref), calls: w.calls + 1}
     state = put_in(state.workers[lease.worker_id], w)
@@ -697,16 +773,40 @@ defmodule Krait.Pool.Scheduler do
 
   ## Workers
 
+  @new_slot %{
+    failures: 0,
+    restarts: 0,
+    start_failed: false,
+    last_error: nil,
+    successor: nil,
+    recycles: 0,
+    recycle_failures: 0
+  }
+
   defp start_worker(state, slot, gen) do
     config = state.config
     wid = "#{config.id_prefix}-#{slot}.#{gen}"
+    prev = Map.get(state.slots, slot, @new_slot)
+    slot_state = Map.merge(prev, %{worker_id: wid, gen: gen, timer: nil})
+
+    case spawn_worker(state, slot, wid, nil) do
+      {:ok, state} ->
+        %{state | slots: Map.put(state.slots, slot, slot_state)}
+
+      {:error, reason} ->
+        Logger.error("Krait could not start worker #{wid}: #{inspect(reason)}", worker_id: wid)
+        error = %{worker_id: wid, reason: reason, output: ""}
+        slot_state = %{slot_state | start_failed: true, last_error: error}
+        state = %{state | slots: Map.put(state.slots, slot, slot_state)}
+        state |> check_failing(error) |> schedule_restart(slot)
+    end
+  end
+
+  # Starts worker `wid` in `slot` (a replacement for `successor_of`, or nil) and adds it, :starting.
+  defp spawn_worker(state, slot, wid, successor_of) do
+    config = state.config
     opts = Map.merge(config.worker, %{worker_id: wid, pool: self(), slot: slot})
     opts = if config.endpoints, do: Map.put(opts, :endpoint, state.endpoints[slot]), else: opts
-
-    prev =
-      Map.get(state.slots, slot, %{failures: 0, restarts: 0, start_failed: false, last_error: nil})
-
-    slot_state = Map.merge(prev, %{worker_id: wid, gen: gen, timer: nil})
 
     case DynamicSupervisor.start_child(config.worker_sup, {config.worker_module, opts}) do
       {:ok, pid} ->
@@ -723,23 +823,162 @@ defmodule Krait.Pool.Scheduler do
           os_pid: nil,
           leases: [],
           calls: 0,
-          ready_at: nil
+          given: 0,
+          spawned_at: now(),
+          ready_at: nil,
+          recycle: nil,
+          successor_of: successor_of,
+          rss_mb: nil
         }
 
-        %{
-          state
-          | slots: Map.put(state.slots, slot, slot_state),
-            workers: Map.put(state.workers, wid, worker),
-            worker_mons: Map.put(state.worker_mons, mon, wid)
-        }
+        {:ok,
+         %{
+           state
+           | workers: Map.put(state.workers, wid, worker),
+             worker_mons: Map.put(state.worker_mons, mon, wid)
+         }}
 
       {:error, reason} ->
-        Logger.error("Krait could not start worker #{wid}: #{inspect(reason)}", worker_id: wid)
-        error = %{worker_id: wid, reason: reason, output: ""}
-        slot_state = %{slot_state | start_failed: true, last_error: error}
-        state = %{state | slots: Map.put(state.slots, slot, slot_state)}
-        state |> check_failing(error) |> schedule_restart(slot)
+        {:error, reason}
     end
+  end
+
+  ## Recycling (the policy: Krait.Pool.Recycle)
+
+  defp schedule_age_check(state, wid) do
+    case Recycle.age_timer(state.config.recycle, Recycle.lead(state.startup_ms)) do
+      nil -> :ok
+      age -> Process.send_after(self(), {:recycle_check, wid}, age)
+    end
+  end
+
+  # Is the worker due? Then its replacement starts (the worker goes on serving meanwhile).
+  defp check_recycle(%{config: %{recycle: nil}} = state, _wid), do: state
+
+  defp check_recycle(state, wid) do
+    with %{status: status, recycle: nil} = w when status in [:idle, :busy] <- state.workers[wid],
+         lead = Recycle.lead(state.startup_ms),
+         reason when reason != nil <- Recycle.replace_now(state.config.recycle, w, now(), lead) do
+      Logger.info(
+        "Krait worker #{wid} is due for recycling (#{reason}; #{due_text(reason, w)}); " <>
+          "starting its replacement",
+        worker_id: wid
+      )
+
+      Krait.Telemetry.worker_recycling(state.name, wid, reason, w.given, w.rss_mb)
+      state = put_in(state.workers[wid].recycle, reason)
+      start_successor(state, wid)
+    else
+      _ -> state
+    end
+  end
+
+  defp due_text(:calls, w), do: "#{w.given} calls given"
+  defp due_text(:age, w), do: "up #{now() - w.ready_at} ms"
+  defp due_text(:rss_mb, w), do: "#{Float.round(w.rss_mb * 1.0, 1)} MiB resident"
+
+  defp start_successor(state, wid) do
+    %{slot: slot} = state.workers[wid]
+    s = state.slots[slot]
+
+    if s.successor != nil do
+      state
+    else
+      gen = s.gen + 1
+      successor = "#{state.config.id_prefix}-#{slot}.#{gen}"
+
+      case spawn_worker(state, slot, successor, wid) do
+        {:ok, state} ->
+          put_in(state.slots[slot], %{s | gen: gen, successor: successor})
+
+        {:error, reason} ->
+          Logger.error("Krait could not start #{successor}, replacing #{wid}: #{inspect(reason)}")
+          error = %{worker_id: successor, reason: reason, output: ""}
+          state = put_in(state.slots[slot], %{s | gen: gen, last_error: error})
+          retry_successor(state, wid)
+      end
+    end
+  end
+
+  # The replacement failed to start: the worker it was to replace goes on serving, and another
+  # replacement is tried after a backoff.
+  defp retry_successor(state, wid) do
+    slot = state.workers[wid].slot
+    s = state.slots[slot]
+    failures = s.recycle_failures + 1
+    delay = Recycle.retry_delay(failures, state.config.backoff_min, state.config.backoff_max)
+    Process.send_after(self(), {:recycle_retry, wid}, delay)
+    put_in(state.slots[slot], %{s | recycle_failures: failures, successor: nil})
+  end
+
+  # The replacement is ready: it is the slot's worker now; the worker it replaces takes no new call,
+  # forgets its sessions, gives its waiters back to the general queue, and stops once it is free.
+  defp hand_over_slot(state, successor) do
+    %{successor_of: old, slot: slot} = state.workers[successor]
+    state = put_in(state.workers[successor].successor_of, nil)
+
+    state =
+      update_in(
+        state.slots[slot],
+        &%{
+          &1
+          | worker_id: successor,
+            successor: nil,
+            recycle_failures: 0,
+            recycles: &1.recycles + 1
+        }
+      )
+
+    case state.workers[old] do
+      %{status: status} = w when status in [:idle, :busy] ->
+        sessions = for {sid, b} <- state.sessions, b.worker != old, into: %{}, do: {sid, b}
+        w = %{w | status: :retiring}
+
+        state = %{
+          state
+          | workers: Map.put(state.workers, old, w),
+            idle: List.delete(state.idle, old),
+            sessions: sessions
+        }
+
+        state = requeue_for_any(state, old)
+        if w.leases == [], do: retire(state, old), else: state
+
+      _ ->
+        state
+    end
+  end
+
+  # Callers waiting for a retiring worker (their session was bound to it) wait for any worker now,
+  # in their place: their session starts afresh wherever they land.
+  defp requeue_for_any(state, wid) do
+    {tree, own} = Map.pop(state.own, wid)
+    state = %{state | own: own}
+
+    if tree do
+      tree
+      |> :gb_trees.values()
+      |> Enum.reduce(state, fn ref, acc ->
+        insert_waiter(acc, %{acc.waiters[ref] | queue: :any})
+      end)
+    else
+      state
+    end
+  end
+
+  defp retire(state, wid) do
+    %{pid: pid, recycle: reason} = state.workers[wid]
+    GenServer.cast(pid, {:retire, reason})
+    state
+  end
+
+  # A retiring worker has stopped: it leaves; its slot has its replacement already.
+  defp retired(state, wid, w, reason) do
+    lifetime = if w.ready_at, do: now() - w.ready_at, else: 0
+    Krait.Telemetry.worker_down(state.name, wid, reason, :retiring)
+    Krait.Telemetry.worker_recycled(state.name, wid, w.recycle, lifetime, w.calls)
+    Krait.Metrics.recycled(state.name, w.recycle)
+    update_in(state.recycled[w.recycle], &(&1 + 1))
   end
 
   # A caller saw the worker's process or connection die during its call: the worker leaves the pool
@@ -768,6 +1007,38 @@ defmodule Krait.Pool.Scheduler do
         idle: List.delete(state.idle, wid)
     }
 
+    cond do
+      w.status == :retiring -> state |> drop_leases(w) |> retired(wid, w, reason)
+      w.successor_of != nil -> replacement_failed(state, wid, w, reason, output)
+      true -> slot_worker_down(state, wid, w, reason, output)
+    end
+  end
+
+  # A replacement died before it was ready: the worker it was to replace goes on serving.
+  defp replacement_failed(state, wid, w, reason, output) do
+    Krait.Telemetry.worker_down(state.name, wid, reason, :starting)
+    old = w.successor_of
+    error = %{worker_id: wid, reason: unwrap(reason), output: Enum.join(output, "\n")}
+
+    Logger.error(
+      "Krait worker #{error.worker_id}, replacing #{old}, failed to start (#{inspect(error.reason)}); " <>
+        "#{old} goes on serving"
+    )
+
+    state = put_in(state.slots[w.slot].last_error, error)
+
+    case state.workers[old] do
+      %{status: status} when status in [:idle, :busy] ->
+        retry_successor(state, old)
+
+      # the worker it was to replace is gone too: the slot restarts as after any failed start
+      _ ->
+        state = put_in(state.slots[w.slot].successor, nil)
+        restart_after_down(state, w, wid, reason, output)
+    end
+  end
+
+  defp slot_worker_down(state, wid, w, reason, output) do
     level = if w.status == :starting, do: :error, else: :warning
     Krait.Telemetry.worker_down(state.name, wid, reason, w.status)
 
@@ -775,26 +1046,39 @@ defmodule Krait.Pool.Scheduler do
       worker_id: wid
     )
 
-    # The caller holding it gets a transport error from its connection; its checkin will be ignored.
-    state =
-      Enum.reduce(w.leases, state, fn ref, acc ->
-        case acc.leases[ref] do
-          %{timer: timer} ->
-            if timer, do: :erlang.cancel_timer(timer)
-            Process.demonitor(ref, [:flush])
-            %{acc | leases: Map.delete(acc.leases, ref)}
-
-          _ ->
-            acc
-        end
-      end)
-
+    state = drop_leases(state, w)
     state = requeue_own_waiters(state, wid)
 
     # a retired slot (its endpoint left the DNS answer) is not restarted
-    if Map.has_key?(state.slots, w.slot),
-      do: restart_after_down(state, w, wid, reason, output),
-      else: state
+    cond do
+      not Map.has_key?(state.slots, w.slot) ->
+        state
+
+      # being replaced: the replacement, already starting, is the slot's worker now
+      (successor = state.slots[w.slot].successor) != nil ->
+        state = put_in(state.workers[successor].successor_of, nil)
+        state = put_in(state.slots[w.slot].worker_id, successor)
+        put_in(state.slots[w.slot].successor, nil)
+
+      true ->
+        restart_after_down(state, w, wid, reason, output)
+    end
+  end
+
+  # The callers holding a worker that went get a transport error from its connection; their
+  # checkins will be ignored.
+  defp drop_leases(state, w) do
+    Enum.reduce(w.leases, state, fn ref, acc ->
+      case acc.leases[ref] do
+        %{timer: timer} ->
+          if timer, do: :erlang.cancel_timer(timer)
+          Process.demonitor(ref, [:flush])
+          %{acc | leases: Map.delete(acc.leases, ref)}
+
+        _ ->
+          acc
+      end
+    end)
   end
 
   defp restart_after_down(state, w, wid, reason, output) do
@@ -973,7 +1257,8 @@ defmodule Krait.Pool.Scheduler do
 
   ## Stats and readiness
 
-  defp ready_count(state), do: Enum.count(state.workers, fn {_, w} -> w.status != :starting end)
+  defp ready_count(state),
+    do: Enum.count(state.workers, fn {_, w} -> w.status in [:idle, :busy] end)
 
   defp notify_awaiting(%{awaiting: []} = state), do: state
 
@@ -987,7 +1272,12 @@ defmodule Krait.Pool.Scheduler do
   end
 
   defp build_stats(state) do
-    by_slot = Map.new(state.workers, fn {wid, w} -> {w.slot, {wid, w}} end)
+    # a slot's worker: not a replacement still starting, not a retiring one
+    by_slot =
+      for {wid, w} <- state.workers,
+          w.status != :retiring and w.successor_of == nil,
+          into: %{},
+          do: {w.slot, {wid, w}}
 
     workers =
       for {slot, s} <- Enum.sort(state.slots) do
@@ -1005,6 +1295,10 @@ defmodule Krait.Pool.Scheduler do
               in_flight: length(w.leases),
               calls: w.calls,
               restarts: s.restarts,
+              recycles: s.recycles,
+              recycle: w.recycle,
+              replacement: s.successor,
+              rss_mb: w.rss_mb,
               last_error: s.last_error
             }
 
@@ -1021,6 +1315,10 @@ defmodule Krait.Pool.Scheduler do
               in_flight: 0,
               calls: 0,
               restarts: s.restarts,
+              recycles: s.recycles,
+              recycle: nil,
+              replacement: s.successor,
+              rss_mb: nil,
               last_error: s.last_error
             }
         end
@@ -1040,7 +1338,14 @@ defmodule Krait.Pool.Scheduler do
       # the token of a pool whose started workers listen (see Krait.Pool.Config): what other
       # callers of those ports need
       token: if(state.config.token, do: state.config.token.()),
-      workers: workers
+      workers: workers,
+      # replaced workers finishing their calls (see Krait.Pool.Recycle), and the count so far by reason
+      retiring:
+        for(
+          {wid, %{status: :retiring} = w} <- Enum.sort(state.workers),
+          do: %{id: wid, slot: w.slot, reason: w.recycle, in_flight: length(w.leases), pid: w.pid}
+        ),
+      recycled: state.recycled
     }
   end
 
