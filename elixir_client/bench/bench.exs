@@ -177,7 +177,7 @@ defmodule KraitBench do
   @unary_path "/krait.v1.ToolWorker/ExecuteTool"
 
   defp unary_latency(pool, %{"latency_calls" => calls, "runs" => runs}) do
-    {channel, target} = worker_channel(pool)
+    {channel, target, token} = worker_channel(pool)
 
     request =
       Krait.Proto.ExecuteToolRequest.encode(%Krait.Proto.ExecuteToolRequest{
@@ -198,7 +198,7 @@ defmodule KraitBench do
       Stats.median_of(runs, fn ->
         pool_us = samples(calls, via_pool)
         channel_us = samples(calls, via_channel)
-        grpcio = grpcio_latency(target, calls)
+        grpcio = grpcio_latency(target, token, calls)
 
         %{
           ex_unary_p50_us: Stats.percentile(pool_us, 50),
@@ -231,18 +231,22 @@ defmodule KraitBench do
 
   defp samples(n, fun), do: for(_ <- 1..n, do: elem(Stats.timed(fun), 0))
 
-  # The worker's channel (the local link) and its exposed gRPC address: a lease and the pool's stats.
+  # The worker's channel (the local link), its exposed gRPC address and the token the pool gave it: a lease
+  # and the pool's stats.
   defp worker_channel(pool) do
     {:ok, lease} = Krait.Pool.Scheduler.checkout(pool, nil, :hint, :infinity)
     Krait.Pool.Scheduler.checkin(lease)
-    [%{grpc_port: port}] = Krait.Pool.stats(pool).workers
-    {{lease.channel, lease.conn}, "127.0.0.1:#{port}"}
+    %{workers: [%{grpc_port: port}], token: token} = Krait.Pool.stats(pool)
+    {{lease.channel, lease.conn}, "127.0.0.1:#{port}", token}
   end
 
   # grpcio's own client (scripts/benchmarks/raw_grpc.py) calling the same tool on the same worker.
-  defp grpcio_latency(target, calls) do
+  defp grpcio_latency(target, token, calls) do
     args = ["-m", "scripts.benchmarks.raw_grpc", "latency", target, Integer.to_string(calls)]
-    {out, 0} = System.cmd(@python, args, cd: Process.get(:worker_root))
+
+    {out, 0} =
+      System.cmd(@python, args, cd: Process.get(:worker_root), env: [{"KRAIT_TOKEN", token}])
+
     out |> String.split("\n", trim: true) |> List.last() |> Krait.JSON.decode!()
   end
 

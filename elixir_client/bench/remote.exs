@@ -1,4 +1,4 @@
-# Remote pools: the same showcase worker reached over TLS with a token and in plain text, and a call
+# Remote pools: the same showcase worker reached over TLS and in plain text (a token both ways), and a call
 # served by another BEAM node's worker beside one served by the local node's (two :peer nodes,
 # distribution and epmd on 127.0.0.1 only; an epmd the benchmark started is stopped after). Prints `BENCH {json}`
 # lines like bench.exs; scripts/bench runs it after bench.exs. Row 10's limit: bare sockets, TLS and plain, reading
@@ -43,7 +43,8 @@ defmodule KraitRemoteBench do
     ]
 
     try do
-      plain = measure(cfg, [], [])
+      # both with the token (every listening worker wants one): what differs is TLS alone
+      plain = measure(cfg, ["--token-file", token_file], token: "bench-token")
 
       tls =
         measure(cfg, tls_args, tls: [cacertfile: Path.join(dir, "ca.pem")], token: "bench-token")

@@ -14,6 +14,7 @@ worker) and prints ``{"p50": us, "p99": us}``.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -84,18 +85,20 @@ def percentile(samples: Sequence[float], p: float) -> float:
 
 
 def worker_latency(target: str, calls: int, warmup: int = 200) -> list[float]:
-    """Microseconds of ``calls`` warm ExecuteTool(add) calls to a Krait worker, through a plain grpcio stub."""
+    """Microseconds of ``calls`` warm ExecuteTool(add) calls to a Krait worker, through a plain grpcio stub (with
+    the token in ``$KRAIT_TOKEN``, as every call to a listening worker carries one)."""
     from python_worker.proto import pb, pb_grpc
 
+    auth = (("authorization", f"Bearer {os.environ['KRAIT_TOKEN']}"),) if os.environ.get("KRAIT_TOKEN") else ()
     with grpc.insecure_channel(target, options=OPTIONS) as channel:
         stub = pb_grpc.ToolWorkerStub(channel)
         request = pb.ExecuteToolRequest(tool_name="add", args_json='{"a": 1, "b": 2}')
         for _ in range(warmup):
-            stub.ExecuteTool(request, timeout=10)
+            stub.ExecuteTool(request, timeout=10, metadata=auth)
         samples = []
         for _ in range(calls):
             started = time.perf_counter()
-            stub.ExecuteTool(request, timeout=10)
+            stub.ExecuteTool(request, timeout=10, metadata=auth)
             samples.append((time.perf_counter() - started) * 1e6)
     return samples
 

@@ -385,7 +385,7 @@ def table(r: dict[str, float]) -> list[tuple[str, str, str, str]]:
     ):
         tls, plain = get(f"{key}_tls"), get(f"{key}_plain")
         row(
-            f"10. remote pool over TLS + token vs plain text: {label}",
+            f"10. remote pool over TLS + token vs plain text + token: {label}",
             "n/a" if tls is None or plain is None else f"{tls:,.0f} vs {plain:,.0f}{unit}",
             ratio(tls, plain, "x plain"),
             target,
