@@ -141,9 +141,10 @@ defmodule Krait.Call do
   @doc false
   @spec stream(String.t(), term(), keyword()) :: Enumerable.t()
   def stream(tool, args, opts) do
-    # Options and arguments are checked now; the deadline starts when enumeration starts.
+    # Options and arguments are checked now; the pool and the deadline when enumeration starts (a stream
+    # may be made on one node and run on another, whose pools it then uses).
     {o, request} =
-      with {:ok, o} <- options(opts),
+      with {:ok, o} <- validate_options(opts),
            {:ok, request} <- build_request(tool, args, o) do
         {o, request}
       else
@@ -153,7 +154,10 @@ defmodule Krait.Call do
     wrong_rpc = "not a streaming tool: call it with Krait.execute/3"
 
     Stream.resource(
-      fn -> lazy_start(tool, request, o, wrong_rpc) end,
+      fn ->
+        with {:error, error} <- check_pool(o.pool), do: raise(error)
+        lazy_start(tool, request, o, wrong_rpc)
+      end,
       &lazy_next_noting_error/1,
       &lazy_after/1
     )
@@ -228,8 +232,9 @@ defmodule Krait.Call do
   @doc false
   @spec options(term()) :: {:ok, options()} | {:error, Error.t()}
   def options(opts) do
-    with :ok <- check_pool(opts) do
-      validate_options(opts)
+    with {:ok, o} <- validate_options(opts),
+         :ok <- check_pool(o.pool) do
+      {:ok, o}
     end
   end
 
@@ -271,9 +276,9 @@ defmodule Krait.Call do
   # `:pool` must name a running Krait pool before anything is sent to it: a call to any other process
   # would crash the caller (or that process, on an unexpected message). Every pool, local or remote,
   # owns a metrics table named after it from its start to its end: one ETS lookup, no message.
-  defp check_pool(opts) when is_list(opts) do
-    pool = if Keyword.keyword?(opts), do: Keyword.get(opts, :pool, Krait.Pool), else: Krait.Pool
-
+  # Checked after the options' types: a wrong type is :invalid_argument, a pid or a name that is no
+  # pool's is :pool.
+  defp check_pool(pool) do
     cond do
       is_atom(pool) and pool not in [nil, true, false] and
           :ets.whereis(Krait.Metrics.table(pool)) != :undefined ->
@@ -292,8 +297,6 @@ defmodule Krait.Call do
          }}
     end
   end
-
-  defp check_pool(_opts), do: :ok
 
   defp options_for_session(o, session_id) when is_binary(session_id) and session_id != "",
     do: {:ok, %{o | session_id: session_id, affinity: :strict_queue}}

@@ -39,7 +39,7 @@ defmodule Krait.Call.BadInputTest do
   end
 
   describe ":pool naming something that is not a pool" do
-    test "a pid, an unregistered atom or any other term is a :pool error, and no message is sent" do
+    test "a pid or a name that is no pool's is a :pool error, a wrong type a wrong option; nothing is sent" do
       other = spawn(fn -> receive do: (:stop -> :ok) end)
       {:ok, agent} = Agent.start_link(fn -> :untouched end)
 
@@ -48,10 +48,7 @@ defmodule Krait.Call.BadInputTest do
             {other, :not_a_pool},
             {agent, :not_a_pool},
             {{:global, :nothing_here}, :not_a_pool},
-            {"MyPool", :not_a_pool},
-            {42, :not_a_pool},
-            {:no_such_pool, :pool_not_running},
-            {nil, :not_a_pool}
+            {:no_such_pool, :pool_not_running}
           ] do
         for result <- outcomes("add", %{a: 1, b: 2}, pool: pool, timeout: 2_000) do
           assert {:error, %Error{category: :pool, details: %{reason: ^reason}} = e} = result
@@ -59,6 +56,14 @@ defmodule Krait.Call.BadInputTest do
         end
 
         assert {:error, %Error{category: :pool}} = Krait.list_tools(pool: pool)
+      end
+
+      # a value of the wrong type is a wrong option, named as such (before any pool is looked for)
+      for pool <- ["MyPool", 42, [1], nil] do
+        for result <- outcomes("add", %{a: 1, b: 2}, pool: pool, timeout: 2_000) do
+          assert {:error, %Error{category: :invalid_argument, message: message}} = result
+          assert message =~ "option :pool must be a pool name"
+        end
       end
 
       # neither process got a checkout request: the agent is alive with its state, nothing arrived here
