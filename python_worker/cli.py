@@ -217,7 +217,7 @@ def _health(ns: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line's parser (the deployment manifests' commands are checked against it)."""
-    from .transports.http.server import MAX_JSON_BYTES, RECEIPT_TIMEOUT_S  # the front's defaults (no uvicorn)
+    from .transports.http.defaults import MAX_JSON_BYTES, RECEIPT_TIMEOUT_S
 
     prog = "krait-worker" if os.path.basename(sys.argv[0]) == "krait-worker" else "python -m python_worker"
     parser = argparse.ArgumentParser(prog=prog, description="Krait Python worker")

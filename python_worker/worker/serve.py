@@ -46,7 +46,7 @@ from ..metrics import WorkerMetrics, serve_http
 from ..proto import pb
 from ..sdk import AdapterPathError, BaseAdapter, load_adapter
 from ..transports.grpc.server import GrpcServer
-from ..transports.http.server import MAX_JSON_BYTES, RECEIPT_TIMEOUT_S
+from ..transports.http.defaults import MAX_JSON_BYTES, RECEIPT_TIMEOUT_S
 from ..transports.link import LinkServer
 from ..transports.link_io import READY, FrameReader, FrameWriter
 from ..transports.security import SecurityConfigError, ServerSecurity, generate_token

@@ -32,7 +32,7 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..security import is_loopback
-from .server import RECEIPT_TIMEOUT_S
+from .defaults import RECEIPT_TIMEOUT_S
 
 _BUSY = (
     b'{"error":{"type":"TooManyConnections","message":"the worker has too many open connections","code":"UNAVAILABLE"}}'

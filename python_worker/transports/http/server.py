@@ -20,9 +20,7 @@ from typing import Any
 
 from ...engine import Engine
 from ..security import ServerSecurity
-
-MAX_JSON_BYTES = 16 << 20  # a JSON body (a call's arguments, a WebSocket frame) by default
-RECEIPT_TIMEOUT_S = 10.0  # a connection's time to deliver a complete request head (connections.py)
+from .defaults import MAX_JSON_BYTES, RECEIPT_TIMEOUT_S
 
 log = logging.getLogger("krait.worker")
 
@@ -71,9 +69,10 @@ class HttpServer:
         try:
             import uvicorn
 
-            from .app import Front, build_app
+            from .app import build_app
             from .auth import Auth
             from .connections import Connections, Limits, default_max_connections, protocol_class
+            from .front import Front
         except ImportError as exc:
             raise HttpUnavailable(f"{MISSING} ({exc})") from None
         # a JSON body is parsed into Python objects many times its size: its own, smaller limit

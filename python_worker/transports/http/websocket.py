@@ -24,7 +24,7 @@ from .errors import HttpError, cancelled, invalid
 from .feed import StreamFeed
 
 if TYPE_CHECKING:
-    from .app import Front
+    from .front import Front
 
 PARSE_INLINE_BYTES = 64 << 10  # frames up to this size are parsed on the event loop
 

@@ -57,7 +57,7 @@ MetadataOf = Callable[[Any], dict[str, str]]
 
 class Live:
     """The calls in flight of one MCP server that is not the HTTP front's (stdio): what stops them all when
-    the worker stops (the HTTP front has its own, :meth:`..http.app.Front.track`)."""
+    the worker stops (the HTTP front has its own, :meth:`..http.front.Front.track`)."""
 
     def __init__(self) -> None:
         self._cancels: set[Callable[[BaseException], None]] = set()

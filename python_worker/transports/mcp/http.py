@@ -1,9 +1,9 @@
 """MCP's Streamable HTTP at ``/mcp`` on the HTTP front: the ``mcp`` package's session manager behind the
 front's own gate.
 
-Every request to ``/mcp`` first passes :meth:`..http.app.Front.guard`, as every ``/v1`` route does: the Host
+Every request to ``/mcp`` first passes :meth:`..http.front.Front.guard`, as every ``/v1`` route does: the Host
 check, the origin checks, the token (``Authorization: Bearer``; a wrong or missing one answered 401 after the
-shared penalty, :meth:`~..http.app.Front.refusal`) and a stopping worker's 503. The package's own DNS-rebinding
+shared penalty, :meth:`~..http.front.Front.refusal`) and a stopping worker's 503. The package's own DNS-rebinding
 settings are left off: the front's are the rules. A body over the front's JSON limit is refused 413 with a
 JSON-RPC error before it is read (the package refuses a chunked one as it passes the limit).
 
@@ -14,7 +14,7 @@ until the worker stops.
 Sessions are stateful (``Mcp-Session-Id``): each MCP session is a Krait session, ``mcp:<Mcp-Session-Id>`` (the
 state a tool keeps with ``ctx.session``). Responses to calls are SSE streams, so a stream's progress reaches the
 client as it happens. Calls count against ``--max-calls`` with every other front's, and the worker's stop
-cancels them with the rest (:meth:`~..http.app.Front.cancel_all`).
+cancels them with the rest (:meth:`~..http.front.Front.cancel_all`).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from .calls import Calls
 from .server import build_server
 
 if TYPE_CHECKING:
-    from ..http.app import Front
+    from ..http.front import Front
 
 SESSION_IDLE_TIMEOUT_S = 30 * 60  # an MCP session with nothing in flight for this long is closed (the package's)
 MAX_SESSIONS = 1000
