@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import queue
+import select
 import socket
 import ssl
 import struct
@@ -68,8 +70,9 @@ def _frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
 
 class RawH2:
     """One HTTP/2 connection opening gRPC calls with HEADERS only (never DATA: the request message never comes).
-    A reader thread acknowledges the server's SETTINGS and PINGs (a peer that does not is dropped) and counts
-    the calls the server has ended (trailers or RST_STREAM)."""
+    One thread does all of the socket's I/O (an SSL socket must not be read and written from two threads at once):
+    it writes what :meth:`open_calls` hands it, acknowledges the server's SETTINGS and PINGs (a peer that does
+    not is dropped) and counts the calls the server has ended (trailers or RST_STREAM)."""
 
     def __init__(self, host: str, port: int, *, ca: str | None = None) -> None:
         sock = socket.create_connection((host, port), timeout=10)
@@ -77,17 +80,21 @@ class RawH2:
             context = ssl.create_default_context(cafile=ca)
             context.set_alpn_protocols(["h2"])
             sock = context.wrap_socket(sock, server_hostname=host)
-        sock.settimeout(None)
+        sock.settimeout(1.0)  # a TLS record arriving in parts: the I/O thread waits for the rest, briefly
         self.sock = sock
         self.scheme = "https" if ca else "http"
         self.authority = f"{host}:{port}"
         self.next_id = 1
         self.ended: set[int] = set()
         self.closed = threading.Event()  # the server closed the connection (or GOAWAY)
-        self._lock = threading.Lock()
-        self._send(PREFACE + _frame(SETTINGS, 0, 0))
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        self._outbox: queue.Queue[tuple[bytes, threading.Event]] = queue.Queue()
+        self._stopping = threading.Event()
+        self._received = bytearray()
+        # the preface before anything else, the server's SETTINGS acknowledgement included: written here, before
+        # the I/O thread starts
+        sock.sendall(PREFACE + _frame(SETTINGS, 0, 0))
+        self._io = threading.Thread(target=self._run, daemon=True)
+        self._io.start()
 
     def open_calls(self, count: int, path: str = EXECUTE, bearer: str | None = None) -> None:
         headers = [
@@ -108,41 +115,60 @@ class RawH2:
         self._send(bytes(frames))
 
     def _send(self, data: bytes) -> None:
-        with self._lock:
-            self.sock.sendall(data)
+        """Hand ``data`` to the I/O thread and wait until it is written (or the connection is gone)."""
+        written = threading.Event()
+        self._outbox.put((data, written))
+        while not written.wait(0.05):
+            if self.closed.is_set():
+                raise ConnectionError("the connection is closed")
 
-    def _recv_exact(self, size: int) -> bytes:
-        data = bytearray()
-        while len(data) < size:
-            part = self.sock.recv(size - len(data))
-            if not part:
-                raise ConnectionError("closed")
-            data += part
-        return bytes(data)
-
-    def _read(self) -> None:
+    def _run(self) -> None:
         try:
-            while True:
-                head = self._recv_exact(9)
-                length = int.from_bytes(head[:3], "big")
-                kind, flags, stream = head[3], head[4], int.from_bytes(head[5:], "big") & 0x7FFFFFFF
-                payload = self._recv_exact(length)
-                if kind == SETTINGS and not flags & ACK:
-                    self._send(_frame(SETTINGS, ACK, 0))
-                elif kind == PING and not flags & ACK:
-                    self._send(_frame(PING, ACK, 0, payload))
-                elif (kind == HEADERS and flags & END_STREAM) or kind == RST_STREAM:
-                    self.ended.add(stream)
-                elif kind == GOAWAY:
-                    self.closed.set()
+            while not self._stopping.is_set():
+                with contextlib.suppress(queue.Empty):
+                    while True:
+                        data, written = self._outbox.get_nowait()
+                        self.sock.sendall(data)
+                        written.set()
+                pending = isinstance(self.sock, ssl.SSLSocket) and self.sock.pending()
+                if not pending and not select.select([self.sock], [], [], 0.02)[0]:
+                    continue
+                try:
+                    part = self.sock.recv(65536)
+                except TimeoutError:
+                    continue
+                if not part:
+                    raise ConnectionError("closed")
+                self._received += part
+                self._frames()
         except (OSError, ConnectionError, ValueError):
+            pass
+        finally:
             self.closed.set()
 
+    def _frames(self) -> None:
+        while len(self._received) >= 9:
+            length = int.from_bytes(self._received[:3], "big")
+            if len(self._received) < 9 + length:
+                return
+            head, payload = bytes(self._received[:9]), bytes(self._received[9 : 9 + length])
+            del self._received[: 9 + length]
+            kind, flags, stream = head[3], head[4], int.from_bytes(head[5:], "big") & 0x7FFFFFFF
+            if kind == SETTINGS and not flags & ACK:
+                self.sock.sendall(_frame(SETTINGS, ACK, 0))
+            elif kind == PING and not flags & ACK:
+                self.sock.sendall(_frame(PING, ACK, 0, payload))
+            elif (kind == HEADERS and flags & END_STREAM) or kind == RST_STREAM:
+                self.ended.add(stream)
+            elif kind == GOAWAY:
+                self.closed.set()
+
     def close(self) -> None:
+        self._stopping.set()
+        self._io.join(5)
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
-        self._reader.join(5)
 
 
 def _threads(pid: int) -> int:
