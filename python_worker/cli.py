@@ -180,7 +180,14 @@ def _call(ns: argparse.Namespace) -> int:
             else:
                 print(_show(client.call(ns.tool, args)))
         except KraitError as exc:
-            print(f"error ({exc.code.name}): {exc.message}", file=sys.stderr)
+            message = exc.message
+            if exc.type == "WrongRpc":  # the client's own words name Python methods: here it is a flag
+                message = f"WrongRpc: {ns.tool} is {'not ' if ns.stream else ''}a streaming tool: " + (
+                    "call it without --stream" if ns.stream else "call it with --stream"
+                )
+            print(f"error ({exc.code.name}): {message}", file=sys.stderr)
+            if exc.details:
+                print(f"details: {json.dumps(exc.details)}", file=sys.stderr)
             if exc.traceback and ns.verbose:
                 print(exc.traceback, file=sys.stderr)
             return 1

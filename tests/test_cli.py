@@ -44,6 +44,21 @@ def test_cli_call_and_tools() -> None:
         assert failed.returncode == 1
         assert "error (INVALID_ARGUMENT): ArgumentError: add: missing required argument 'b'" in failed.stderr
 
+        def call(*args: str) -> subprocess.CompletedProcess[str]:
+            command = [*run, "call", *args, "--target", worker.target]
+            return subprocess.run(command, cwd=ROOT, capture_output=True, timeout=30, text=True)
+
+        # the wrong kind of call is told in the CLI's own terms: a flag, not a Python method
+        unary = call("stream_progress")
+        assert unary.returncode == 1
+        assert "stream_progress is a streaming tool: call it with --stream" in unary.stderr, unary.stderr
+        streamed = call("add", "--args", '{"a": 1, "b": 2}', "--stream")
+        assert "add is not a streaming tool: call it without --stream" in streamed.stderr, streamed.stderr
+        # an error's details (the exception's public fields) are printed, traceback only with -v
+        quota = call("quota", "--args", '{"retry_after": 2.5}')
+        assert 'details: {"retry_after": 2.5, "limit": 100}' in quota.stderr, quota.stderr
+        assert "Traceback" not in quota.stderr and "Traceback" in call("quota", "-v").stderr
+
 
 def test_the_cli_finds_the_token_in_its_flag_then_krait_token_then_krait_token_file(tmp_path: Path) -> None:
     token = os.environ["KRAIT_TOKEN"]  # the worker's (the session's)

@@ -203,6 +203,13 @@ def _start_failure(adapter: str) -> tuple[int, list[dict]]:
         ("krait_no_such_package.adapter:Thing", "No module named 'krait_no_such_package'"),
         ("adapters.showcase", "adapter must be given as module:Class"),
         ("tests.fixtures.broken:NOT_AN_ADAPTER", "is not a subclass of python_worker.BaseAdapter"),
+        # a file path instead of a module: the dotted form, and where modules are imported from
+        (
+            "tests/fixtures/broken.py:SetupFails",
+            "name the module as Python imports it, tests.fixtures.broken:SetupFails, from the directory that holds "
+            f"it ({ROOT})",
+        ),
+        ("krait_no_such_package.adapter:Thing", f"(modules are imported from {ROOT})"),
     ],
 )
 def test_an_adapter_that_cannot_be_found_is_one_error_record_without_traceback(adapter: str, cause: str) -> None:
@@ -222,6 +229,12 @@ def test_an_adapter_that_cannot_be_found_is_one_error_record_without_traceback(a
             'tests/fixtures/broken_import.py", line',
         ),
         ("tests.fixtures.broken:SetupFails", "RuntimeError: the instrument is not connected", "in setup"),
+        (
+            "tests.fixtures.needs_extra:Adapter",
+            "ModuleNotFoundError: No module named 'scipy' (scipy comes with Krait's 'adapters' extra: "
+            "pip install 'krait[adapters]')",
+            'tests/fixtures/needs_extra.py", line',
+        ),
     ],
 )
 def test_an_adapter_failing_in_its_own_code_is_one_error_record_with_its_traceback(

@@ -17,6 +17,25 @@ def test_generator_without_streaming_flag_is_refused() -> None:
                 yield 1
 
 
+def test_a_tool_without_self_is_refused_at_import_not_at_every_call() -> None:
+    with pytest.raises(
+        TypeError,
+        match=r"tool .*add: a tool is a method of its adapter: its first parameter must be self \('a' first\)",
+    ):
+
+        class NoSelf(BaseAdapter):
+            @tool
+            def add(a: float, b: float) -> float:  # type: ignore[misc]  # the mistake under test
+                return a + b
+
+    with pytest.raises(TypeError, match=r"its first parameter must be self \(no parameter\)"):
+
+        class Nothing(BaseAdapter):
+            @tool
+            def ping() -> str:  # type: ignore[misc]
+                return "pong"
+
+
 def test_description_defaults_to_docstring_and_streaming_to_generator() -> None:
     class A(BaseAdapter):
         @tool

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 from typing import Any, ClassVar
 
 from .context import Session
@@ -54,6 +55,22 @@ class BaseAdapter:
         return specs
 
 
+# third-party modules the bundled adapters and fronts need, and the extra that installs each
+_EXTRAS = {
+    "scipy": "adapters",
+    "sklearn": "adapters",
+    "sounddevice": "adapters",
+    "qcodes": "qcodes",
+    "pandas": "dataframes",
+    "pyarrow": "dataframes",
+}
+
+
+def _search_root() -> str:
+    """Where a worker imports adapters from first: its working directory (``python -m`` puts it on the path)."""
+    return os.getcwd()
+
+
 class AdapterPathError(ValueError):
     """``module:Class`` names no adapter class: malformed, no such module or class, or not a BaseAdapter.
 
@@ -66,12 +83,23 @@ def load_adapter(path: str) -> BaseAdapter:
     module_name, sep, class_name = path.partition(":")
     if not sep or not module_name or not class_name:
         raise AdapterPathError(f"adapter must be given as module:Class, got {path!r}")
+    if "/" in module_name or module_name.endswith(".py"):
+        dotted = module_name.removesuffix(".py").strip("/").replace("/", ".")
+        raise AdapterPathError(
+            f"{module_name!r} is a file path: name the module as Python imports it, {dotted}:{class_name}, "
+            f"from the directory that holds it ({_search_root()})"
+        )
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         # the adapter's module (or a package above it) is missing; a module *it* imports is its own error
         if exc.name is not None and (module_name == exc.name or module_name.startswith(exc.name + ".")):
-            raise AdapterPathError(f"No module named {exc.name!r}") from None
+            raise AdapterPathError(
+                f"No module named {exc.name!r} (modules are imported from {_search_root()})"
+            ) from None
+        hint = _EXTRAS.get((exc.name or "").partition(".")[0])
+        if hint is not None:
+            exc.add_note(f"{exc.name} comes with Krait's {hint!r} extra: pip install 'krait[{hint}]'")
         raise
     try:
         cls: Any = getattr(module, class_name)

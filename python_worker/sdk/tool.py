@@ -276,8 +276,14 @@ def build_spec(func: Callable[..., Any]) -> ToolSpec:
     context_param = None
     extra: Literal["forbid", "allow"] = "forbid"
     kind: Kind = info.get("kind", "function")
+    first = next(iter(signature.parameters.values()), None)
+    if first is None or first.name != "self" or first.kind not in (first.POSITIONAL_ONLY, first.POSITIONAL_OR_KEYWORD):
+        # caught here, at import: called on the adapter instance, it would fail at every call ("got multiple
+        # values for argument ...")
+        got = "no parameter" if first is None else f"{first.name!r} first"
+        raise TypeError(f"{where}: a tool is a method of its adapter: its first parameter must be self ({got})")
     for index, param in enumerate(signature.parameters.values()):
-        if index == 0 and param.name == "self":
+        if index == 0:
             continue
         annotation = hints.get(param.name, Any)
         if unwrap_optional(annotation) is ToolContext or (param.name in ("ctx", "context") and annotation is Any):

@@ -402,7 +402,8 @@ def _load(path: str) -> BaseAdapter:
     except AdapterPathError as exc:
         log.error("cannot load adapter %s: %s", path, exc)
     except Exception as exc:
-        log.error("adapter %s failed to load: %s: %s", path, type(exc).__name__, exc, exc_info=exc)
+        notes = "".join(f" ({note})" for note in getattr(exc, "__notes__", ()))  # what to install, say
+        log.error("adapter %s failed to load: %s: %s%s", path, type(exc).__name__, exc, notes, exc_info=exc)
     stop_group()  # whatever its setup started
     exit_now(1)
 
