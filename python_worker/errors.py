@@ -94,6 +94,19 @@ def _tool_frames(trace: TracebackType | None) -> TracebackType | None:
     return trace
 
 
+def tool_traceback(exc: BaseException) -> str | None:
+    """``exc``'s traceback from the tool's first frame on (the worker's own frames above it dropped), or None when
+    no frame lies outside the worker: then it is a failure of Krait itself, whose whole traceback matters."""
+    trace = exc.__traceback__
+    frames = []
+    while trace is not None:
+        frames.append(trace.tb_frame.f_code.co_filename)
+        trace = trace.tb_next
+    if all(name.startswith(_FRAMEWORK) for name in frames):
+        return None
+    return "".join(tb.format_exception(type(exc), exc, _tool_frames(exc.__traceback__)))
+
+
 def clip(text: str, limit: int = MAX_NAME_CHARS) -> str:
     """``text``, or its first ``limit`` characters and how long it was."""
     if len(text) <= limit:

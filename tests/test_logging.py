@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 import pytest
 
-from python_worker.client import Client
+from python_worker.client import Client, KraitError
 from python_worker.proto import pb, pb_grpc
 
 from .support import eventually, insecure_channel
@@ -115,3 +115,24 @@ def test_text_format_names_the_worker_once_and_the_call(tmp_path: Path) -> None:
     serving = next(line for line in lines.splitlines() if "serving" in line)
     assert serving.count("w-text") == 1 and " INFO [w-text] krait.worker: serving " in serving
     assert " WARNING [w-text log_records call=call-t] tests.hostile: warning: t1" in lines
+
+
+def test_a_tools_exception_is_one_error_line_and_its_traceback_without_krait_frames_is_at_debug(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "worker.log"
+    args = ("--log-format", "json", "--log-level", "debug", "--worker-id", "w-debug")
+    with log.open("wb") as sink, running_worker(HOSTILE, *args, stderr=sink) as worker:
+        with Client(worker.target, timeout=10) as client, pytest.raises(KraitError) as info:
+            client.execute("fails", message="the instrument is not connected")
+        assert "ValueError: the instrument is not connected" in info.value.traceback  # the caller has it whole
+        failed = record(log, message="ExecuteTool fails failed")
+        assert failed["level"] == "ERROR" and "exception" not in failed
+        assert failed["message"] == "ExecuteTool fails failed: ValueError: the instrument is not connected"
+        trace = record(log, message="ExecuteTool fails: the tool's traceback:")
+        assert trace["level"] == "DEBUG" and trace["tool"] == "fails"
+        assert 'tests/fixtures/hostile.py", line' in trace["message"] and "in fails" in trace["message"]
+        assert "python_worker/" not in trace["message"]  # Krait's own frames never
+        assert trace["message"].rstrip().endswith("ValueError: the instrument is not connected")
+    # at the default level (info) the failure is that one line
+    assert sum("fails" in r.get("message", "") for r in records(log) if r["level"] != "DEBUG") == 1

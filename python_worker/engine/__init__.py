@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 
 from .. import tracing
-from ..errors import CallError, InvalidArguments, Overloaded, as_call_error, clip, to_status
+from ..errors import CallError, InvalidArguments, Overloaded, as_call_error, clip, to_status, tool_traceback
 from ..logs import CALL_ID_HEADER, CURRENT_CALL, CallInfo, call_ended, call_id_from, clean_call_id, in_call, with_trace
 from ..metrics import UNKNOWN_TOOL, WorkerMetrics, exposition
 from ..proto import pb
@@ -307,8 +307,9 @@ class Engine:
 
     # -- errors ---------------------------------------------------------------------------------------------
     def status(self, exc: BaseException, rpc: str, tool_name: str = "") -> grpc.Status:
-        """The status that reports ``exc``, logged: expected failures (bad input, an overloaded worker) as one
-        warning line; a traceback only for a bug in a tool or in Krait."""
+        """The status that reports ``exc``, logged: refusals (bad input, an overloaded worker) as one warning line;
+        a tool's exception as one error line, its traceback (the tool's frames, never the worker's: the caller
+        has it too) at debug; a failure of Krait itself with its whole traceback."""
         exc = as_call_error(exc)
         status = to_status(exc, tool_name=tool_name, worker_id=self.worker_id)
         what = f"{rpc} {clip(tool_name)}" if tool_name else rpc
@@ -319,6 +320,9 @@ class Engine:
                 log.warning("%s refused: %s %s", what, exc.code.name, status.details)
             elif type(exc).__name__ == "ToolCancelled":
                 log.info("%s: the tool stopped on cancellation (%s)", what, exc)
+            elif (trace := tool_traceback(exc)) is not None:
+                log.error("%s failed: %s: %s", what, type(exc).__name__, clip(str(exc), 500))
+                log.debug("%s: the tool's traceback:\n%s", what, trace.rstrip())
             else:
                 log.error("%s failed", what, exc_info=exc)
         finally:
