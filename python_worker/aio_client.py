@@ -32,8 +32,9 @@ from .wire import Decoded
 class AsyncChunkStream:
     """An async iterator of :class:`Chunk` over a running streaming call; ``aclose()`` cancels it."""
 
-    def __init__(self, call: Any) -> None:
+    def __init__(self, call: Any, timeout: float | None = None) -> None:
         self._call = call
+        self._timeout = timeout  # named by the error of a call past its deadline
         self._ready: collections.deque[Decoded] = collections.deque()
         self._done = False
 
@@ -48,7 +49,7 @@ class AsyncChunkStream:
                 batch = await self._call.read()
             except grpc.RpcError as error:
                 self._done = True
-                raise _translate(error, streaming=True) from None
+                raise _translate(error, streaming=True, timeout=self._timeout) from None
             if batch is grpc.aio.EOF:
                 self._done = True
                 raise StopAsyncIteration
@@ -119,7 +120,7 @@ class AsyncClient(_Connection):
         try:
             return await self._stub.ExecuteTool(request, **self._call_options(timeout))
         except grpc.RpcError as error:
-            raise _translate(error, streaming=False) from None
+            raise _translate(error, streaming=False, timeout=self._timeout(timeout)) from None
 
     def stream(
         self,
@@ -132,7 +133,7 @@ class AsyncClient(_Connection):
     ) -> AsyncChunkStream:
         """:meth:`execute_stream` with arguments as a mapping and per-call options."""
         request = self._request(tool, args, session_id, metadata)
-        return AsyncChunkStream(self._batched(request, **self._call_options(timeout)))
+        return AsyncChunkStream(self._batched(request, **self._call_options(timeout)), self._timeout(timeout))
 
     # -- worker and sessions --------------------------------------------------------------------------------
     async def ping(self, message: str = "", *, timeout: float = 5.0) -> Any:

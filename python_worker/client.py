@@ -25,7 +25,7 @@ import grpc
 import numpy as np
 
 from . import codec
-from .errors import tool_error_from_rpc_error
+from .errors import deadline_message, tool_error_from_rpc_error
 from .proto import pb, pb_grpc
 from .transports.grpc.channel import channel_options
 from .transports.grpc.security import ClientTLS, client_metadata
@@ -118,11 +118,13 @@ _WRONG_RPC = {
 }
 
 
-def _translate(error: grpc.RpcError, *, streaming: bool) -> KraitError:
+def _translate(error: grpc.RpcError, *, streaming: bool, timeout: float | None = None) -> KraitError:
     code = error.code()
     details = tool_error_from_rpc_error(error)
     message = error.details() or code.name
     cls = _ERRORS.get(code, KraitError)
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return cls(code, deadline_message(timeout))
     if details is None:
         return cls(code, message)
     if details.type == "WrongRpc":
@@ -156,8 +158,9 @@ def build_request(
 class ChunkStream:
     """An iterator of :class:`Chunk` over a running streaming call; ``close()`` cancels it."""
 
-    def __init__(self, call: Any) -> None:
+    def __init__(self, call: Any, timeout: float | None = None) -> None:
         self._call = call
+        self._timeout = timeout  # named by the error of a call past its deadline
         self._closed = False
         self._chunks = self._iterate()
 
@@ -172,7 +175,7 @@ class ChunkStream:
         except grpc.RpcError as error:
             if self._closed and error.code() == grpc.StatusCode.CANCELLED:
                 return  # close() from another thread: the iteration just ends
-            raise _translate(error, streaming=True) from None
+            raise _translate(error, streaming=True, timeout=self._timeout) from None
 
     def __iter__(self) -> Iterator[Chunk]:
         return self
@@ -251,8 +254,11 @@ class _Connection:
     ) -> Any:
         return build_request(tool, args, self.session_id if session_id is None else session_id, metadata)
 
+    def _timeout(self, timeout: float | None) -> float | None:
+        return timeout or self.timeout
+
     def _call_options(self, timeout: float | None) -> dict[str, Any]:
-        return {"timeout": timeout or self.timeout, "metadata": self._auth}
+        return {"timeout": self._timeout(timeout), "metadata": self._auth}
 
 
 class Client(_Connection):
@@ -301,7 +307,7 @@ class Client(_Connection):
         try:
             return self._stub.ExecuteTool(request, **self._call_options(timeout))
         except grpc.RpcError as error:
-            raise _translate(error, streaming=False) from None
+            raise _translate(error, streaming=False, timeout=self._timeout(timeout)) from None
 
     def stream(
         self,
@@ -314,7 +320,8 @@ class Client(_Connection):
     ) -> ChunkStream:
         """:meth:`execute_stream` with arguments as a mapping and per-call options."""
         return ChunkStream(
-            self._batched(self._request(tool, args, session_id, metadata), **self._call_options(timeout))
+            self._batched(self._request(tool, args, session_id, metadata), **self._call_options(timeout)),
+            self._timeout(timeout),
         )
 
     # -- worker and sessions --------------------------------------------------------------------------------

@@ -107,6 +107,15 @@ def tool_traceback(exc: BaseException) -> str | None:
     return "".join(tb.format_exception(type(exc), exc, _tool_frames(exc.__traceback__)))
 
 
+def deadline_message(timeout: float | None) -> str:
+    """What a call past its deadline says, on every Krait client (the Elixir pool's words too): grpc's own
+    ("Deadline Exceeded", "Stream removed") depend on which side noticed first and name no duration."""
+    if timeout is None:
+        return "the call did not finish within its deadline"
+    ms = round(timeout * 1000, 3)
+    return f"the call did not finish within its deadline of {int(ms) if ms == int(ms) else ms} ms"
+
+
 def clip(text: str, limit: int = MAX_NAME_CHARS) -> str:
     """``text``, or its first ``limit`` characters and how long it was."""
     if len(text) <= limit:

@@ -97,7 +97,8 @@ defmodule Krait do
   The tools of the pool's adapter, as one of its workers reports them:
   `[%{name: "add", description: "...", streaming: false, parameters: json_schema_map,
   result: json_schema_map_or_nil}]` (`result` describes the value, or each chunk's data of a stream;
-  nil when the tool does not say).
+  nil when the tool does not say). Keys follow `Krait.Error`'s rule: Krait's own are atoms, the JSON
+  Schemas keep their string keys (`tool.parameters["properties"]`).
   Accepts `:pool` and `:timeout`.
   """
   @spec list_tools([option()]) :: {:ok, [map()]} | {:error, Krait.Error.t()}

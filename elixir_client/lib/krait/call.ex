@@ -490,7 +490,7 @@ defmodule Krait.Call do
 
           {:error, grpc_error} ->
             Process.demonitor(mon, [:flush])
-            failed(grpc_error, ctx)
+            failed(grpc_error, ctx, o)
         end
     end
   end
@@ -521,7 +521,7 @@ defmodule Krait.Call do
 
       {:krait_stream, ^ref, {:done, result}} ->
         Process.demonitor(mon, [:flush])
-        done_result(result, s.ctx, delivered?)
+        done_result(result, s.ctx, delivered?, o)
 
       {:DOWN, ^mon, :process, _, reason} ->
         flush(ref)
@@ -533,16 +533,19 @@ defmodule Krait.Call do
     end
   end
 
-  defp done_result(:ok, _ctx, _delivered?), do: :ok
-  defp done_result({:error, grpc_error}, ctx, false), do: failed(grpc_error, ctx)
+  defp done_result(:ok, _ctx, _delivered?, _o), do: :ok
+  defp done_result({:error, grpc_error}, ctx, false, o), do: failed(grpc_error, ctx, o)
 
-  defp done_result({:error, grpc_error}, ctx, true),
-    do: {:error, Error.from_grpc(grpc_error, ctx)}
+  defp done_result({:error, grpc_error}, ctx, true, o),
+    do: {:error, from_grpc(grpc_error, ctx, o)}
 
-  defp failed(%{unprocessed: true} = grpc_error, ctx),
-    do: {:retry, Error.from_grpc(grpc_error, ctx)}
+  defp failed(%{unprocessed: true} = grpc_error, ctx, o),
+    do: {:retry, from_grpc(grpc_error, ctx, o)}
 
-  defp failed(grpc_error, ctx), do: {:error, Error.from_grpc(grpc_error, ctx)}
+  defp failed(grpc_error, ctx, o), do: {:error, from_grpc(grpc_error, ctx, o)}
+
+  # the worker's DEADLINE_EXCEEDED reads as the local timer's error (see Error.from_grpc/3)
+  defp from_grpc(grpc_error, ctx, o), do: Error.from_grpc(grpc_error, ctx, o.timeout)
 
   # The channel's process died without ending the call (channels end their calls before they stop,
   # marking those that never reached the worker): the call never reached the worker only when the
@@ -594,7 +597,7 @@ defmodule Krait.Call do
 
       {:krait_stream, ^ref, {:done, {:error, grpc_error}}} ->
         Process.demonitor(mon, [:flush])
-        failed(grpc_error, s.ctx)
+        failed(grpc_error, s.ctx, o)
 
       {:DOWN, ^mon, :process, _, reason} ->
         flush(ref)
@@ -778,7 +781,7 @@ defmodule Krait.Call do
 
       {:krait_stream, ^ref, {:done, {:error, grpc_error}}} ->
         Process.demonitor(mon, [:flush])
-        lazy_failed(st, done_result({:error, grpc_error}, s.ctx, st.delivered))
+        lazy_failed(st, done_result({:error, grpc_error}, s.ctx, st.delivered, o))
 
       {:DOWN, ^mon, :process, _, reason} ->
         lazy_failed(st, down_result(s, reason, st.delivered))
@@ -832,7 +835,7 @@ defmodule Krait.Call do
   defp timeout_error(o, ctx) do
     Error.new(
       :timeout,
-      "the call did not finish within #{o.timeout} ms",
+      Error.deadline_message(o.timeout),
       Map.put(ctx, :timeout, o.timeout)
     )
   end

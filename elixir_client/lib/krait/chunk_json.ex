@@ -107,7 +107,7 @@ defmodule Krait.ChunkJSON do
   """
   @spec error_map(Error.t()) :: %{String.t() => map()}
   def error_map(%Error{details: details} = error) do
-    fields = for {key, value} <- details, is_binary(key), into: %{}, do: {key, value}
+    fields = Map.get(details, :fields, %{})
 
     body =
       %{"type" => error_type(error), "message" => error.message, "code" => code(error)}

@@ -23,8 +23,8 @@ defmodule Krait.Error do
         message names them.
     * `:timeout` - the call's deadline passed while the tool ran (the tool is stopped too).
     * `:python` - the tool raised; `details` has `:type` (exception class), `:traceback`,
-      `:tool_name` and `:worker_id`, plus the exception's public fields under their string names
-      (`QuotaExceeded(retry_after=2.5)` gives `details["retry_after"] == 2.5`).
+      `:tool_name`, `:worker_id` and `:fields`, the exception's public fields
+      (`QuotaExceeded(retry_after=2.5)` gives `details.fields == %{"retry_after" => 2.5}`).
     * `:worker` - the worker process died or its connection broke while the call ran on it (a call
       that had not reached the worker yet is retried on another one instead).
     * `:invalid_argument` - bad arguments or options (from Elixir or from the worker): the message
@@ -41,6 +41,15 @@ defmodule Krait.Error do
 
   Errors of a call carry its id in `details.call_id`: the worker's log records for the call have
   the same `call_id` in their Logger metadata.
+
+  ## Keys
+
+  One rule, here and in `Krait.list_tools/1`: **Krait's own keys are atoms; what Python sent as
+  JSON keeps its string keys, always in a map of its own.** A map never mixes the two, so a
+  pattern reads `details: %{reason: :worker_busy}` or `details: %{fields: %{"retry_after" => s}}`,
+  and no name chosen in Python becomes an atom. The maps from JSON: `details.fields` (an error the
+  worker described: `%{}` when its exception has no public fields), a tool's `parameters` and
+  `result` JSON Schemas.
   """
 
   defexception category: :grpc, message: "", details: %{}
@@ -114,6 +123,14 @@ defmodule Krait.Error do
     }
   end
 
+  @doc """
+  What a call past its deadline says, on every Krait client (`python_worker.client.deadline_message`
+  says the same): `"the call did not finish within its deadline of 1000 ms"`.
+  """
+  @spec deadline_message(timeout()) :: String.t()
+  def deadline_message(:infinity), do: "the call did not finish within its deadline"
+  def deadline_message(ms), do: "the call did not finish within its deadline of #{ms} ms"
+
   @doc "Builds an error of `category` with `message` and `details`."
   @spec new(category(), String.t(), map()) :: t()
   def new(category, message, details \\ %{}) do
@@ -136,9 +153,24 @@ defmodule Krait.Error do
   Builds the error for a failed gRPC call: the category follows the status code, and the worker's
   `krait.v1.ToolError` (exception type, message, traceback), when present, fills message and details.
   `context` (`:worker_id`, `:tool_name`) is merged into `details`.
+
+  `timeout` is the call's `:timeout`: a `DEADLINE_EXCEEDED` then says what a deadline noticed by the
+  caller says (`deadline_message/1`, with `details.timeout`), whichever side noticed it first.
   """
-  @spec from_grpc(Krait.GRPC.Error.t(), map()) :: t()
-  def from_grpc(%{status: status, message: grpc_message, details: raw}, context \\ %{}) do
+  @spec from_grpc(Krait.GRPC.Error.t(), map(), timeout() | nil) :: t()
+  def from_grpc(grpc_error, context \\ %{}, timeout \\ nil)
+
+  def from_grpc(%{status: 4} = grpc_error, context, timeout) when timeout != nil do
+    error = from_grpc(grpc_error, context, nil)
+
+    %{
+      error
+      | message: deadline_message(timeout),
+        details: Map.put(error.details, :timeout, timeout)
+    }
+  end
+
+  def from_grpc(%{status: status, message: grpc_message, details: raw}, context, _timeout) do
     category = Map.get(@grpc_categories, status, :grpc)
     details = Map.put(context, :status, status)
 
@@ -149,7 +181,7 @@ defmodule Krait.Error do
           |> Map.merge(%{type: tool_error.type, traceback: tool_error.traceback})
           |> put_present(:tool_name, tool_error.tool_name)
           |> put_present(:worker_id, tool_error.worker_id)
-          |> Map.merge(exception_fields(tool_error.details_json))
+          |> Map.put(:fields, exception_fields(tool_error.details_json))
 
         new(category, tool_error.message, details)
 
@@ -158,7 +190,7 @@ defmodule Krait.Error do
     end
   end
 
-  # the exception's public fields, under their (string) names beside Krait's atom keys
+  # the exception's public fields, as JSON decodes them (string keys: names from Python, never atoms)
   defp exception_fields(""), do: %{}
 
   defp exception_fields(json) do

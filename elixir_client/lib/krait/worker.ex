@@ -70,7 +70,9 @@ defmodule Krait.Worker do
       calls: nil,
       status: :starting,
       partial: "",
-      output: %Output{},
+      # held until the worker is ready: a failed start is one line from the pool
+      output: %Output{hold: true},
+      stderr_file: nil,
       startup_timer: nil,
       health: nil,
       health_failures: 0
@@ -89,14 +91,16 @@ defmodule Krait.Worker do
         :exit_status,
         :use_stdio,
         :hide,
-        {:args, args(state)},
         {:cd, opts.cwd},
         {:env, env}
       ] ++
         transport_port_opts(state.transport)
 
+    {executable, args, stderr_file} = command(state)
+    state = %{state | stderr_file: stderr_file}
+
     try do
-      port = Port.open({:spawn_executable, opts.python}, port_opts)
+      port = Port.open({:spawn_executable, executable}, [{:args, args} | port_opts])
       {:os_pid, os_pid} = Port.info(port, :os_pid)
       timer = Process.send_after(self(), :startup_timeout, opts.startup_timeout)
       Logger.debug("Krait worker #{state.id} spawned (os pid #{os_pid})")
@@ -104,11 +108,53 @@ defmodule Krait.Worker do
       {:noreply, %{state | port: port, os_pid: os_pid, startup_timer: timer, calls: calls}}
     rescue
       e ->
-        Logger.error(
+        # the pool's line for the failed start names the reason
+        Logger.debug(
           "Krait worker #{state.id} could not spawn #{opts.python}: #{Exception.message(e)}"
         )
 
         {:stop, {:shutdown, {:spawn_failed, Exception.message(e)}}, state}
+    end
+  end
+
+  # Over the link, stdout carries frames and the BEAM's stderr is the console: the worker's stderr
+  # goes to a file instead (the shell `exec`s Python, so the os pid is Python's), read when the
+  # process ends and logged through Logger. Once `python_worker` runs it sends its stderr as LOG
+  # frames, so the file holds only what an interpreter that failed before that wrote.
+  #
+  # The file is made here, under a random name, exclusively and private (0600), and the shell only
+  # appends to it: in a shared temporary directory another user's file or link at a name Krait
+  # could guess would otherwise be written through, or keep the worker from starting.
+  defp command(%{transport: :link, opts: opts, id: id} = state) do
+    file = private_file("krait-#{id}-", ".stderr")
+    {"/bin/sh", ["-c", ~s(exec 2>>"$0"; exec "$@"), file, opts.python | args(state)], file}
+  end
+
+  defp command(%{opts: opts} = state), do: {opts.python, args(state), nil}
+
+  defp private_file(prefix, suffix) do
+    name = prefix <> Base.url_encode64(:crypto.strong_rand_bytes(12), padding: false) <> suffix
+    path = Path.join(System.tmp_dir!(), name)
+    # :exclusive is O_EXCL: it fails on any existing entry, a symbolic link included
+    {:ok, file} = File.open(path, [:write, :exclusive])
+    File.close(file)
+    :ok = File.chmod(path, 0o600)
+    path
+  end
+
+  # What the process wrote to its stderr file, into the output (and the file emptied).
+  defp read_stderr(%{stderr_file: nil} = state), do: state
+
+  defp read_stderr(%{stderr_file: file} = state) do
+    case File.read(file) do
+      {:ok, text} when text != "" ->
+        # emptied in place (the file stays ours, 0600): a restart's shell appends to a fresh one
+        {:ok, io} = File.open(file, [:write])
+        File.close(io)
+        %{state | output: Output.stderr(state.output, text)}
+
+      _ ->
+        state
     end
   end
 
@@ -235,10 +281,16 @@ defmodule Krait.Worker do
   ## The process's end
 
   def handle_info({port, {:exit_status, code}}, %{port: port} = state) do
-    state = %{state | output: Output.flush(state.output), port: nil}
+    state = read_stderr(%{state | output: Output.flush(state.output), port: nil})
     state = fail_calls(state, "worker process exited with status #{code}")
-    state = if state.status == :starting, do: diagnose(state, code), else: state
-    level = if state.status == :stopping, do: :debug, else: :error
+
+    state =
+      if state.status == :starting,
+        do: failed_start(diagnose(state, code)),
+        else: state
+
+    # a failed start is the pool's one line (its cause, the attempt, the backoff)
+    level = if state.status in [:stopping, :starting], do: :debug, else: :error
 
     Logger.log(
       level,
@@ -250,7 +302,9 @@ defmodule Krait.Worker do
   end
 
   def handle_info(:startup_timeout, %{status: :starting} = state) do
-    Logger.error(
+    state = failed_start(read_stderr(state))
+
+    Logger.debug(
       "Krait worker #{state.id} not ready after #{state.opts.startup_timeout} ms; killing it" <>
         Output.tail_text(state.output)
     )
@@ -309,7 +363,9 @@ defmodule Krait.Worker do
 
   @impl true
   def terminate(reason, state) do
-    state = %{state | output: Output.flush(state.output)}
+    state = read_stderr(%{state | output: Output.flush(state.output)})
+    state = if state.output.hold, do: failed_start(state), else: state
+    if state.stderr_file, do: File.rm(state.stderr_file)
     send(state.opts.pool, {:krait_worker_down, self(), reason, Output.lines(state.output)})
     state = fail_calls(state, "worker stopped")
     stop_process(%{state | status: :stopping})
@@ -340,6 +396,7 @@ defmodule Krait.Worker do
   defp link_ready(state, payload, metadata) do
     Process.cancel_timer(state.startup_timer)
     info = Krait.Proto.PingResponse.decode(payload)
+    state = %{state | output: Output.release(state.output)}
 
     announce(%{state | status: :ready}, %{
       adapter: info.adapter,
@@ -353,14 +410,16 @@ defmodule Krait.Worker do
 
     with {:ok, %{"port" => tcp_port} = ready} <- Krait.JSON.decode(json),
          {:ok, conn} <- connect(tcp_port, state.opts) do
+      state = %{state | output: Output.release(state.output)}
+
       announce(%{state | conn: conn, status: :ready}, %{
         grpc_port: tcp_port,
         http_port: Map.get(ready, "http_port")
       })
     else
       error ->
-        Logger.error("Krait worker #{state.id} could not connect: #{inspect(error)}")
-        {:stop, {:shutdown, {:connect_failed, error}}, state}
+        Logger.debug("Krait worker #{state.id} could not connect: #{inspect(error)}")
+        {:stop, {:shutdown, {:connect_failed, error}}, failed_start(state)}
     end
   end
 
@@ -430,6 +489,9 @@ defmodule Krait.Worker do
   end
 
   defp diagnose(state, _code), do: state
+
+  # The start failed: what the worker said meanwhile goes to :debug (the pool's line names the cause).
+  defp failed_start(state), do: %{state | output: Output.discard(state.output)}
 
   defp json_record(output, json) do
     case Krait.JSON.decode(json) do

@@ -13,7 +13,7 @@ import orjson
 from google.rpc import status_pb2
 
 from ...engine import Engine
-from ...errors import CallError
+from ...errors import CallError, deadline_message
 from ...proto import pb
 
 HTTP_STATUS = {
@@ -58,7 +58,7 @@ def invalid(message: str) -> HttpError:
 
 def deadline_exceeded(timeout_ms: int) -> CallError:
     return CallError(
-        f"the call's deadline ({timeout_ms} ms) was exceeded",
+        deadline_message(timeout_ms / 1000),  # the words of every Krait client
         code=grpc.StatusCode.DEADLINE_EXCEEDED,
         error_type="DeadlineExceeded",
     )

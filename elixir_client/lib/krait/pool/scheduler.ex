@@ -775,6 +775,10 @@ defmodule Krait.Pool.Scheduler do
 
   @new_slot %{
     failures: 0,
+    # when this slot last logged a failed start (see log_failed_start/4)
+    logged_at: nil,
+    # ms before the slot's next start (after a failed one)
+    backoff: nil,
     restarts: 0,
     start_failed: false,
     last_error: nil,
@@ -794,11 +798,11 @@ defmodule Krait.Pool.Scheduler do
         %{state | slots: Map.put(state.slots, slot, slot_state)}
 
       {:error, reason} ->
-        Logger.error("Krait could not start worker #{wid}: #{inspect(reason)}", worker_id: wid)
         error = %{worker_id: wid, reason: reason, output: ""}
-        slot_state = %{slot_state | start_failed: true, last_error: error}
+        failures = slot_state.failures + 1
+        slot_state = %{slot_state | start_failed: true, last_error: error, failures: failures}
         state = %{state | slots: Map.put(state.slots, slot, slot_state)}
-        state |> check_failing(error) |> schedule_restart(slot)
+        failed_start(state, slot, error)
     end
   end
 
@@ -1039,12 +1043,14 @@ defmodule Krait.Pool.Scheduler do
   end
 
   defp slot_worker_down(state, wid, w, reason, output) do
-    level = if w.status == :starting, do: :error, else: :warning
     Krait.Telemetry.worker_down(state.name, wid, reason, w.status)
 
-    Logger.log(level, "Krait worker #{wid} exited (#{inspect(reason)}); restarting",
-      worker_id: wid
-    )
+    # a failed start is logged once, with its cause and backoff, by restart_after_down/5
+    if w.status != :starting do
+      Logger.warning("Krait worker #{wid} exited (#{inspect(reason)}); restarting",
+        worker_id: wid
+      )
+    end
 
     state = drop_leases(state, w)
     state = requeue_own_waiters(state, wid)
@@ -1087,17 +1093,60 @@ defmodule Krait.Pool.Scheduler do
     failures = if stable?, do: 1, else: slot.failures + 1
     slot = %{slot | failures: failures, restarts: slot.restarts + 1}
 
-    {slot, state} =
-      if w.status == :starting do
-        error = %{worker_id: wid, reason: unwrap(reason), output: Enum.join(output, "\n")}
-        slot = %{slot | start_failed: true, last_error: error}
-        {slot, check_failing(put_in(state.slots[w.slot], slot), error)}
-      else
-        {slot, state}
+    if w.status == :starting do
+      error = %{worker_id: wid, reason: unwrap(reason), output: Enum.join(output, "\n")}
+      slot = %{slot | start_failed: true, last_error: error}
+      failed_start(put_in(state.slots[w.slot], slot), w.slot, error)
+    else
+      schedule_restart(put_in(state.slots[w.slot], slot), w.slot)
+    end
+  end
+
+  # A start failed: the pool may now be failing, the slot restarts after its backoff, and the
+  # failure is one log line.
+  defp failed_start(state, slot, error) do
+    was_failing? = state.failing != nil
+    state = state |> check_failing(error) |> schedule_restart(slot)
+    log_failed_start(state, slot, error, not was_failing? and state.failing != nil)
+  end
+
+  # Attempts 1-3, then attempts 4, 8, 16... (the log thins out as the backoff grows), and at least
+  # one line every @failed_start_log_every ms; the others at :debug.
+  @failed_start_log_every 600_000
+
+  defp log_failed_start(state, slot, error, now_failing?) do
+    s = state.slots[slot]
+    attempt = s.failures
+    now = now()
+
+    shown? =
+      attempt <= 3 or Bitwise.band(attempt, attempt - 1) == 0 or s.logged_at == nil or
+        now - s.logged_at >= @failed_start_log_every
+
+    cause =
+      case error.output |> String.split("\n", trim: true) |> List.last() do
+        nil -> ""
+        line -> ": " <> line
       end
 
-    schedule_restart(put_in(state.slots[w.slot], slot), w.slot)
+    fast = if now_failing?, do: "; no worker is up: calls fail fast until one starts", else: ""
+
+    text =
+      "Krait worker #{error.worker_id} failed to start (attempt #{attempt}, " <>
+        "#{start_reason(error.reason)})#{cause}; next attempt in #{s.backoff} ms#{fast}"
+
+    if shown? do
+      Logger.error(text, worker_id: error.worker_id)
+      put_in(state.slots[slot].logged_at, now)
+    else
+      Logger.debug(text, worker_id: error.worker_id)
+      state
+    end
   end
+
+  defp start_reason({:exit_status, code}), do: "exit status #{code}"
+  defp start_reason(:startup_timeout), do: "not ready within its startup_timeout"
+  defp start_reason(reason), do: inspect(reason)
 
   defp unwrap({:shutdown, reason}), do: reason
   defp unwrap(reason), do: reason
@@ -1111,13 +1160,6 @@ defmodule Krait.Pool.Scheduler do
 
     if failing? do
       error = with_endpoint_errors(state, error)
-
-      if state.failing == nil do
-        Logger.error(
-          "Krait pool #{inspect(state.name)}: every worker fails to start; calls fail fast " <>
-            "until one starts. Last error: #{inspect(error.reason)} #{error.output}"
-        )
-      end
 
       fail_waiters(%{state | failing: error})
     else
@@ -1252,7 +1294,7 @@ defmodule Krait.Pool.Scheduler do
       if s.failures <= 1, do: min, else: Kernel.min(min * Integer.pow(2, s.failures - 1), max)
 
     timer = Process.send_after(self(), {:restart_slot, slot}, delay)
-    put_in(state.slots[slot], %{s | timer: timer})
+    put_in(state.slots[slot], Map.merge(s, %{timer: timer, backoff: delay}))
   end
 
   ## Stats and readiness

@@ -108,7 +108,8 @@ defmodule Krait.Worker.Remote do
   defp failed(state, reason) do
     {kind, text} = describe(reason)
     text = text <> hint(kind, state.opts.tls)
-    Logger.warning("Krait remote worker #{state.id}: #{state.endpoint}: #{text}")
+    # the pool's one line for a failed start says this (the error is its last_error)
+    Logger.debug("Krait remote worker #{state.id}: #{state.endpoint}: #{text}")
     {:stop, {:shutdown, kind}, %{state | error: "#{state.endpoint}: #{text}"}}
   end
 

@@ -17,24 +17,23 @@ defmodule Krait.SDK.TypedResultsTest do
     assert {:error, %Krait.Error{category: :python, details: details} = error} =
              Krait.execute("quota", %{retry_after: 1.5}, pool: pool)
 
-    assert %{type: "QuotaExceeded", tool_name: "quota"} = details
-    assert details["retry_after"] == 1.5
-    assert details["limit"] == 100
-    refute Map.has_key?(details, "_internal")
+    assert %{type: "QuotaExceeded", tool_name: "quota", fields: fields} = details
+    assert fields == %{"retry_after" => 1.5, "limit" => 100}
     assert error.message == "quota of 100 calls exceeded, retry in 1.5 s"
 
     # a declared details mapping, and an exception without fields
-    assert {:error, %Krait.Error{details: %{"code" => "E42", "when" => "2024-05-17"}}} =
+    assert {:error, %Krait.Error{details: %{fields: %{"code" => "E42", "when" => "2024-05-17"}}}} =
              Krait.execute("declared", %{}, pool: pool)
 
     assert {:error, %Krait.Error{details: plain}} = Krait.execute("plain_error", %{}, pool: pool)
+    assert plain.fields == %{}
     assert plain |> Map.keys() |> Enum.all?(&is_atom/1)
   end
 
   test "async tools answer and stream through the pool", %{pool: pool} do
     assert {:ok, 3.5} = Krait.execute("add", %{a: 1, b: 2.5}, pool: pool)
 
-    assert {:error, %Krait.Error{category: :python, details: %{"retry_after" => 2.5}}} =
+    assert {:error, %Krait.Error{category: :python, details: %{fields: %{"retry_after" => 2.5}}}} =
              Krait.execute("async_fail", %{}, pool: pool)
 
     ticks = Krait.stream("ticks", %{count: 3}, pool: pool) |> Enum.map(& &1["tick"])
