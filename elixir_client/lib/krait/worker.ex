@@ -132,7 +132,10 @@ defmodule Krait.Worker do
 
   defp command(%{opts: opts} = state), do: {opts.python, args(state), nil}
 
-  defp private_file(prefix, suffix) do
+  @doc false
+  # A new empty file in the temporary directory, only ours: a random name, made exclusively, mode 0600.
+  @spec private_file(String.t(), String.t()) :: String.t()
+  def private_file(prefix, suffix) do
     name = prefix <> Base.url_encode64(:crypto.strong_rand_bytes(12), padding: false) <> suffix
     path = Path.join(System.tmp_dir!(), name)
     # :exclusive is O_EXCL: it fails on any existing entry, a symbolic link included
