@@ -5,7 +5,7 @@
 #
 # KRAIT_BENCH (JSON) sets the sizes; missing keys take the quick defaults below. Every figure is the
 # median over `runs` repetitions; progress goes to stderr. `"only": ["items", "bytes"]` runs just those
-# steps (start, slow, cancel, unary, items, bytes, concurrency); `"worker_root": "/path"` runs the workers
+# steps (start, slow, limits, cancel, unary, items, bytes, concurrency, memory); `"worker_root": "/path"` runs the workers
 # from another checkout (A/B comparisons of Python changes with the same Elixir code).
 Code.require_file("support.exs", __DIR__)
 Code.require_file("limits.exs", __DIR__)
@@ -19,6 +19,7 @@ defmodule KraitBench do
   @adapter "adapters.showcase:ShowcaseAdapter"
   @mib 1_048_576
   @cols 1024
+  @warm_round_trips 2_000
 
   @defaults %{
     "items" => 20_000,
@@ -31,6 +32,8 @@ defmodule KraitBench do
     "cancel_samples" => 5,
     "slow_chunks" => 24,
     "pool_sizes" => [1, 4, 8],
+    "storm_streams" => 100,
+    "soak_s" => 1,
     "runs" => 1,
     "quick" => true
   }
@@ -65,6 +68,8 @@ defmodule KraitBench do
     with_pool(BenchPool4, 4, [], fn pool ->
       step("concurrency", fn -> concurrency(pool, cfg) end)
     end)
+
+    step("memory", fn -> memory(cfg) end)
   end
 
   defp config_from_env do
@@ -81,19 +86,31 @@ defmodule KraitBench do
     # Warm-up: code loading, and the connection's windows opened up.
     count_small(pool, div(items, 10))
 
-    rate =
-      Stats.median_of(runs, fn ->
-        {us, count} = Stats.timed(fn -> count_small(pool, items) end)
+    one_run = fn ->
+      {us, count} = Stats.timed(fn -> count_small(pool, items) end)
+      check!(count == items + 1, "stream_small delivered #{count} chunks, expected #{items + 1}")
+      items / (us / 1.0e6)
+    end
 
-        check!(
-          count == items + 1,
-          "stream_small delivered #{count} chunks, expected #{items + 1}"
-        )
+    if prefix == "ex" do
+      # Over the link, the naive JSON-lines stream it is measured against runs warm and interleaved with
+      # it (limit, Krait, limit, Krait), from one process; its spread goes in the table.
+      lines = KraitBench.Limits.json_lines_open(@python, Process.get(:worker_root))
+      KraitBench.Limits.json_lines(lines, items)
 
-        items / (us / 1.0e6)
-      end)
+      rounds =
+        for _ <- 1..interleave_rounds(runs) do
+          %{
+            port_jsonl_items_per_s: KraitBench.Limits.json_lines(lines, items),
+            ex_items_per_s: one_run.()
+          }
+        end
 
-    report(%{"#{prefix}_items_per_s" => rate})
+      KraitBench.Limits.close(lines)
+      report(Map.merge(medians(rounds), spread(rounds, :port_jsonl_items_per_s)))
+    else
+      report(%{"#{prefix}_items_per_s" => Stats.median_of(runs, one_run)})
+    end
   end
 
   # The callback checks order (cheap, like the baseline's JSON decode): the run fails on any gap.
@@ -176,8 +193,14 @@ defmodule KraitBench do
 
   @unary_path "/krait.v1.ToolWorker/ExecuteTool"
 
+  # The limits (the bare ping-pong and the link worker driven straight over its Port) run warm, interleaved
+  # with the pool and its channel: limit, Krait, limit, Krait, so the machine's state (vCPUs awake or not,
+  # a neighbour's load) hits all alike. The limit's p50 spread across the rounds goes in the table.
   defp unary_latency(pool, %{"latency_calls" => calls, "runs" => runs}) do
     {channel, target, token} = worker_channel(pool)
+    root = Process.get(:worker_root)
+    ping = KraitBench.Limits.ping_open(@python, root)
+    direct = KraitBench.Limits.link_direct_open(@python, root)
 
     request =
       Krait.Proto.ExecuteToolRequest.encode(%Krait.Proto.ExecuteToolRequest{
@@ -191,26 +214,36 @@ defmodule KraitBench do
 
     via_channel = fn -> {:ok, _} = Krait.Channel.unary(channel, @unary_path, request, 10_000) end
 
+    # Warm: ~2,000 round trips wake both vCPUs (a cold ping-pong reads 50-80 µs, a warm one 6-7 µs).
+    KraitBench.Limits.ping_samples(ping, @warm_round_trips)
+    KraitBench.Limits.link_direct_samples(direct, 200)
     for _ <- 1..200, do: via_pool.() && via_channel.()
 
-    # Interleaved per run, so that drift of the machine hits the three alike.
-    result =
-      Stats.median_of(runs, fn ->
+    rounds =
+      for _ <- 1..interleave_rounds(runs) do
+        ping_us = KraitBench.Limits.ping_samples(ping, calls)
         pool_us = samples(calls, via_pool)
+        direct_us = KraitBench.Limits.link_direct_samples(direct, calls)
         channel_us = samples(calls, via_channel)
         grpcio = grpcio_latency(target, token, calls)
 
         %{
+          port_ping_p50_us: Stats.percentile(ping_us, 50),
+          port_ping_p99_us: Stats.percentile(ping_us, 99),
           ex_unary_p50_us: Stats.percentile(pool_us, 50),
           ex_unary_p99_us: Stats.percentile(pool_us, 99),
+          link_direct_p50_us: Stats.percentile(direct_us, 50),
+          link_direct_p99_us: Stats.percentile(direct_us, 99),
           ex_conn_unary_p50_us: Stats.percentile(channel_us, 50),
           ex_conn_unary_p99_us: Stats.percentile(channel_us, 99),
           grpcio_unary_p50_us: grpcio["p50"],
           grpcio_unary_p99_us: grpcio["p99"]
         }
-      end)
+      end
 
-    report(result)
+    KraitBench.Limits.close(ping)
+    KraitBench.Limits.close(direct)
+    report(Map.merge(medians(rounds), spread(rounds, :port_ping_p50_us)))
   end
 
   defp pool_latency(pool, %{"latency_calls" => calls, "runs" => runs}, prefix) do
@@ -250,35 +283,43 @@ defmodule KraitBench do
     out |> String.split("\n", trim: true) |> List.last() |> Krait.JSON.decode!()
   end
 
-  ## The machine's limits: a bare Port ping-pong, a naive JSON-lines stream, raw bytes
+  ## The machine's limits measured alone: raw bytes, and the ping-pong cold
 
+  # Row 3's limit (raw 4 MiB frames: long enough to run warm), and the ping-pong measured alone, as it was
+  # before the limits ran warm and interleaved (steps unary and items): the table shows both.
   defp limits(cfg) do
-    %{
-      "latency_calls" => calls,
-      "items" => items,
-      "blobs" => blobs,
-      "blob_mb" => mb,
-      "runs" => runs
-    } = cfg
-
+    %{"latency_calls" => calls, "blobs" => blobs, "blob_mb" => mb, "runs" => runs} = cfg
     root = Process.get(:worker_root)
 
     result =
       Stats.median_of(runs, fn ->
-        ping = KraitBench.Limits.ping_pong(@python, root, calls)
-        direct = KraitBench.Limits.link_direct(@python, root, calls)
+        cold = KraitBench.Limits.ping_pong_cold(@python, root, calls)
 
         %{
-          port_ping_p50_us: ping.p50,
-          port_ping_p99_us: ping.p99,
-          link_direct_p50_us: direct.p50,
-          link_direct_p99_us: direct.p99,
-          port_jsonl_items_per_s: KraitBench.Limits.json_lines(@python, root, items),
+          port_ping_cold_p50_us: cold.p50,
+          port_ping_cold_p99_us: cold.p99,
           port_bytes_per_s: KraitBench.Limits.raw_bytes(@python, root, blobs, mb)
         }
       end)
 
     report(result)
+  end
+
+  # Limit, Krait, limit, Krait ...: at least 3 rounds, so that even a quick run shows a spread.
+  defp interleave_rounds(runs), do: max(runs, 3)
+
+  defp medians([first | _] = rounds),
+    do: Map.new(Map.keys(first), fn key -> {key, Stats.median(Enum.map(rounds, & &1[key]))} end)
+
+  # The limit's min and max across the interleaved rounds, and how many rounds.
+  defp spread(rounds, key) do
+    values = Enum.map(rounds, & &1[key])
+
+    %{
+      "#{key}_min" => Enum.min(values),
+      "#{key}_max" => Enum.max(values),
+      "#{key}_rounds" => length(rounds)
+    }
   end
 
   ## 5. Pool start
@@ -528,6 +569,137 @@ defmodule KraitBench do
 
     receive do
       {:peaks, ^pid, peaks} -> peaks
+    end
+  end
+
+  ## 14. Worker memory: a storm of cancelled busy streams, then a soak, with and without MALLOC_ARENA_MAX
+
+  # glibc gives each thread that allocates under contention an arena of its own and seldom returns it: a
+  # worker's RSS grows with the threads that ever ran tools at once. The pool sets MALLOC_ARENA_MAX=2 unless
+  # its :env says otherwise; `nil` unsets it (glibc's default: 8 x cores). Both pools run in the same run,
+  # their phases interleaved (storm, storm, soak, soak), each worker's VmRSS before and after a phase and its
+  # peak (VmHWM, reset before the phase, or 10 ms samples). Two calls at a time per worker: with 8 busy
+  # generators at once each cancel waits its turn for the GIL (~150 ms) and the storm takes minutes.
+  @memory_concurrency 2
+
+  defp memory(%{"storm_streams" => storms, "soak_s" => soak_s}) do
+    # Fresh workers for each phase, so the soak does not start from what the storm left.
+    storm = memory_phase(fn pool -> cancel_storm(pool, storms) end)
+    soak = memory_phase(fn pool -> soak(pool, soak_s * 1000) end)
+
+    report(
+      for {phase, by_label} <- [storm: storm, soak: soak],
+          {label, figures} <- by_label,
+          {key, mb} <- figures,
+          into: %{mem_storm_streams: storms, mem_soak_s: soak_s},
+          do: {"mem_#{phase}_#{label}_#{key}_mb", mb}
+    )
+  end
+
+  # Both variants side by side: a pool of one worker each, the phase run on one, then on the other.
+  defp memory_phase(fun) do
+    variants = [{"arenas2", []}, {"glibc", [env: %{"MALLOC_ARENA_MAX" => nil}]}]
+
+    pools =
+      for {{label, extra}, i} <- Enum.with_index(variants) do
+        name = :"BenchMemory#{i}"
+        opts = pool_opts(name, 1) ++ [calls_per_worker: @memory_concurrency] ++ extra
+        {:ok, _} = Krait.Pool.start_link(opts)
+        :ok = Krait.Pool.await_ready(name, 120_000)
+        {label, name}
+      end
+
+    try do
+      for {label, pool} <- pools, into: %{}, do: {label, rss_phase(pool, fn -> fun.(pool) end)}
+    after
+      for {_, pool} <- pools, do: Krait.Pool.stop(pool)
+    end
+  end
+
+  defp rss_phase(pool, fun) do
+    [%{os_pid: os_pid}] = Krait.Pool.stats(pool).workers
+    start = Proc.status_mb(os_pid, "VmRSS")
+    reset? = Proc.reset_peak(os_pid)
+    sampler = start_sampler([os_pid])
+    fun.()
+
+    # What the worker keeps once the calls are gone (cancelled tools finish their last yield first).
+    Process.sleep(200)
+    sampled = stop_sampler(sampler)
+    [%{os_pid: ^os_pid}] = Krait.Pool.stats(pool).workers
+    hwm = if reset?, do: Proc.status_mb(os_pid, "VmHWM"), else: 0
+
+    %{
+      start: start,
+      end: Proc.status_mb(os_pid, "VmRSS"),
+      peak: max(hwm || 0, sampled[os_pid] || 0)
+    }
+  end
+
+  # `count` busy generators (endless_stream with no pause: the tool thread yields as fast as credit allows),
+  # each cancelled by killing its caller once the first chunk arrived, @memory_concurrency at a time.
+  defp cancel_storm(pool, count) do
+    1..count
+    |> Task.async_stream(fn _ -> cancel_busy(pool) end,
+      max_concurrency: @memory_concurrency,
+      timeout: 60_000
+    )
+    |> Stream.run()
+  end
+
+  defp cancel_busy(pool) do
+    parent = self()
+    ref = make_ref()
+
+    caller =
+      spawn(fn ->
+        Krait.execute_stream(
+          "endless_stream",
+          %{interval_ms: 0},
+          fn _ ->
+            unless Process.get(:told), do: send(parent, {:tick, ref})
+            Process.put(:told, true)
+          end,
+          pool: pool,
+          timeout: 60_000
+        )
+      end)
+
+    receive do
+      {:tick, ^ref} -> Process.exit(caller, :kill)
+    after
+      30_000 -> raise "endless_stream did not start"
+    end
+  end
+
+  # @memory_concurrency callers for `ms`, each cycling through ten unary calls, a stream of 1,000 small
+  # chunks, 2 MiB of float32 batches and a cancelled busy stream: steady mixed traffic.
+  defp soak(pool, ms) do
+    until = System.monotonic_time(:millisecond) + ms
+
+    1..@memory_concurrency
+    |> Task.async_stream(fn _ -> soak_loop(pool, until) end,
+      max_concurrency: @memory_concurrency,
+      timeout: ms + 60_000
+    )
+    |> Stream.run()
+  end
+
+  defp soak_loop(pool, until) do
+    if System.monotonic_time(:millisecond) < until do
+      for _ <- 1..10, do: {:ok, 3.0} = Krait.execute("add", %{a: 1, b: 2}, pool: pool)
+      :ok = Krait.execute_stream("stream_small", %{count: 1000}, fn _ -> :ok end, pool: pool)
+
+      :ok =
+        Krait.execute_stream(
+          "stream_arrays",
+          %{batches: 2, batch_rows: 256, cols: @cols},
+          fn _ -> :ok end,
+          pool: pool
+        )
+
+      cancel_busy(pool)
+      soak_loop(pool, until)
     end
   end
 

@@ -23,15 +23,21 @@ defmodule KraitBench.Limits do
     port
   end
 
-  defp close(port) do
+  @doc "Closes a Port opened here."
+  def close(port) do
     Port.close(port)
   rescue
     ArgumentError -> :ok
   end
 
-  @doc "Round trips of `{\"a\":1,\"b\":2}` through a Python echo loop: `%{p50: µs, p99: µs}`."
-  def ping_pong(python, root, calls) do
-    port = open(python, root, ["echo"])
+  @doc """
+  A Python echo loop over a Port, kept open so that it can be measured many times, warm and interleaved with
+  Krait's rows (`ping_samples/2`); `close/1` when done.
+  """
+  def ping_open(python, root), do: open(python, root, ["echo"])
+
+  @doc "µs of each of `calls` round trips of `{\"a\":1,\"b\":2}` through an open echo loop."
+  def ping_samples(port, calls) do
     message = Krait.JSON.encode!(%{a: 1, b: 2}) |> IO.iodata_to_binary()
 
     round_trip = fn ->
@@ -42,18 +48,27 @@ defmodule KraitBench.Limits do
       end
     end
 
-    for _ <- 1..200, do: round_trip.()
-    us = for _ <- 1..calls, do: elem(Stats.timed(round_trip), 0)
+    for _ <- 1..calls, do: elem(Stats.timed(round_trip), 0)
+  end
+
+  @doc """
+  Round trips through a fresh echo loop after only 200 unmeasured ones: `%{p50: µs, p99: µs}`. This is how
+  the limit was measured before it was measured warm: the vCPUs may still be asleep between messages.
+  """
+  def ping_pong_cold(python, root, calls) do
+    port = ping_open(python, root)
+    ping_samples(port, 200)
+    us = ping_samples(port, calls)
     close(port)
     %{p50: Stats.percentile(us, 50), p99: Stats.percentile(us, 99)}
   end
 
   @doc """
   A Krait worker driven over the local link straight from this process (no pool, no `Krait.Worker`
-  between): round trips of the `add` tool, `%{p50: µs, p99: µs}`. Against the pool's figure it shows
-  what the BEAM side costs; against the ping-pong, what the worker costs.
+  between), kept open for `link_direct_samples/2`. Against the pool's figure it shows what the BEAM side
+  costs; against the ping-pong, what the worker costs.
   """
-  def link_direct(python, root, calls) do
+  def link_direct_open(python, root) do
     args = [
       "-m",
       "python_worker",
@@ -73,7 +88,11 @@ defmodule KraitBench.Limits do
       ])
 
     await_ready(port)
+    port
+  end
 
+  @doc "µs of each of `calls` round trips of the `add` tool over an open link worker."
+  def link_direct_samples(port, calls) do
     request =
       Krait.Proto.ExecuteToolRequest.encode(%Krait.Proto.ExecuteToolRequest{
         tool_name: "add",
@@ -91,10 +110,7 @@ defmodule KraitBench.Limits do
       await_end(port, id)
     end
 
-    for _ <- 1..200, do: call.()
-    us = for _ <- 1..calls, do: elem(Stats.timed(call), 0)
-    close(port)
-    %{p50: Stats.percentile(us, 50), p99: Stats.percentile(us, 99)}
+    for _ <- 1..calls, do: elem(Stats.timed(call), 0)
   end
 
   defp await_ready(port) do
@@ -119,12 +135,19 @@ defmodule KraitBench.Limits do
     end
   end
 
+  @doc "The naive JSON-lines stream's Python side, kept open so that it can be measured many times."
+  def json_lines_open(python, root), do: open(python, root, ["jsonl"])
+
   @doc "`{\"i\": n}` items per second: JSON lines, 1,024 a frame, each line decoded and handed to a callback."
-  def json_lines(python, root, items) do
-    port = open(python, root, ["jsonl", Integer.to_string(items)])
+  def json_lines(port, items) do
     callback = fn %{"i" => _} -> :ok end
-    {us, count} = Stats.timed(fn -> lines_loop(port, callback, 0) end)
-    close(port)
+
+    {us, count} =
+      Stats.timed(fn ->
+        Port.command(port, Integer.to_string(items))
+        lines_loop(port, callback, 0)
+      end)
+
     if count != items, do: raise("the JSON-lines stream delivered #{count} of #{items} items")
     items / (us / 1.0e6)
   end

@@ -4,7 +4,8 @@ Minimal Python loops over an Erlang Port with ``{packet, 4}`` framing, nothing o
 size the link sets (``widen_pipe``: 1 MiB instead of Linux's 64 KiB):
 
 - ``echo``: read a frame, ``orjson.loads`` it, ``orjson.dumps`` it back (a round trip's floor);
-- ``jsonl N``: a generator of ``{"i": n}`` written as JSON lines, 1,024 lines a frame (the naive stream);
+- ``jsonl``: for each request frame holding a count N, a generator of ``{"i": n}`` written as JSON lines, 1,024
+  lines a frame, then an empty frame (the naive stream; one process serves many runs, so it is measured warm);
 - ``bytes COUNT MIB``: COUNT frames of MIB raw bytes each (what a pipe moves).
 
 The Elixir half (``elixir_client/bench/bench.exs``) opens the Port and drives each mode.
@@ -45,7 +46,13 @@ def echo() -> None:
         _write(orjson.dumps(orjson.loads(_read_exact(size))))
 
 
-def jsonl(count: int) -> None:
+def jsonl() -> None:
+    while True:
+        (size,) = _LENGTH.unpack(_read_exact(4))
+        _jsonl_stream(int(_read_exact(size)))
+
+
+def _jsonl_stream(count: int) -> None:
     lines: list[bytes] = []
     for n in range(count):
         lines.append(orjson.dumps({"i": n}))
@@ -74,7 +81,7 @@ def main(argv: list[str]) -> None:
     if argv[0] == "echo":
         echo()
     elif argv[0] == "jsonl":
-        jsonl(int(argv[1]))
+        jsonl()
     elif argv[0] == "bytes":
         raw_bytes(int(argv[1]), block)
     else:

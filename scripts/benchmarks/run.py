@@ -9,9 +9,12 @@ The Elixir half runs ``elixir_client/bench/bench.exs`` and reads its ``BENCH {js
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -53,6 +56,8 @@ QUICK = {
     "slow_chunks": 24,
     "pool_sizes": [1, 4, 8],
     "ping_samples": 50,
+    "storm_streams": 100,
+    "soak_s": 1,
 }
 FULL = {
     "items": 200_000,
@@ -66,6 +71,8 @@ FULL = {
     "slow_chunks": 256,
     "pool_sizes": [1, 4, 8],
     "ping_samples": 500,
+    "storm_streams": 1000,
+    "soak_s": 60,
 }
 IDLE_STREAMS = 200
 
@@ -106,6 +113,31 @@ class RawServer:
         assert self.process.stdin is not None
         self.process.stdin.close()
         self.process.wait(10)
+
+
+class CpuHog:
+    """``--busy``: a CPU-bound process (``while True: pass``, not pinned) holding one of the cores for the whole
+    run, the way a CI runner or a production host with a busy neighbour looks. Killed by its pid on every way
+    out of the ``with``; if this process is killed outright, the kernel kills it too (``PR_SET_PDEATHSIG``)."""
+
+    def __enter__(self) -> CpuHog:
+        self.process = subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=_die_with_parent)
+        self.started = time.monotonic()
+        return self
+
+    def cpu_share(self) -> float:
+        """The fraction of a core the hog has had so far: proof it ran."""
+        times = psutil.Process(self.process.pid).cpu_times()
+        return (times.user + times.system) / (time.monotonic() - self.started)
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.kill()
+        self.process.wait(10)
+
+
+def _die_with_parent() -> None:
+    pr_set_pdeathsig = 1  # linux/prctl.h
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 def python_benchmarks(cfg: dict[str, Any], runs: int) -> dict[str, float]:
@@ -240,10 +272,22 @@ def table(r: dict[str, float]) -> list[tuple[str, str, str, str]]:
     def ratio(a: float | None, b: float | None, suffix: str = "x") -> str:
         return "n/a" if a is None or not b else f"{a / b:.2f}{suffix}"
 
+    def spread(key: str, fmt: str, unit: str) -> str:
+        """The limit's min-max across the rounds it was interleaved with Krait's row."""
+        low, high, rounds = get(f"{key}_min"), get(f"{key}_max"), get(f"{key}_rounds")
+        if low is None or high is None or rounds is None:
+            return "1.00x"
+        return f"spread {low:{fmt}}-{high:{fmt}}{unit} over {rounds:.0f} rounds"
+
     raw_items = get("raw_items_per_s")
     jsonl = get("port_jsonl_items_per_s")
     row("1. small chunks, plain grpcio (1 msg/item)", num(raw_items, ",.0f", "/s"), "1.00x", "baseline")
-    row("1. small chunks, naive JSON lines over a Port (limit)", num(jsonl, ",.0f", "/s"), "1.00x", "the limit")
+    row(
+        "1. small chunks, naive JSON lines over a Port (limit; warm, interleaved with the link's row)",
+        num(jsonl, ",.0f", "/s"),
+        spread("port_jsonl_items_per_s", ",.0f", "/s"),
+        "the limit",
+    )
     row(
         "1. small chunks into an Elixir callback, link",
         num(get("ex_items_per_s"), ",.0f", "/s"),
@@ -300,7 +344,17 @@ def table(r: dict[str, float]) -> list[tuple[str, str, str, str]]:
         return "n/a" if p50 is None or p99 is None else f"{p50:.0f} / {p99:.0f} µs"
 
     ping50, ping99 = get("port_ping_p50_us"), get("port_ping_p99_us")
-    row("4. unary p50 / p99: bare Port ping-pong, orjson (limit)", us_pair("port_ping"), "1.00x", "the limit")
+    row(
+        "4. unary p50 / p99: bare Port ping-pong, orjson (limit; warm, interleaved with the rows below)",
+        us_pair("port_ping"),
+        spread("port_ping_p50_us", ".0f", " µs p50"),
+        "the limit",
+    )
+    row(
+        "4. unary p50 / p99: the same ping-pong measured alone, cold (as before)",
+        us_pair("port_ping_cold"),
+        ratio(get("port_ping_cold_p50_us"), ping50, "x warm"),
+    )
     row(
         "4. unary p50 / p99: a link worker driven straight over its Port",
         us_pair("link_direct"),
@@ -406,6 +460,20 @@ def table(r: dict[str, float]) -> list[tuple[str, str, str, str]]:
         "n/a" if added is None else f"{added:+.0f} µs",
         "<= +100 µs",
     )
+    for phase, what in (
+        ("storm", f"{r.get('mem_storm_streams', 0):,.0f} cancelled busy streams"),
+        ("soak", f"a {r.get('mem_soak_s', 0):.0f} s soak of mixed calls"),
+    ):
+        two, unset = (
+            [get(f"mem_{phase}_{label}_{key}_mb") for key in ("start", "end", "peak")] for label in ("arenas2", "glibc")
+        )
+        known = None not in two and None not in unset
+        row(
+            f"14. worker RSS start -> end (peak), {what}: MALLOC_ARENA_MAX=2 (default) vs unset",
+            " vs ".join(f"{a:.0f} -> {b:.0f} ({c:.0f})" for a, b, c in (two, unset)) + " MiB" if known else "n/a",
+            f"+{two[1] - two[0]:.0f} vs +{unset[1] - unset[0]:.0f} MiB" if known else "n/a",
+            "bounded",
+        )
     rows.extend(observability.rows(get))
     for front, key in (("gRPC Ping", "ping"), ("HTTP GET /v1/tools", "http")):
         idle, held = get(f"hostile_idle_{key}_p99_ms"), get(f"hostile_attack_{key}_p99_ms")
@@ -460,8 +528,8 @@ def machine() -> dict[str, str]:
     }
 
 
-def markdown(rows: list[tuple[str, str, str, str]], info: dict[str, str], command: str) -> str:
-    lines = [f"`{command}` on {info['cpu']}, {info['memory']}; {info['python']}; {info['beam']}.", ""]
+def markdown(rows: list[tuple[str, str, str, str]], info: dict[str, str], command: str, mode: str) -> str:
+    lines = [f"`{command}` ({mode}) on {info['cpu']}, {info['memory']}; {info['python']}; {info['beam']}.", ""]
     lines += ["| benchmark | result | ratio | target |", "|---|---|---|---|"]
     lines += [f"| {' | '.join(r)} |" for r in rows]
     return "\n".join(lines) + "\n"
@@ -473,6 +541,11 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5, help="repetitions of each full-size benchmark (median)")
     parser.add_argument("--python-only", action="store_true", help="skip the Elixir half")
     parser.add_argument("--elixir-only", action="store_true", help="skip the Python half")
+    parser.add_argument(
+        "--busy",
+        action="store_true",
+        help="run while a CPU-bound process holds one core; results to .bench/results-busy.{json,md}",
+    )
     ns = parser.parse_args()
     runs = 1 if ns.quick else ns.runs
     cfg = {**(QUICK if ns.quick else FULL), "runs": runs, "quick": ns.quick}
@@ -480,19 +553,28 @@ def main() -> int:
     results: dict[str, Any] = {"concurrent_streams": cfg["concurrent_streams"]}
     # the workers started here serve with a token, as `serve` does by default, and the clients send it
     os.environ.setdefault(TOKEN_ENV, generate_token())
-    if not ns.elixir_only:
-        results.update(python_benchmarks(cfg, runs))
-        results.update(observability.observability_benchmarks(cfg, runs))
-        results.update(hostile.benchmark(cfg["ping_samples"]))
-        results.update(mcp_bench.benchmark(max(20, cfg["ping_samples"] // 10)))
-    if not ns.python_only:
-        results.update(elixir_benchmarks(cfg))
+    with CpuHog() if ns.busy else contextlib.nullcontext() as hog:
+        if not ns.elixir_only:
+            results.update(python_benchmarks(cfg, runs))
+            results.update(observability.observability_benchmarks(cfg, runs))
+            results.update(hostile.benchmark(cfg["ping_samples"]))
+            results.update(mcp_bench.benchmark(max(20, cfg["ping_samples"] // 10)))
+        if not ns.python_only:
+            results.update(elixir_benchmarks(cfg))
+        if hog is not None:
+            results["busy_hog_cpu_share"] = hog.cpu_share()
+    mode = (
+        f"busy: one core held by a CPU-bound process ({results['busy_hog_cpu_share']:.2f} of a core)"
+        if ns.busy
+        else "idle: nothing else started"
+    )
     rows = table(results)
     info = machine()
     command = "scripts/bench " + " ".join(sys.argv[1:])
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     print(
-        f"\nKrait benchmarks ({'quick' if ns.quick else f'median of {runs} runs'}, {time.monotonic() - started:.0f} s)"
+        f"\nKrait benchmarks ({'quick' if ns.quick else f'median of {runs} runs'}, {mode},"
+        f" {time.monotonic() - started:.0f} s)"
     )
     for key, value in info.items():
         print(f"  {key}: {value}")
@@ -500,10 +582,12 @@ def main() -> int:
         print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)))
     out_dir = ROOT / ".bench"
     out_dir.mkdir(exist_ok=True)
-    (out_dir / "results.json").write_text(
-        json.dumps({"command": command, "machine": info, "config": cfg, "results": results}, indent=2)
+    # a busy run never overwrites the idle one: the two are read side by side
+    name = "results-busy" if ns.busy else "results"
+    (out_dir / f"{name}.json").write_text(
+        json.dumps({"command": command, "mode": mode, "machine": info, "config": cfg, "results": results}, indent=2)
     )
-    (out_dir / "results.md").write_text(markdown(rows, info, command.strip()))
+    (out_dir / f"{name}.md").write_text(markdown(rows, info, command.strip(), mode))
     return 0
 
 
