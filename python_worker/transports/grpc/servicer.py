@@ -273,10 +273,15 @@ async def _abort(context: Context, status: grpc.Status) -> None:
     await context.abort(status.code, status.details, status.trailing_metadata)
 
 
+# A client whose deadline passes cancels the call itself (RST_STREAM), a little before the worker's own deadline
+# (which counts from when the headers arrived): a cancel this close to the deadline is the deadline's.
+DEADLINE_SLACK_S = 0.1
+
+
 def _ended_by(context: Context) -> str:
     """Why an RPC that ended before its tool did was cut short: its deadline, or its client."""
     remaining = context.time_remaining()
-    return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+    return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= DEADLINE_SLACK_S else "CANCELLED"
 
 
 def _metadata(context: Context) -> dict[str, str]:
