@@ -12,12 +12,20 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import numpy as np
+import pydantic
 
-from python_worker import BaseAdapter, StreamChunk, ToolContext, tool
+from python_worker import BaseAdapter, HandlerError, InputError, StreamChunk, ToolContext, tool
+
+
+class Point(pydantic.BaseModel):
+    """An input item of ``point_input``."""
+
+    x: float
+    y: float
 
 
 class QuotaExceeded(Exception):
@@ -203,3 +211,80 @@ class ShowcaseAdapter(BaseAdapter):
     def stream_events(self, tag: str) -> dict[str, float]:
         with self._lock:
             return dict(self._events.get(tag, {}))
+
+    # -- streams both ways: input from the caller, handler calls to it -----------------------------------------
+    @tool(description="Sum item['i'] over the caller's input stream (benchmarks: small items)")
+    def sum_input(self, items: Iterator[dict[str, int]]) -> int:
+        return sum(item["i"] for item in items)
+
+    @tool(description="Yield each input item back as it arrives (full duplex)")
+    def echo_input(self, items: Iterator[Any]) -> Iterator[Any]:
+        yield from items
+
+    @tool(description="Yield each input item back as it arrives (async generator)")
+    async def aecho_input(self, items: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        async for item in items:
+            yield item
+
+    @tool(description="Count the input's items (async)")
+    async def acount_input(self, items: AsyncIterator[Any]) -> int:
+        count = 0
+        async for _ in items:
+            count += 1
+        return count
+
+    @tool(description="Read n input items and return them (the rest is never read)")
+    def take_input(self, items: Iterator[Any], n: int, tag: str = "") -> list[Any]:
+        taken: list[Any] = []
+        try:
+            for item in items:
+                taken.append(item)
+                if len(taken) >= n:
+                    break
+            return taken
+        except InputError:
+            self._event(tag, "input_error")
+            raise
+        finally:
+            self._event(tag, "finally")
+
+    @tool(description="Yield the count of items read so far, one chunk per item; records its finally under tag")
+    def hold_input(self, items: Iterator[Any], tag: str = "") -> Iterator[int]:
+        try:
+            for count, _ in enumerate(items, 1):
+                self._event(tag, "item")
+                yield count
+        finally:
+            self._event(tag, "finally")
+
+    @tool(description="Shape and sum of each float array the caller streams")
+    def array_input(self, frames: Iterator[np.ndarray]) -> Iterator[dict[str, Any]]:
+        for frame in frames:
+            yield {"shape": list(frame.shape), "sum": float(frame.sum())}
+
+    @tool(description="Total bytes of the blobs the caller streams")
+    def bytes_input(self, blobs: Iterator[bytes]) -> int:
+        return sum(len(blob) for blob in blobs)
+
+    @tool(description="Sum of x*y over the points the caller streams (items validated as Point)")
+    def point_input(self, points: Iterator[Point]) -> float:
+        return sum(point.x * point.y for point in points)
+
+    @tool(description="Call the caller's handler `name` with `args`; its value, or {'error': {type, message}}")
+    def ask(self, name: str, ctx: ToolContext, args: Any = None, timeout: float | None = None) -> Any:
+        try:
+            return ctx.call(name, args, timeout=timeout)
+        except HandlerError as exc:
+            return {"error": {"type": exc.type, "message": exc.message}}
+
+    @tool(description="ask, as an async tool (await ctx.acall)")
+    async def aask(self, name: str, ctx: ToolContext, args: Any = None, timeout: float | None = None) -> Any:
+        try:
+            return await ctx.acall(name, args, timeout=timeout)
+        except HandlerError as exc:
+            return {"error": {"type": exc.type, "message": exc.message}}
+
+    @tool(description="Yield the value of handler `name` called with {'i': i} for i in range(count)")
+    def ask_stream(self, name: str, ctx: ToolContext, count: int = 3) -> Iterator[Any]:
+        for i in range(count):
+            yield ctx.call(name, {"i": i})

@@ -27,6 +27,7 @@ from ..proto import pb
 from ..sdk import BaseAdapter, ToolContext, ToolSpec
 from .buffer import Cancelled, ChunkBuffer
 from .call import StreamingCall, prepare, run_unary
+from .exchange import Exchange
 from .requests import Malformed, deserializer
 from .sessions import SessionStore, check_session_id
 
@@ -170,6 +171,8 @@ class Engine:
                 supports_streaming=spec.supports_streaming,
                 parameters_schema_json=json.dumps(spec.json_schema()),
                 result_schema_json=json.dumps(spec.result_schema) if spec.result_schema is not None else "",
+                input_schema_json=json.dumps(spec.input.schema) if spec.input is not None else "",
+                input_param=spec.input.param if spec.input is not None else "",
             )
             for spec in sorted(self.specs.values(), key=lambda s: s.name)
         ]
@@ -218,11 +221,12 @@ class Engine:
         metadata: Mapping[str, str],
         *,
         on_ready: Callable[[ToolContext], None] = lambda ctx: None,
+        exchange: Exchange | None = None,
     ) -> Any:
         """Run a unary tool on this thread; ``on_ready(ctx)`` is called once the call is accepted, before the tool
         runs (to hook up cancellation and tell the caller it started). Raises what ends the call."""
         started = time.perf_counter()
-        info, accepted, span = self._accept(request, metadata, streaming=False, started=started)
+        info, accepted, span = self._accept(request, metadata, streaming=False, started=started, exchange=exchange)
         ctx = accepted[2]
         status, error = "OK", None
         try:
@@ -245,11 +249,15 @@ class Engine:
                 span.end(status, error)
             self._end(ctx, True)
 
-    def stream(self, request: Any, metadata: Mapping[str, str], *, frame_large: bool) -> StreamHandle:
+    def stream(
+        self, request: Any, metadata: Mapping[str, str], *, frame_large: bool, exchange: Exchange | None = None
+    ) -> StreamHandle:
         """Accept a streaming call (its tool starts with :meth:`StreamHandle.start`). ``frame_large``: queue large
         chunks already framed as batch entries (for batched transports). Raises what refuses the call."""
         started = time.perf_counter()
-        info, (spec, kwargs, ctx), span = self._accept(request, metadata, streaming=True, started=started)
+        info, (spec, kwargs, ctx), span = self._accept(
+            request, metadata, streaming=True, started=started, exchange=exchange
+        )
         try:
             # the tool's thread starts in a copy of this thread's context: the span (attached) is current there
             call = StreamingCall(
@@ -268,7 +276,13 @@ class Engine:
         return StreamHandle(self, call, True, info, started, span)
 
     def _accept(
-        self, request: Any, metadata: Mapping[str, str], *, streaming: bool, started: float
+        self,
+        request: Any,
+        metadata: Mapping[str, str],
+        *,
+        streaming: bool,
+        started: float,
+        exchange: Exchange | None,
     ) -> tuple[CallInfo, tuple[ToolSpec, dict[str, Any], ToolContext], Any]:
         """Mark the call in the log, open its span (attached to this thread), take a call slot, resolve the tool
         and validate its arguments; whatever refuses the call is counted and raised with nothing left held."""
@@ -287,6 +301,7 @@ class Engine:
                 sessions=self.sessions,
                 worker_id=self.worker_id,
                 call_id=info.call_id,
+                exchange=exchange,
             )
             if span is not None:
                 prepared[2]._call_span, prepared[2].trace_id = span, span.trace_id
@@ -297,6 +312,8 @@ class Engine:
                 span.detach()
                 span.end(status_name(exc), exc)
             _tag(exc, info)
+            if exchange is not None:
+                exchange.close()
             self._end(None, acquired)
             raise
         return info, prepared, span
@@ -366,6 +383,8 @@ class Engine:
             self._in_flight += 1
 
     def _end(self, ctx: ToolContext | None, acquired: bool) -> None:
+        if ctx is not None and isinstance(ctx._caller, Exchange):
+            ctx._caller.close()
         if ctx is not None and ctx.session is not None:
             self.sessions.release(ctx.session_id)
         if acquired:

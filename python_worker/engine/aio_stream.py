@@ -23,6 +23,7 @@ from ..errors import ProtocolViolation
 from ..wire import Chunk
 from . import aio_runner
 from .buffer import Cancelled
+from .exchange import check_input
 
 if TYPE_CHECKING:
     from .call import StreamingCall
@@ -82,8 +83,10 @@ async def _drive(call: StreamingCall) -> None:
         if final is not None:
             async for _extra in generator:
                 raise ProtocolViolation(call.after_final_message(final[0]))
+            check_input(call.ctx)
             seq, data, content_type, _, meta = final
         else:
+            check_input(call.ctx)
             seq, data, content_type, meta = call._seq, b"", "", {"synthetic_final": "true"}
         await wait_room()
         with call._emit_lock:

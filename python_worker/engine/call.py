@@ -31,6 +31,7 @@ from ..sdk.tool import ArgumentError
 from ..wire import LARGE, Chunk, frame
 from . import aio_runner
 from .buffer import Cancelled, ChunkBuffer
+from .exchange import Exchange, check_input, finite_input
 from .sessions import SessionStore, check_session_id
 
 log = logging.getLogger("krait.worker")
@@ -44,8 +45,10 @@ def prepare(
     sessions: SessionStore,
     worker_id: str,
     call_id: str = "",
+    exchange: Exchange | None = None,
 ) -> tuple[ToolSpec, dict[str, Any], ToolContext]:
-    """Resolve the tool, check the RPC fits it, decode and validate the arguments, build the context."""
+    """Resolve the tool, check the RPC fits it, decode and validate the arguments, build the context (bound to
+    the call's ``exchange`` with its caller: input stream and handler calls)."""
     check_session_id(request.session_id)
     spec = specs.get(request.tool_name)
     if spec is None:
@@ -56,6 +59,7 @@ def prepare(
             raise WrongRpc(f"{spec.name} is a streaming tool: call it with ExecuteStreamingTool")
         raise WrongRpc(f"{spec.name} is not a streaming tool: call it with ExecuteTool")
     args = _parse_args(request.args_json, spec.name)
+    given_input = _input_from_args(spec, args, exchange)
     for name, blob in request.binary_args.items():
         if name in args:
             raise InvalidArguments(f"{spec.name}: argument {name!r} is given both in args_json and binary_args")
@@ -76,7 +80,42 @@ def prepare(
     )
     if spec.context_param:
         kwargs[spec.context_param] = ctx
+    if spec.input is not None:
+        if given_input is not None:
+            kwargs[spec.input.param] = finite_input(spec.input, spec.name, given_input, spec.is_async)
+        else:
+            assert exchange is not None  # checked by _input_from_args
+            kwargs[spec.input.param] = exchange.iterator(spec.is_async)
+    if exchange is not None:
+        exchange.bind(spec.name, spec.input if given_input is None else None, ctx)
     return spec, kwargs, ctx
+
+
+def _input_from_args(spec: ToolSpec, args: dict[str, Any], exchange: Exchange | None) -> list[Any] | None:
+    """The whole input given as a JSON array in the arguments (taken out of them), or None when it streams;
+    refuses a call that cannot give the tool its input, or gives input to a tool that reads none."""
+    declared = exchange.input_declared if exchange is not None else False
+    if spec.input is None:
+        if declared:
+            raise InvalidArguments(f"{spec.name} reads no input stream (drop the input)")
+        return None
+    param = spec.input.param
+    if param in args:
+        values = args.pop(param)
+        if not isinstance(values, list):
+            raise InvalidArguments(
+                f"{spec.name}: argument '{param}' is the tool's input: stream it, or give it whole as a JSON array"
+                f" (got {type(values).__name__})"
+            )
+        if declared:
+            raise InvalidArguments(f"{spec.name}: its input is given both as '{param}' and as a stream")
+        return values
+    if declared is False:
+        raise WrongRpc(
+            f"{spec.name} reads an input stream: call it with ExecuteToolDuplex, with input from an Elixir pool or a"
+            f" WebSocket (or pass its whole input as a JSON array in '{param}')"
+        )
+    return None
 
 
 def _parse_args(text: str, tool_name: str) -> dict[str, Any]:
@@ -140,6 +179,7 @@ def run_unary(adapter: BaseAdapter, spec: ToolSpec, kwargs: dict[str, Any], ctx:
     value = spec.func(adapter, **kwargs)
     if spec.is_async:
         value = aio_runner.run(value, ctx)
+    check_input(ctx)
     content_type = None
     meta: dict[str, str] | None = None
     if isinstance(value, StreamChunk):
@@ -272,8 +312,10 @@ class StreamingCall:
                 # the call ends when the tool ends: look for a (forbidden) yield after the final chunk
                 for _extra in iterator:
                     raise ProtocolViolation(self.after_final_message(final[0]))
+                check_input(self.ctx)
                 seq, data, content_type, _, meta = final
             else:
+                check_input(self.ctx)
                 seq, data, content_type, meta = self._seq, b"", "", {"synthetic_final": "true"}
             with self._emit_lock:
                 meta = self.final_meta(meta)

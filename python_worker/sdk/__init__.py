@@ -2,7 +2,7 @@
 
 from .adapter import AdapterPathError, BaseAdapter, load_adapter
 from .chunk import StreamChunk
-from .context import Session, ToolCancelled, ToolContext
+from .context import HandlerError, InputError, Session, ToolCancelled, ToolContext
 from .files import FileArgumentError, open_path, resolve_path
 from .tool import ArgumentError, ToolSpec, tool
 
@@ -11,6 +11,8 @@ __all__ = [
     "ArgumentError",
     "BaseAdapter",
     "FileArgumentError",
+    "HandlerError",
+    "InputError",
     "Session",
     "StreamChunk",
     "ToolCancelled",

@@ -7,13 +7,43 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 log = logging.getLogger("krait.worker")
 
 
 class ToolCancelled(Exception):
     """Raised by :meth:`ToolContext.check_cancelled` once the caller has gone or the deadline has passed."""
+
+
+class InputError(Exception):
+    """Raised by a tool's input iterator when the caller's input failed (an Elixir enumerable raised, a Python
+    iterable raised): the message is the caller's. The call is over for the caller already; a tool that catches
+    it may still clean up."""
+
+
+class HandlerError(Exception):
+    """Raised by :meth:`ToolContext.call` / :meth:`ToolContext.acall` when the caller could not answer.
+
+    ``type`` says why: ``HandlerNotFound`` (the caller has no handler of that name), ``HandlerFailed`` (it
+    returned an error or raised), ``HandlerRaised`` / ``HandlerThrew`` / ``HandlerExited`` (an Elixir handler
+    raised, threw or exited), ``HandlerTimeout`` (no answer within the timeout), ``HandlersUnavailable`` (the
+    call came by a transport that carries no handler calls: a plain unary or server-streaming RPC, an HTTP POST
+    or SSE). ``message`` is the caller's own text."""
+
+    def __init__(self, handler: str, type: str, message: str) -> None:
+        super().__init__(f"handler {handler!r}: {type}: {message}")
+        self.handler = handler
+        self.type = type
+        self.message = message
+
+
+class CallerLink(Protocol):
+    """What a call's context reaches its caller through (the engine's exchange)."""
+
+    def call(self, name: str, args: Any, timeout: float | None) -> Any: ...
+
+    async def acall(self, name: str, args: Any, timeout: float | None) -> Any: ...
 
 
 class CancelEvent(threading.Event):
@@ -84,6 +114,8 @@ class ToolContext:
     - ``span`` / ``trace_id``: the call's OpenTelemetry span and its trace id (see python_worker.tracing).
     - ``report_progress()``: on a streaming call, sends a progress chunk (metadata ``krait.event=progress``) in
       order with the tool's own chunks; on a unary call it keeps the last report in the response metadata.
+    - ``call()`` / ``acall()``: ask the caller to run one of its handlers (an Elixir function, a Python
+      callable given to the client) and return its value; :class:`HandlerError` when it cannot.
     """
 
     tool_name: str
@@ -96,6 +128,7 @@ class ToolContext:
     progress_sink: Callable[[dict[str, Any]], None] | None = None
     trace_id: str = ""
     _call_span: Any = None  # python_worker.tracing.CallSpan, when OpenTelemetry is installed
+    _caller: CallerLink | None = None  # the engine's exchange with the caller, when the transport has one
 
     @property
     def span(self) -> Any:
@@ -152,3 +185,26 @@ class ToolContext:
         if self.progress_sink is not None:
             event: dict[str, Any] = {"progress": progress, "total": total, "message": message}
             self.progress_sink(event)
+
+    def call(self, name: str, args: Any = None, *, timeout: float | None = None) -> Any:
+        """Run the caller's handler ``name`` with ``args`` (a JSON value, usually a dict) and return its value.
+        Blocks until the caller answers, ``timeout`` seconds pass (:class:`HandlerError` ``HandlerTimeout``),
+        or the call is cancelled (:class:`ToolCancelled`). For ``async def`` tools use :meth:`acall`."""
+        if self._caller is None:
+            raise _unavailable(name)
+        return self._caller.call(name, args, timeout)
+
+    async def acall(self, name: str, args: Any = None, *, timeout: float | None = None) -> Any:
+        """``await``-able :meth:`call`, for ``async def`` tools (the event loop keeps running meanwhile)."""
+        if self._caller is None:
+            raise _unavailable(name)
+        return await self._caller.acall(name, args, timeout)
+
+
+def _unavailable(name: str) -> HandlerError:
+    return HandlerError(
+        name,
+        "HandlersUnavailable",
+        "this call came by a transport that carries no handler calls: call the tool with ExecuteToolDuplex,"
+        " the local link (an Elixir pool), or a WebSocket",
+    )

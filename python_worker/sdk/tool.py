@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections.abc as abc
 import inspect
+import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,6 +60,19 @@ class UnresolvedHint(TypeError):
 
 
 @dataclass(frozen=True, slots=True)
+class InputSpec:
+    """A tool's input stream: the parameter annotated ``Iterator[T]`` (``AsyncIterator[T]`` in async tools) that
+    receives the items its caller streams. ``kind``: ``json`` (validated against ``item`` like an argument),
+    ``npy``, ``bytes``, or ``binary`` (either of the two)."""
+
+    param: str
+    item: Any
+    kind: Literal["json", "npy", "bytes", "binary"]
+    schema: dict[str, Any]
+    adapter: pydantic.TypeAdapter[Any] | None  # validates a JSON item (None: any JSON value)
+
+
+@dataclass(frozen=True, slots=True)
 class ToolSpec:
     """Everything the server needs to know about one tool."""
 
@@ -74,6 +88,7 @@ class ToolSpec:
     is_async: bool = False
     result_schema: dict[str, Any] | None = None
     optional_binary: frozenset[str] = frozenset()
+    input: InputSpec | None = None  # the tool's input stream, when a parameter is annotated Iterator[T]
 
     def json_schema(self) -> dict[str, Any]:
         """JSON Schema of the parameters, defaults included."""
@@ -274,6 +289,7 @@ def build_spec(func: Callable[..., Any]) -> ToolSpec:
     binary: dict[str, str] = {}
     optional_binary: set[str] = set()
     context_param = None
+    input_spec: InputSpec | None = None
     extra: Literal["forbid", "allow"] = "forbid"
     kind: Kind = info.get("kind", "function")
     first = next(iter(signature.parameters.values()), None)
@@ -291,6 +307,15 @@ def build_spec(func: Callable[..., Any]) -> ToolSpec:
             continue
         if param.kind is param.VAR_KEYWORD:
             extra = "allow"
+            continue
+        found = _input_spec(where, kind, param.name, annotation)
+        if found is not None:
+            if input_spec is not None:
+                raise TypeError(
+                    f"{where}: parameters '{input_spec.param}' and '{param.name}' are both input streams;"
+                    " a tool reads at most one"
+                )
+            input_spec = found
             continue
         if param.kind is param.VAR_POSITIONAL:
             raise TypeError(f"{where}: *{param.name} cannot be passed by name")
@@ -337,7 +362,60 @@ def build_spec(func: Callable[..., Any]) -> ToolSpec:
         is_async=kind in ("coroutine", "async_generator"),
         result_schema=result,
         optional_binary=frozenset(optional_binary),
+        input=input_spec,
     )
+
+
+_SYNC_INPUTS = (abc.Iterator, abc.Iterable)
+_ASYNC_INPUTS = (abc.AsyncIterator, abc.AsyncIterable)
+# strict like the arguments (see the module doc): "3" is not an int; no NaN or infinity in JSON
+_ITEM_CONFIG = ConfigDict(strict=True, allow_inf_nan=False, arbitrary_types_allowed=True)
+
+
+def _input_spec(where: str, kind: Kind, name: str, annotation: Any) -> InputSpec | None:
+    """The input stream a parameter annotated ``Iterator[T]`` / ``AsyncIterator[T]`` declares, else None."""
+    origin = typing.get_origin(annotation) or annotation
+    is_sync, is_async = origin in _SYNC_INPUTS, origin in _ASYNC_INPUTS
+    if not (is_sync or is_async):
+        return None
+    if is_async and kind not in ("coroutine", "async_generator"):
+        raise TypeError(
+            f"{where}: parameter '{name}' is an AsyncIterator, which only async def tools read: use Iterator[...]"
+        )
+    if is_sync and kind in ("coroutine", "async_generator"):
+        raise TypeError(
+            f"{where}: parameter '{name}' is an Iterator, which would block the event loop of an async tool:"
+            " use AsyncIterator[...]"
+        )
+    args = typing.get_args(annotation)
+    item = compatible(args[0]) if args else Any
+    kinds = {binary_kind(member) for member in _union_members(item)}
+    if kinds == {"npy"}:
+        return InputSpec(name, item, "npy", dict(BINARY_SCHEMA["npy"]), None)
+    if kinds == {"bytes"}:
+        return InputSpec(name, item, "bytes", dict(BINARY_SCHEMA["bytes"]), None)
+    if kinds == {"npy", "bytes"}:
+        schema = {"anyOf": [BINARY_SCHEMA["npy"], BINARY_SCHEMA["bytes"]], "x-krait-binary": True}
+        return InputSpec(name, item, "binary", schema, None)
+    if kinds - {None}:
+        raise TypeError(f"{where}: input items of '{name}' mix binary and JSON types; stream one or the other")
+    if item is Any:
+        return InputSpec(name, item, "json", {}, None)
+    try:
+        config = None if isinstance(item, type) and issubclass(item, pydantic.BaseModel) else _ITEM_CONFIG
+        adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(item, config=config)
+        schema = adapter.json_schema()
+    except Exception as exc:
+        raise TypeError(
+            f"{where}: the input items of '{name}' have an unsupported type ({str(exc).strip().splitlines()[0]})"
+        ) from None
+    return InputSpec(name, item, "json", schema, adapter)
+
+
+def _union_members(annotation: Any) -> tuple[Any, ...]:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return typing.get_args(annotation)
+    return (annotation,)
 
 
 def _has_description(annotation: Any) -> bool:

@@ -31,10 +31,26 @@ from google.rpc import code_pb2, status_pb2
 
 from ..engine import Engine, StreamHandle
 from ..engine.deadlines import Deadline, Deadlines
+from ..engine.exchange import Exchange
+from ..errors import CallError, InvalidArguments
 from ..proto import pb
 from ..sdk.context import CancelEvent
 from ..wire import encode_batch
-from .link_io import CANCEL, CREDIT, END, MESSAGE, OPEN, STARTED, FrameReader, FrameWriter
+from .link_io import (
+    CANCEL,
+    CREDIT,
+    END,
+    HANDLER_CALL,
+    HANDLER_REPLY,
+    INPUT,
+    INPUT_END,
+    MESSAGE,
+    OPEN,
+    STARTED,
+    FrameReader,
+    FrameWriter,
+    credit_frame,
+)
 
 log = logging.getLogger("krait.worker")
 
@@ -70,6 +86,25 @@ def _status(code: int, message: str) -> bytes:
     return data
 
 
+# OPEN metadata a pool sends when its caller streams input into the call (docs/link.md)
+INPUT_HEADER = "krait-input"
+
+
+class LinkPeer:
+    """How a call's tool reaches its caller over the link: CREDIT and HANDLER_CALL frames."""
+
+    __slots__ = ("_call_id", "_writer")
+
+    def __init__(self, writer: FrameWriter, call_id: int) -> None:
+        self._writer, self._call_id = writer, call_id
+
+    def grant(self, items: int, nbytes: int) -> None:
+        self._writer.send_raw(credit_frame(self._call_id, items, nbytes))
+
+    def handler_call(self, call: Any) -> None:
+        self._writer.send(self._call_id, HANDLER_CALL, call.SerializeToString())
+
+
 class LinkCall:
     """One tool call on the link: its cancellation (by the pool or its deadline) and its credit.
 
@@ -88,6 +123,7 @@ class LinkCall:
         self._cond: threading.Condition | None = None
         self.open_frame: Any = None  # the OPEN frame of a call served inline
         self._reason = "CANCELLED"  # the status its tool's cancellation ends it with
+        self.exchange: Exchange | None = None  # input and handler calls, fed by the reading thread
 
     def attach(self, cancel_event: CancelEvent, stream: StreamHandle | None = None) -> None:
         """The call's tool is about to run: from now on a cancellation reaches it."""
@@ -100,10 +136,14 @@ class LinkCall:
             self._stop()
 
     def cancel(self, code: int, message: str) -> None:
+        self.end_with(_status(code, message), code)
+
+    def end_with(self, status: bytes, code: int) -> None:
+        """End the call with ``status`` (a serialized ``google.rpc.Status``) and stop its tool."""
         with self._lock:
             if self.ended is not None:
                 return
-            self.ended = _status(code, message)
+            self.ended = status
             self._reason = "DEADLINE_EXCEEDED" if code == code_pb2.DEADLINE_EXCEEDED else "CANCELLED"
             cond = self._cond
         if cond is not None:
@@ -238,6 +278,10 @@ class LinkServer:
             self._handed = True
             self._read_lock.release()
 
+    def _hand_over_waiting_inline(self) -> None:
+        with self._inline_cond:
+            self._hand_over_inline()
+
     def _is_slow(self, tool: str) -> bool:
         until = self._slow_tools.get(tool)
         return until is not None and time.monotonic() < until
@@ -265,6 +309,7 @@ class LinkServer:
         if kind == OPEN:
             if frame.method in _TOOL_METHODS:
                 call = LinkCall(call_id, frame.credit)
+                call.exchange = Exchange(LinkPeer(self.writer, call_id), input_declared=INPUT_HEADER in frame.metadata)
                 with self._calls_lock:
                     self._calls[call_id] = call
                 self.writer.send(call_id, STARTED)
@@ -280,17 +325,40 @@ class LinkServer:
                 self._serve_small(frame)  # quick, and never blocks: no hand-over of the reading
                 return None
             return lambda: self._serve_small(frame)
-        if kind in (CANCEL, CREDIT):
+        if kind in (CANCEL, CREDIT, INPUT, INPUT_END, HANDLER_REPLY):
             with self._calls_lock:
                 open_call = self._calls.get(call_id)
-            if open_call is not None:
-                if kind == CANCEL:
-                    open_call.cancel(*_cancel_reason(frame.payload))
-                else:
-                    open_call.add_credit(frame.credit)
+            if open_call is None:  # crossed the call's end
+                return None
+            if kind == CANCEL:
+                open_call.cancel(*_cancel_reason(frame.payload))
+            elif kind == CREDIT:
+                open_call.add_credit(frame.credit)
+            else:
+                self._exchange_frame(open_call, kind, frame.payload)
             return None
         log.warning("unexpected link frame kind %s (call %d): ignored", kind, call_id)
         return None
+
+    def _exchange_frame(self, call: LinkCall, kind: int, payload: bytes) -> None:
+        """Input and handler replies from the caller, handed to the call's exchange; input the call does not
+        take (or that does not parse) ends the call with INVALID_ARGUMENT."""
+        exchange = call.exchange
+        assert exchange is not None
+        try:
+            if kind == INPUT:
+                exchange.feed(pb.InputBatch.FromString(payload).items)
+            elif kind == INPUT_END:
+                end = pb.InputEnd.FromString(payload) if payload else None
+                exchange.end_input(end.code, end.message) if end is not None else exchange.end_input()
+            else:
+                exchange.reply(pb.HandlerReply.FromString(payload))
+        except DecodeError:
+            what = "InputBatch" if kind == INPUT else "InputEnd" if kind == INPUT_END else "HandlerReply"
+            error: Exception = InvalidArguments(f"an undecodable {what} frame")
+            call.end_with(self.engine.status_bytes(error, "link"), code_pb2.INVALID_ARGUMENT)
+        except CallError as exc:
+            call.end_with(self.engine.status_bytes(exc, "link"), exc.code.value[0])
 
     # -- serving --------------------------------------------------------------------------------------------
     def _serve_small(self, frame: Any) -> None:
@@ -308,12 +376,18 @@ class LinkServer:
             request = self.engine.parse_request(frame.payload)
             tool_name = request.tool_name
             if inline:
+                spec = self.engine.specs.get(tool_name)
                 with self._inline_cond:
                     self._inline_tool = tool_name
-                    if self._is_slow(tool_name):
+                    # a tool that reads input waits for frames this thread would read: hand the reading over
+                    if self._is_slow(tool_name) or (spec is not None and spec.input is not None):
                         self._hand_over_inline()
+                assert call.exchange is not None
+                call.exchange.before_wait = self._hand_over_waiting_inline  # a handler call waits likewise
             if frame.method == "ExecuteTool":
-                response = self.engine.execute(request, metadata, on_ready=lambda ctx: call.attach(ctx.cancel_event))
+                response = self.engine.execute(
+                    request, metadata, on_ready=lambda ctx: call.attach(ctx.cancel_event), exchange=call.exchange
+                )
                 if call.ended is None:
                     self.writer.send_parts(
                         [(call.call_id, MESSAGE, response.SerializeToString()), (call.call_id, END, _OK)]
@@ -337,7 +411,7 @@ class LinkServer:
         self._end(call.call_id, call.ended)
 
     def _stream(self, call: LinkCall, request: Any, metadata: Mapping[str, str], *, batched: bool) -> None:
-        handle = self.engine.stream(request, metadata, frame_large=batched)
+        handle = self.engine.stream(request, metadata, frame_large=batched, exchange=call.exchange)
         try:
             call.attach(handle.ctx.cancel_event, handle)
             handle.start()

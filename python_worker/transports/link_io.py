@@ -40,9 +40,18 @@ OPEN, STARTED, MESSAGE, END, CANCEL, CREDIT, LOG, READY = (
     Kind.LOG,
     Kind.READY,
 )
+INPUT, INPUT_END, HANDLER_CALL, HANDLER_REPLY = Kind.INPUT, Kind.INPUT_END, Kind.HANDLER_CALL, Kind.HANDLER_REPLY
 
 _LENGTH = struct.Struct(">I")
-_KIND_FIELDS: dict[int, bytes] = {kind: b"\x10" + varint(kind) for kind in (STARTED, MESSAGE, END, LOG, READY)}
+_KIND_FIELDS: dict[int, bytes] = {
+    kind: b"\x10" + varint(kind) for kind in (STARTED, MESSAGE, END, LOG, READY, CREDIT, HANDLER_CALL)
+}
+
+
+def credit_frame(call_id: int, items: int, nbytes: int) -> bytes:
+    """A CREDIT frame to the pool: the call's caller may send ``items`` more input items, ``nbytes`` more bytes."""
+    fields = b"\x08" + varint(call_id) + _KIND_FIELDS[CREDIT] + b"\x30" + varint(nbytes) + b"\x40" + varint(items)
+    return _LENGTH.pack(len(fields)) + fields
 
 
 def frame_header(call_id: int, kind: int, payload_len: int, metadata: dict[str, str] | None = None) -> bytes:
@@ -75,6 +84,10 @@ class FrameWriter:
             self._write([frame_header(call_id, kind, len(payload), metadata), payload])
         else:
             self.send_parts([(call_id, kind, payload)])
+
+    def send_raw(self, frame: bytes) -> None:
+        """A frame already framed (see :func:`credit_frame`)."""
+        self._write([frame])
 
     def send_parts(self, frames: Iterable[tuple[int, int, bytes | memoryview]]) -> None:
         """Several frames in one write (a unary call's MESSAGE and END, say)."""

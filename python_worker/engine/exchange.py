@@ -1,0 +1,396 @@
+"""The caller's side of a call beyond its arguments and chunks: the tool's input stream and its handler calls.
+
+A transport creates one :class:`Exchange` per tool call, with a :class:`Peer` that reaches the caller (the link's
+frames, the duplex RPC's messages, the WebSocket's events), feeds it what the caller sends (input items, the
+input's end, handler replies), and hands it to the engine, which binds it to the tool.
+
+Input is pulled, never pushed: the worker grants the caller credit (:data:`WINDOW_ITEMS` items and
+:data:`WINDOW_BYTES` bytes) when the call starts, and grants again, in quarters of the window, as the tool reads.
+A caller sends only within its credit, so memory stays bounded by one window per call and an endless input is
+produced only as fast as the tool reads it. Items are decoded and validated when the tool takes them, on the
+tool's own thread (or its event loop), so the thread that reads the transport only queues bytes.
+
+``queue.Queue`` cannot wake an asyncio waiter, hand back credit per byte, or stop on the call's cancellation;
+that is why the small FIFO here is written by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import Any, Protocol
+
+import pydantic
+
+from .. import codec
+from ..errors import InvalidArguments
+from ..proto import pb
+from ..sdk.context import HandlerError, InputError, ToolCancelled, ToolContext
+from ..sdk.tool import InputSpec
+
+# What a caller may send ahead of the tool: enough to keep a fast producer and the tool busy at once (credit goes
+# back in quarters, so a quarter window is always on its way), and what bounds a call's input in memory.
+WINDOW_ITEMS = 1024
+WINDOW_BYTES = 4 << 20
+
+_NOTHING: Any = object()  # no item yet
+
+
+class Peer(Protocol):
+    """How a call reaches its caller (thread-safe: called from tool threads and the worker's event loop)."""
+
+    def grant(self, items: int, nbytes: int) -> None:
+        """Send input credit: the caller may send ``items`` more items and ``nbytes`` more bytes."""
+
+    def handler_call(self, call: Any) -> None:
+        """Send a ``krait.v1.HandlerCall`` to the caller."""
+
+
+class _Pending:
+    """A handler call waiting for its reply (on a thread, or on the event loop)."""
+
+    __slots__ = ("event", "future", "loop", "reply")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.reply: Any = None
+        self.event = threading.Event()
+        self.loop = loop
+        self.future: asyncio.Future[None] | None = loop.create_future() if loop is not None else None
+
+    def wake(self) -> None:
+        self.event.set()
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(_resolve, self.future)
+
+
+def _resolve(future: asyncio.Future[None] | None) -> None:
+    if future is not None and not future.done():
+        future.set_result(None)
+
+
+class Exchange:
+    """One call's input stream and handler calls. ``input_declared``: True when the caller says it streams input
+    (a tool that reads none is refused), None when it may (the duplex RPC), False when it cannot (a tool that
+    reads input is refused unless its input comes as a JSON array in the arguments)."""
+
+    def __init__(self, peer: Peer | None, *, input_declared: bool | None) -> None:
+        self.peer = peer
+        self.input_declared = input_declared
+        self.failure: BaseException | None = None  # an invalid item: the call ends with it
+        self.before_wait: Callable[[], None] | None = None  # called (once) before the tool first blocks on us
+        self._cond = threading.Condition(threading.Lock())
+        self._items: deque[tuple[bytes, str]] = deque()
+        self._ended: tuple[int, str] | None = None
+        self._closed = False
+        self._input: InputSpec | None = None
+        self._tool = ""
+        self._ctx: ToolContext | None = None
+        self._credit = [0, 0]  # items and bytes the caller may still send
+        self._taken = [0, 0]  # items and bytes read since the last grant
+        self._index = 0  # the next item's index in the whole input
+        self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+
+    # -- the engine's side ----------------------------------------------------------------------------------
+    def bind(self, tool: str, spec: InputSpec | None, ctx: ToolContext) -> None:
+        """The call was accepted: its tool reads ``spec``'s input (None: no input from here) and may call
+        handlers. Grants the first credit."""
+        with self._cond:
+            self._tool, self._input, self._ctx = tool, spec, ctx
+            if spec is not None:
+                self._credit = [WINDOW_ITEMS, WINDOW_BYTES]
+        ctx._caller = self
+        ctx.cancel_event.add_callback(self._wake_all)
+        if spec is not None and self.peer is not None:
+            self.peer.grant(WINDOW_ITEMS, WINDOW_BYTES)
+
+    def iterator(self, is_async: bool) -> Iterator[Any] | AsyncIterator[Any]:
+        """The tool's input parameter."""
+        return _AsyncInput(self) if is_async else _Input(self)
+
+    def close(self) -> None:
+        """The call is over: nothing more is queued, no grant is sent, waiters wake."""
+        with self._cond:
+            self._closed = True
+            self._items.clear()
+        self._wake_all()
+
+    # -- the transport's side -------------------------------------------------------------------------------
+    def feed(self, items: Sequence[Any]) -> None:
+        """Queue items (objects with ``data`` and ``content_type``) the caller sent. Raises
+        :class:`InvalidArguments` for input the call does not take (the transport ends the call with it)."""
+        with self._cond:
+            if self._closed:
+                return  # crossed the call's end
+            if not self._tool:
+                raise InvalidArguments("input before any credit was granted: wait for the worker's credit")
+            if self._input is None:
+                raise InvalidArguments(f"{self._tool} reads no input stream")
+            credit = self._credit
+            for item in items:
+                data = item.data
+                if credit[0] <= 0 or credit[1] <= 0:
+                    raise InvalidArguments(
+                        f"{self._tool}: input beyond the credit granted (item {self._index + len(self._items)});"
+                        " send items only within the worker's credit"
+                    )
+                credit[0] -= 1
+                credit[1] -= len(data)
+                self._items.append((data, item.content_type))
+            self._cond.notify()
+        self._wake_async()
+
+    def end_input(self, code: int = 0, message: str = "") -> None:
+        """The caller's input ended (``code`` 0) or failed (the tool's iterator raises :class:`InputError`)."""
+        with self._cond:
+            if self._ended is None:
+                self._ended = (code, message)
+            self._cond.notify()
+        self._wake_async()
+
+    def reply(self, reply: Any) -> None:
+        """A ``krait.v1.HandlerReply``; a reply to no waiting call (it timed out meanwhile) is dropped."""
+        with self._cond:
+            pending = self._pending.pop(reply.id, None)
+        if pending is not None:
+            pending.reply = reply
+            pending.wake()
+
+    # -- reading input --------------------------------------------------------------------------------------
+    def _take(self) -> tuple[bytes, str] | None:
+        """The next raw item (None at the input's end), waiting on this thread."""
+        self._announce_wait()
+        with self._cond:
+            while True:
+                item = self._next_locked()
+                if item is not _NOTHING:
+                    break
+                self._cond.wait()
+        return self._after_take(item)
+
+    async def _atake(self) -> tuple[bytes, str] | None:
+        """:meth:`_take` for async tools: waits on the event loop."""
+        loop = asyncio.get_running_loop()
+        while True:
+            with self._cond:
+                item = self._next_locked()
+                if item is _NOTHING:
+                    future: asyncio.Future[None] = loop.create_future()
+                    self._waiter = (loop, future)
+            if item is not _NOTHING:
+                return self._after_take(item)
+            try:
+                await future
+            finally:
+                with self._cond:
+                    if self._waiter is not None and self._waiter[1] is future:
+                        self._waiter = None
+
+    def _next_locked(self) -> Any:
+        if (self._ctx is not None and self._ctx.cancel_event.is_set()) or self._closed:
+            raise ToolCancelled(f"{self._tool} was cancelled")
+        if self._items:
+            return self._items.popleft()
+        if self._ended is not None:
+            code, message = self._ended
+            if code:
+                raise InputError(message or "the caller's input failed")
+            return None
+        return _NOTHING
+
+    def _after_take(self, item: tuple[bytes, str] | None) -> tuple[bytes, str] | None:
+        if item is None:
+            return None
+        grant = None
+        with self._cond:
+            self._index += 1
+            taken = self._taken
+            taken[0] += 1
+            taken[1] += len(item[0])
+            if taken[0] >= WINDOW_ITEMS // 4 or taken[1] >= WINDOW_BYTES // 4:
+                grant = (taken[0], taken[1])
+                self._credit[0] += grant[0]
+                self._credit[1] += grant[1]
+                self._taken = [0, 0]
+            closed = self._closed
+        if grant is not None and not closed and self.peer is not None:
+            self.peer.grant(*grant)
+        return item
+
+    def decode(self, raw: tuple[bytes, str]) -> Any:
+        """An item as the tool's annotation wants it; :class:`InvalidArguments` naming the item otherwise (the
+        call then ends with it, even if the tool catches it)."""
+        data, content_type = raw
+        spec = self._input
+        assert spec is not None
+        index = self._index - 1
+        try:
+            return _decode(spec, data, content_type)
+        except (ValueError, pydantic.ValidationError) as exc:
+            error = InvalidArguments(f"{self._tool}: input item {index}: {_problem(exc)}")
+            self.failure = self.failure or error
+            raise error from None
+
+    def _announce_wait(self) -> None:
+        hook, self.before_wait = self.before_wait, None
+        if hook is not None:
+            hook()
+
+    def _wake_all(self) -> None:
+        """The call was cancelled or is over: every wait ends (the waiters see why)."""
+        with self._cond:
+            self._cond.notify_all()
+            pending, self._pending = list(self._pending.values()), {}
+        self._wake_async()
+        for waiting in pending:
+            waiting.wake()
+
+    def _wake_async(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            waiter[0].call_soon_threadsafe(_resolve, waiter[1])
+
+    # -- handler calls --------------------------------------------------------------------------------------
+    def _send_call(self, name: str, args: Any, timeout: float | None, pending: _Pending) -> int:
+        if self.peer is None:
+            raise HandlerError(name, "HandlersUnavailable", "this call's transport carries no handler calls")
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout!r}")
+        args_json = codec.encode_json({} if args is None else args).decode()
+        with self._cond:
+            if self._closed:
+                raise ToolCancelled(f"{self._tool} was cancelled")
+            call_id = next(self._ids)
+            self._pending[call_id] = pending
+        timeout_ms = 0 if timeout is None else max(1, round(timeout * 1000))
+        self.peer.handler_call(pb.HandlerCall(id=call_id, name=name, args_json=args_json, timeout_ms=timeout_ms))
+        return call_id
+
+    def call(self, name: str, args: Any, timeout: float | None) -> Any:
+        """``ctx.call``: run the caller's handler and wait for its value on this thread."""
+        pending = _Pending()
+        call_id = self._send_call(name, args, timeout, pending)
+        self._announce_wait()
+        answered = pending.event.wait(timeout)
+        return self._outcome(name, call_id, pending, answered, timeout)
+
+    async def acall(self, name: str, args: Any, timeout: float | None) -> Any:
+        """``ctx.acall``: the same, awaited on the event loop."""
+        pending = _Pending(asyncio.get_running_loop())
+        call_id = self._send_call(name, args, timeout, pending)
+        assert pending.future is not None
+        try:
+            await asyncio.wait_for(asyncio.shield(pending.future), timeout)
+            answered = True
+        except TimeoutError:
+            answered = False
+        return self._outcome(name, call_id, pending, answered, timeout)
+
+    def _outcome(self, name: str, call_id: int, pending: _Pending, answered: bool, timeout: float | None) -> Any:
+        reply = pending.reply
+        if reply is None:
+            with self._cond:
+                self._pending.pop(call_id, None)
+            if not answered:
+                raise HandlerError(name, "HandlerTimeout", f"no answer within {timeout} s")
+            raise ToolCancelled(f"{self._tool} was cancelled while waiting for handler {name!r}")
+        if reply.HasField("error"):
+            raise HandlerError(name, reply.error.type or "HandlerFailed", reply.error.message)
+        try:
+            return codec.decode_value(reply.data, reply.content_type or codec.JSON)
+        except ValueError as exc:
+            raise HandlerError(name, "HandlerFailed", f"its value could not be decoded: {exc}") from None
+
+
+class _Input:
+    """A sync tool's input parameter: blocks for the next item, ends with the caller's input."""
+
+    __slots__ = ("_exchange",)
+
+    def __init__(self, exchange: Exchange) -> None:
+        self._exchange = exchange
+
+    def __iter__(self) -> _Input:
+        return self
+
+    def __next__(self) -> Any:
+        raw = self._exchange._take()
+        if raw is None:
+            raise StopIteration
+        return self._exchange.decode(raw)
+
+
+class _AsyncInput:
+    """An async tool's input parameter: awaits the next item without blocking the event loop."""
+
+    __slots__ = ("_exchange",)
+
+    def __init__(self, exchange: Exchange) -> None:
+        self._exchange = exchange
+
+    def __aiter__(self) -> _AsyncInput:
+        return self
+
+    async def __anext__(self) -> Any:
+        raw = await self._exchange._atake()
+        if raw is None:
+            raise StopAsyncIteration
+        return self._exchange.decode(raw)
+
+
+def _decode(spec: InputSpec, data: bytes, content_type: str) -> Any:
+    json_item = content_type in ("", codec.JSON)
+    if spec.kind == "json":
+        if not json_item:
+            raise ValueError(f"expected a JSON item, got {content_type!r}")
+        if spec.adapter is None:
+            return codec.decode_json(data)
+        return spec.adapter.validate_json(data)
+    if content_type == codec.NPY and spec.kind in ("npy", "binary"):
+        array = codec.decode_npy(data)
+        codec.check_argument_dtype(array)
+        return array
+    if content_type == codec.BYTES and spec.kind in ("bytes", "binary"):
+        return bytes(data)
+    wanted = {"npy": codec.NPY, "bytes": codec.BYTES, "binary": f"{codec.NPY} or {codec.BYTES}"}[spec.kind]
+    return _raise(f"expected {wanted}, got {content_type or codec.JSON!r}")
+
+
+def _raise(message: str) -> Any:
+    raise ValueError(message)
+
+
+def _problem(exc: BaseException) -> str:
+    if isinstance(exc, pydantic.ValidationError):
+        parts = []
+        for error in exc.errors(include_url=False):
+            path = "".join(f"[{p!r}]" for p in error["loc"])
+            got = repr(error.get("input"))[:80]
+            parts.append(f"{path + ': ' if path else ''}{error['msg']} (got {got})")
+        return "; ".join(parts)
+    if isinstance(exc, codec.JSONValueError):
+        where = codec.format_path(exc.path) if exc.path else "the item"
+        return f"{where}: {exc.problem}"
+    return str(exc)
+
+
+def check_input(ctx: ToolContext) -> None:
+    """Raise what made the call's input invalid, even if the tool caught it and ended normally."""
+    caller = ctx._caller
+    failure = caller.failure if isinstance(caller, Exchange) else None
+    if failure is not None:
+        raise failure
+
+
+def finite_input(spec: InputSpec, tool: str, values: list[Any], is_async: bool) -> Iterator[Any] | AsyncIterator[Any]:
+    """The whole input given as a JSON array in the arguments (HTTP POST, plain RPCs): validated item by item as
+    the tool reads, like a streamed input."""
+    exchange = Exchange(None, input_declared=False)
+    exchange._tool, exchange._input = tool, spec
+    exchange._items.extend((codec.encode_json(value), codec.JSON) for value in values)
+    exchange._ended = (0, "")
+    return exchange.iterator(is_async)
