@@ -288,3 +288,16 @@ class ShowcaseAdapter(BaseAdapter):
     def ask_stream(self, name: str, ctx: ToolContext, count: int = 3) -> Iterator[Any]:
         for i in range(count):
             yield ctx.call(name, {"i": i})
+
+    @tool(description="Call handler `name` `count` times; µs per round trip, measured here (benchmarks)")
+    def handler_latency(self, name: str, ctx: ToolContext, count: int = 1000) -> dict[str, float]:
+        samples = []
+        for i in range(count):
+            started = time.perf_counter()
+            ctx.call(name, {"i": i})
+            samples.append((time.perf_counter() - started) * 1e6)
+        samples.sort()
+        return {
+            "p50_us": samples[len(samples) // 2],
+            "p99_us": samples[min(len(samples) - 1, len(samples) * 99 // 100)],
+        }

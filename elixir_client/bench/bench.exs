@@ -5,10 +5,11 @@
 #
 # KRAIT_BENCH (JSON) sets the sizes; missing keys take the quick defaults below. Every figure is the
 # median over `runs` repetitions; progress goes to stderr. `"only": ["items", "bytes"]` runs just those
-# steps (start, slow, limits, cancel, unary, items, bytes, concurrency, memory); `"worker_root": "/path"` runs the workers
+# steps (start, slow, limits, cancel, unary, items, bytes, concurrency, duplex, memory); `"worker_root": "/path"` runs the workers
 # from another checkout (A/B comparisons of Python changes with the same Elixir code).
 Code.require_file("support.exs", __DIR__)
 Code.require_file("limits.exs", __DIR__)
+Code.require_file("duplex.exs", __DIR__)
 
 defmodule KraitBench do
   @moduledoc false
@@ -67,6 +68,13 @@ defmodule KraitBench do
 
     with_pool(BenchPool4, 4, [], fn pool ->
       step("concurrency", fn -> concurrency(pool, cfg) end)
+    end)
+
+    # Streams both ways: input, handler calls, pipelines (three stages, each on its own worker).
+    with_pool(BenchPoolDuplex, 3, [], fn pool ->
+      step("duplex", fn ->
+        report(KraitBench.Duplex.run(pool, cfg, @python, Process.get(:worker_root)))
+      end)
     end)
 
     step("memory", fn -> memory(cfg) end)

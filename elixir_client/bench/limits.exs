@@ -179,4 +179,49 @@ defmodule KraitBench.Limits do
       {^port, {:data, block}} -> bytes_loop(port, total + byte_size(block))
     end
   end
+
+  @doc "The naive input stream's Python side (JSON lines in, summed), kept open for `json_lines_in/2`."
+  def json_lines_in_open(python, root), do: open(python, root, ["jsonl_in"])
+
+  @doc """
+  `{\"i\": n}` items per second into Python: each item encoded here, 1,024 lines a frame, each line decoded and
+  summed there; the sum comes back at the end.
+  """
+  def json_lines_in(port, items) do
+    {us, sum} =
+      Stats.timed(fn ->
+        0..(items - 1)
+        |> Stream.map(&(Krait.JSON.encode!(%{i: &1}) |> IO.iodata_to_binary()))
+        |> Stream.chunk_every(1024)
+        |> Enum.each(&Port.command(port, Enum.intersperse(&1, "\n")))
+
+        Port.command(port, "")
+
+        receive do
+          {^port, {:data, sum}} -> String.to_integer(sum)
+        end
+      end)
+
+    if sum != div(items * (items - 1), 2), do: raise("the JSON-lines input summed to #{sum}")
+    items / (us / 1.0e6)
+  end
+
+  @doc "The raw-bytes input's Python side, kept open for `bytes_in/3`."
+  def bytes_in_open(python, root), do: open(python, root, ["bytes_in"])
+
+  @doc "Bytes per second of `count` frames of `block` into Python (counted there)."
+  def bytes_in(port, count, block) do
+    {us, total} =
+      Stats.timed(fn ->
+        for _ <- 1..count, do: Port.command(port, block)
+        Port.command(port, "")
+
+        receive do
+          {^port, {:data, total}} -> String.to_integer(total)
+        end
+      end)
+
+    if total != count * byte_size(block), do: raise("raw bytes in: got #{total}")
+    total / (us / 1.0e6)
+  end
 end

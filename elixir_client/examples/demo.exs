@@ -75,7 +75,7 @@ Demo.section("Krait.execute_stream: live progress, one callback per chunk, in or
     end
   end)
 
-Demo.section("The issue's example")
+Demo.section("The shortest stream: a callback per chunk")
 
 :ok =
   Krait.execute_stream("stream_progress", %{steps: 5}, fn chunk ->
@@ -124,6 +124,49 @@ Demo.section("Throughput: small JSON chunks into an Elixir callback")
 n = 200_000
 {:ok, t} = Demo.ms(fn -> Krait.execute_stream("stream_small", %{count: n}, fn _ -> :ok end) end)
 IO.puts("  #{n} chunks in #{t} ms: #{round(n * 1000 / max(t, 1))} chunks/s")
+
+Demo.section("Streams both ways: an Elixir stream into a running tool, chunk by chunk")
+
+# echo_input yields each item back as it reads it: the input is pulled lazily, only as the tool reads
+Stream.iterate(1, &(&1 * 2))
+|> Stream.map(&%{"n" => &1})
+|> then(&Krait.stream("echo_input", %{}, input: &1))
+|> Stream.map(& &1["n"])
+|> Enum.take(8)
+|> then(&IO.puts("  8 items of an endless Elixir stream, echoed by Python: #{inspect(&1)}"))
+
+{{:ok, sum}, t} =
+  Demo.ms(fn -> Krait.execute("sum_input", %{}, input: Stream.map(1..200_000, &%{"i" => &1})) end)
+
+IO.puts("  200,000 items summed by a Python tool as they arrive: #{sum} in #{t} ms")
+
+Demo.section("A pipeline: each stage a tool on its own worker, backpressure end to end")
+
+Krait.stream("stream_numbers", %{count: 5})
+|> then(&Krait.stream("echo_input", %{}, input: &1))
+|> Stream.reject(& &1.is_final)
+|> Enum.map(& &1["number"])
+|> then(&IO.puts("  stream_numbers |> echo_input: #{inspect(&1)}"))
+
+Demo.section("A Python tool calls back into Elixir: ctx.call(\"price\", ...) runs an Elixir function")
+
+prices = %{"A-1" => 12.5, "B-2" => 3.25}
+
+handlers = %{
+  "price" => fn %{"sku" => sku} ->
+    case Map.fetch(prices, sku) do
+      {:ok, price} -> {:ok, %{"sku" => sku, "price" => price}}
+      :error -> {:error, "no price for #{sku}"}
+    end
+  end
+}
+
+for sku <- ["A-1", "Z-9"] do
+  {:ok, answer} =
+    Krait.execute("ask", %{name: "price", args: %{"sku" => sku}}, handlers: handlers)
+
+  IO.puts("  ask(price, #{sku}) -> #{inspect(answer)}")
+end
 
 Demo.section("A worker killed with SIGKILL mid-stream is replaced")
 test = self()

@@ -17,7 +17,6 @@ that is why the small FIFO here is written by hand.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -37,6 +36,7 @@ WINDOW_ITEMS = 1024
 WINDOW_BYTES = 4 << 20
 
 _NOTHING: Any = object()  # no item yet
+_NO_ITEMS: deque[tuple[bytes, str]] = deque(maxlen=0)  # until the call reads input (never appended to)
 
 
 class Peer(Protocol):
@@ -76,13 +76,39 @@ class Exchange:
     (a tool that reads none is refused), None when it may (the duplex RPC), False when it cannot (a tool that
     reads input is refused unless its input comes as a JSON array in the arguments)."""
 
+    __slots__ = (
+        "_closed",
+        "_cond",
+        "_credit",
+        "_ctx",
+        "_ended",
+        "_ids",
+        "_index",
+        "_input",
+        "_items",
+        "_pending",
+        "_taken",
+        "_tool",
+        "_waiter",
+        "_watching",
+        "before_wait",
+        "failure",
+        "input_declared",
+        "peer",
+    )
+
+    # Created for every tool call, also the many that never stream input nor call a handler: what costs more than
+    # a field (a condition, a deque, a cancellation callback) is made only when the call needs it. All exchanges
+    # share one lock, held only to move an item or a pending call.
+    _lock = threading.Lock()
+
     def __init__(self, peer: Peer | None, *, input_declared: bool | None) -> None:
         self.peer = peer
         self.input_declared = input_declared
         self.failure: BaseException | None = None  # an invalid item: the call ends with it
         self.before_wait: Callable[[], None] | None = None  # called (once) before the tool first blocks on us
-        self._cond = threading.Condition(threading.Lock())
-        self._items: deque[tuple[bytes, str]] = deque()
+        self._cond: threading.Condition | None = None  # made when the tool reads input
+        self._items: deque[tuple[bytes, str]] = _NO_ITEMS
         self._ended: tuple[int, str] | None = None
         self._closed = False
         self._input: InputSpec | None = None
@@ -92,21 +118,33 @@ class Exchange:
         self._taken = [0, 0]  # items and bytes read since the last grant
         self._index = 0  # the next item's index in the whole input
         self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
-        self._ids = itertools.count(1)
-        self._pending: dict[int, _Pending] = {}
+        self._ids = 0
+        self._pending: dict[int, _Pending] | None = None
+        self._watching = False  # the call's cancellation wakes our waiters
 
     # -- the engine's side ----------------------------------------------------------------------------------
     def bind(self, tool: str, spec: InputSpec | None, ctx: ToolContext) -> None:
         """The call was accepted: its tool reads ``spec``'s input (None: no input from here) and may call
         handlers. Grants the first credit."""
-        with self._cond:
+        if spec is not None:
+            self._open_input()
+        with self._lock:
             self._tool, self._input, self._ctx = tool, spec, ctx
             if spec is not None:
                 self._credit = [WINDOW_ITEMS, WINDOW_BYTES]
         ctx._caller = self
-        ctx.cancel_event.add_callback(self._wake_all)
         if spec is not None and self.peer is not None:
             self.peer.grant(WINDOW_ITEMS, WINDOW_BYTES)
+
+    def _open_input(self) -> None:
+        self._cond = threading.Condition(self._lock)
+        self._items = deque()
+
+    def _watch(self) -> None:
+        """Before a first wait: the call's cancellation (or deadline) wakes every waiter."""
+        if not self._watching and self._ctx is not None:
+            self._watching = True
+            self._ctx.cancel_event.add_callback(self._wake_all)
 
     def iterator(self, is_async: bool) -> Iterator[Any] | AsyncIterator[Any]:
         """The tool's input parameter."""
@@ -114,16 +152,18 @@ class Exchange:
 
     def close(self) -> None:
         """The call is over: nothing more is queued, no grant is sent, waiters wake."""
-        with self._cond:
+        with self._lock:
             self._closed = True
             self._items.clear()
-        self._wake_all()
+            idle = self._cond is None and not self._pending and self._waiter is None
+        if not idle:
+            self._wake_all()
 
     # -- the transport's side -------------------------------------------------------------------------------
     def feed(self, items: Sequence[Any]) -> None:
         """Queue items (objects with ``data`` and ``content_type``) the caller sent. Raises
         :class:`InvalidArguments` for input the call does not take (the transport ends the call with it)."""
-        with self._cond:
+        with self._lock:
             if self._closed:
                 return  # crossed the call's end
             if not self._tool:
@@ -141,21 +181,23 @@ class Exchange:
                 credit[0] -= 1
                 credit[1] -= len(data)
                 self._items.append((data, item.content_type))
+            assert self._cond is not None
             self._cond.notify()
         self._wake_async()
 
     def end_input(self, code: int = 0, message: str = "") -> None:
         """The caller's input ended (``code`` 0) or failed (the tool's iterator raises :class:`InputError`)."""
-        with self._cond:
+        with self._lock:
             if self._ended is None:
                 self._ended = (code, message)
-            self._cond.notify()
+            if self._cond is not None:
+                self._cond.notify()
         self._wake_async()
 
     def reply(self, reply: Any) -> None:
         """A ``krait.v1.HandlerReply``; a reply to no waiting call (it timed out meanwhile) is dropped."""
-        with self._cond:
-            pending = self._pending.pop(reply.id, None)
+        with self._lock:
+            pending = self._pending.pop(reply.id, None) if self._pending else None
         if pending is not None:
             pending.reply = reply
             pending.wake()
@@ -164,19 +206,23 @@ class Exchange:
     def _take(self) -> tuple[bytes, str] | None:
         """The next raw item (None at the input's end), waiting on this thread."""
         self._announce_wait()
-        with self._cond:
+        self._watch()
+        cond = self._cond
+        assert cond is not None
+        with cond:
             while True:
                 item = self._next_locked()
                 if item is not _NOTHING:
                     break
-                self._cond.wait()
+                cond.wait()
         return self._after_take(item)
 
     async def _atake(self) -> tuple[bytes, str] | None:
         """:meth:`_take` for async tools: waits on the event loop."""
         loop = asyncio.get_running_loop()
+        self._watch()
         while True:
-            with self._cond:
+            with self._lock:
                 item = self._next_locked()
                 if item is _NOTHING:
                     future: asyncio.Future[None] = loop.create_future()
@@ -186,7 +232,7 @@ class Exchange:
             try:
                 await future
             finally:
-                with self._cond:
+                with self._lock:
                     if self._waiter is not None and self._waiter[1] is future:
                         self._waiter = None
 
@@ -206,7 +252,7 @@ class Exchange:
         if item is None:
             return None
         grant = None
-        with self._cond:
+        with self._lock:
             self._index += 1
             taken = self._taken
             taken[0] += 1
@@ -242,9 +288,11 @@ class Exchange:
 
     def _wake_all(self) -> None:
         """The call was cancelled or is over: every wait ends (the waiters see why)."""
-        with self._cond:
-            self._cond.notify_all()
-            pending, self._pending = list(self._pending.values()), {}
+        with self._lock:
+            if self._cond is not None:
+                self._cond.notify_all()
+            pending = list(self._pending.values()) if self._pending else []
+            self._pending = None
         self._wake_async()
         for waiting in pending:
             waiting.wake()
@@ -261,10 +309,14 @@ class Exchange:
         if timeout is not None and timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout!r}")
         args_json = codec.encode_json({} if args is None else args).decode()
-        with self._cond:
-            if self._closed:
+        self._watch()
+        with self._lock:
+            if self._closed or (self._ctx is not None and self._ctx.cancel_event.is_set()):
                 raise ToolCancelled(f"{self._tool} was cancelled")
-            call_id = next(self._ids)
+            self._ids += 1
+            call_id = self._ids
+            if self._pending is None:
+                self._pending = {}
             self._pending[call_id] = pending
         timeout_ms = 0 if timeout is None else max(1, round(timeout * 1000))
         self.peer.handler_call(pb.HandlerCall(id=call_id, name=name, args_json=args_json, timeout_ms=timeout_ms))
@@ -293,8 +345,9 @@ class Exchange:
     def _outcome(self, name: str, call_id: int, pending: _Pending, answered: bool, timeout: float | None) -> Any:
         reply = pending.reply
         if reply is None:
-            with self._cond:
-                self._pending.pop(call_id, None)
+            with self._lock:
+                if self._pending:
+                    self._pending.pop(call_id, None)
             if not answered:
                 raise HandlerError(name, "HandlerTimeout", f"no answer within {timeout} s")
             raise ToolCancelled(f"{self._tool} was cancelled while waiting for handler {name!r}")
@@ -390,6 +443,7 @@ def finite_input(spec: InputSpec, tool: str, values: list[Any], is_async: bool) 
     """The whole input given as a JSON array in the arguments (HTTP POST, plain RPCs): validated item by item as
     the tool reads, like a streamed input."""
     exchange = Exchange(None, input_declared=False)
+    exchange._open_input()
     exchange._tool, exchange._input = tool, spec
     exchange._items.extend((codec.encode_json(value), codec.JSON) for value in values)
     exchange._ended = (0, "")

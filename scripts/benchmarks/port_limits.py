@@ -6,7 +6,10 @@ size the link sets (``widen_pipe``: 1 MiB instead of Linux's 64 KiB):
 - ``echo``: read a frame, ``orjson.loads`` it, ``orjson.dumps`` it back (a round trip's floor);
 - ``jsonl``: for each request frame holding a count N, a generator of ``{"i": n}`` written as JSON lines, 1,024
   lines a frame, then an empty frame (the naive stream; one process serves many runs, so it is measured warm);
-- ``bytes COUNT MIB``: COUNT frames of MIB raw bytes each (what a pipe moves).
+- ``bytes COUNT MIB``: COUNT frames of MIB raw bytes each (what a pipe moves);
+- ``jsonl_in``: the other way: frames of ``{"i": n}`` JSON lines from the Elixir side, each line decoded and
+  summed, the sum written back at an empty frame (the naive input stream);
+- ``bytes_in``: frames of raw bytes from the Elixir side, counted, the count written back at an empty frame.
 
 The Elixir half (``elixir_client/bench/bench.exs``) opens the Port and drives each mode.
 """
@@ -64,6 +67,29 @@ def _jsonl_stream(count: int) -> None:
     _write(b"")  # the end
 
 
+def jsonl_in() -> None:
+    total = 0
+    while True:
+        (size,) = _LENGTH.unpack(_read_exact(4))
+        if not size:
+            _write(str(total).encode())
+            total = 0
+            continue
+        for line in _read_exact(size).split(b"\n"):
+            total += orjson.loads(line)["i"]
+
+
+def bytes_in() -> None:
+    total = 0
+    while True:
+        (size,) = _LENGTH.unpack(_read_exact(4))
+        if not size:
+            _write(str(total).encode())
+            total = 0
+            continue
+        total += len(_read_exact(size))
+
+
 def raw_bytes(count: int, block: bytes) -> None:
     for _ in range(count):
         _write(block)
@@ -84,6 +110,10 @@ def main(argv: list[str]) -> None:
         jsonl()
     elif argv[0] == "bytes":
         raw_bytes(int(argv[1]), block)
+    elif argv[0] == "jsonl_in":
+        jsonl_in()
+    elif argv[0] == "bytes_in":
+        bytes_in()
     else:
         raise SystemExit(f"unknown mode {argv[0]!r}")
 

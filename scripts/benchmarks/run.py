@@ -474,6 +474,59 @@ def table(r: dict[str, float]) -> list[tuple[str, str, str, str]]:
             f"+{two[1] - two[0]:.0f} vs +{unset[1] - unset[0]:.0f} MiB" if known else "n/a",
             "bounded",
         )
+    jsonl_in, ex_in = get("in_port_jsonl_items_per_s"), get("in_ex_items_per_s")
+    row(
+        "15. small items into a tool, naive JSON lines into a Python reader over a Port (limit; warm, interleaved)",
+        num(jsonl_in, ",.0f", "/s"),
+        spread("in_port_jsonl_items_per_s", ",.0f", "/s"),
+        "the limit",
+    )
+    row(
+        '15. small items into a tool: Krait.execute(input: ...), {"i": n} summed by a sync tool, link',
+        num(ex_in, ",.0f", "/s"),
+        ratio(ex_in, jsonl_in, "x limit"),
+        ">= 0.8x limit",
+    )
+    bytes_in, ex_bytes_in = get("in_port_bytes_per_s"), get("in_ex_bytes_per_s")
+    row(
+        "15. 4 MiB blocks into a Python reader over a Port (limit; warm, interleaved)",
+        mib("in_port_bytes_per_s"),
+        "n/a"
+        if get("in_port_bytes_per_s_min") is None
+        else f"spread {get('in_port_bytes_per_s_min') / MiB:,.0f}-{get('in_port_bytes_per_s_max') / MiB:,.0f} MiB/s",
+        "the limit",
+    )
+    row(
+        "15. 4 MiB float32 frames into a tool (array_input), link",
+        mib("in_ex_bytes_per_s"),
+        ratio(ex_bytes_in, bytes_in, "x limit"),
+        ">= 0.9x limit",
+    )
+    pong = get("echo_ping_p50_us")
+    for label, key in (
+        ("echo round trip (one item in, its chunk out)", "echo_p50_us"),
+        ("ctx.call round trip", "handler_p50_us"),
+    ):
+        row(
+            f"15. {label} p50 vs the bare Port ping-pong (warm, interleaved)",
+            "n/a" if get(key) is None or pong is None else f"{get(key):.0f} vs {pong:.0f} µs",
+            ratio(get(key), pong, "x ping-pong"),
+            "<= 3x ping-pong",
+        )
+    one_stage, piped = get("pipeline_one_stage_items_per_s"), get("pipeline_items_per_s")
+    short, long = get("pipeline_rss_hwm_short_mb"), get("pipeline_rss_hwm_long_mb")
+    row(
+        "15. three-stage pipeline of small items (stream_small -> echo_input -> echo_input) vs one stage",
+        "n/a" if one_stage is None or piped is None else f"{piped:,.0f} vs {one_stage:,.0f}/s",
+        ratio(piped, one_stage, "x one stage"),
+        ">= 0.5x one stage",
+    )
+    row(
+        "15. the pipeline's workers, peak RSS after a run vs after a 4x longer one",
+        "n/a" if short is None or long is None else f"{short:.0f} vs {long:.0f} MiB",
+        "n/a" if short is None or long is None else f"{long - short:+.0f} MiB",
+        "flat",
+    )
     rows.extend(observability.rows(get))
     for front, key in (("gRPC Ping", "ping"), ("HTTP GET /v1/tools", "http")):
         idle, held = get(f"hostile_idle_{key}_p99_ms"), get(f"hostile_attack_{key}_p99_ms")
