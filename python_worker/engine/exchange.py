@@ -152,12 +152,13 @@ class Exchange:
 
     def close(self) -> None:
         """The call is over: nothing more is queued, no grant is sent, waiters wake."""
+        if self._cond is None and self._pending is None and self._waiter is None:
+            self._closed = True  # the usual call: it read no input and called no handler, nobody waits
+            return
         with self._lock:
             self._closed = True
             self._items.clear()
-            idle = self._cond is None and not self._pending and self._waiter is None
-        if not idle:
-            self._wake_all()
+        self._wake_all()
 
     # -- the transport's side -------------------------------------------------------------------------------
     def feed(self, items: Sequence[Any]) -> None:

@@ -24,7 +24,9 @@ defmodule Krait.Proto do
     cleanup_session: "/krait.v1.ToolWorker/CleanupSession",
     execute_tool: "/krait.v1.ToolWorker/ExecuteTool",
     execute_streaming_tool: "/krait.v1.ToolWorker/ExecuteStreamingTool",
-    execute_streaming_tool_batched: "/krait.v1.ToolWorker/ExecuteStreamingToolBatched"
+    execute_streaming_tool_batched: "/krait.v1.ToolWorker/ExecuteStreamingToolBatched",
+    execute_tool_duplex: "/krait.v1.ToolWorker/ExecuteToolDuplex",
+    metrics: "/krait.v1.ToolWorker/Metrics"
   }
 
   @typedoc "An RPC of the `krait.v1.ToolWorker` service."
@@ -36,6 +38,8 @@ defmodule Krait.Proto do
           | :execute_tool
           | :execute_streaming_tool
           | :execute_streaming_tool_batched
+          | :execute_tool_duplex
+          | :metrics
 
   @doc "The gRPC path of a `krait.v1.ToolWorker` RPC, e.g. `\"/krait.v1.ToolWorker/Ping\"`."
   @spec path(rpc) :: String.t()

@@ -32,6 +32,26 @@ defmodule Krait.GRPC.Connection do
       message for that ref is sent, but messages sent before may still be in the owner's
       mailbox: flushing them is the owner's business.
 
+  ## Duplex calls (`ExecuteToolDuplex`)
+
+  `start_stream/4` with `duplex: true` opens a bidirectional call: the request is sent as
+  `DuplexRequest{start: request}` and the request side stays open. The caller then sends, in
+  order and without waiting, `send_input/4` (an `InputBatch`), `end_input/3` and
+  `handler_reply/3`. Each `DuplexResponse` is delivered by what it carries:
+
+      {:krait_stream, ref, {:messages, [payload], byte_count}}  # chunks or result, to the owner
+      {:krait_stream, ref, {:credit, items, bytes}}            # input credit, to `input_owner:`
+      {:krait_stream, ref, {:handler_call, payload}}           # an encoded HandlerCall, to the owner
+
+  `:messages` are acknowledged with `ack/3` as for any stream (the payload is the
+  `ToolChunkBatch` or `ExecuteToolResponse` inside the `DuplexResponse`); credit and handler
+  calls are acknowledged by the connection itself. The request side is never half-closed
+  while the call runs (handler replies may follow the end of input): input ends with
+  `end_input/3`, and once the response has ended the request side is closed with an empty
+  END_STREAM, or reset if input was still queued. A server answering with trailers and
+  RST_STREAM(NO_ERROR) ends the call with its trailers' status. Input is bounded by the
+  worker's credit; what the HTTP/2 windows do not take yet waits in the connection.
+
   Errors are `%Krait.GRPC.Error{}`: the server's `grpc-status`, percent-decoded
   `grpc-message` and raw `grpc-status-details-bin`; transport failures are `UNAVAILABLE`.
   With a `timeout:` the call carries `grpc-timeout` and the server normally ends it with
@@ -57,7 +77,7 @@ defmodule Krait.GRPC.Connection do
 
   @behaviour Krait.Channel
 
-  alias Krait.GRPC.{Error, Frame, HPACK, Metadata, Stream}
+  alias Krait.GRPC.{Duplex, Error, Frame, HPACK, Metadata, Stream}
 
   # SETTINGS identifiers (RFC 9113 6.5.2).
   @header_table_size 0x1
@@ -118,11 +138,13 @@ defmodule Krait.GRPC.Connection do
   @typedoc "A connection: its pid or registered name."
   @type conn :: GenServer.server()
 
-  @typedoc "Options of `unary/4` and `start_stream/4`."
+  @typedoc "Options of `unary/4` and `start_stream/4` (`duplex:` and `input_owner:`: streams only)."
   @type call_opts :: [
           timeout: non_neg_integer | nil,
           metadata: %{optional(String.t()) => binary},
-          owner: pid
+          owner: pid,
+          duplex: boolean,
+          input_owner: pid
         ]
 
   ## API
@@ -168,19 +190,55 @@ defmodule Krait.GRPC.Connection do
   """
   @spec unary(conn, String.t(), iodata, call_opts) :: {:ok, binary} | {:error, Error.t()}
   def unary(conn, path, request, opts \\ []) do
-    open(conn, :unary, path, request, Keyword.put(opts, :owner, self()))
+    opts = opts |> Keyword.put(:owner, self()) |> Keyword.put(:duplex, false)
+    open(conn, :unary, path, request, opts)
   end
 
   @doc """
   Starts a server-streaming call and returns its ref at once; messages go to the owner
   (`owner:` option, default the caller) as described in the module doc.
-  Options as `unary/4`, plus `owner:`.
+  Options as `unary/4`, plus `owner:`, and for a bidirectional call (`ExecuteToolDuplex`)
+  `duplex: true` with `input_owner:` (the process given input credit, default the owner).
   """
   @spec start_stream(conn, String.t(), iodata, call_opts) ::
           {:ok, reference} | {:error, Error.t()}
   @impl Krait.Channel
   def start_stream(conn, path, request, opts \\ []) do
     open(conn, :stream, path, request, Keyword.put_new(opts, :owner, self()))
+  end
+
+  @doc """
+  Sends a batch of input items on a duplex call: `batch` is an encoded `krait.v1.InputBatch`,
+  `bytes` the size of its items' data (what the caller counts against its byte credit; the
+  connection measures the message itself). A cast: sent in order after what came before;
+  ignored once the call is over.
+  """
+  @spec send_input(conn, reference, iodata, non_neg_integer) :: :ok
+  @impl Krait.Channel
+  def send_input(conn, ref, batch, bytes)
+      when is_reference(ref) and is_integer(bytes) and bytes >= 0 do
+    GenServer.cast(conn, {:send, ref, Duplex.input(batch)})
+  end
+
+  @doc """
+  Ends the input of a duplex call: `:ok` when it simply ended, `{:error, message}` when the
+  caller's input failed (the tool's iterator raises `InputError(message)`). The request side
+  stays open for handler replies. A cast, as `send_input/4`.
+  """
+  @spec end_input(conn, reference, :ok | {:error, String.t()}) :: :ok
+  @impl Krait.Channel
+  def end_input(conn, ref, outcome) when is_reference(ref) do
+    GenServer.cast(conn, {:send, ref, Duplex.input_end(outcome)})
+  end
+
+  @doc """
+  Answers a handler call of a duplex call: `reply` is an encoded `krait.v1.HandlerReply`.
+  A cast, as `send_input/4`.
+  """
+  @spec handler_reply(conn, reference, iodata) :: :ok
+  @impl Krait.Channel
+  def handler_reply(conn, ref, reply) when is_reference(ref) do
+    GenServer.cast(conn, {:send, ref, Duplex.handler_reply(reply)})
   end
 
   @doc """
@@ -221,12 +279,28 @@ defmodule Krait.GRPC.Connection do
     timeout = Keyword.get(opts, :timeout)
     owner = Keyword.fetch!(opts, :owner)
     metadata = Metadata.encode_metadata(Keyword.get(opts, :metadata, %{}))
-    # Joined in the caller, so the connection process never copies request bodies.
-    body = IO.iodata_to_binary(request)
+    duplex = Keyword.get(opts, :duplex, false)
+    input_owner = Keyword.get(opts, :input_owner, owner)
+
+    unless is_boolean(duplex) and is_pid(input_owner) do
+      raise ArgumentError,
+            "duplex: must be a boolean and input_owner: a pid, got: #{inspect({duplex, input_owner})}"
+    end
+
+    # Framed in the caller, so the connection process never copies request bodies.
+    body =
+      if duplex do
+        Duplex.start(request)
+      else
+        body = IO.iodata_to_binary(request)
+        [<<0, byte_size(body)::32>>, body]
+      end
+
     call_timeout = if timeout, do: timeout + @deadline_margin + @call_slack, else: :infinity
+    call = %{owner: owner, duplex: duplex, input_owner: input_owner}
 
     try do
-      GenServer.call(conn, {:open, kind, path, body, timeout, metadata, owner}, call_timeout)
+      GenServer.call(conn, {:open, kind, path, body, timeout, metadata, call}, call_timeout)
     catch
       :exit, {:timeout, _} ->
         {:error, Error.deadline_exceeded()}
@@ -438,7 +512,7 @@ defmodule Krait.GRPC.Connection do
   ## Callbacks
 
   @impl true
-  def handle_call({:open, kind, path, body, timeout, metadata, owner}, from, state) do
+  def handle_call({:open, kind, path, body, timeout, metadata, call}, from, state) do
     cond do
       state.goaway != nil ->
         {:reply, {:error, Error.unprocessed("connection is going away (GOAWAY received)")}, state}
@@ -454,7 +528,7 @@ defmodule Krait.GRPC.Connection do
         {:reply, {:error, Error.unprocessed("connection closed by the server")}, state}
 
       true ->
-        {ref, state} = open_stream(state, kind, path, body, timeout, metadata, owner, from)
+        {ref, state} = open_stream(state, kind, path, body, timeout, metadata, call, from)
 
         case kind do
           :stream -> reply_and_flush({:ok, ref}, state)
@@ -486,6 +560,20 @@ defmodule Krait.GRPC.Connection do
     case lookup_ref(state, ref) do
       nil -> {:noreply, state}
       stream -> noreply_and_flush(window_update(state, Stream.ack(stream, bytes)))
+    end
+  end
+
+  # A message of a duplex call's request side (input, end of input, handler reply).
+  def handle_cast({:send, ref, parts}, state) do
+    case lookup_ref(state, ref) do
+      %Stream{duplex: true} = stream ->
+        stream = Stream.enqueue(stream, parts)
+        state = %{state | streams: Map.put(state.streams, stream.id, stream)}
+        noreply_and_flush(send_pending(state, stream.id))
+
+      # The call is over, or is not a duplex call.
+      _ ->
+        {:noreply, state}
     end
   end
 
@@ -555,7 +643,8 @@ defmodule Krait.GRPC.Connection do
 
   ## Opening streams and sending
 
-  defp open_stream(state, kind, path, body, timeout, metadata, owner, from) do
+  defp open_stream(state, kind, path, body, timeout, metadata, call, from) do
+    %{owner: owner, duplex: duplex, input_owner: input_owner} = call
     id = state.next_id
     ref = make_ref()
 
@@ -590,6 +679,8 @@ defmodule Krait.GRPC.Connection do
         ref: ref,
         kind: kind,
         owner: owner,
+        input_owner: input_owner,
+        duplex: duplex,
         monitor: monitor,
         from: if(kind == :unary, do: from),
         timer: timer,
@@ -597,7 +688,7 @@ defmodule Krait.GRPC.Connection do
         recv_window: state.window_size,
         send_window: state.peer_initial_window
       )
-      |> Stream.enqueue([<<0, byte_size(body)::32>>, body])
+      |> Stream.enqueue(body)
 
     state = %{
       state
@@ -629,7 +720,8 @@ defmodule Krait.GRPC.Connection do
     emit_continuations(emit(state, {:continuation, id, part, false}), id, rest, max)
   end
 
-  # Sends as much of a stream's queued request as both windows allow.
+  # Sends as much of a stream's queued request as both windows allow. A plain call's request
+  # ends with its last bytes; a duplex call's stays open.
   defp send_pending(state, id) do
     case Map.fetch(state.streams, id) do
       {:ok, %Stream{send_size: size} = stream} when size > 0 ->
@@ -640,7 +732,7 @@ defmodule Krait.GRPC.Connection do
           stream = %{stream | send_window: stream.send_window - taken}
 
           state = %{
-            emit(state, {:data, id, data, stream.send_size == 0})
+            emit(state, {:data, id, data, stream.send_size == 0 and not stream.duplex})
             | send_window: state.send_window - taken,
               streams: Map.put(state.streams, id, stream)
           }
@@ -824,15 +916,16 @@ defmodule Krait.GRPC.Connection do
   defp receive_data(state, stream, data, end_stream?, flow_length) do
     case Stream.receive_data(stream, data, flow_length) do
       {:ok, messages, bytes, stream} ->
-        if stream.kind == :stream and messages != [] do
-          send(stream.owner, {:krait_stream, stream.ref, {:messages, messages, bytes}})
-        end
+        case deliver_messages(stream, messages, bytes) do
+          {:ok, stream} when end_stream? ->
+            error = Error.internal("server ended the stream without trailers")
+            close_stream(state, stream, {:error, error}, rst: end_request(stream))
 
-        if end_stream? do
-          error = Error.internal("server ended the stream without trailers")
-          close_stream(state, stream, {:error, error}, rst: rst_if_sending(stream))
-        else
-          window_update(state, stream)
+          {:ok, stream} ->
+            window_update(state, stream)
+
+          {:error, message} ->
+            close_stream(state, stream, {:error, Error.internal(message)}, rst: @cancel)
         end
 
       {:error, :flow_control} ->
@@ -844,6 +937,57 @@ defmodule Krait.GRPC.Connection do
         close_stream(state, stream, {:error, error}, rst: @cancel)
     end
   end
+
+  defp deliver_messages(%Stream{kind: :stream, duplex: false} = stream, messages, bytes) do
+    if messages != [] do
+      send(stream.owner, {:krait_stream, stream.ref, {:messages, messages, bytes}})
+    end
+
+    {:ok, stream}
+  end
+
+  defp deliver_messages(%Stream{duplex: true} = stream, messages, _bytes),
+    do: route_duplex(stream, messages, [], 0, 0)
+
+  defp deliver_messages(stream, _messages, _bytes), do: {:ok, stream}
+
+  # Tool output goes to the owner in `:messages` deliveries (consecutive ones together, order
+  # kept); credit and handler calls are sent on their own and acknowledged here at once.
+  defp route_duplex(stream, [], output, output_bytes, own_bytes) do
+    flush_output(stream, output, output_bytes)
+    {:ok, Stream.ack(stream, own_bytes)}
+  end
+
+  defp route_duplex(stream, [message | messages], output, output_bytes, own_bytes) do
+    size = byte_size(message) + 5
+
+    case Duplex.decode_response(message) do
+      {:ok, {:output, payload}} ->
+        route_duplex(stream, messages, [payload | output], output_bytes + size, own_bytes)
+
+      {:ok, control} ->
+        flush_output(stream, output, output_bytes)
+        send_control(stream, control)
+        route_duplex(stream, messages, [], 0, own_bytes + size)
+
+      {:error, reason} ->
+        flush_output(stream, output, output_bytes)
+        {:error, reason}
+    end
+  end
+
+  defp flush_output(_stream, [], _bytes), do: :ok
+
+  defp flush_output(stream, output, bytes),
+    do: send(stream.owner, {:krait_stream, stream.ref, {:messages, Enum.reverse(output), bytes}})
+
+  defp send_control(stream, {:credit, items, bytes}),
+    do: send(stream.input_owner, {:krait_stream, stream.ref, {:credit, items, bytes}})
+
+  defp send_control(stream, {:handler_call, payload}),
+    do: send(stream.owner, {:krait_stream, stream.ref, {:handler_call, payload}})
+
+  defp send_control(_stream, :empty), do: :ok
 
   defp window_update(state, stream) do
     {increment, stream} = Stream.take_window_update(stream)
@@ -870,7 +1014,7 @@ defmodule Krait.GRPC.Connection do
   # Response headers; with END_STREAM this is a Trailers-Only response.
   defp handle_headers(state, %Stream{headers: nil} = stream, headers, end_stream?) do
     http_status = http_status(headers)
-    rst = rst_if_sending(stream)
+    rst = end_request(stream)
 
     cond do
       end_stream? ->
@@ -903,7 +1047,7 @@ defmodule Krait.GRPC.Connection do
           error
       end
 
-    close_stream(state, stream, outcome, rst: rst_if_sending(stream))
+    close_stream(state, stream, outcome, rst: end_request(stream))
   end
 
   defp handle_headers(state, stream, _headers, false) do
@@ -971,15 +1115,26 @@ defmodule Krait.GRPC.Connection do
 
   ## Closing streams
 
-  defp rst_if_sending(%Stream{send_size: 0}), do: nil
-  defp rst_if_sending(_stream), do: @cancel
+  # What ends our side once the response has ended: nothing when the request was sent whole,
+  # RST_STREAM(CANCEL) when some of it is still queued, an empty END_STREAM for a duplex call
+  # whose request side is open (the server may have reset it already: that is harmless).
+  defp end_request(%Stream{send_size: size}) when size > 0, do: @cancel
+  defp end_request(%Stream{duplex: true}), do: :half_close
+  defp end_request(_stream), do: nil
 
-  # Removes a stream, optionally resetting it, and tells its caller or owner the outcome
-  # (`:silent` tells nobody: cancel and owner death).
+  # Removes a stream, optionally resetting (or half-closing) it, and tells its caller or owner
+  # the outcome (`:silent` tells nobody: cancel and owner death).
   defp close_stream(state, stream, outcome, rst: rst) do
     if stream.timer, do: Process.cancel_timer(stream.timer)
     Process.demonitor(stream.monitor, [:flush])
-    state = if rst, do: emit(state, {:rst_stream, stream.id, rst}), else: state
+
+    state =
+      case rst do
+        nil -> state
+        :half_close -> emit(state, {:data, stream.id, <<>>, true})
+        code -> emit(state, {:rst_stream, stream.id, code})
+      end
+
     deliver(stream, outcome)
 
     %{

@@ -16,6 +16,10 @@ defmodule Krait.GRPC.Stream do
       about one window plus the largest message.
 
   Window updates are batched: bytes are handed back once a quarter of the window is due.
+
+  Sending: request bytes wait in a queue until the server's windows let them go. A plain
+  call's request ends (END_STREAM) when its queue drains; a duplex call's (`duplex: true`,
+  `ExecuteToolDuplex`) stays open for more messages while the call runs.
   """
 
   alias Krait.GRPC.MessageBuffer
@@ -28,8 +32,10 @@ defmodule Krait.GRPC.Stream do
     :monitor,
     :from,
     :timer,
+    :input_owner,
+    duplex: false,
     window: 4_194_304,
-    send_queue: [],
+    send_queue: :queue.new(),
     send_size: 0,
     send_window: 65_535,
     recv_window: 4_194_304,
@@ -48,7 +54,9 @@ defmodule Krait.GRPC.Stream do
   send; `returnable` bytes due back to it; `loan` bytes returned ahead of acknowledgement;
   `unacked` bytes delivered to the owner and not yet acknowledged;
   `send_window` what we may still send; `messages` (unary only) the response messages,
-  reversed; `headers` the response headers once received.
+  reversed; `headers` the response headers once received. A `duplex` stream keeps its request
+  side open after its queue drains, and sends input credit to
+  `input_owner`.
   """
   @type t :: %__MODULE__{
           id: pos_integer,
@@ -58,8 +66,10 @@ defmodule Krait.GRPC.Stream do
           monitor: reference,
           from: GenServer.from() | nil,
           timer: reference | nil,
+          input_owner: pid | nil,
+          duplex: boolean,
           window: pos_integer,
-          send_queue: [binary],
+          send_queue: :queue.queue(binary),
           send_size: non_neg_integer,
           send_window: integer,
           recv_window: integer,
@@ -173,13 +183,15 @@ defmodule Krait.GRPC.Stream do
   @doc "Queues request bytes (a binary or a list of binaries) to send."
   @spec enqueue(t, binary | [binary]) :: t
   def enqueue(%__MODULE__{} = stream, parts) do
-    parts = List.wrap(parts)
+    {queue, size} =
+      parts
+      |> List.wrap()
+      |> Enum.reduce({stream.send_queue, stream.send_size}, fn
+        <<>>, acc -> acc
+        part, {queue, size} -> {:queue.in(part, queue), size + byte_size(part)}
+      end)
 
-    %{
-      stream
-      | send_queue: stream.send_queue ++ parts,
-        send_size: stream.send_size + Enum.reduce(parts, 0, &(byte_size(&1) + &2))
-    }
+    %{stream | send_queue: queue, send_size: size}
   end
 
   @doc "Takes up to `max` queued request bytes, as iodata of sub-binaries (no copy)."
@@ -189,14 +201,19 @@ defmodule Krait.GRPC.Stream do
     {taken, size, %{stream | send_queue: queue, send_size: stream.send_size - size}}
   end
 
-  defp take([], _max, acc, size), do: {Enum.reverse(acc), size, []}
   defp take(queue, 0, acc, size), do: {Enum.reverse(acc), size, queue}
 
-  defp take([part | queue], max, acc, size) when byte_size(part) <= max,
-    do: take(queue, max - byte_size(part), [part | acc], size + byte_size(part))
+  defp take(queue, max, acc, size) do
+    case :queue.out(queue) do
+      {:empty, queue} ->
+        {Enum.reverse(acc), size, queue}
 
-  defp take([part | queue], max, acc, size) do
-    <<head::binary-size(max), tail::binary>> = part
-    {Enum.reverse([head | acc]), size + max, [tail | queue]}
+      {{:value, part}, queue} when byte_size(part) <= max ->
+        take(queue, max - byte_size(part), [part | acc], size + byte_size(part))
+
+      {{:value, part}, queue} ->
+        <<head::binary-size(max), tail::binary>> = part
+        {Enum.reverse([head | acc]), size + max, :queue.in_r(tail, queue)}
+    end
   end
 end
