@@ -31,7 +31,7 @@ def test_python_exception_carries_type_message_and_traceback(client: Client) -> 
 
 
 def test_unknown_tool(client: Client) -> None:
-    with pytest.raises(ToolNotFoundError, match="unknown tool 'nope'; this worker serves: add, "):
+    with pytest.raises(ToolNotFoundError, match="unknown tool 'nope'; this worker serves: aask, acount_input, add, "):
         client.execute("nope")
     _still_serving(client)
 

@@ -125,7 +125,7 @@ class TokenCheck(aio.ServerInterceptor):
                     pass
 
         if handler.request_streaming or handler.response_streaming:
-            # streams of the other services (reflection); the tool RPCs are unary or server streams
+            # streams: server streams (ExecuteStreamingTool*), ExecuteToolDuplex and reflection, wrapped alike
             return _wrapped(handler, wait_turn)
 
         behavior = handler.unary_unary

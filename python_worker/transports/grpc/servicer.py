@@ -6,6 +6,9 @@ tool on a thread, an async tool on the engine's loop): a unary call's engine wor
 executor, a stream's batches read from :meth:`StreamHandle.batches` by a pump thread of that executor and
 handed to the RPC through :class:`~python_worker.engine.aio_bridge.ThreadToLoop` (with backpressure).
 
+ExecuteToolDuplex (streams both ways: the caller's input and handler replies in, credit, handler calls and the
+tool's output out) lives in :mod:`.duplex`, on the same helpers.
+
 Headers (initial metadata) always go out before a tool runs: a client that saw none knows the call never
 started and may retry it elsewhere. A stream sends them once the engine has accepted the call; a unary call
 sends them from the loop before handing the call to its thread (a refusal then comes after them, as a status):
@@ -128,6 +131,13 @@ class ToolWorkerServicer(pb_grpc.ToolWorkerServicer):
                 yield message
         finally:
             stream.finish()
+
+    async def ExecuteToolDuplex(self, requests: Any, context: Context) -> AsyncIterator[Any]:
+        # streams both ways (duplex.py); reads its messages with context.read(), not ``requests``
+        from .duplex import DuplexCall  # duplex.py builds on this module's call helpers
+
+        async for message in DuplexCall(self, context).run():
+            yield message
 
     async def _open(self, request: Any, context: Context, rpc: str, *, batched: bool) -> _Stream:
         """Accept a streaming call, send the headers, start its tool; aborts the RPC when the call is refused."""
@@ -293,26 +303,39 @@ def _metadata(context: Context) -> dict[str, str]:
     }
 
 
-# methods whose handlers return serialized bytes (hand-encoded on the hot path)
-PRESERIALIZED = frozenset({"ExecuteStreamingToolBatched"})
+def _serializer(method: str, response_type: Any) -> Callable[[Any], bytes] | None:
+    """How ``method``'s responses are serialized: the batched stream's handler yields the bytes it already
+    encoded (the hot path), the duplex one those bytes framed as DuplexResponse.chunks beside protobuf messages."""
+    if method == "ExecuteStreamingToolBatched":
+        return None
+    if method == "ExecuteToolDuplex":
+        from .duplex import serialize
+
+        return serialize
+    return response_type.SerializeToString  # type: ignore[no-any-return]
 
 
 def register(servicer: ToolWorkerServicer, server: aio.Server) -> None:
     """Add the service to ``server``, like the generated ``add_ToolWorkerServicer_to_server`` but with the
-    batched stream's messages passed through as the bytes its handler already encoded."""
+    batched stream's messages passed through as the bytes its handler already encoded (see :func:`_serializer`)."""
     service = pb.DESCRIPTOR.services_by_name["ToolWorker"]
     handlers = {}
     for method in service.methods:
         request_type = getattr(pb, method.input_type.name)
         response_type = getattr(pb, method.output_type.name)
-        make = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
-        handlers[method.name] = make(
+        handlers[method.name] = _handler_maker(method.client_streaming, method.server_streaming)(
             _refusing_malformed(servicer, method.name, getattr(servicer, method.name)),
             request_deserializer=deserializer(request_type),
-            response_serializer=None if method.name in PRESERIALIZED else response_type.SerializeToString,
+            response_serializer=_serializer(method.name, response_type),
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
     server.add_registered_method_handlers(service.full_name, handlers)
+
+
+def _handler_maker(client_streaming: bool, server_streaming: bool) -> Callable[..., grpc.RpcMethodHandler[Any, Any]]:
+    if client_streaming:
+        return grpc.stream_stream_rpc_method_handler if server_streaming else grpc.stream_unary_rpc_method_handler
+    return grpc.unary_stream_rpc_method_handler if server_streaming else grpc.unary_unary_rpc_method_handler
 
 
 def _refusing_malformed(servicer: ToolWorkerServicer, rpc: str, behavior: Callable[[Any, Any], Any]) -> Any:
