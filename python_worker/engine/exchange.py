@@ -171,6 +171,8 @@ class Exchange:
                 raise InvalidArguments("input before any credit was granted: wait for the worker's credit")
             if self._input is None:
                 raise InvalidArguments(f"{self._tool} reads no input stream")
+            if self._ended is not None and items:
+                raise InvalidArguments(f"{self._tool}: input after its end")
             credit = self._credit
             for item in items:
                 data = item.data

@@ -17,6 +17,7 @@ from typing import Any
 
 from ... import codec
 from ...engine import Engine
+from ...engine.exchange import Exchange
 from ...proto import pb
 from ...sdk import ToolContext
 from .errors import deadline_exceeded, invalid
@@ -99,9 +100,11 @@ async def run_unary(
     *,
     deadline_ms: int | None,
     gone: Awaitable[Any] | None = None,
+    exchange: Exchange | None = None,
 ) -> Any:
     """Run a unary call; its ``ExecuteToolResponse``. Raises what ends it, :class:`Gone` when ``gone`` completes
-    first (the caller left), a DEADLINE_EXCEEDED error past ``deadline_ms``."""
+    first (the caller left), a DEADLINE_EXCEEDED error past ``deadline_ms``. ``exchange``: the call's input and
+    handler calls (WebSocket); None: neither (the engine's default)."""
     loop = asyncio.get_running_loop()
     holder: list[ToolContext] = []
     stopped: list[str] = []  # why the call was cut short, once it was (CANCELLED, DEADLINE_EXCEEDED)
@@ -119,7 +122,7 @@ async def run_unary(
     def execute() -> tuple[Any, BaseException | None]:
         # the error is handed back, not re-raised through the future: it keeps the tool's traceback as it was
         try:
-            return engine.execute(request, metadata, on_ready=ready), None
+            return engine.execute(request, metadata, on_ready=ready, exchange=exchange), None
         except Exception as exc:
             return None, exc
 

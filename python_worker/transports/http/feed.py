@@ -28,6 +28,7 @@ from concurrent.futures import Executor
 from typing import Any
 
 from ...engine import Engine, StreamHandle
+from ...engine.exchange import Exchange
 from .chunks import Chunk
 from .errors import cancelled, deadline_exceeded
 
@@ -52,8 +53,10 @@ class StreamFeed:
         overflow: str = BLOCK,
         max_rate_hz: float | None = None,
         timeout_ms: int | None = None,
+        exchange: Exchange | None = None,
     ) -> None:
         self._engine = engine
+        self._exchange = exchange  # the call's input and handler calls (WebSocket); None: neither
         self._request = request
         self._metadata = metadata
         self._executor = executor
@@ -193,7 +196,7 @@ class StreamFeed:
     # -- the pump (an executor thread) ----------------------------------------------------------------------
     def _run(self) -> None:
         try:
-            handle = self._engine.stream(self._request, self._metadata, frame_large=False)
+            handle = self._engine.stream(self._request, self._metadata, frame_large=False, exchange=self._exchange)
         except BaseException as exc:
             self._loop.call_soon_threadsafe(self._opened.set_result, exc)
             with self._cond:

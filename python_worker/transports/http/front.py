@@ -55,6 +55,10 @@ class Front:
                 "streaming": t.supports_streaming,
                 "parameters": json.loads(t.parameters_schema_json),
                 "result": json.loads(t.result_schema_json) if t.result_schema_json else None,
+                # the tool's input stream: one item's schema and the parameter (sent over /v1/ws with "input":
+                # true, or given whole as a JSON array under that parameter)
+                "input": json.loads(t.input_schema_json) if t.input_schema_json else None,
+                "input_param": t.input_param or None,
             }
             for t in listing.tools
         ]
