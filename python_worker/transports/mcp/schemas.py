@@ -93,9 +93,27 @@ def mcp_tools(engine: Engine) -> list[types.Tool]:
             types.Tool(
                 name=info.name,
                 description=info.description,
-                input_schema=json.loads(info.parameters_schema_json),
+                input_schema=with_input(json.loads(info.parameters_schema_json), info),
                 output_schema=output,
                 meta={"krait/streaming": info.supports_streaming},
             )
         )
     return tools
+
+
+def with_input(parameters: dict[str, Any], info: Any) -> dict[str, Any]:
+    """A tool that reads an input stream takes it here whole, as a JSON array under its parameter's name (MCP has
+    no stream into a tool); binary items cannot travel in MCP's JSON, so such a tool keeps its schema as is."""
+    if not info.input_param:
+        return parameters
+    item = json.loads(info.input_schema_json) if info.input_schema_json else {}
+    if item.get("x-krait-binary"):
+        return parameters
+    description = "the tool's input stream, given whole: one array element per item"
+    parameters.setdefault("properties", {})[info.input_param] = {
+        "type": "array",
+        "items": item,
+        "description": description,
+    }
+    parameters["required"] = [*parameters.get("required", []), info.input_param]
+    return parameters
