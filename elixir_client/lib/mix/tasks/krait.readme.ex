@@ -1,31 +1,39 @@
 defmodule Mix.Tasks.Krait.Readme do
-  @shortdoc "Writes the generated option tables into the repository's README"
+  @shortdoc "Writes the generated option tables into docs/elixir.md"
   @moduledoc """
   Rewrites the blocks between `<!-- pool-options -->` / `<!-- /pool-options -->` and
-  `<!-- call-options -->` / `<!-- /call-options -->` in `../README.md` with the tables generated
-  from the option declarations (`Krait.Pool.Config.schema/0`, `Krait.Call.schema/0`).
+  `<!-- call-options -->` / `<!-- /call-options -->` in the repository's `docs/elixir.md` (the
+  Elixir client's reference, linked from the README) with the tables generated from the option
+  declarations (`Krait.Pool.Config.schema/0`, `Krait.Call.schema/0`), so the documented options
+  are always the declared ones. The name is historical: the tables lived in the README once.
 
       mix krait.readme           # rewrite
-      mix krait.readme --check   # exit non-zero if the README is out of date
+      mix krait.readme --check   # exit non-zero if the tables are out of date
   """
 
   use Mix.Task
 
-  @readme Path.expand("../../../../README.md", __DIR__)
+  @doc_path Path.expand("../../../../docs/elixir.md", __DIR__)
 
   @impl true
   def run(args) do
-    current = File.read!(@readme)
+    current = File.read!(@doc_path)
     wanted = render(current)
 
     cond do
-      wanted == current -> Mix.shell().info("README option tables are up to date")
-      "--check" in args -> Mix.raise("README option tables are out of date: run mix krait.readme")
-      true -> File.write!(@readme, wanted)
+      wanted == current ->
+        Mix.shell().info("docs/elixir.md option tables are up to date")
+
+      "--check" in args ->
+        Mix.raise("docs/elixir.md option tables are out of date: run mix krait.readme")
+
+      true ->
+        File.write!(@doc_path, wanted)
+        Mix.shell().info("* updated the option tables of #{@doc_path}")
     end
   end
 
-  @doc "The README text with its option tables regenerated."
+  @doc "The document's text with its option tables regenerated."
   @spec render(String.t()) :: String.t()
   def render(text) do
     text
@@ -33,9 +41,9 @@ defmodule Mix.Tasks.Krait.Readme do
     |> fill("call-options", Krait.Options.docs(Krait.Call.schema()))
   end
 
-  @doc "The README's path."
-  @spec readme() :: String.t()
-  def readme, do: @readme
+  @doc "The path of the document holding the option tables (`docs/elixir.md`)."
+  @spec doc_path() :: String.t()
+  def doc_path, do: @doc_path
 
   defp fill(text, tag, table) do
     open = "<!-- #{tag} -->"
@@ -43,7 +51,7 @@ defmodule Mix.Tasks.Krait.Readme do
 
     case String.split(text, [open, close]) do
       [before, _old, rest] -> before <> open <> "\n" <> table <> "\n" <> close <> rest
-      _ -> Mix.raise("README has no #{open} ... #{close} block")
+      _ -> Mix.raise("docs/elixir.md has no single #{open} ... #{close} block")
     end
   end
 end
