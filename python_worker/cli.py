@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -157,6 +158,10 @@ def _tools(ns: argparse.Namespace) -> int:
                 f"{name}: {p.get('type', 'any')}" + (f" = {json.dumps(p['default'])}" if "default" in p else "")
                 for name, p in params.items()
             )
+            if info.input_param:  # the tool's input stream: `call --input`
+                item = json.loads(info.input_schema_json or "{}")
+                shown = "binary" if item.get("x-krait-binary") else item.get("type", "any")
+                signature = ", ".join(filter(None, (f"{info.input_param}: stream of {shown}", signature)))
             print(f"{kind}  {info.name}({signature})  {info.description}")
     return 0
 
@@ -169,19 +174,33 @@ def _call(ns: argparse.Namespace) -> int:
     except json.JSONDecodeError as exc:
         print(f"--args is not valid JSON: {exc}", file=sys.stderr)
         return 2
+    if ns.input is not None:
+        try:
+            source = sys.stdin if ns.input == "-" else open(ns.input, encoding="utf-8")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            print(f"--input: {exc.strerror}: {ns.input}", file=sys.stderr)
+            return 2
     with _client(ns, timeout=ns.timeout, session_id=ns.session or "") as client:
+        items = _json_lines(source) if ns.input is not None else None
         try:
             if ns.stream:
-                with client.stream(ns.tool, args) as chunks:
+                with client.stream(ns.tool, args, input=items) as chunks:
                     for chunk in chunks:
                         meta = f"  {json.dumps(chunk.metadata)}" if chunk.metadata else ""
                         final = " final" if chunk.is_final else ""
                         print(f"[{chunk.seq}{final}] {_show(chunk.data)}{meta}", flush=True)
             else:
-                print(_show(client.call(ns.tool, args)))
+                print(_show(client.call(ns.tool, args, input=items)))
+        except _BadLine as exc:
+            print(f"--input: {exc}", file=sys.stderr)
+            return 2
         except KraitError as exc:
             message = exc.message
-            if exc.type == "WrongRpc":  # the client's own words name Python methods: here it is a flag
+            if exc.type == "WrongRpc" and "reads an input stream" in message:
+                message = (
+                    f"WrongRpc: {ns.tool} reads an input stream: give it with --input FILE (JSON lines, - for stdin)"
+                )
+            elif exc.type == "WrongRpc":  # the client's own words name Python methods: here it is a flag
                 message = f"WrongRpc: {ns.tool} is {'not ' if ns.stream else ''}a streaming tool: " + (
                     "call it without --stream" if ns.stream else "call it with --stream"
                 )
@@ -192,6 +211,21 @@ def _call(ns: argparse.Namespace) -> int:
                 print(exc.traceback, file=sys.stderr)
             return 1
     return 0
+
+
+class _BadLine(ValueError):
+    """A line of ``--input`` that is not JSON."""
+
+
+def _json_lines(source: Any) -> Iterator[Any]:
+    """``--input``: one JSON value per non-empty line, read as the tool takes them."""
+    with source:
+        for number, line in enumerate(source, 1):
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise _BadLine(f"line {number} is not JSON: {exc}") from None
 
 
 def _client_flags(parser: argparse.ArgumentParser) -> None:
@@ -365,6 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--target", required=True, help="HOST:PORT of the worker")
     call.add_argument("--args", default="{}", help="arguments as a JSON object")
     call.add_argument("--stream", action="store_true", help="the tool streams: print each chunk as it arrives")
+    call.add_argument(
+        "--input", metavar="FILE", help="the tool's input stream: a file of JSON lines, one item each ('-': stdin)"
+    )
     call.add_argument("--session", help="session id")
     call.add_argument("--timeout", type=float, help="deadline in seconds")
     call.add_argument("-v", "--verbose", action="store_true", help="print the remote traceback on errors")

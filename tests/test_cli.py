@@ -54,6 +54,21 @@ def test_cli_call_and_tools() -> None:
         assert "stream_progress is a streaming tool: call it with --stream" in unary.stderr, unary.stderr
         streamed = call("add", "--args", '{"a": 1, "b": 2}', "--stream")
         assert "add is not a streaming tool: call it without --stream" in streamed.stderr, streamed.stderr
+        # a tool's input stream comes from --input: JSON lines, from a file or stdin
+        assert "unary   sum_input(items: stream of object)" in tools
+        summed = subprocess.run(
+            [*run, "call", "sum_input", "--target", worker.target, "--input", "-"],
+            input='{"i": 1}\n{"i": 41}\n',
+            cwd=ROOT,
+            capture_output=True,
+            timeout=30,
+            text=True,
+        )
+        assert summed.stdout.strip() == "42", summed.stderr
+        echoed = call("echo_input", "--stream", "--input", "/dev/null")
+        assert echoed.returncode == 0 and echoed.stdout.startswith("[0 final] null"), echoed.stderr
+        missing = call("sum_input")
+        assert "sum_input reads an input stream: give it with --input FILE" in missing.stderr, missing.stderr
         # an error's details (the exception's public fields) are printed, traceback only with -v
         quota = call("quota", "--args", '{"retry_after": 2.5}')
         assert 'details: {"retry_after": 2.5, "limit": 100}' in quota.stderr, quota.stderr

@@ -56,7 +56,7 @@ def test_node_client_decodes_tool_errors(worker: Worker) -> None:
 def test_node_client_reads_big_integers_exactly(worker: Worker) -> None:
     out = _node(worker, "bigint")
     assert out["exact"] == str(2**64 + 1)
-    assert out["lossy"] != 2**64 + 1  # what JSON.parse alone gives: why the README says to use BigInt
+    assert out["lossy"] != 2**64 + 1  # what JSON.parse alone gives: why docs/reference.md says to use BigInt
 
 
 def test_shipped_status_proto_is_the_published_one() -> None:

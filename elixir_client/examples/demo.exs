@@ -34,7 +34,7 @@ defmodule Demo do
 end
 
 # KRAIT_METRICS_PORT=N: the pool serves its metrics and its workers' at http://127.0.0.1:N/metrics
-# (README, "Watching it in Prometheus"), and the demo keeps calling its tools at the end until Ctrl-C.
+# (docs/observability.md), and the demo keeps calling its tools at the end until Ctrl-C.
 metrics_port =
   case System.get_env("KRAIT_METRICS_PORT") do
     nil -> nil

@@ -24,7 +24,7 @@ from ..errors import CallError, InvalidArguments, Overloaded, as_call_error, cli
 from ..logs import CALL_ID_HEADER, CURRENT_CALL, CallInfo, call_ended, call_id_from, clean_call_id, in_call, with_trace
 from ..metrics import UNKNOWN_TOOL, WorkerMetrics, exposition
 from ..proto import pb
-from ..sdk import BaseAdapter, ToolContext, ToolSpec
+from ..sdk import BaseAdapter, InputError, ToolContext, ToolSpec
 from .buffer import Cancelled, ChunkBuffer
 from .call import StreamingCall, prepare, run_unary
 from .exchange import Exchange
@@ -337,6 +337,8 @@ class Engine:
                 log.warning("%s refused: %s %s", what, exc.code.name, status.details)
             elif type(exc).__name__ == "ToolCancelled":
                 log.info("%s: the tool stopped on cancellation (%s)", what, exc)
+            elif isinstance(exc, InputError):  # the caller's failure, which the caller reports
+                log.info("%s: the caller's input failed: %s", what, clip(str(exc), 500))
             elif (trace := tool_traceback(exc)) is not None:
                 log.error("%s failed: %s: %s", what, type(exc).__name__, clip(str(exc), 500))
                 log.debug("%s: the tool's traceback:\n%s", what, trace.rstrip())

@@ -1,6 +1,6 @@
 """One tool call: argument preparation, the tool's own thread for streams, and the final-chunk rules.
 
-Streaming rules (documented in the README):
+Streaming rules (documented in docs/reference.md, "The chunk format"):
 - every value the tool yields becomes one chunk, in order, ``seq`` 0, 1, 2, ...;
 - the final chunk gets ``execution_time_ms``, ``tool_type`` (``remote``) and ``worker_id`` in its metadata;
   if the tool ends without yielding ``StreamChunk(is_final=True)``, a synthetic final chunk with no payload
