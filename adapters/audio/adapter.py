@@ -4,6 +4,9 @@ Six streams — levels, FFT spectrum, spectrogram, fractional-octave bands, pitc
 over one of three sources: a real input device (``sounddevice``/PortAudio), a WAV file, or a generated test
 signal, so every stream also runs where no sound card exists. Every stream takes the same source and pacing
 options; the chunk schemas are in docs/adapters/audio.md and in each analyser (adapters/audio/analysers.py).
+``analyse_stream`` runs any of the six over PCM frames the caller streams in (a browser's microphone, audio an
+Elixir application receives): the same analysers through the same runner (adapters/audio/stream_input.py), so
+its chunks equal the file source's for the same samples.
 
 A device is opened only while a stream runs and closed when it ends, fails or is cancelled (the ``finally`` below);
 ``active_streams()`` shows what is open now and how recent streams ended, including PortAudio's own closed flag.
@@ -11,6 +14,7 @@ A device is opened only while a stream runs and closed when it ends, fails or is
 
 from __future__ import annotations
 
+import functools
 import itertools
 import threading
 import time
@@ -18,7 +22,8 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any, Literal, cast
 
-from pydantic import Field
+import numpy as np
+from pydantic import BaseModel, Field
 
 from python_worker import BaseAdapter, StreamChunk, ToolContext, tool
 
@@ -31,7 +36,9 @@ from .analysers import (
     SpectrogramAnalyser,
     SpectrumAnalyser,
 )
-from .sources import SignalSpec, SourceKind, list_input_devices, open_source
+from .analyses import ANALYSES, Analysis, build_analyser, options_model, parse_options
+from .sources import BlockSource, SignalSpec, SourceKind, list_input_devices, open_source
+from .stream_input import InputSource
 
 # the options every stream takes, declared once (their descriptions travel in the tools' JSON Schema)
 Source = Annotated[SourceKind, Field(description="where audio comes from: 'device', 'file' or 'signal'")]
@@ -101,6 +108,24 @@ class AudioAdapter(BaseAdapter):
             sample_rate=sample_rate,
             channels=channels,
         )
+        yield from self._run_source(
+            tool_name, make_analyser, ctx, src, max_rate_hz=max_rate_hz, duration_s=duration_s,
+            max_chunks=max_chunks, realtime=realtime,
+        )  # fmt: skip
+
+    def _run_source(
+        self,
+        tool_name: str,
+        make_analyser: Callable[[int, int], runner.Analyser],
+        ctx: ToolContext | None,
+        src: BlockSource,
+        *,
+        max_rate_hz: float | None,
+        duration_s: float | None,
+        max_chunks: int | None,
+        realtime: bool,
+    ) -> Iterator[dict[str, Any] | StreamChunk[Any]]:
+        """Open ``src``, run the analyser over it (listed in ``active_streams`` meanwhile), close it."""
         stream_id = next(self._stream_ids)
         outcome = "error"
         try:
@@ -369,6 +394,43 @@ class AudioAdapter(BaseAdapter):
             duration_s=duration_s, max_chunks=max_chunks, realtime=realtime,
         )  # fmt: skip
 
+    # -- the caller's own audio ----------------------------------------------------------------------------------
+    @tool(supports_streaming=True)
+    def analyse_stream(
+        self,
+        frames: Iterator[np.ndarray | bytes],
+        sample_rate: Annotated[int, Field(description="Hz: the rate the frames were sampled at")],
+        analysis: Annotated[Analysis, Field(description="which stream's chunks: stream_<analysis>'s")] = "levels",
+        options: Annotated[
+            dict[str, Any] | None,
+            Field(
+                description="the analysis options stream_<analysis> takes (e.g. pitch: fmin, fmax); null = its defaults"
+            ),
+        ] = None,
+        channels: Annotated[int, Field(description="channels, interleaved in each frame")] = 1,
+        block_size: BlockSize = 1024,
+        max_rate_hz: MaxRate = 20.0,
+        duration_s: Duration = None,
+        max_chunks: MaxChunks = None,
+        ctx: ToolContext | None = None,
+    ) -> Iterator[dict[str, Any] | StreamChunk[Any]]:
+        """Analyse PCM frames the caller streams (1-D float32 arrays in [-1, 1], or int16 little-endian bytes):
+        the same chunks as the stream_<analysis> tool gives for a WAV file holding the same samples."""
+        if analysis not in ANALYSES:
+            raise ValueError(f"analysis must be one of {', '.join(ANALYSES)}, got {analysis!r}")
+        model = _options_of(analysis)
+        chosen = parse_options(analysis, model, options)
+        runner.check_bounds(max_rate_hz, duration_s, max_chunks)
+        src = InputSource(frames, "analyse_stream", block_size, sample_rate, channels)
+
+        def make(rate: int, n: int) -> runner.Analyser:
+            return build_analyser(analysis, rate, n, block_size, chosen)
+
+        return self._run_source(
+            "analyse_stream", make, ctx, src, max_rate_hz=max_rate_hz, duration_s=duration_s,
+            max_chunks=max_chunks, realtime=False,
+        )  # fmt: skip
+
     # -- unary -----------------------------------------------------------------------------------------------
     @tool
     def list_devices(self) -> list[dict[str, Any]]:
@@ -383,3 +445,9 @@ class AudioAdapter(BaseAdapter):
                 "open": [dict(e) for e in self._open_streams.values()],
                 "closed": [dict(e) for e in self._closed_streams],
             }
+
+
+@functools.cache
+def _options_of(analysis: str) -> type[BaseModel]:
+    """The options model of ``analysis``, built once from the signature of its ``stream_<analysis>`` tool."""
+    return options_model(analysis, getattr(AudioAdapter, f"stream_{analysis}"))

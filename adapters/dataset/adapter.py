@@ -6,6 +6,10 @@ Chunk schemas (both tools):
   list of names) to the first chunk's metadata when the file has a header
 - the final chunk (explicit, is_final): ``{"rows", "bytes", "chunks", "dtype", "shape", ...}`` with ``rows``,
   ``bytes`` and ``chunks`` also in its metadata; ``bytes`` counts the arrays' data, not the .npy headers
+
+``write_rows`` goes the other way: the rows its caller streams (JSON objects) become a CSV or JSON Lines file
+under ``KRAIT_DATA_ROOT`` (adapters/dataset/writer.py says how the path is confined); it returns
+``{"rows", "bytes", "path"}``, the path relative to the root.
 """
 
 from __future__ import annotations
@@ -13,17 +17,21 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import PurePath
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import Field
 
 from python_worker import BaseAdapter, StreamChunk, ToolContext, open_path, tool
+from python_worker.sdk import ArgumentError
 
 from .csv_reader import CsvRows
 from .npy_reader import NpyRows
 from .synthetic import check_request, generate_batches
+from .writer import CsvEncoder, SafeWriter, TargetDir
 
 READERS = {".npy": "npy", ".csv": "csv"}
+WRITE_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
 
 class Totals:
@@ -126,3 +134,57 @@ class DatasetAdapter(BaseAdapter):
                 n_columns, columns = csv_rows.n_columns, csv_rows.columns
             shape = [totals.rows, n_columns or 0]
             yield totals.final(path=path, format="csv", dtype="float64", shape=shape, columns=columns)
+
+    @tool(
+        description="Write the rows the caller streams (JSON objects) to a CSV or JSON Lines file under the data"
+        " root (KRAIT_DATA_ROOT); the file appears whole when the input ends, or not at all",
+    )
+    def write_rows(
+        self,
+        rows: Iterator[dict[str, Any]],
+        path: Annotated[str, Field(description="the file to write, relative to the data root")],
+        format: Annotated[
+            Literal["csv", "jsonl"] | None,
+            Field(
+                description="csv: a header of the first row's keys; jsonl: one JSON object a line; null = by"
+                " the path's suffix (.csv, .jsonl)"
+            ),
+        ] = None,
+        overwrite: Annotated[bool, Field(description="replace an existing file")] = False,
+        ctx: ToolContext | None = None,
+    ) -> dict[str, Any]:
+        if format is None:
+            format = WRITE_FORMATS.get(PurePath(path).suffix.lower())  # type: ignore[assignment]
+            if format is None:
+                raise ArgumentError(f"argument 'format': {path!r} ends neither in .csv nor .jsonl: pass format=")
+        target = TargetDir(path)
+        try:
+            if not overwrite and target.exists():
+                raise target.refuse_existing()  # before reading any input
+            writer = SafeWriter(target)
+            try:
+                count = self._write(writer, rows, format, ctx)
+                writer.commit(overwrite)
+            finally:
+                writer.discard()
+            return {"rows": count, "bytes": writer.bytes, "path": target.relative, "format": format}
+        finally:
+            target.close()
+
+    def _write(self, writer: SafeWriter, rows: Iterator[dict[str, Any]], format: str, ctx: ToolContext | None) -> int:
+        encoder = CsvEncoder() if format == "csv" else None
+        count = 0
+        for index, row in enumerate(rows):
+            if ctx is not None:
+                ctx.check_cancelled()
+            try:
+                text = (
+                    encoder.encode(row)
+                    if encoder is not None
+                    else json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n"
+                )
+            except ValueError as exc:
+                raise ArgumentError(f"write_rows: input item {index}: {exc}") from None
+            writer.write(text.encode())
+            count += 1
+        return count

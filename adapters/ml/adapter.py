@@ -9,20 +9,29 @@ Chunk schemas of ``train_model``:
 
 Models live in the caller's session (``ctx.session.state``). Without a session the model is trained and
 measured but not kept: the final chunk says so (``model_id`` null, ``kept`` false, ``note``).
+
+``train_incremental`` learns a linear model from batches the caller streams (adapters/ml/incremental.py):
+- per batch: ``{"type": "progress", "model_id", "batch", "rows", "loss", "seen"}`` (``loss``: the batch's mean
+  squared error before the model learnt from it; ``seen``: rows learnt from so far, over every call)
+- final (explicit, is_final): ``{"type": "complete", "model_id", "kept", "batches", "seen", "loss", "weights",
+  "bias", "features"}``; ``predict_linear`` uses a kept model, and ``model_id=`` trains it further.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import Field
 
 from python_worker import BaseAdapter, StreamChunk, ToolContext, tool
+from python_worker.sdk import ArgumentError
 
 from . import mlp
 from .data import N_CLASSES, load_split
+from .incremental import Batch, LinearModel, LinearModels
 from .inputs import prediction_inputs
 from .metrics import accuracy, confusion_matrix
 from .store import RunRecord, SessionModels
@@ -167,3 +176,77 @@ class MLAdapter(BaseAdapter):
         store = _session_models(ctx, "delete_model")
         store.delete(model_id)
         return {"deleted": model_id, "models": [m.model_id for m in store.models()]}
+
+    # -- incremental training on the caller's batches ------------------------------------------------------------
+    @tool(
+        description="Learn a linear model y = x.w + b by SGD from batches the caller streams ({x: rows, y:"
+        " targets}); one progress chunk per batch with its loss measured before learning from it; the model is"
+        " kept in the session (model_id= trains a kept model further)",
+        supports_streaming=True,
+    )
+    def train_incremental(
+        self,
+        batches: Iterator[Batch],
+        model_id: Annotated[str | None, Field(description="a kept linear model to train further; null = new")] = None,
+        learning_rate: Annotated[float, Field(description="SGD step size")] = 0.05,
+        l2: Annotated[float, Field(description="L2 penalty on the weights")] = 0.0,
+        steps: Annotated[int, Field(description="gradient steps per batch")] = 1,
+        ctx: ToolContext | None = None,
+    ) -> Iterator[Any]:
+        if not 0 < learning_rate <= 10:
+            raise ArgumentError(f"learning_rate must be > 0 and <= 10, got {learning_rate}")
+        if not 0 <= l2 <= 1000:
+            raise ArgumentError(f"l2 must be between 0 and 1000, got {l2}")
+        if not 1 <= steps <= 1000:
+            raise ArgumentError(f"steps must be between 1 and 1000, got {steps}")
+        store = LinearModels.of(ctx.session) if ctx is not None and ctx.session is not None else None
+        if model_id is not None:
+            if store is None:
+                raise ArgumentError("model_id needs a session_id: linear models live in the session that trained them")
+            model = store.get(model_id)
+        else:
+            model = store.new() if store is not None else LinearModel("linear-unsaved")
+        with model.lock:
+            yield from self._learn(model, batches, learning_rate, l2, steps, kept=store is not None, ctx=ctx)
+
+    def _learn(
+        self,
+        model: LinearModel,
+        batches: Iterator[Batch],
+        learning_rate: float,
+        l2: float,
+        steps: int,
+        *,
+        kept: bool,
+        ctx: ToolContext | None,
+    ) -> Iterator[Any]:
+        loss: float | None = None
+        for index, batch in enumerate(batches):
+            problem = model.check(batch)
+            if problem is not None:
+                raise ArgumentError(f"train_incremental: input item {index}: {problem}")
+            loss = model.learn(batch, learning_rate, l2, steps)
+            yield {
+                "type": "progress",
+                "model_id": model.model_id if kept else None,
+                "batch": index,
+                "rows": len(batch.y),
+                "loss": loss,
+                "seen": model.seen,
+            }
+            if ctx is not None and ctx.cancelled:
+                return
+        final: dict[str, Any] = {"type": "complete", "kept": kept, "loss": loss, **model.summary()}
+        if not kept:
+            final.update(model_id=None, note=NOT_KEPT_NOTE)
+        yield StreamChunk(data=final, is_final=True, metadata={"model_id": final["model_id"] or ""})
+
+    @tool(description="Predict y = x.w + b with a linear model of this session (train_incremental)")
+    def predict_linear(self, model_id: str, x: list[list[float]], ctx: ToolContext | None = None) -> dict[str, Any]:
+        if ctx is None or ctx.session is None:
+            raise ArgumentError("predict_linear needs a session_id: models live in the session that trained them")
+        model = LinearModels.of(ctx.session).get(model_id)
+        rows = np.asarray(x, dtype=np.float64)
+        if rows.ndim != 2 or rows.shape[1] != model.features:
+            raise ArgumentError(f"x must be rows of {model.features} features, got shape {list(rows.shape)}")
+        return {"model_id": model_id, "predictions": model.predict(rows).tolist()}

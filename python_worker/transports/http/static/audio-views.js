@@ -132,7 +132,8 @@ export class PitchView {
     this.note = el("div", { class: "pitch-note", text: "–" });
     this.needle = el("div", { class: "cents-needle" });
     this.detail = el("div", { class: "pitch-detail" });
-    this.node.append(this.note, el("div", { class: "cents-scale" }, el("span", { text: "-50" }), this.needle, el("span", { text: "+50" })), this.detail);
+    this.last = el("div", { class: "pitch-detail muted", "data-last": "" });
+    this.node.append(this.note, el("div", { class: "cents-scale" }, el("span", { text: "-50" }), this.needle, el("span", { text: "+50" })), this.detail, this.last);
   }
   take(chunk) {
     const d = chunk.data;
@@ -147,6 +148,13 @@ export class PitchView {
     this.detail.textContent = `${hz}${cents}${conf}`;
     this.node.dataset.note = voiced ? d.note : "";
     this.node.dataset.cents = voiced ? d.cents.toFixed(1) : "";
+    if (voiced) {
+      // a tuner holds the last note it heard (a beep, a plucked string): shown below, and in data-last-*
+      this.last.textContent = `last: ${d.note} ${d.frequency_hz.toFixed(2)} Hz`;
+      this.node.dataset.lastNote = d.note;
+      this.node.dataset.lastHz = d.frequency_hz.toFixed(3);
+      count(this.node, "voiced");
+    }
     count(this.node, "frames");
     return true;
   }

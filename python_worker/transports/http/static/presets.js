@@ -28,3 +28,19 @@ export const PRESETS = [
 
 /** The presets whose tool is among `tools` (the worker's listing). */
 export const available = (tools) => PRESETS.filter((p) => tools.some((t) => t.name === p.tool && t.streaming));
+
+// The microphone: one capture feeding three runs of analyse_stream (the same views as the generated signals').
+// The tuner takes every block (max_rate_hz 0), so a short sound (a click, a beep) is not skipped between chunks.
+export const MICROPHONE = {
+  id: "microphone",
+  label: "Microphone",
+  tool: "analyse_stream",
+  runs: [
+    { analysis: "levels" },
+    { analysis: "spectrum", options: { peak_decay_db_s: 30 } },
+    { analysis: "pitch", max_rate_hz: 0 },
+  ],
+};
+
+/** Whether the worker has a tool that analyses the page's microphone. */
+export const hasMicrophoneTool = (tools) => tools.some((t) => t.name === MICROPHONE.tool && t.streaming && t.input);

@@ -1,7 +1,8 @@
 // One run of a tool: its panel (status, stop, live views, final state) and its call on the shared socket.
 // The panel's data-state goes running -> done | error | cancelled (cancelling while a stop is on its way);
 // data-chunks counts the chunks received, data-dropped the ones the worker left out to keep up
-// (overflow=latest) as the final metadata reports them.
+// (overflow=latest) as the final metadata reports them. A run fed by the page (the microphone) also has
+// data-input (streaming | ended), data-input-sent and data-input-dropped (frames sent, frames dropped to keep up).
 
 import { el } from "./dom.js";
 import { ViewSet, describe } from "./views.js";
@@ -15,15 +16,19 @@ function metadataTable(metadata) {
 }
 
 export class Run {
-  /** socket: CallSocket; request: {tool, args, session, max_rate_hz, overflow}; onEnd(run) when it ends */
-  constructor(socket, request, { streaming, onAuthLost = () => {} } = {}) {
+  /** socket: CallSocket; request: {tool, args, session, max_rate_hz, overflow}; input: an InputFeed
+   * (microphone.js) streaming the tool's input, or null */
+  constructor(socket, request, { streaming, onAuthLost = () => {}, input = null } = {}) {
     this.socket = socket;
-    this.request = request;
+    this.request = input ? { ...request, input: true } : request;
+    this.input = input;
     this.streaming = streaming;
     this.onAuthLost = onAuthLost;
     this.number = ++runs;
     this.call = null;
-    this.stopButton = el("button", { type: "button", class: "stop", "data-action": "stop", text: streaming ? "Stop" : "Cancel" });
+    // a run fed by the page stops by ending its input: the tool reads the end and finishes (state done)
+    const stopText = input ? "Stop input" : streaming ? "Stop" : "Cancel";
+    this.stopButton = el("button", { type: "button", class: "stop", "data-action": "stop", text: stopText });
     this.closeButton = el("button", { type: "button", class: "close", "data-action": "close", title: "Remove", text: "×" });
     this.status = el("span", { class: "status", text: "starting" });
     this.views = el("div", { class: "views" });
@@ -61,8 +66,13 @@ export class Run {
         onFinal: (chunk) => this.finish(chunk),
         onResult: (result, metadata) => this.result(result, metadata),
         onError: (error) => this.error(error),
+        onCredit: (items, bytes) => this.input?.credit(items, bytes),
       });
       this.node.dataset.callId = this.call.id;
+      if (this.input && !this.ended) {
+        this.input.attach(this.call, this.node);
+        this.node.dataset.input = "streaming";
+      }
     } catch (err) {
       this.error({ code: "UNAVAILABLE", type: "", message: err.message });
     }
@@ -70,6 +80,13 @@ export class Run {
 
   stop() {
     if (!this.call || this.ended) return;
+    if (this.input && this.node.dataset.input === "streaming") {
+      this.node.dataset.input = "ended";
+      this.status.textContent = "finishing";
+      this.stopButton.disabled = true;
+      this.input.end();
+      return;
+    }
     this.state = "cancelling";
     this.call.cancel();
   }
@@ -88,6 +105,10 @@ export class Run {
 
   end(state, ...content) {
     this.ended = true;
+    if (this.input) {
+      this.input.detach(); // the last run listening releases the microphone
+      this.node.dataset.input = "ended";
+    }
     this.state = state;
     this.node.dataset.elapsedMs = String(Math.round(performance.now() - this.started));
     this.final.replaceChildren(...content.filter(Boolean));

@@ -42,9 +42,21 @@ export function decodeBinaryFrame(buffer) {
   return header;
 }
 
+/** A binary input frame, the layout of the worker's own: 4-byte big-endian header length, JSON header, raw
+ * bytes (a typed array's, little-endian like every browser's). */
+export function encodeInputFrame(header, values) {
+  const head = new TextEncoder().encode(JSON.stringify(header));
+  const frame = new Uint8Array(4 + head.length + values.byteLength);
+  new DataView(frame.buffer).setUint32(0, head.length, false);
+  frame.set(head, 4);
+  frame.set(new Uint8Array(values.buffer, values.byteOffset, values.byteLength), 4 + head.length);
+  return frame;
+}
+
 /**
- * Many calls over one WebSocket. `call()` returns {id, cancel()}; the handlers get
- * onChunk(chunk), onFinal(chunk), onResult(result, metadata) and onError(error) ({type, message, code, ...}).
+ * Many calls over one WebSocket. `call()` returns {id, cancel(), sendArray(values), sendItems(items), endInput(error)}; the
+ * handlers get onChunk(chunk), onFinal(chunk), onResult(result, metadata), onError(error) ({type, message,
+ * code, ...}) and, for a call with `input: true`, onCredit(items, bytes).
  * Exactly one of onFinal / onResult / onError ends a call. A socket that closes ends its calls with an
  * UNAVAILABLE error; the next call opens a new socket.
  */
@@ -91,13 +103,33 @@ export class CallSocket {
     for (const key of ["session", "timeout_ms", "max_rate_hz", "overflow"]) {
       if (request[key] !== undefined && request[key] !== null && request[key] !== "") frame[key] = request[key];
     }
+    if (request.input) frame.input = true; // the page streams the tool's input: "credit" events say how much
     const socket = await this.connect();
     this.calls.set(id, handlers);
     socket.send(JSON.stringify(frame));
+    const open = () => this.calls.has(id) && socket.readyState === WebSocket.OPEN;
     return {
       id,
       cancel: () => {
-        if (this.calls.has(id) && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({ op: "cancel", id }));
+        if (open()) socket.send(JSON.stringify({ op: "cancel", id }));
+      },
+      /** One float32 array as one input item (a binary frame); false once the call is over. */
+      sendArray: (values) => {
+        if (!open()) return false;
+        socket.send(encodeInputFrame({ op: "input", id, dtype: "<f4", shape: [values.length] }, values));
+        return true;
+      },
+      /** JSON input items, in one text frame: the bytes it costs against the credit (its UTF-8 length), or false
+       * once the call is over. */
+      sendItems: (items) => {
+        if (!open()) return false;
+        const text = JSON.stringify({ op: "input", id, items });
+        socket.send(text);
+        return new TextEncoder().encode(text).length;
+      },
+      /** The end of the input (`error`: the page's input failed, the tool's iterator raises InputError). */
+      endInput: (error) => {
+        if (open()) socket.send(JSON.stringify(error ? { op: "input_end", id, error } : { op: "input_end", id }));
       },
     };
   }
@@ -118,6 +150,9 @@ export class CallSocket {
     switch (message.event) {
       case "chunk":
         handlers.onChunk(message.chunk);
+        return;
+      case "credit":
+        handlers.onCredit?.(message.items, message.bytes);
         return;
       case "final":
         this.calls.delete(message.id);
