@@ -20,7 +20,10 @@ defmodule KraitBench.Duplex do
   defp small_input(pool, %{"items" => items, "runs" => runs}, python, root) do
     krait = fn ->
       input = Stream.map(0..(items - 1), &%{"i" => &1})
-      {us, {:ok, sum}} = Stats.timed(fn -> Krait.execute("sum_input", %{}, pool: pool, input: input) end)
+
+      {us, {:ok, sum}} =
+        Stats.timed(fn -> Krait.execute("sum_input", %{}, pool: pool, input: input) end)
+
       if sum != div(items * (items - 1), 2), do: raise("sum_input summed to #{sum}")
       items / (us / 1.0e6)
     end
@@ -31,7 +34,10 @@ defmodule KraitBench.Duplex do
 
     rounds =
       for _ <- 1..max(runs, 3),
-          do: %{in_port_jsonl_items_per_s: Limits.json_lines_in(port, items), in_ex_items_per_s: krait.()}
+          do: %{
+            in_port_jsonl_items_per_s: Limits.json_lines_in(port, items),
+            in_ex_items_per_s: krait.()
+          }
 
     Limits.close(port)
     medians(rounds) |> Map.merge(spread(rounds, :in_port_jsonl_items_per_s))
@@ -48,7 +54,8 @@ defmodule KraitBench.Duplex do
 
       {us, count} =
         Stats.timed(fn ->
-          Krait.stream("array_input", %{}, pool: pool, input: input) |> Enum.count(&(not &1.is_final))
+          Krait.stream("array_input", %{}, pool: pool, input: input)
+          |> Enum.count(&(not &1.is_final))
         end)
 
       if count != blobs, do: raise("array_input answered #{count} of #{blobs} frames")
@@ -61,7 +68,10 @@ defmodule KraitBench.Duplex do
 
     rounds =
       for _ <- 1..max(runs, 3),
-          do: %{in_port_bytes_per_s: Limits.bytes_in(port, blobs, block), in_ex_bytes_per_s: krait.()}
+          do: %{
+            in_port_bytes_per_s: Limits.bytes_in(port, blobs, block),
+            in_ex_bytes_per_s: krait.()
+          }
 
     Limits.close(port)
     medians(rounds) |> Map.merge(spread(rounds, :in_port_bytes_per_s))
@@ -78,7 +88,12 @@ defmodule KraitBench.Duplex do
         pong = Stats.percentile(Limits.ping_samples(ping, calls), 50)
         echo = echo_us(pool, calls)
         {:ok, handler} = handler_us(pool, calls)
-        %{echo_ping_p50_us: pong, echo_p50_us: Stats.percentile(echo, 50), handler_p50_us: handler["p50_us"]}
+
+        %{
+          echo_ping_p50_us: pong,
+          echo_p50_us: Stats.percentile(echo, 50),
+          handler_p50_us: handler["p50_us"]
+        }
       end
 
     Limits.close(ping)
@@ -166,7 +181,9 @@ defmodule KraitBench.Duplex do
       end
 
     hwm = fn ->
-      Krait.Pool.stats(pool).workers |> Enum.map(&(Proc.status_mb(&1.os_pid, "VmHWM") || 0.0)) |> Enum.sum()
+      Krait.Pool.stats(pool).workers
+      |> Enum.map(&(Proc.status_mb(&1.os_pid, "VmHWM") || 0.0))
+      |> Enum.sum()
     end
 
     short = hwm.()
@@ -181,6 +198,11 @@ defmodule KraitBench.Duplex do
 
   defp spread(rounds, key) do
     values = Enum.map(rounds, & &1[key])
-    %{"#{key}_min" => Enum.min(values), "#{key}_max" => Enum.max(values), "#{key}_rounds" => length(rounds)}
+
+    %{
+      "#{key}_min" => Enum.min(values),
+      "#{key}_max" => Enum.max(values),
+      "#{key}_rounds" => length(rounds)
+    }
   end
 end

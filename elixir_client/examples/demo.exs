@@ -148,7 +148,9 @@ Krait.stream("stream_numbers", %{count: 5})
 |> Enum.map(& &1["number"])
 |> then(&IO.puts("  stream_numbers |> echo_input: #{inspect(&1)}"))
 
-Demo.section("A Python tool calls back into Elixir: ctx.call(\"price\", ...) runs an Elixir function")
+Demo.section(
+  "A Python tool calls back into Elixir: ctx.call(\"price\", ...) runs an Elixir function"
+)
 
 prices = %{"A-1" => 12.5, "B-2" => 3.25}
 
@@ -322,6 +324,51 @@ if File.exists?(Path.join(root, "adapters/audio")) do
         if chunk.is_final, do: IO.puts("")
       end,
       pool: Demo.Audio
+    )
+end
+
+# Streams both ways with audio: PCM frames made here, in Elixir (a melody of sine tones, paced in real time as
+# a Membrane pipeline or a WebRTC call would deliver them), analysed live by Python as they arrive.
+if File.exists?(Path.join(root, "adapters/audio")) do
+  Demo.section("analyse_stream: audio frames produced in Elixir, pitch analysed live in Python")
+
+  rate = 16_000
+  frame_samples = 800
+
+  tone = fn hz, seconds ->
+    n = round(rate * seconds)
+
+    for i <- 0..(n - 1), into: <<>> do
+      <<0.5 * :math.sin(2 * :math.pi() * hz * i / rate)::float-32-little>>
+    end
+  end
+
+  frames =
+    [{"C4", 261.63}, {"E4", 329.63}, {"G4", 392.0}, {"C5", 523.25}]
+    |> Stream.flat_map(fn {_note, hz} ->
+      samples = tone.(hz, 0.5)
+      for <<frame::binary-size(frame_samples * 4) <- samples>>, do: frame
+    end)
+    |> Stream.map(fn frame ->
+      Process.sleep(div(frame_samples * 1000, rate))
+      Krait.Tensor.new(frame, :float32, {frame_samples})
+    end)
+
+  :ok =
+    Krait.execute_stream(
+      "analyse_stream",
+      %{sample_rate: rate, analysis: "pitch", max_rate_hz: 8},
+      fn chunk ->
+        if chunk["voiced"] do
+          Demo.live(
+            "  heard #{chunk["note"]} (#{chunk["frequency_hz"]} Hz) from frames sent by Elixir"
+          )
+        end
+
+        if chunk.is_final, do: IO.puts("")
+      end,
+      pool: Demo.Audio,
+      input: frames
     )
 end
 

@@ -5,6 +5,11 @@ defmodule Krait.Call do
   chunk to the callback. The pool process only hands workers out and takes them back, so decoding
   and callbacks of concurrent calls run in parallel, in their callers.
 
+  Every entry point drives the same state machine, `Krait.Call.Cursor` (one step: chunks, a result,
+  the end or an error; acknowledgements, retries, input, handler calls and the deadline are handled
+  inside it): `execute/3` to its result, `execute_stream/4` step by step into the callback,
+  `stream/3` one step per turn of its `Stream.resource/3`.
+
   Streams use `ExecuteStreamingToolBatched`: each gRPC message carries many chunks. Each delivery from
   the connection is acknowledged as soon as it is taken from the mailbox, so the network keeps moving
   while callbacks run, and at most one flow-control window of data waits in the mailbox.
@@ -14,21 +19,22 @@ defmodule Krait.Call do
   before a tool runs), it is retried on another worker within its deadline, so a worker's death fails
   only the call that was running on it.
 
+  Input (`input:`) is sent by a `Krait.Call.Feeder` the call owns, within the worker's credit; handler
+  calls (`handlers:`) run in processes of their own (`Krait.Call.Handlers`).
+
   Every call has an id, sent to the worker in the `krait-call-id` header: the worker's log records
   for the call carry it (`call_id` Logger metadata) and so do errors (`details.call_id`).
   """
 
   alias Krait.{Chunk, Error, Payload, Telemetry}
-  alias Krait.Pool.{Lease, Scheduler}
+  alias Krait.Call.{Cursor, Handlers}
+  alias Krait.Pool.Scheduler
 
   @unary_path "/krait.v1.ToolWorker/ExecuteTool"
   @stream_path "/krait.v1.ToolWorker/ExecuteStreamingToolBatched"
   @cleanup_path "/krait.v1.ToolWorker/CleanupSession"
   @list_tools_path "/krait.v1.ToolWorker/ListTools"
 
-  @call_id_header "krait-call-id"
-  # Attempts of a call that never reached a worker (each on a worker that was up when handed out).
-  @max_attempts 3
   # Python's worker refuses longer session ids too.
   @max_session_bytes 256
 
@@ -74,6 +80,21 @@ defmodule Krait.Call do
       doc:
         "W3C trace context for the call: a `traceparent` string or a map with `\"traceparent\"` " <>
           "and `\"tracestate\"` (default: the caller's OpenTelemetry context; see `Krait.Tracing`)"
+    ],
+    input: [
+      type: :any,
+      default: nil,
+      doc:
+        "the tool's input stream: any Enumerable (a list, a `Stream`, another `Krait.stream/3`), " <>
+          "pulled lazily in a process the call owns, only as the tool reads (see Streams both ways)"
+    ],
+    handlers: [
+      type: :any,
+      default: %{},
+      doc:
+        "Elixir functions the tool may call (`ctx.call(name, args)`): `%{\"name\" => fun}`, each " <>
+          "`fun` taking the args and returning `{:ok, value}`, `{:error, reason}` or a value; " <>
+          "added to the pool's `:handlers` (this call's win)"
     ]
   ]
 
@@ -88,7 +109,9 @@ defmodule Krait.Call do
           call_id: String.t(),
           trace_headers: %{optional(String.t()) => String.t()},
           trace_context: Krait.Tracing.context(),
-          chunk_events: boolean()
+          chunk_events: boolean(),
+          input: Enumerable.t() | nil,
+          handlers: Handlers.t()
         }
 
   @doc "The call options' declaration (its table is in `Krait`'s docs)."
@@ -103,8 +126,8 @@ defmodule Krait.Call do
     with {:ok, o} <- options(opts),
          {:ok, request} <- build_request(tool, args, o) do
       Telemetry.span(event_meta(o, tool, :unary), fn ->
-        o
-        |> with_lease(fn lease -> unary(lease, @unary_path, request, o, tool) end)
+        @unary_path
+        |> run_unary(request, o, tool, :unary)
         |> explain_wrong_rpc(
           "a streaming tool: call it with Krait.execute_stream/4 or Krait.stream/3"
         )
@@ -119,12 +142,10 @@ defmodule Krait.Call do
     with {:ok, o} <- options(opts),
          {:ok, request} <- build_request(tool, args, o) do
       Telemetry.span(event_meta(o, tool, :stream), fn ->
-        o
-        |> with_lease(fn lease ->
-          with {:ok, s} <- open(lease, @stream_path, request, o, tool) do
-            stream_loop(s, callback, o, false)
-          end
-        end)
+        case Cursor.open(@stream_path, request, o, tool, :stream) do
+          {:ok, cursor} -> stream_loop(cursor, callback)
+          {:error, _} = error -> error
+        end
         |> explain_wrong_rpc("not a streaming tool: call it with Krait.execute/3")
       end)
     end
@@ -158,7 +179,7 @@ defmodule Krait.Call do
         with {:error, error} <- check_pool(o.pool), do: raise(error)
         lazy_start(tool, request, o, wrong_rpc)
       end,
-      &lazy_next_noting_error/1,
+      &lazy_next/1,
       &lazy_after/1
     )
   end
@@ -174,7 +195,7 @@ defmodule Krait.Call do
         })
 
       result =
-        case with_lease(o, fn lease -> unary_raw(lease, @cleanup_path, request, o, nil) end) do
+        case run_unary(@cleanup_path, request, o, nil, :raw) do
           {:ok, _} ->
             :ok
 
@@ -197,14 +218,11 @@ defmodule Krait.Call do
     with {:ok, o} <- options(opts) do
       request = Krait.Proto.ListToolsRequest.encode(%Krait.Proto.ListToolsRequest{})
 
-      with_lease(o, fn lease ->
-        ctx = %{worker_id: lease.worker_id}
-
-        with {:ok, payload} <- unary_raw(lease, @list_tools_path, request, o, nil),
-             {:ok, response} <- decode_message(Krait.Proto.ListToolsResponse, payload, ctx) do
-          {:ok, Enum.map(response.tools, &tool_info/1)}
-        end
-      end)
+      with {:ok, payload} <- run_unary(@list_tools_path, request, o, nil, :raw),
+           {:ok, response} <-
+             Cursor.decode_message(Krait.Proto.ListToolsResponse, payload, %{call_id: o.call_id}) do
+        {:ok, Enum.map(response.tools, &tool_info/1)}
+      end
     end
   end
 
@@ -244,6 +262,7 @@ defmodule Krait.Call do
         session = if o.session_id in [nil, ""], do: nil, else: to_string(o.session_id)
 
         trace = Krait.Tracing.headers(o.trace_context, o.pool)
+        handlers = Handlers.validate(o.handlers, "option :handlers")
 
         cond do
           session != nil and byte_size(session) > @max_session_bytes ->
@@ -254,11 +273,21 @@ defmodule Krait.Call do
           match?({:error, _}, trace) ->
             invalid(elem(trace, 1))
 
+          o.input != nil and Enumerable.impl_for(o.input) == nil ->
+            invalid(
+              "option :input must be an Enumerable (a list, a Stream, a Krait.stream/3...), got: " <>
+                inspect(o.input, limit: 5)
+            )
+
+          match?({:error, _}, handlers) ->
+            invalid(elem(handlers, 1))
+
           true ->
             {:ok,
              %{
                o
                | session_id: session,
+                 handlers: elem(handlers, 1),
                  metadata: Map.new(o.metadata, fn {k, v} -> {to_string(k), to_string(v)} end)
              }
              |> Map.merge(%{
@@ -384,51 +413,7 @@ defmodule Krait.Call do
 
   defp invalid(message), do: {:error, Error.new(:invalid_argument, message)}
 
-  ## Leases
-
-  # Runs `fun` on a checked-out worker. `fun` returns the call's result, or `{:retry, error}` when
-  # the call never reached the worker (which died): that worker is checked in as lost and the call
-  # tried again on another, within the deadline.
-  defp with_lease(o, fun, attempt \\ 1) do
-    case checkout(o) do
-      {:ok, lease} ->
-        result =
-          try do
-            fun.(lease)
-          catch
-            kind, reason ->
-              Scheduler.checkin(lease)
-              :erlang.raise(kind, reason, __STACKTRACE__)
-          end
-
-        case result do
-          {:retry, error} ->
-            Scheduler.checkin(lease, :lost)
-
-            if attempt < @max_attempts and remaining(o.deadline) != 0,
-              do: with_lease(o, fun, attempt + 1),
-              else: {:error, error}
-
-          {:error, %Error{category: :worker}} = error ->
-            Scheduler.checkin(lease, :lost)
-            error
-
-          other ->
-            Scheduler.checkin(lease)
-            other
-        end
-
-      {:error, reason} ->
-        {:error, pool_error(reason, o)}
-    end
-  end
-
-  defp checkout(o) do
-    start = System.monotonic_time()
-    result = Scheduler.checkout(o.pool, o.session_id, o.affinity, o.deadline)
-    Telemetry.checkout(o.pool, o.session_id, System.monotonic_time() - start, result)
-    result
-  end
+  ## Driving the cursor
 
   defp event_meta(o, tool, kind),
     do: %{
@@ -440,192 +425,68 @@ defmodule Krait.Call do
       trace_id: Krait.Tracing.trace_id(o.trace_headers)
     }
 
-  defp chunk_event(o, ctx, payloads, bytes),
-    do:
-      Telemetry.chunk(
-        %{pool: o.pool, tool: ctx.tool_name, call_id: o.call_id},
-        length(payloads),
-        bytes
-      )
-
-  defp pool_error(reason, o), do: Error.pool(reason, %{pool: o.pool, call_id: o.call_id})
-
   # The worker answers a call through the wrong entry point with FAILED_PRECONDITION and a
   # `WrongRpc` error; Elixir callers are told which function to use instead.
   defp explain_wrong_rpc({:error, %Error{details: %{type: "WrongRpc"} = d} = e}, what) do
     tool = Map.get(d, :tool_name)
-    {:error, %{e | message: "#{tool} is #{what}"}}
+    message = e.message
+
+    # a tool that reads an input stream called without `input:` is told what to pass
+    if message =~ "input stream" do
+      {:error, %{e | message: "#{tool} reads an input stream: pass it with the option input:"}}
+    else
+      {:error, %{e | message: "#{tool} is #{what}"}}
+    end
   end
 
   defp explain_wrong_rpc(result, _what), do: result
 
-  ## One stream on the leased worker's channel
-
-  defp open(%Lease{conn: conn, channel: channel} = lease, path, request, o, tool) do
-    ctx = %{worker_id: lease.worker_id, tool_name: tool && to_string(tool), call_id: o.call_id}
-
-    case remaining(o.deadline) do
-      0 ->
-        {:error, timeout_error(o, ctx)}
-
-      remaining ->
-        mon = Process.monitor(conn)
-        timeout_opt = if remaining == :infinity, do: [], else: [timeout: remaining]
-        metadata = Map.put(o.trace_headers, @call_id_header, o.call_id)
-        stream_opts = [owner: self(), metadata: metadata] ++ timeout_opt
-
-        try do
-          channel.start_stream(conn, path, request, stream_opts)
-        catch
-          :exit, _ -> {:error, :noproc}
-        end
-        |> case do
-          {:ok, ref} ->
-            {:ok, %{ref: ref, conn: conn, channel: channel, mon: mon, ctx: ctx}}
-
-          # The connection is gone: its worker is dead, and the call never reached it.
-          {:error, :noproc} ->
-            Process.demonitor(mon, [:flush])
-            {:retry, worker_error(ctx)}
-
-          {:error, grpc_error} ->
-            Process.demonitor(mon, [:flush])
-            failed(grpc_error, ctx, o)
-        end
-    end
-  end
-
-  # `delivered?`: whether a chunk has reached the callback (a call that has delivered is never retried).
-  defp stream_loop(%{ref: ref, conn: conn, mon: mon} = s, callback, o, delivered?) do
-    receive do
-      {:krait_stream, ^ref, {:messages, payloads, bytes}} ->
-        s.channel.ack(conn, ref, bytes)
-        if o.chunk_events, do: chunk_event(o, s.ctx, payloads, bytes)
-
-        case deliver(payloads, callback, s.ctx, o.deadline) do
-          :ok ->
-            stream_loop(s, callback, o, true)
-
-          :halt ->
-            cancel(s)
-            :ok
-
-          :deadline ->
-            cancel(s, :deadline)
-            {:error, timeout_error(o, s.ctx)}
-
-          {:error, _} = error ->
-            cancel(s)
-            error
-        end
-
-      {:krait_stream, ^ref, {:done, result}} ->
-        Process.demonitor(mon, [:flush])
-        done_result(result, s.ctx, delivered?, o)
-
-      {:DOWN, ^mon, :process, _, reason} ->
-        flush(ref)
-        down_result(s, reason, delivered?)
-    after
-      remaining(o.deadline) ->
-        cancel(s, :deadline)
-        {:error, timeout_error(o, s.ctx)}
-    end
-  end
-
-  defp done_result(:ok, _ctx, _delivered?, _o), do: :ok
-  defp done_result({:error, grpc_error}, ctx, false, o), do: failed(grpc_error, ctx, o)
-
-  defp done_result({:error, grpc_error}, ctx, true, o),
-    do: {:error, from_grpc(grpc_error, ctx, o)}
-
-  defp failed(%{unprocessed: true} = grpc_error, ctx, o),
-    do: {:retry, from_grpc(grpc_error, ctx, o)}
-
-  defp failed(grpc_error, ctx, o), do: {:error, from_grpc(grpc_error, ctx, o)}
-
-  # the worker's DEADLINE_EXCEEDED reads as the local timer's error (see Error.from_grpc/3)
-  defp from_grpc(grpc_error, ctx, o), do: Error.from_grpc(grpc_error, ctx, o.timeout)
-
-  # The channel's process died without ending the call (channels end their calls before they stop,
-  # marking those that never reached the worker): the call never reached the worker only when the
-  # process was gone before it was opened.
-  defp down_result(s, reason, delivered?) do
-    if not delivered? and reason == :noproc,
-      do: {:retry, worker_error(s.ctx)},
-      else: {:error, worker_error(s.ctx)}
-  end
-
-  defp unary(lease, path, request, o, tool) do
-    with {:ok, payload} <- unary_raw(lease, path, request, o, tool) do
-      ctx = %{worker_id: lease.worker_id, tool_name: to_string(tool), call_id: o.call_id}
-
-      case decode_message(Krait.Proto.ExecuteToolResponse, payload, ctx) do
-        {:ok, %{data: data, content_type: ct}} ->
-          case Payload.decode(data, ct) do
-            {:ok, value} -> {:ok, value}
-            {:error, message} -> {:error, Error.new(:protocol, message, ctx)}
-          end
-
-        error ->
-          error
+  # A unary call (or a raw one: end_session, list_tools) to its result.
+  defp run_unary(path, request, o, tool, kind) do
+    with {:ok, cursor} <- Cursor.open(path, request, o, tool, kind) do
+      case Cursor.next(cursor) do
+        {:result, value} -> {:ok, value}
+        {:error, _} = error -> error
       end
     end
   end
 
-  # A unary RPC, run as a stream so that it is cancelled like one: on timeout, and by the connection
-  # when the caller dies.
-  defp unary_raw(lease, path, request, o, tool) do
-    with {:ok, s} <- open(lease, path, request, o, tool) do
-      unary_loop(s, o, [])
-    end
-  end
+  # execute_stream/4: each step's chunks into the callback.
+  defp stream_loop(cursor, callback) do
+    case Cursor.next(cursor) do
+      {:chunks, chunks, cursor} ->
+        case run_callbacks(chunks, callback, Cursor.ctx(cursor), Cursor.deadline_of(cursor)) do
+          :ok ->
+            stream_loop(cursor, callback)
 
-  defp unary_loop(%{ref: ref, conn: conn, mon: mon} = s, o, acc) do
-    receive do
-      {:krait_stream, ^ref, {:messages, payloads, bytes}} ->
-        s.channel.ack(conn, ref, bytes)
-        unary_loop(s, o, Enum.reverse(payloads, acc))
+          :halt ->
+            Cursor.cancel(cursor)
+            :ok
 
-      {:krait_stream, ^ref, {:done, :ok}} ->
-        Process.demonitor(mon, [:flush])
+          :deadline ->
+            Cursor.cancel(cursor, :deadline)
+            {:error, Cursor.timeout_error(cursor)}
 
-        case acc do
-          [payload | _] -> {:ok, payload}
-          [] -> {:error, Error.new(:protocol, "the worker sent no response message", s.ctx)}
+          {:error, _} = error ->
+            Cursor.cancel(cursor)
+            error
         end
 
-      {:krait_stream, ^ref, {:done, {:error, grpc_error}}} ->
-        Process.demonitor(mon, [:flush])
-        failed(grpc_error, s.ctx, o)
+      :done ->
+        :ok
 
-      {:DOWN, ^mon, :process, _, reason} ->
-        flush(ref)
-        down_result(s, reason, false)
-    after
-      remaining(o.deadline) ->
-        cancel(s, :deadline)
-        {:error, timeout_error(o, s.ctx)}
+      {:error, _} = error ->
+        error
     end
   end
 
   ## Chunks
 
-  # Decodes each batch and runs the callback on its chunks, in order. A raising callback ends the
-  # call with a :callback error (the caller cancels the stream); the pool is never involved.
-  # The deadline is checked before each chunk: chunks already received must not keep a slow
-  # callback running past it.
-  defp deliver([], _callback, _ctx, _deadline), do: :ok
-
-  defp deliver([payload | rest], callback, ctx, deadline) do
-    with {:ok, %{chunks: chunks}} <- decode_message(Krait.Proto.ToolChunkBatch, payload, ctx),
-         :ok <- run_callbacks(chunks, callback, ctx, deadline) do
-      deliver(rest, callback, ctx, deadline)
-    end
-  end
-
+  # Runs the callback on each chunk, in order. A raising callback ends the call with a :callback
+  # error (the caller cancels the stream); the pool is never involved. The deadline is checked
+  # before each chunk: chunks already received must not keep a slow callback running past it.
   defp run_callbacks(chunks, callback, ctx, deadline) do
-    callback_loop(chunks, callback, ctx, deadline)
+    callback_loop(chunks, callback, deadline)
   catch
     kind, reason ->
       message =
@@ -635,58 +496,18 @@ defmodule Krait.Call do
       {:error, Error.new(:callback, message, details)}
   end
 
-  defp callback_loop([], _callback, _ctx, _deadline), do: :ok
+  defp callback_loop([], _callback, _deadline), do: :ok
 
-  defp callback_loop([proto | rest], callback, ctx, deadline) do
-    cond do
-      deadline != :infinity and now() >= deadline ->
-        :deadline
-
-      true ->
-        case Chunk.from_proto(proto) do
-          {:ok, chunk} ->
-            case callback.(chunk) do
-              :halt -> :halt
-              {:halt, _} -> :halt
-              _ -> callback_loop(rest, callback, ctx, deadline)
-            end
-
-          {:error, message} ->
-            {:error, Error.new(:protocol, message, ctx)}
-        end
-    end
-  end
-
-  defp decode_chunks(payloads, ctx) do
-    Enum.reduce_while(payloads, {:ok, []}, fn payload, {:ok, acc} ->
-      with {:ok, %{chunks: protos}} <- decode_message(Krait.Proto.ToolChunkBatch, payload, ctx),
-           {:ok, chunks} <- chunks_from_protos(protos, acc, ctx) do
-        {:cont, {:ok, chunks}}
-      else
-        error -> {:halt, error}
+  defp callback_loop([chunk | rest], callback, deadline) do
+    if deadline != :infinity and now() >= deadline do
+      :deadline
+    else
+      case callback.(chunk) do
+        :halt -> :halt
+        {:halt, _} -> :halt
+        _ -> callback_loop(rest, callback, deadline)
       end
-    end)
-    |> case do
-      {:ok, acc} -> {:ok, Enum.reverse(acc)}
-      error -> error
     end
-  end
-
-  defp chunks_from_protos([], acc, _ctx), do: {:ok, acc}
-
-  defp chunks_from_protos([proto | rest], acc, ctx) do
-    case Chunk.from_proto(proto) do
-      {:ok, chunk} -> chunks_from_protos(rest, [chunk | acc], ctx)
-      {:error, message} -> {:error, Error.new(:protocol, message, ctx)}
-    end
-  end
-
-  defp decode_message(module, payload, ctx) do
-    {:ok, module.decode(payload)}
-  rescue
-    e ->
-      {:error,
-       Error.new(:protocol, "undecodable #{inspect(module)}: #{Exception.message(e)}", ctx)}
   end
 
   ## The lazy stream (Krait.stream/3)
@@ -697,152 +518,52 @@ defmodule Krait.Call do
     meta = event_meta(o, tool, :stream)
     started = Telemetry.call_start(meta)
 
-    st = %{
-      tool: tool,
-      request: request,
-      o: o,
-      wrong_rpc: wrong_rpc,
-      attempt: 1,
-      delivered: false,
-      event: {started, meta}
-    }
+    case Cursor.open(@stream_path, request, o, tool, :stream) do
+      {:ok, cursor} ->
+        %{cursor: cursor, o: o, wrong_rpc: wrong_rpc, event: {started, meta}}
 
-    try do
-      lazy_open(st)
-    rescue
-      e in Error ->
-        Telemetry.call_stop(started, meta, {:error, e})
-        reraise e, __STACKTRACE__
+      {:error, error} ->
+        {:error, error} = explain_wrong_rpc({:error, error}, wrong_rpc)
+        Telemetry.call_stop(started, meta, {:error, error})
+        raise error
     end
   end
 
   # Stream.resource/3 runs lazy_after/1 with the state from before a raise: the error is kept for it
   # in the process dictionary, under the call's id.
-  defp lazy_next_noting_error(st) do
-    lazy_next(st)
-  rescue
-    e in Error ->
-      Process.put({__MODULE__, :stream_error, st.o.call_id}, e)
-      reraise e, __STACKTRACE__
-  end
+  defp lazy_next(%{cursor: :done} = st), do: {:halt, st}
 
-  defp lazy_open(%{o: o} = st) do
-    case checkout(o) do
-      {:ok, lease} ->
-        case open(lease, @stream_path, st.request, o, st.tool) do
-          {:ok, s} ->
-            Map.merge(st, %{s: s, lease: lease})
+  defp lazy_next(%{cursor: cursor} = st) do
+    case Cursor.next(cursor) do
+      {:chunks, chunks, cursor} ->
+        {chunks, %{st | cursor: cursor}}
 
-          {:retry, error} ->
-            Scheduler.checkin(lease, :lost)
-            lazy_retry(st, error)
+      :done ->
+        {:halt, %{st | cursor: :done}}
 
-          {:error, error} ->
-            lazy_raise(st, lease, error)
-        end
-
-      {:error, reason} ->
-        raise pool_error(reason, o)
+      {:error, error} ->
+        {:error, error} = explain_wrong_rpc({:error, error}, st.wrong_rpc)
+        Process.put({__MODULE__, :stream_error, st.o.call_id}, error)
+        # the cursor is closed: lazy_after/1 (run with the state before this step) must not
+        # cancel it again
+        Process.put({__MODULE__, :stream_closed, st.o.call_id}, true)
+        raise error
     end
   end
 
-  defp lazy_retry(st, error) do
-    if st.attempt < @max_attempts and remaining(st.o.deadline) != 0,
-      do: lazy_open(%{st | attempt: st.attempt + 1}),
-      else: raise(error)
-  end
+  defp lazy_after(%{cursor: cursor, o: o, event: {started, meta}}) do
+    closed? = Process.delete({__MODULE__, :stream_closed, o.call_id}) == true
 
-  # Checks the lease in (as lost if the worker died) and raises; lazy_after/1 then finds it returned.
-  defp lazy_raise(st, lease, %Error{} = error) do
-    Scheduler.checkin(lease, if(error.category == :worker, do: :lost, else: :ok))
-    {:error, error} = explain_wrong_rpc({:error, error}, st.wrong_rpc)
-    raise error
-  end
+    if cursor != :done and not closed?,
+      do: Cursor.cancel(cursor, if(remaining(o.deadline) == 0, do: :deadline, else: :cancelled))
 
-  defp lazy_next(%{s: :done} = st), do: {:halt, st}
-
-  defp lazy_next(%{s: %{ref: ref, conn: conn, mon: mon} = s, o: o} = st) do
-    # The consumer's time counts too: chunks already received are not handed out past the deadline.
-    if remaining(o.deadline) == 0, do: raise(timeout_error(o, s.ctx))
-
-    receive do
-      {:krait_stream, ^ref, {:messages, payloads, bytes}} ->
-        s.channel.ack(conn, ref, bytes)
-        if o.chunk_events, do: chunk_event(o, s.ctx, payloads, bytes)
-
-        case decode_chunks(payloads, s.ctx) do
-          {:ok, chunks} -> {chunks, %{st | delivered: st.delivered or chunks != []}}
-          {:error, error} -> raise error
-        end
-
-      {:krait_stream, ^ref, {:done, :ok}} ->
-        Process.demonitor(mon, [:flush])
-        {:halt, %{st | s: :done}}
-
-      {:krait_stream, ^ref, {:done, {:error, grpc_error}}} ->
-        Process.demonitor(mon, [:flush])
-        lazy_failed(st, done_result({:error, grpc_error}, s.ctx, st.delivered, o))
-
-      {:DOWN, ^mon, :process, _, reason} ->
-        lazy_failed(st, down_result(s, reason, st.delivered))
-    after
-      remaining(o.deadline) -> raise timeout_error(o, s.ctx)
-    end
-  end
-
-  # A failed stream: again on another worker when it never reached this one, else raised.
-  defp lazy_failed(st, {:retry, error}) do
-    Scheduler.checkin(st.lease, :lost)
-    {[], lazy_retry(%{st | s: :done}, error)}
-  end
-
-  defp lazy_failed(st, {:error, error}), do: lazy_raise(%{st | s: :done}, st.lease, error)
-
-  defp lazy_after(%{s: s, lease: lease, event: {started, meta}} = st) do
-    if s != :done,
-      do: cancel(s, if(remaining(st.o.deadline) == 0, do: :deadline, else: :cancelled))
-
-    Scheduler.checkin(lease)
-
-    case Process.delete({__MODULE__, :stream_error, st.o.call_id}) do
+    case Process.delete({__MODULE__, :stream_error, o.call_id}) do
       nil -> Telemetry.call_stop(started, meta, :ok)
       error -> Telemetry.call_stop(started, meta, {:error, error})
     end
   end
 
   ## Helpers
-
-  defp cancel(%{ref: ref, conn: conn, channel: channel, mon: mon}, reason \\ :cancelled) do
-    Process.demonitor(mon, [:flush])
-
-    try do
-      channel.cancel(conn, ref, reason)
-    catch
-      :exit, _ -> :ok
-    end
-
-    flush(ref)
-  end
-
-  defp flush(ref) do
-    receive do
-      {:krait_stream, ^ref, _} -> flush(ref)
-    after
-      0 -> :ok
-    end
-  end
-
-  defp timeout_error(o, ctx) do
-    Error.new(
-      :timeout,
-      Error.deadline_message(o.timeout),
-      Map.put(ctx, :timeout, o.timeout)
-    )
-  end
-
-  defp worker_error(ctx) do
-    Error.new(:worker, "worker #{ctx.worker_id} stopped during the call", ctx)
-  end
 
   defp remaining(:infinity), do: :infinity
   defp remaining(deadline), do: max(deadline - now(), 0)

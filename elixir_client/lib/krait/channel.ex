@@ -9,17 +9,49 @@ defmodule Krait.Channel do
     * `{:krait_stream, ref, {:messages, [payload], bytes}}` - response messages, each a binary;
       `bytes` is what to `ack/3` once they are taken from the mailbox;
     * `{:krait_stream, ref, {:done, :ok | {:error, Krait.GRPC.Error.t()}}}` - the end. An error whose
-      `unprocessed` is true is one the worker certainly never started.
+      `unprocessed` is true is one the worker certainly never started;
+    * `{:krait_stream, ref, {:handler_call, payload}}` - the tool asks its caller to run a handler
+      (`payload` is an encoded `krait.v1.HandlerCall`); the caller answers with `handler_reply/3`.
+
+  and its input owner (`:input_owner`, default the owner):
+
+    * `{:krait_stream, ref, {:credit, items, bytes}}` - the worker lets the caller send `items` more
+      input items and `bytes` more bytes of item data (`send_input/4`).
+
+  Streams both ways: a call whose caller sends input is started with `input: true` (the link sends
+  OPEN metadata `krait-input: "1"`); over gRPC a call with input or handlers is started on
+  `ExecuteToolDuplex` with `duplex: true` (the link ignores it: every link call carries input and
+  handler frames).
   """
 
   @typedoc "A channel: its module and the process behind it."
   @type t :: {module(), pid()}
 
-  @doc "Starts `path` (a `ToolWorker` method's gRPC path) with `request`; options: `:owner`, `:timeout`, `:metadata`."
+  @doc """
+  Starts `path` (a `ToolWorker` method's gRPC path) with `request`; options: `:owner`, `:timeout`,
+  `:metadata`, `:input` (the caller sends input), `:input_owner` (the process given input credit) and
+  `:duplex` (gRPC: `ExecuteToolDuplex`).
+  """
   @callback start_stream(pid(), String.t(), iodata(), keyword()) ::
               {:ok, reference()} | {:error, term()}
   @doc "Acknowledges `bytes` of messages taken by the owner."
   @callback ack(pid(), reference(), non_neg_integer()) :: :ok
+
+  @doc """
+  Sends input items: `batch` is an encoded `krait.v1.InputBatch`, `bytes` the size of its items' data
+  (what the caller counts against its byte credit). In order, without waiting; dropped once the call
+  is over.
+  """
+  @callback send_input(pid(), reference(), iodata(), non_neg_integer()) :: :ok
+
+  @doc """
+  Ends the call's input: `:ok` when it simply ended, `{:error, message}` when the caller's input
+  failed (the tool's iterator raises `InputError(message)`).
+  """
+  @callback end_input(pid(), reference(), :ok | {:error, String.t()}) :: :ok
+
+  @doc "Answers a handler call: `reply` is an encoded `krait.v1.HandlerReply`."
+  @callback handler_reply(pid(), reference(), iodata()) :: :ok
   @typedoc "Why a caller cancels: it went away or gave up (`:cancelled`), or its deadline passed (`:deadline`)."
   @type cancel_reason :: :cancelled | :deadline
 

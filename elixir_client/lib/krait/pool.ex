@@ -103,6 +103,8 @@ defmodule Krait.Pool do
   @impl true
   def init(config) do
     Krait.Metrics.setup(config)
+    # read by each call of the pool, in the caller (Krait.Call.Handlers): no message to the pool
+    Krait.Call.Handlers.put_pool(config.name, config.handlers)
 
     children =
       [

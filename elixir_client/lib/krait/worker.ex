@@ -5,7 +5,9 @@ defmodule Krait.Worker do
 
   The pool reaches its workers over the **local link** by default (`transport: :link`): frames on the
   worker's own stdin/stdout (`docs/link.md`). This process owns the Port, routes each frame to its
-  call's owner (`Krait.Link.Calls`), and the worker's death is one signal, the Port's exit: every open
+  call's owner (`Krait.Link.Calls`; input credit to the call's input owner), writes the callers'
+  frames (open, ack, cancel, input items and their end, handler replies: `Krait.Link`'s messages),
+  and the worker's death is one signal, the Port's exit: every open
   call fails at once and the pool drops the worker in the same step. With `transport: :grpc` the worker
   serves gRPC on a loopback port and this process connects to it (`Krait.GRPC.Connection`, linked).
 
@@ -212,17 +214,29 @@ defmodule Krait.Worker do
   ## The link: calls from owners, frames from the worker
 
   @impl true
-  def handle_info({:krait_open, ref, owner, method, request, timeout_ms, metadata}, state) do
+  def handle_info(
+        {:krait_open, ref, owner, method, request, timeout_ms, metadata, input_owner},
+        state
+      ) do
     case state.calls do
       nil ->
         refuse_open(owner, ref, "worker not running")
         {:noreply, state}
 
       calls ->
-        {:noreply,
-         %{state | calls: Calls.open(calls, ref, owner, method, request, timeout_ms, metadata)}}
+        calls = Calls.open(calls, ref, owner, method, request, timeout_ms, metadata, input_owner)
+        {:noreply, %{state | calls: calls}}
     end
   end
+
+  def handle_info({:krait_input, ref, batch}, %{calls: %Calls{} = calls} = state),
+    do: {:noreply, %{state | calls: Calls.input(calls, ref, batch)}}
+
+  def handle_info({:krait_input_end, ref, result}, %{calls: %Calls{} = calls} = state),
+    do: {:noreply, %{state | calls: Calls.input_end(calls, ref, result)}}
+
+  def handle_info({:krait_handler_reply, ref, reply}, %{calls: %Calls{} = calls} = state),
+    do: {:noreply, %{state | calls: Calls.handler_reply(calls, ref, reply)}}
 
   def handle_info({:krait_ack, ref, bytes}, %{calls: %Calls{} = calls} = state),
     do: {:noreply, %{state | calls: Calls.ack(calls, ref, bytes)}}
@@ -239,6 +253,11 @@ defmodule Krait.Worker do
 
       {:ready, 0, payload} when state.status == :starting ->
         link_ready(state, payload, Frame.metadata(packet))
+
+      # input credit for the caller (a CREDIT frame from the worker)
+      {:credit, id, _} when id > 0 ->
+        {items, bytes} = Frame.input_credit(packet)
+        {:noreply, %{state | calls: Calls.input_credit(state.calls, id, items, bytes)}}
 
       {kind, id, payload} when id > 0 ->
         {:noreply, %{state | calls: Calls.frame(state.calls, kind, id, payload)}}
@@ -382,7 +401,7 @@ defmodule Krait.Worker do
   # it whether its call had been sent). Last in `terminate/2`, to leave the least time for another.
   defp refuse_pending_opens do
     receive do
-      {:krait_open, ref, owner, _method, _request, _timeout_ms, _metadata} ->
+      {:krait_open, ref, owner, _method, _request, _timeout_ms, _metadata, _input_owner} ->
         refuse_open(owner, ref, "worker stopped")
         refuse_pending_opens()
     after

@@ -2,11 +2,13 @@ defmodule Krait.Link.Calls do
   @moduledoc """
   The open calls of one worker's local link, kept by the `Krait.Worker` process that owns the Port:
   call ids for new calls, and for each call its owner (monitored: a caller that dies has its call
-  cancelled), whether the worker said `STARTED`, and the credit its owner has acknowledged but not yet
-  returned to the worker.
+  cancelled), its input owner (the process that sends its input, given the input credit: not
+  monitored, as it lives and dies with the owner), whether the worker said `STARTED`, and the credit
+  its owner has acknowledged but not yet returned to the worker.
 
-  Frames from the worker are routed to owners as `Krait.Channel` messages; frames for calls that are no
-  longer here (cancelled, their owner dead) are dropped.
+  Frames from the worker are routed to owners as `Krait.Channel` messages (`CREDIT` from the worker,
+  input credit, to the input owner; `HANDLER_CALL` to the owner); frames for calls that are no longer
+  here (cancelled, their owner dead) are dropped, and so is input for them.
   """
 
   alias Krait.GRPC.Error
@@ -32,13 +34,25 @@ defmodule Krait.Link.Calls do
   @spec new(port()) :: t()
   def new(port), do: %__MODULE__{port: port}
 
-  @doc "Opens a call for `owner` (stream `ref`) and sends its `OPEN` frame."
-  @spec open(t(), reference(), pid(), String.t(), iodata(), non_neg_integer(), map()) :: t()
-  def open(t, ref, owner, method, request, timeout_ms, metadata) do
+  @doc """
+  Opens a call for `owner` (stream `ref`) and sends its `OPEN` frame; `input_owner` gets the call's
+  input credit.
+  """
+  @spec open(t(), reference(), pid(), String.t(), iodata(), non_neg_integer(), map(), pid()) ::
+          t()
+  def open(t, ref, owner, method, request, timeout_ms, metadata, input_owner \\ nil) do
     id = t.next_id
     mon = Process.monitor(owner)
     command(t, Frame.open(id, method, request, timeout_ms, @window, metadata))
-    call = %{ref: ref, owner: owner, mon: mon, started: false, unacked: 0}
+
+    call = %{
+      ref: ref,
+      owner: owner,
+      input_owner: input_owner || owner,
+      mon: mon,
+      started: false,
+      unacked: 0
+    }
 
     %{
       t
@@ -72,7 +86,46 @@ defmodule Krait.Link.Calls do
     forget(t, id, call)
   end
 
+  defp route(t, :handler_call, _id, call, payload) do
+    send(call.owner, {:krait_stream, call.ref, {:handler_call, payload}})
+    t
+  end
+
   defp route(t, _kind, _id, _call, _payload), do: t
+
+  @doc "The worker granted call `id` input credit: `items` more items, `bytes` more bytes of item data."
+  @spec input_credit(t(), pos_integer(), non_neg_integer(), non_neg_integer()) :: t()
+  def input_credit(t, id, items, bytes) do
+    case Map.fetch(t.calls, id) do
+      {:ok, call} ->
+        send(call.input_owner, {:krait_stream, call.ref, {:credit, items, bytes}})
+        t
+
+      :error ->
+        t
+    end
+  end
+
+  @doc "Input items (an encoded `InputBatch`) for stream `ref`: sent as an `INPUT` frame."
+  @spec input(t(), reference(), iodata()) :: t()
+  def input(t, ref, batch), do: to_worker(t, ref, &Frame.input(&1, batch))
+
+  @doc "The end of stream `ref`'s input (`:ok`, or `{:error, message}`): an `INPUT_END` frame."
+  @spec input_end(t(), reference(), :ok | {:error, String.t()}) :: t()
+  def input_end(t, ref, result), do: to_worker(t, ref, &Frame.input_end(&1, result))
+
+  @doc "The answer to one of stream `ref`'s handler calls (an encoded `HandlerReply`)."
+  @spec handler_reply(t(), reference(), iodata()) :: t()
+  def handler_reply(t, ref, reply), do: to_worker(t, ref, &Frame.handler_reply(&1, reply))
+
+  defp to_worker(t, ref, frame) do
+    case Map.fetch(t.refs, ref) do
+      {:ok, id} -> command(t, frame.(id))
+      :error -> :ok
+    end
+
+    t
+  end
 
   # END carries a google.rpc.Status: code 0 is success; otherwise it is the error, and the same bytes
   # are what gRPC's grpc-status-details-bin holds (the ToolError is in its details).

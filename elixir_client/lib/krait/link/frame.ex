@@ -20,12 +20,28 @@ defmodule Krait.Link.Frame do
     cancel: 5,
     credit: 6,
     log: 7,
-    ready: 8
+    ready: 8,
+    input: 9,
+    input_end: 10,
+    handler_call: 11,
+    handler_reply: 12
   }
   @names Map.new(@kinds, fn {name, n} -> {n, name} end)
 
   @typedoc "A frame's kind."
-  @type kind :: :open | :started | :message | :end | :cancel | :credit | :log | :ready
+  @type kind ::
+          :open
+          | :started
+          | :message
+          | :end
+          | :cancel
+          | :credit
+          | :log
+          | :ready
+          | :input
+          | :input_end
+          | :handler_call
+          | :handler_reply
 
   @typedoc "A decoded frame from a worker: its kind, call id and payload (a sub-binary)."
   @type t :: {kind() | {:unknown, non_neg_integer()}, non_neg_integer(), binary()}
@@ -66,6 +82,56 @@ defmodule Krait.Link.Frame do
       Wire.field(2, :uint64, @kinds.credit),
       Wire.field(6, :uint64, bytes)
     ]
+  end
+
+  @doc "An `INPUT` frame: items of `call_id`'s input stream (`batch` is an encoded `krait.v1.InputBatch`)."
+  @spec input(pos_integer(), iodata()) :: iodata()
+  def input(call_id, batch) do
+    [
+      Wire.field(1, :uint64, call_id),
+      Wire.field(2, :uint64, @kinds.input),
+      Wire.delimited(5, batch)
+    ]
+  end
+
+  @doc """
+  An `INPUT_END` frame: `call_id`'s input has ended (`:ok`), or failed (`{:error, message}`: its payload
+  is a `krait.v1.InputEnd` with code 2, UNKNOWN, and the message the tool's `InputError` carries).
+  """
+  @spec input_end(pos_integer(), :ok | {:error, String.t()}) :: iodata()
+  def input_end(call_id, :ok),
+    do: [Wire.field(1, :uint64, call_id), Wire.field(2, :uint64, @kinds.input_end)]
+
+  def input_end(call_id, {:error, message}) do
+    status = Krait.Proto.InputEnd.encode(%Krait.Proto.InputEnd{code: 2, message: message})
+    [input_end(call_id, :ok), Wire.delimited(5, status)]
+  end
+
+  @doc "A `HANDLER_REPLY` frame: the answer to one of `call_id`'s handler calls (an encoded `krait.v1.HandlerReply`)."
+  @spec handler_reply(pos_integer(), iodata()) :: iodata()
+  def handler_reply(call_id, reply) do
+    [
+      Wire.field(1, :uint64, call_id),
+      Wire.field(2, :uint64, @kinds.handler_reply),
+      Wire.delimited(5, reply)
+    ]
+  end
+
+  @doc """
+  The input credit a worker's `CREDIT` frame grants: `{items, bytes}` (`credit_items` and `credit`).
+  Read apart from `decode/1`, which keeps the hot path to the three fields every frame has.
+  """
+  @spec input_credit(binary()) :: {non_neg_integer(), non_neg_integer()}
+  def input_credit(binary), do: input_credit(binary, 0, 0)
+
+  defp input_credit(<<>>, items, bytes), do: {items, bytes}
+
+  defp input_credit(binary, items, bytes) do
+    case Wire.decode_field(binary) do
+      {6, {:varint, v}, rest} -> input_credit(rest, items, v)
+      {8, {:varint, v}, rest} -> input_credit(rest, v, bytes)
+      {_, _, rest} -> input_credit(rest, items, bytes)
+    end
   end
 
   @doc """

@@ -208,6 +208,15 @@ defmodule Krait.Pool.Config do
           "`Krait.Metrics.HTTP.port/1`), wanting the pool's token (`token` in `Krait.Pool.stats/1`) " <>
           "as `authorization: Bearer <token>`; `nil`: no endpoint"
     ],
+    handlers: [
+      type: :any,
+      default: %{},
+      doc:
+        "Elixir functions the tools of every call may call (`ctx.call(name, args)`): " <>
+          "`%{\"name\" => fun}`, each `fun` taking the args and returning `{:ok, value}`, " <>
+          "`{:error, reason}` or a value; a call's own `:handlers` win. Each runs in a process of " <>
+          "its own, never in a worker's or the pool's"
+    ],
     worker_module: [type: :atom, default: Krait.Worker, doc: false]
   ]
 
@@ -228,6 +237,7 @@ defmodule Krait.Pool.Config do
     :metrics_port,
     recycle: nil,
     token: nil,
+    handlers: %{},
     trace: false,
     worker_module: Krait.Worker,
     dns_interval: 30_000,
@@ -277,6 +287,7 @@ defmodule Krait.Pool.Config do
           metrics_port: non_neg_integer() | nil,
           recycle: Krait.Pool.Recycle.t() | nil,
           token: (() -> String.t()) | nil,
+          handlers: Krait.Call.Handlers.t(),
           trace: boolean(),
           max_queue: non_neg_integer(),
           backoff_min: pos_integer(),
@@ -406,6 +417,7 @@ defmodule Krait.Pool.Config do
       worker_sup: Module.concat(o.name, WorkerSupervisor),
       calls_per_worker: o.calls_per_worker,
       cluster: o.cluster,
+      handlers: o.handlers,
       metrics_port: o.metrics_port,
       trace: o.trace,
       max_queue: o.max_queue,
@@ -587,8 +599,10 @@ defmodule Krait.Pool.Config do
   end
 
   defp validate(opts) do
-    case Options.validate(opts, @schema) do
-      {:ok, o} -> {:ok, o}
+    with {:ok, o} <- Options.validate(opts, @schema),
+         {:ok, handlers} <- Krait.Call.Handlers.validate(o.handlers, "option :handlers") do
+      {:ok, %{o | handlers: handlers}}
+    else
       {:error, message} -> invalid("Krait.Pool: " <> message)
     end
   end
