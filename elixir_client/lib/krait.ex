@@ -162,8 +162,9 @@ defmodule Krait do
   @doc """
   The tools of the pool's adapter, as one of its workers reports them:
   `[%{name: "add", description: "...", streaming: false, parameters: json_schema_map,
-  result: json_schema_map_or_nil}]` (`result` describes the value, or each chunk's data of a stream;
-  nil when the tool does not say). Keys follow `Krait.Error`'s rule: Krait's own are atoms, the JSON
+  result: json_schema_map_or_nil, input: json_schema_map_or_nil, input_param: name_or_nil}]`
+  (`result` describes the value, or each chunk's data of a stream, nil when the tool does not say;
+  `input` each item of the tool's input stream and `input_param` its parameter, nil when it reads none). Keys follow `Krait.Error`'s rule: Krait's own are atoms, the JSON
   Schemas keep their string keys (`tool.parameters["properties"]`).
   Accepts `:pool` and `:timeout`.
   """

@@ -232,7 +232,9 @@ defmodule Krait.Call do
       description: info.description,
       streaming: info.supports_streaming,
       parameters: json_schema(info.parameters_schema_json) || %{},
-      result: json_schema(info.result_schema_json)
+      result: json_schema(info.result_schema_json),
+      input: if(info.input_param != "", do: json_schema(info.input_schema_json) || %{}),
+      input_param: if(info.input_param != "", do: info.input_param)
     }
   end
 

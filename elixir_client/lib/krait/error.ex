@@ -35,6 +35,9 @@ defmodule Krait.Error do
       tool, a tool that broke the streaming contract.
     * `:callback` - the `execute_stream/4` callback raised, threw or exited; `details` has `:kind`,
       `:reason` and `:stacktrace`.
+    * `:input` - the call's `input:` Enumerable raised, threw or exited: the call was cancelled (the
+      tool's input iterator raised `InputError`); `details` has `:kind`, `:reason`, `:stacktrace` and
+      `:index`, the item it failed at.
     * `:protocol` - the worker sent something Krait could not decode.
     * `:unauthenticated` - a remote worker refused the pool's token (`:token`), or it has none.
     * `:cancelled`, `:resource_exhausted`, `:grpc` - other gRPC outcomes (`details.status`).
@@ -63,6 +66,7 @@ defmodule Krait.Error do
           | :not_found
           | :failed_precondition
           | :callback
+          | :input
           | :protocol
           | :unauthenticated
           | :cancelled

@@ -36,6 +36,9 @@ if TYPE_CHECKING:
     from .servicer import ToolWorkerServicer
 
 RPC = "ExecuteToolDuplex"
+# request headers a caller may send (see worker.proto)
+INPUT_HEADER = "krait-input"
+RPC_HEADER = "krait-rpc"
 
 # DuplexResponse field 1 (chunks), length-delimited: a batch already encoded is framed by hand, not re-encoded
 _CHUNKS_TAG = b"\x0a"
@@ -93,16 +96,21 @@ class DuplexCall:
         """The RPC's responses, until the call ends (its error aborts the RPC)."""
         request = await self._start()
         self._tool = request.tool_name
-        exchange = Exchange(self, input_declared=None)  # the caller may send input, or none
+        headers = dict(self._context.invocation_metadata() or ())
+        # krait-input: "1": the caller says it streams input (a tool that reads none is refused, as on the link);
+        # without it the caller may send input, or none
+        exchange = Exchange(self, input_declared=True if headers.get(INPUT_HEADER) == "1" else None)
         # the RPC is over for any reason: wake whatever waits on the caller (input, a handler's answer)
         self._context.add_done_callback(lambda _ctx: exchange.close())  # type: ignore[arg-type]  # stub: a class
         self._reader = asyncio.create_task(self._read(exchange))
         spec = self._engine.specs.get(request.tool_name)
+        # krait-rpc names the kind of call the caller expects (its ExecuteTool or ExecuteStreamingTool*): the
+        # engine refuses the other kind of tool (WrongRpc), as those RPCs do; without it the tool decides
+        expected = headers.get(RPC_HEADER)
+        streaming = spec is not None and spec.supports_streaming if expected is None else expected != "ExecuteTool"
         try:
-            if spec is not None and spec.supports_streaming:
-                messages = self._stream(request, exchange)
-            else:  # a unary tool, or an unknown one (the engine refuses it)
-                messages = self._unary(request, exchange)
+            # a unary tool, or an unknown one (the engine refuses it), runs as a unary call
+            messages = self._stream(request, exchange) if streaming else self._unary(request, exchange)
             async for message in messages:
                 yield message
         finally:

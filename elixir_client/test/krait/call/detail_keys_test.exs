@@ -64,5 +64,8 @@ defmodule Krait.Call.DetailKeysTest do
       assert mixed(tool) == [], inspect(tool)
       assert tool.parameters |> Map.keys() |> Enum.all?(&is_binary/1)
     end
+
+    # none of these tools reads an input stream (showcase's do: input_test.exs)
+    assert Enum.all?(tools, &match?(%{input: nil, input_param: nil}, &1))
   end
 end

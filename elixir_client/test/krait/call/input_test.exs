@@ -38,6 +38,17 @@ defmodule Krait.Call.InputTest do
       assert total == div(n * (n + 1), 2)
     end
 
+    test "list_tools shows a tool's input stream: its parameter and its item's schema", %{
+      pool: pool
+    } do
+      assert {:ok, tools} = Krait.list_tools(pool: pool)
+      by_name = Map.new(tools, &{&1.name, &1})
+      assert %{input_param: "items", input: %{"type" => "object"}} = by_name["sum_input"]
+      assert %{input_param: "frames", input: %{"x-krait-binary" => true}} = by_name["array_input"]
+      assert %{input_param: nil, input: nil} = by_name["add"]
+      refute Map.has_key?(by_name["sum_input"].parameters["properties"], "items")
+    end
+
     test "arrays, bytes and validated models travel as items", %{pool: pool} do
       frames = for k <- 1..3, do: Krait.Tensor.from_list(List.duplicate(k * 1.0, 4), :float32)
 
@@ -238,14 +249,20 @@ defmodule Krait.Call.InputTest do
 
     test "input to a tool that reads none, and a tool that reads one called without it",
          %{pool: pool, transport: transport} do
-      case Krait.execute("add", %{a: 1, b: 2}, pool: pool, input: [1]) do
-        {:error, %Error{category: :invalid_argument, message: message}} ->
-          assert message =~ "reads no input stream"
+      # the same refusal on both transports: the call says it brings input (krait-input)
+      assert {:error, %Error{category: :invalid_argument, message: message}} =
+               Krait.execute("add", %{a: 1, b: 2}, pool: pool, input: [1])
 
-        # ExecuteToolDuplex accepts any tool: the worker grants no credit, nothing is sent
-        {:ok, 3.0} when transport == :grpc ->
-          :ok
-      end
+      assert message =~ "add reads no input stream", "#{transport}: #{message}"
+
+      # and which kind of tool it expects (krait-rpc on ExecuteToolDuplex): the wrong one is refused
+      assert {:error, %Error{category: :failed_precondition, message: message}} =
+               Krait.execute("echo_input", %{}, pool: pool, input: [1])
+
+      assert message =~ "streaming tool", "#{transport}: #{message}"
+
+      assert {:error, %Error{category: :failed_precondition}} =
+               Krait.execute_stream("sum_input", %{}, fn _ -> :ok end, pool: pool, input: [1])
 
       assert {:error, %Error{category: :failed_precondition, message: message}} =
                Krait.execute("sum_input", %{}, pool: pool)
