@@ -62,16 +62,33 @@ defmodule Krait.Call.Feeder do
     :ok
   end
 
+  # How long a feeder that is not waiting (it is inside a pull: a blocked source, an upstream stage)
+  # gets to halt its Enumerable before it is killed.
+  @halt_grace 100
+
   @doc """
-  Stops the feeder (and its sender) at once, whatever they are doing; a `{:EXIT, feeder, _}` already
-  in the caller's mailbox (a caller that traps exits) is dropped.
+  Stops the feeder (and its sender) without waiting. A feeder waiting for credit halts its
+  Enumerable first, so that the Enumerable's own cleanup runs (a `Stream.resource/3`'s after
+  function, `File.stream!/1` closing its file); one busy inside a pull is killed after
+  #{@halt_grace} ms (what it opened goes with its process). A `{:EXIT, feeder, _}` already in the
+  caller's mailbox (a caller that traps exits) is dropped.
   """
   @spec stop(pid() | nil) :: :ok
   def stop(nil), do: :ok
 
   def stop(feeder) do
     Process.unlink(feeder)
-    Process.exit(feeder, :kill)
+    send(feeder, :krait_feeder_halt)
+
+    spawn(fn ->
+      mon = Process.monitor(feeder)
+
+      receive do
+        {:DOWN, ^mon, :process, _, _} -> :ok
+      after
+        @halt_grace -> Process.exit(feeder, :kill)
+      end
+    end)
 
     receive do
       {:EXIT, ^feeder, _} -> :ok
@@ -100,6 +117,9 @@ defmodule Krait.Call.Feeder do
           bytes: 0,
           index: 0
         })
+
+      :krait_feeder_halt ->
+        exit(:shutdown)
 
       {:DOWN, ^mon, :process, _, _} ->
         exit(:shutdown)
@@ -150,22 +170,47 @@ defmodule Krait.Call.Feeder do
       {:krait_stream, ^ref, {:credit, items, bytes}} ->
         feed(%{st | items: st.items + items, bytes: st.bytes + bytes})
 
+      :krait_feeder_halt ->
+        halt(st)
+
       {:DOWN, ^mon, :process, _, _} ->
-        exit(:shutdown)
+        halt(st)
     end
+  end
+
+  # The call is over before its input: the suspended Enumerable is halted, which runs its cleanup.
+  defp halt(%{cont: cont, sender: sender}) do
+    Process.exit(sender, :kill)
+    if is_function(cont, 1), do: catch_all(fn -> cont.({:halt, :none}) end)
+    exit(:shutdown)
+  end
+
+  defp catch_all(fun) do
+    fun.()
+  catch
+    _, _ -> :ok
   end
 
   # One item from the Enumerable's suspended reduction, started at the first pull (nothing of the
   # Enumerable runs before the worker asks for input).
+  #
+  # The accumulator wraps the item: an Enumerable that halts on an element (`Stream.take/2` on its last
+  # one) returns `{:halted, acc}` holding that element, which is the input's last item, not nothing.
+  defp pull(%{cont: :halted}), do: :done
+
   defp pull(st) do
     result =
       case st.cont do
-        nil -> Enumerable.reduce(st.enum, {:cont, nil}, fn item, _ -> {:suspend, item} end)
-        cont -> cont.({:cont, nil})
+        nil ->
+          Enumerable.reduce(st.enum, {:cont, :none}, fn item, _ -> {:suspend, {:item, item}} end)
+
+        cont ->
+          cont.({:cont, :none})
       end
 
     case result do
-      {:suspended, item, cont} -> {:item, item, %{st | cont: cont}}
+      {:suspended, {:item, item}, cont} -> {:item, item, %{st | cont: cont}}
+      {:halted, {:item, item}} -> {:item, item, %{st | cont: :halted}}
       {:done, _} -> :done
       {:halted, _} -> :done
     end
@@ -182,6 +227,7 @@ defmodule Krait.Call.Feeder do
     # stops both
     receive do
       {:DOWN, ^sender_mon, :process, _, _} -> :ok
+      :krait_feeder_halt -> exit(:shutdown)
       {:DOWN, ^caller_mon, :process, _, _} -> exit(:shutdown)
     end
   end

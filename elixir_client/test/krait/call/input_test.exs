@@ -105,6 +105,33 @@ defmodule Krait.Call.InputTest do
       assert_healthy(pool)
     end
 
+    test "an Enumerable that halts on an element keeps it; one left unfinished is halted (its cleanup runs)",
+         %{pool: pool} do
+      # Stream.take/2 hands its last element over together with its halt
+      assert {:ok, 8} =
+               Krait.execute("acount_input", %{}, pool: pool, input: Stream.take(1..100, 8))
+
+      assert {:ok, 8} =
+               Krait.execute("acount_input", %{},
+                 pool: pool,
+                 input: Stream.repeatedly(fn -> 1 end) |> Stream.take(8)
+               )
+
+      # the tool returns after 2 items: the rest of the resource is never read, and its after
+      # function runs (a file closed, a subscription ended)
+      test = self()
+
+      resource =
+        Stream.resource(
+          fn -> 0 end,
+          fn n -> {[n], n + 1} end,
+          fn _ -> send(test, :resource_closed) end
+        )
+
+      assert {:ok, [0, 1]} = Krait.execute("take_input", %{n: 2}, pool: pool, input: resource)
+      assert_receive :resource_closed, 2_000
+    end
+
     test "an invalid item ends the call with :invalid_argument naming its index", %{pool: pool} do
       items = [%{x: 1, y: 2}, %{x: 1, y: 2}, %{x: "not a number", y: 1}, %{x: 1, y: 1}]
 
