@@ -192,7 +192,8 @@ defmodule Krait.Test.Contract do
           assert {:error, %Error{category: :timeout}} =
                    Krait.execute("slow_tool", %{seconds: 10, tag: tag}, pool: pool, timeout: 800)
 
-          assert (System.monotonic_time(:millisecond) - started) in 800..3_000
+          # not before the deadline, and long before the 10 s tool would end by itself
+          assert (System.monotonic_time(:millisecond) - started) in 800..8_000
           assert eventually(fn -> events(pool, tag)["cancel_seen"] end)
           assert eventually(fn -> idle?(pool) end)
         end
@@ -371,22 +372,16 @@ defmodule Krait.Test.Contract do
         end
       end
 
-      test "a fast stream of small JSON chunks", %{pool: pool} do
-        n = 100_000
-        started = System.monotonic_time(:microsecond)
-        counter = :counters.new(1, [])
-
-        :ok =
-          Krait.execute_stream(
-            "stream_small",
-            %{count: n},
-            fn _ -> :counters.add(counter, 1, 1) end,
-            pool: pool
-          )
-
-        seconds = (System.monotonic_time(:microsecond) - started) / 1.0e6
-        assert :counters.get(counter, 1) == n + 1
-        IO.puts("\n  stream_small: #{round(n / seconds)} chunks/s into an Elixir callback")
+      test "a long stream of small JSON chunks: every one, once, in order", %{pool: pool} do
+        # many batches and flow-control windows' worth (the chunks/s: scripts/bench)
+        n = 20_000
+        {:ok, chunks} = collect(pool, "stream_small", %{count: n})
+        assert length(chunks) == n + 1
+        {data, [final]} = Enum.split(chunks, n)
+        assert Enum.map(data, & &1["i"]) == Enum.to_list(0..(n - 1))
+        assert Enum.map(chunks, & &1.seq) == Enum.to_list(0..n)
+        refute Enum.any?(data, & &1.is_final)
+        assert final.is_final and final.data == nil
       end
     end
   end

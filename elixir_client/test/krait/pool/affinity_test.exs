@@ -69,6 +69,24 @@ defmodule Krait.Pool.AffinityTest do
     release.()
   end
 
+  test ":strict_fail_fast answers :worker_busy for a first call while every worker is busy", %{
+    pool: pool
+  } do
+    releases = for _ <- 1..2, do: occupy(pool, session())
+    s = session()
+
+    # queued instead, it would end in :queue_timeout
+    assert {:error, %Error{category: :pool, details: %{reason: :worker_busy}}} =
+             count(pool, s, affinity: :strict_fail_fast, timeout: 2_000)
+
+    assert %{queue_length: 0} = Krait.Pool.stats(pool)
+    Enum.each(releases, & &1.())
+
+    # nothing was bound: once a worker is free the session starts afresh
+    assert {:ok, %{"count" => 1}} =
+             eventually(fn -> ok(count(pool, s, affinity: :strict_fail_fast)) end)
+  end
+
   test ":strict_queue waits for the session's worker", %{pool: pool} do
     s = session()
     {:ok, %{"worker_id" => w}} = count(pool, s)
@@ -146,6 +164,9 @@ defmodule Krait.Pool.AffinityTest do
     assert :ok = Krait.end_session(s, pool: pool)
     assert {:ok, %{"count" => 1}} = count(pool, s)
   end
+
+  defp ok({:ok, _} = result), do: result
+  defp ok(_), do: nil
 
   defp ok_on({:ok, %{"worker_id" => w}} = result, w), do: result
   defp ok_on(_, _), do: nil

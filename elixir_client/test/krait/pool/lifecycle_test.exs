@@ -16,12 +16,17 @@ defmodule Krait.Pool.LifecycleTest do
 
   # Starts a call in a task whose callback reports each chunk; returns the task once the first
   # chunk has arrived.
-  defp streaming_task(pool, tool, args) do
+  defp streaming_task(pool, tool, args, opts \\ []) do
     test = self()
 
     task =
       Task.async(fn ->
-        Krait.execute_stream(tool, args, fn chunk -> send(test, {:chunk, chunk}) end, pool: pool)
+        Krait.execute_stream(
+          tool,
+          args,
+          fn chunk -> send(test, {:chunk, chunk}) end,
+          [pool: pool] ++ opts
+        )
       end)
 
     assert_receive {:chunk, _}, 5_000
@@ -38,20 +43,34 @@ defmodule Krait.Pool.LifecycleTest do
 
   defp busy_worker(pool), do: Enum.find(Krait.Pool.stats(pool).workers, &(&1.status == :busy))
 
+  # The call's deadline is far off (a minute): a worker back within the 5 s these tests wait came
+  # back because its caller died, not because the lease expired or the tool ended. (How fast: the
+  # benchmarks.)
+  @far 60_000
+
+  # The pool's one worker, idle again: the same worker (not a replacement) with no lease held.
+  defp back?(pool, worker_id) do
+    match?(
+      %{idle: 1, busy: 0, queue_length: 0, workers: [%{id: ^worker_id, restarts: 0}]},
+      Krait.Pool.stats(pool)
+    )
+  end
+
   describe "a caller killed mid-call" do
-    test "streaming: the call is cancelled on the worker, which is back within 100 ms" do
+    test "streaming: the call is cancelled on the worker, which the pool takes back at once" do
       pool = start_pool!(size: 1)
+      [%{id: worker_id}] = Krait.Pool.stats(pool).workers
       tag = tag()
-      task = streaming_task(pool, "endless_stream", %{interval_ms: 10, tag: tag})
+      task = streaming_task(pool, "endless_stream", %{interval_ms: 10, tag: tag}, timeout: @far)
       assert %{busy: 1} = Krait.Pool.stats(pool)
 
-      killed_at = System.monotonic_time(:millisecond)
       Task.shutdown(task, :brutal_kill)
-      eventually(fn -> Krait.Pool.stats(pool).busy == 0 end, 1_000)
-      assert System.monotonic_time(:millisecond) - killed_at <= 100
+      assert eventually(fn -> back?(pool, worker_id) end)
 
+      # the stream stopped on the worker (its finally ran) and the worker serves the next call
       assert eventually(fn -> events(pool, tag)["finally"] end)
-      assert %{idle: 1, busy: 0, queue_length: 0} = Krait.Pool.stats(pool)
+      assert {:ok, 3.0} = Krait.execute("add", %{a: 1, b: 2}, pool: pool)
+      assert back?(pool, worker_id)
     end
 
     test "unary: the tool sees the cancellation and the worker serves the next call" do
@@ -60,18 +79,20 @@ defmodule Krait.Pool.LifecycleTest do
       tag = tag()
 
       task =
-        Task.async(fn -> Krait.execute("slow_tool", %{seconds: 20, tag: tag}, pool: pool) end)
+        Task.async(fn ->
+          Krait.execute("slow_tool", %{seconds: 30, tag: tag}, pool: pool, timeout: @far)
+        end)
 
       # the tool is running before its caller dies
       assert eventually(fn -> worker_events(pool, worker_id, tag)["started"] end)
 
-      killed_at = System.monotonic_time(:millisecond)
       Task.shutdown(task, :brutal_kill)
-      eventually(fn -> Krait.Pool.stats(pool).busy == 0 end, 1_000)
-      assert System.monotonic_time(:millisecond) - killed_at <= 100
+      # back long before the 30 s tool would have ended by itself
+      assert eventually(fn -> back?(pool, worker_id) end)
 
       assert eventually(fn -> worker_events(pool, worker_id, tag)["cancel_seen"] end)
-      assert {:ok, 3.0} = Krait.execute("add", %{a: 1, b: 2}, pool: pool, timeout: 2_000)
+      assert {:ok, 3.0} = Krait.execute("add", %{a: 1, b: 2}, pool: pool)
+      assert back?(pool, worker_id)
     end
   end
 
@@ -85,36 +106,41 @@ defmodule Krait.Pool.LifecycleTest do
           "endless_stream",
           %{interval_ms: 10},
           fn _ ->
-            send(test, :blocking)
-            Process.sleep(2_000)
+            # the first chunk's callback blocks until the test lets it go (at most 30 s)
+            unless Process.put(:blocked, true) do
+              send(test, {:blocking, self()})
+
+              receive do
+                :go -> :ok
+              after
+                30_000 -> :ok
+              end
+            end
           end,
           pool: pool,
           timeout: 300
         )
       end)
 
-    assert_receive :blocking, 5_000
+    assert_receive {:blocking, caller}, 5_000
 
-    # served as soon as the worker is reclaimed (deadline + lease_grace), long before the callback returns
-    {ms, result} =
-      :timer.tc(fn -> Krait.execute("add", %{a: 1, b: 2}, pool: pool, timeout: 5_000) end)
-
-    assert {:ok, 3.0} = result
-    assert div(ms, 1000) < 1_500
-    assert {:error, %Error{category: :timeout}} = Task.await(blocked, 5_000)
+    # served once the worker is reclaimed (deadline + lease_grace), while the callback still blocks
+    assert {:ok, 3.0} = Krait.execute("add", %{a: 1, b: 2}, pool: pool, timeout: 10_000)
+    assert Process.alive?(caller) and Task.yield(blocked, 0) == nil
+    send(caller, :go)
+    assert {:error, %Error{category: :timeout}} = Task.await(blocked, 10_000)
   end
 
-  test "a worker killed with SIGKILL mid-stream: the caller gets :worker at once, the worker is replaced" do
+  test "a worker killed with SIGKILL mid-stream: the caller gets :worker, the worker is replaced" do
     pool = start_pool!(size: 2)
-    task = streaming_task(pool, "endless_stream", %{interval_ms: 10})
+    task = streaming_task(pool, "endless_stream", %{interval_ms: 10}, timeout: @far)
     %{os_pid: os_pid, slot: slot} = busy_worker(pool)
 
     log =
       capture_log(fn ->
-        killed_at = System.monotonic_time(:millisecond)
         os_kill(os_pid, "KILL")
-        assert {:error, %Error{category: :worker}} = Task.await(task, 2_000)
-        assert System.monotonic_time(:millisecond) - killed_at < 500
+        # the death ends the call (a :worker error, well before its deadline: not a :timeout)
+        assert {:error, %Error{category: :worker}} = Task.await(task, 10_000)
 
         assert eventually(fn ->
                  stats = Krait.Pool.stats(pool)
@@ -159,7 +185,8 @@ defmodule Krait.Pool.LifecycleTest do
 
   @tag timeout: 90_000
   test "Python workers exit when the BEAM running them is killed" do
-    ebin = Path.expand("_build/#{Mix.env()}/lib/krait/ebin")
+    # this build's ebin (MIX_BUILD_PATH moves it out of _build/)
+    ebin = Mix.Project.compile_path()
 
     script = """
     {:ok, _} = Application.ensure_all_started(:krait)
