@@ -36,6 +36,9 @@ WINDOW_ITEMS = 1024
 WINDOW_BYTES = 4 << 20
 
 _NOTHING: Any = object()  # no item yet
+# The most items a tool's iterator takes from the queue at once (then hands them over one by one): one lock and
+# one decoder call per batch instead of per item.
+TAKE_MAX = WINDOW_ITEMS // 4
 _NO_ITEMS: deque[tuple[bytes, str]] = deque(maxlen=0)  # until the call reads input (never appended to)
 
 
@@ -206,32 +209,29 @@ class Exchange:
             pending.wake()
 
     # -- reading input --------------------------------------------------------------------------------------
-    def _take(self) -> tuple[bytes, str] | None:
-        """The next raw item (None at the input's end), waiting on this thread."""
+    def _take(self) -> list[tuple[bytes, str]] | None:
+        """The raw items queued now, at least one (None at the input's end), waiting on this thread."""
         self._announce_wait()
         self._watch()
         cond = self._cond
         assert cond is not None
         with cond:
-            while True:
-                item = self._next_locked()
-                if item is not _NOTHING:
-                    break
+            while (items := self._next_locked()) is _NOTHING:
                 cond.wait()
-        return self._after_take(item)
+        return items  # type: ignore[no-any-return]
 
-    async def _atake(self) -> tuple[bytes, str] | None:
+    async def _atake(self) -> list[tuple[bytes, str]] | None:
         """:meth:`_take` for async tools: waits on the event loop."""
         loop = asyncio.get_running_loop()
         self._watch()
         while True:
             with self._lock:
-                item = self._next_locked()
-                if item is _NOTHING:
+                items = self._next_locked()
+                if items is _NOTHING:
                     future: asyncio.Future[None] = loop.create_future()
                     self._waiter = (loop, future)
-            if item is not _NOTHING:
-                return self._after_take(item)
+            if items is not _NOTHING:
+                return items  # type: ignore[no-any-return]
             try:
                 await future
             finally:
@@ -242,8 +242,13 @@ class Exchange:
     def _next_locked(self) -> Any:
         if (self._ctx is not None and self._ctx.cancel_event.is_set()) or self._closed:
             raise ToolCancelled(f"{self._tool} was cancelled")
-        if self._items:
-            return self._items.popleft()
+        queued = self._items
+        if queued:
+            if len(queued) <= TAKE_MAX:
+                items = list(queued)
+                queued.clear()
+                return items
+            return [queued.popleft() for _ in range(TAKE_MAX)]
         if self._ended is not None:
             code, message = self._ended
             if code:
@@ -251,15 +256,14 @@ class Exchange:
             return None
         return _NOTHING
 
-    def _after_take(self, item: tuple[bytes, str] | None) -> tuple[bytes, str] | None:
-        if item is None:
-            return None
+    def _consumed(self, items: int, nbytes: int) -> None:
+        """The tool has read ``items`` items of ``nbytes`` bytes: credit for them goes back to the caller once a
+        quarter of the window has been read (so the caller never gets ahead of the tool by more than a window)."""
         grant = None
         with self._lock:
-            self._index += 1
             taken = self._taken
-            taken[0] += 1
-            taken[1] += len(item[0])
+            taken[0] += items
+            taken[1] += nbytes
             if taken[0] >= WINDOW_ITEMS // 4 or taken[1] >= WINDOW_BYTES // 4:
                 grant = (taken[0], taken[1])
                 self._credit[0] += grant[0]
@@ -268,21 +272,26 @@ class Exchange:
             closed = self._closed
         if grant is not None and not closed and self.peer is not None:
             self.peer.grant(*grant)
-        return item
 
-    def decode(self, raw: tuple[bytes, str]) -> Any:
-        """An item as the tool's annotation wants it; :class:`InvalidArguments` naming the item otherwise (the
-        call then ends with it, even if the tool catches it)."""
-        data, content_type = raw
+    def decode(self, raws: list[tuple[bytes, str]]) -> tuple[list[Any], InvalidArguments | None]:
+        """Items as the tool's annotation wants them, in one call to the decoder when they are JSON; an invalid
+        item ends the list, and comes back as the error to raise once the items before it were read (the call then
+        ends with it, even if the tool catches it)."""
         spec = self._input
         assert spec is not None
-        index = self._index - 1
+        first = self._index
+        self._index += len(raws)
         try:
-            return _decode(spec, data, content_type)
-        except (ValueError, pydantic.ValidationError) as exc:
-            error = InvalidArguments(f"{self._tool}: input item {index}: {_problem(exc)}")
-            self.failure = self.failure or error
-            raise error from None
+            return _decode_all(spec, raws), None
+        except (ValueError, pydantic.ValidationError):
+            pass  # one item is bad: which one, item by item (the rare path)
+        values: list[Any] = []
+        for offset, (data, content_type) in enumerate(raws):
+            try:
+                values.append(_decode(spec, data, content_type))
+            except (ValueError, pydantic.ValidationError) as exc:
+                return values, InvalidArguments(f"{self._tool}: input item {first + offset}: {_problem(exc)}")
+        return values, None
 
     def _announce_wait(self) -> None:
         hook, self.before_wait = self.before_wait, None
@@ -362,40 +371,85 @@ class Exchange:
             raise HandlerError(name, "HandlerFailed", f"its value could not be decoded: {exc}") from None
 
 
-class _Input:
-    """A sync tool's input parameter: blocks for the next item, ends with the caller's input."""
+class _Reader:
+    """What the two input iterators share: the items decoded but not read yet, and their sizes."""
 
-    __slots__ = ("_exchange",)
+    __slots__ = ("_error", "_exchange", "_ready")
 
     def __init__(self, exchange: Exchange) -> None:
         self._exchange = exchange
+        self._ready: deque[tuple[Any, int]] = deque()
+        self._error: InvalidArguments | None = None
+
+    def _fill(self, raws: list[tuple[bytes, str]]) -> None:
+        values, self._error = self._exchange.decode(raws)
+        self._ready.extend(zip(values, (len(data) for data, _ in raws), strict=False))
+
+    def _next_ready(self) -> Any:
+        value, nbytes = self._ready.popleft()
+        self._exchange._consumed(1, nbytes)
+        return value
+
+    def _raise_error(self) -> None:
+        error = self._error
+        if error is not None:
+            exchange = self._exchange
+            exchange.failure = exchange.failure or error
+            raise error
+
+
+class _Input(_Reader):
+    """A sync tool's input parameter: blocks for the next item, ends with the caller's input."""
+
+    __slots__ = ()
 
     def __iter__(self) -> _Input:
         return self
 
     def __next__(self) -> Any:
-        raw = self._exchange._take()
-        if raw is None:
-            raise StopIteration
-        return self._exchange.decode(raw)
+        if not self._ready:
+            self._raise_error()
+            raws = self._exchange._take()
+            if raws is None:
+                raise StopIteration
+            self._fill(raws)
+            if not self._ready:
+                self._raise_error()
+        return self._next_ready()
 
 
-class _AsyncInput:
+class _AsyncInput(_Reader):
     """An async tool's input parameter: awaits the next item without blocking the event loop."""
 
-    __slots__ = ("_exchange",)
-
-    def __init__(self, exchange: Exchange) -> None:
-        self._exchange = exchange
+    __slots__ = ()
 
     def __aiter__(self) -> _AsyncInput:
         return self
 
     async def __anext__(self) -> Any:
-        raw = await self._exchange._atake()
-        if raw is None:
-            raise StopAsyncIteration
-        return self._exchange.decode(raw)
+        if not self._ready:
+            self._raise_error()
+            raws = await self._exchange._atake()
+            if raws is None:
+                raise StopAsyncIteration
+            self._fill(raws)
+            if not self._ready:
+                self._raise_error()
+        return self._next_ready()
+
+
+def _decode_all(spec: InputSpec, raws: list[tuple[bytes, str]]) -> list[Any]:
+    """Every item at once: JSON items joined into one array for one pass of the parser (and of pydantic, against
+    ``list[T]``); binary items one by one (each is its own payload)."""
+    if spec.kind == "json" and all(content_type in ("", codec.JSON) for _, content_type in raws):
+        array = b"[" + b",".join(data for data, _ in raws) + b"]"
+        if spec.list_adapter is None:
+            values = codec.decode_json(array)
+            if not isinstance(values, list) or len(values) != len(raws):  # an item that was not one JSON value
+                raise ValueError("not one JSON value per item")
+            return values
+        return spec.list_adapter.validate_json(array)  # type: ignore[no-any-return]
+    return [_decode(spec, data, content_type) for data, content_type in raws]
 
 
 def _decode(spec: InputSpec, data: bytes, content_type: str) -> Any:

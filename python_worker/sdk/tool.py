@@ -70,6 +70,7 @@ class InputSpec:
     kind: Literal["json", "npy", "bytes", "binary"]
     schema: dict[str, Any]
     adapter: pydantic.TypeAdapter[Any] | None  # validates a JSON item (None: any JSON value)
+    list_adapter: pydantic.TypeAdapter[Any] | None = None  # the same for a list of items (one call per batch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -404,12 +405,13 @@ def _input_spec(where: str, kind: Kind, name: str, annotation: Any) -> InputSpec
     try:
         config = None if isinstance(item, type) and issubclass(item, pydantic.BaseModel) else _ITEM_CONFIG
         adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(item, config=config)
+        list_adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(list[item], config=_ITEM_CONFIG)  # type: ignore[valid-type]
         schema = adapter.json_schema()
     except Exception as exc:
         raise TypeError(
             f"{where}: the input items of '{name}' have an unsupported type ({str(exc).strip().splitlines()[0]})"
         ) from None
-    return InputSpec(name, item, "json", schema, adapter)
+    return InputSpec(name, item, "json", schema, adapter, list_adapter)
 
 
 def _union_members(annotation: Any) -> tuple[Any, ...]:
