@@ -39,6 +39,9 @@ _NOTHING: Any = object()  # no item yet
 # The most items a tool's iterator takes from the queue at once (then hands them over one by one): one lock and
 # one decoder call per batch instead of per item.
 TAKE_MAX = WINDOW_ITEMS // 4
+# A tool's reads are counted in its iterator and told to the exchange (which grants credit in quarters of the
+# window) every this many items, and whenever it wants more than it was given.
+_TELL_EVERY = 64
 _NO_ITEMS: deque[tuple[bytes, str]] = deque(maxlen=0)  # until the call reads input (never appended to)
 
 
@@ -374,12 +377,21 @@ class Exchange:
 class _Reader:
     """What the two input iterators share: the items decoded but not read yet, and their sizes."""
 
-    __slots__ = ("_error", "_exchange", "_ready")
+    __slots__ = ("_error", "_exchange", "_read", "_ready")
 
     def __init__(self, exchange: Exchange) -> None:
         self._exchange = exchange
         self._ready: deque[tuple[Any, int]] = deque()
         self._error: InvalidArguments | None = None
+        self._read = [0, 0]  # items and bytes read since the exchange was last told (no lock per item)
+
+    def _tell(self) -> None:
+        """Everything handed out so far has been read and the tool wants more: the exchange is told before the
+        tool waits (the caller may be waiting for that credit)."""
+        read = self._read
+        if read[0]:
+            self._exchange._consumed(read[0], read[1])
+            self._read = [0, 0]
 
     def _fill(self, raws: list[tuple[bytes, str]]) -> None:
         values, self._error = self._exchange.decode(raws)
@@ -387,7 +399,12 @@ class _Reader:
 
     def _next_ready(self) -> Any:
         value, nbytes = self._ready.popleft()
-        self._exchange._consumed(1, nbytes)
+        read = self._read
+        read[0] += 1
+        read[1] += nbytes
+        if read[0] >= _TELL_EVERY:
+            self._exchange._consumed(read[0], read[1])
+            self._read = [0, 0]
         return value
 
     def _raise_error(self) -> None:
@@ -409,6 +426,7 @@ class _Input(_Reader):
     def __next__(self) -> Any:
         if not self._ready:
             self._raise_error()
+            self._tell()
             raws = self._exchange._take()
             if raws is None:
                 raise StopIteration
@@ -429,6 +447,7 @@ class _AsyncInput(_Reader):
     async def __anext__(self) -> Any:
         if not self._ready:
             self._raise_error()
+            self._tell()
             raws = await self._exchange._atake()
             if raws is None:
                 raise StopAsyncIteration
