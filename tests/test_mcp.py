@@ -70,6 +70,20 @@ def http_worker() -> Any:
         yield worker
 
 
+def expected_input_schema(info: Any) -> dict[str, Any]:
+    """The MCP input schema of a tool: its parameters, plus its input stream as a required array of its items
+    (MCP has no stream into a tool) unless those items are binary."""
+    parameters: dict[str, Any] = json.loads(info.parameters_schema_json)
+    if info.input_param and "x-krait-binary" not in json.loads(info.input_schema_json):
+        parameters["properties"][info.input_param] = {
+            "type": "array",
+            "items": json.loads(info.input_schema_json),
+            "description": "the tool's input stream, given whole: one array element per item",
+        }
+        parameters["required"] = [*parameters.get("required", []), info.input_param]
+    return parameters
+
+
 # -- the checks, the same over both transports -------------------------------------------------------------------
 async def check_tools_match_list_tools(session: ClientSession, grpc_target: str) -> None:
     listed = {tool.name: tool for tool in (await session.list_tools()).tools}
@@ -79,14 +93,7 @@ async def check_tools_match_list_tools(session: ClientSession, grpc_target: str)
     for name, info in infos.items():
         tool = listed[name]
         assert tool.description == info.description
-        parameters = json.loads(info.parameters_schema_json)
-        if info.input_param and "x-krait-binary" not in json.loads(info.input_schema_json):
-            # an input stream travels whole, as an array: MCP has no stream into a tool
-            item = json.loads(info.input_schema_json)
-            assert tool.input_schema["properties"].pop(info.input_param)["items"] == item
-            assert info.input_param in tool.input_schema.pop("required")
-            parameters.pop("required", None)
-        assert tool.input_schema == parameters
+        assert tool.input_schema == expected_input_schema(info)
         result = json.loads(info.result_schema_json) if info.result_schema_json else None
         output = tool.output_schema
         assert output is not None and output["type"] == "object"
@@ -444,7 +451,7 @@ def _check_node(out: dict[str, Any], grpc_target: str) -> None:
     tools = {tool["name"]: tool for tool in out["tools"]}
     assert set(tools) == set(infos)
     for name, info in infos.items():
-        assert tools[name]["inputSchema"] == json.loads(info.parameters_schema_json)
+        assert tools[name]["inputSchema"] == expected_input_schema(info)
         assert tools[name]["description"] == info.description
     assert out["add"]["structuredContent"]["result"] == 3
     steps = [json.loads(p["message"])["data"]["step"] for p in out["progress"]]

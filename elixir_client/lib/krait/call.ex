@@ -30,10 +30,10 @@ defmodule Krait.Call do
   alias Krait.Call.{Cursor, Handlers}
   alias Krait.Pool.Scheduler
 
-  @unary_path "/krait.v1.ToolWorker/ExecuteTool"
-  @stream_path "/krait.v1.ToolWorker/ExecuteStreamingToolBatched"
-  @cleanup_path "/krait.v1.ToolWorker/CleanupSession"
-  @list_tools_path "/krait.v1.ToolWorker/ListTools"
+  @unary_path Krait.Proto.path(:execute_tool)
+  @stream_path Krait.Proto.path(:execute_streaming_tool_batched)
+  @cleanup_path Krait.Proto.path(:cleanup_session)
+  @list_tools_path Krait.Proto.path(:list_tools)
 
   # Python's worker refuses longer session ids too.
   @max_session_bytes 256

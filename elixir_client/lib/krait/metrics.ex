@@ -26,7 +26,7 @@ defmodule Krait.Metrics do
   # seconds; a checkout is usually immediate, and waits in the queue up to the call's timeout
   @wait_buckets [0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0]
   @unknown_tool "_unknown"
-  @metrics_path "/krait.v1.ToolWorker/Metrics"
+  @metrics_path Krait.Proto.path(:metrics)
 
   @doc false
   @spec table(atom()) :: atom()

@@ -40,7 +40,7 @@ defmodule Krait.Worker do
   alias Krait.Link.{Calls, Frame}
   alias Krait.Worker.Output
 
-  @ping_path "/krait.v1.ToolWorker/Ping"
+  @ping_path Krait.Proto.path(:ping)
   # Pool workers serve loopback only.
   @host "127.0.0.1"
   @ready_prefix "KRAIT_READY "

@@ -37,7 +37,7 @@ defmodule Krait.Call.Cursor do
   alias Krait.Call.{Feeder, Handlers}
   alias Krait.Pool.{Lease, Scheduler}
 
-  @duplex_path "/krait.v1.ToolWorker/ExecuteToolDuplex"
+  @duplex_path Krait.Proto.path(:execute_tool_duplex)
   @call_id_header "krait-call-id"
   @input_header "krait-input"
   @rpc_header "krait-rpc"

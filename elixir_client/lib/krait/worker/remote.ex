@@ -24,7 +24,7 @@ defmodule Krait.Worker.Remote do
 
   alias Krait.GRPC.Connection
 
-  @ping_path "/krait.v1.ToolWorker/Ping"
+  @ping_path Krait.Proto.path(:ping)
   @health_path "/grpc.health.v1.Health/Check"
   # HealthCheckResponse.status SERVING (field 1, varint 1)
   @serving <<8, 1>>
