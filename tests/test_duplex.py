@@ -152,7 +152,7 @@ def test_an_endless_input_is_pulled_only_as_the_tool_reads(client: Client) -> No
 
 
 def test_the_byte_credit_bounds_large_items(client: Client) -> None:
-    endless = Counted(item="x" * (1 << 20))  # 1 MiB items: the byte window (4 MiB) runs out first
+    endless = Counted(item="x" * (1 << 20))  # 1 MiB items: the byte window (16 MiB) runs out first
     assert len(client.call("take_input", {"n": 1}, input=endless)) == 1
     assert endless.pulled <= WINDOW_BYTES // (1 << 20) + 1  # the last item may overshoot the bytes
 

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
+from python_worker.engine.exchange import WINDOW_BYTES, WINDOW_ITEMS  # the window the gate mirrors
+
 from .http_support import bearer, http_worker, stream_events, tool_events
 from .support import eventually
 from .workers import Worker
 
 pytestmark = pytest.mark.timeout(60)
-
-WINDOW_ITEMS, WINDOW_BYTES = 1024, 4 << 20  # python_worker.engine.exchange's window
 
 
 @pytest.fixture(scope="module")
@@ -147,13 +147,13 @@ def test_full_duplex_echo(ws: ClientConnection, tool: str) -> None:
 
 
 def test_arrays_as_binary_frames_beyond_the_byte_window(ws: ClientConnection) -> None:
-    # 96 KiB frames: the byte window (4 MiB), not the item window, is what runs out, and the worker's count of
+    # 96 KiB frames: the byte window (16 MiB), not the item window, is what runs out, and the worker's count of
     # an array item (an .npy payload with its header) is not the client's (its raw bytes): never refused for it
     sender = start(ws, "a", "array_input")
     rng = np.random.default_rng(7)
     frames = [rng.standard_normal((128, 192), dtype=np.float32) for _ in range(4)]
     sent = 0
-    for n in range(120):  # ~11 MiB
+    for n in range(240):  # ~22 MiB: more than the byte window
         sender.send_binary({"dtype": "<f4", "shape": [128, 192]}, frames[n % 4].tobytes())
         sent += 1
     events = sender.end()

@@ -18,7 +18,7 @@ import pytest
 from google.rpc import code_pb2, status_pb2
 
 from python_worker import codec
-from python_worker.engine.exchange import WINDOW_ITEMS
+from python_worker.engine.exchange import WINDOW_BYTES, WINDOW_ITEMS
 from python_worker.proto import link_pb, pb
 
 from .workers import ROOT
@@ -152,7 +152,7 @@ def test_input_is_granted_credit_then_read_and_summed(link: LinkDriver) -> None:
     assert link.next_frame(call).kind == Kind.STARTED
     credit = link.next_frame(call)
     link._credited.add(call)
-    assert (credit.kind, credit.credit_items, credit.credit) == (Kind.CREDIT, WINDOW_ITEMS, 4 << 20)
+    assert (credit.kind, credit.credit_items, credit.credit) == (Kind.CREDIT, WINDOW_ITEMS, WINDOW_BYTES)
     link.items(call, [{"i": n} for n in range(100)])
     link.end_input(call)
     frames, status = link.until_end(call)
@@ -272,6 +272,38 @@ def test_binary_items(link: LinkDriver) -> None:
     link.items(call, [[1, 2]])  # JSON where arrays are wanted
     _, status = link.until_end(call)
     assert status.code == code_pb2.INVALID_ARGUMENT and "input item 0: expected application/x-npy" in status.message
+
+
+def test_large_items_arrive_whole_and_in_order(link: LinkDriver) -> None:
+    # frames of 64 KiB and more are read without protobuf (link_io.InputFrame): same items, same order
+    call = link.open("array_input", {})
+    link.await_credit(call)
+    arrays = [np.full(1 << 18, k, dtype=np.float32) for k in (1, 2, 3)]  # 1 MiB each, one frame
+    batch = pb.InputBatch(items=[pb.InputItem(data=codec.encode_npy(a), content_type=codec.NPY) for a in arrays])
+    link.send(call_id=call, kind=Kind.INPUT, payload=batch.SerializeToString())
+    link.end_input(call)
+    frames, status = link.until_end(call)
+    assert status.code == 0, status.message
+    assert chunks_of(frames) == [{"shape": [1 << 18], "sum": float(k << 18)} for k in (1, 2, 3)]
+    call = link.open("bytes_input", {}, method="ExecuteTool")
+    link.await_credit(call)
+    blobs = [b"x" * 100_000, b"", b"y" * 7]
+    batch = pb.InputBatch(items=[pb.InputItem(data=b, content_type=codec.BYTES) for b in blobs])
+    link.send(call_id=call, kind=Kind.INPUT, payload=batch.SerializeToString())
+    link.end_input(call)
+    frames, status = link.until_end(call)
+    assert status.code == 0 and unary_value(frames) == 100_007
+    # a large batch of JSON items, one of them bad: its index, as for a small batch
+    call = link.open("sum_input", {}, method="ExecuteTool")
+    link.items(call, [{"i": n, "pad": "z" * 100} for n in range(900)])
+    _, status = link.until_end(call)
+    assert status.code == code_pb2.INVALID_ARGUMENT, status.message
+    call = link.open("take_input", {"n": 1000}, method="ExecuteTool")
+    values: list[Any] = [{"k": "v" * 100}] * 999 + [None]
+    link.items(call, values)
+    link.end_input(call)
+    frames, status = link.until_end(call)
+    assert status.code == 0 and unary_value(frames) == values
 
 
 @pytest.mark.parametrize("tool", ["ask", "aask"])

@@ -78,3 +78,36 @@ def test_the_reader_reads_frames_and_sees_the_end() -> None:
     thread.join(10)
     os.close(read_end)
     assert got == frames
+
+
+def test_large_input_frames_are_read_without_copies_and_fall_back_to_protobuf() -> None:
+    import os
+    import threading
+
+    from python_worker.proto import pb
+    from python_worker.transports.link_io import LARGE_INPUT, FrameReader, InputFrame
+
+    items = [pb.InputItem(data=os.urandom(LARGE_INPUT), content_type="application/octet-stream"), pb.InputItem()]
+    batch = pb.InputBatch(items=items).SerializeToString()
+    frames = [
+        link_pb.LinkFrame(call_id=300, kind=link_pb.LinkFrame.INPUT, payload=batch),
+        # large, but not an INPUT frame: protobuf reads it
+        link_pb.LinkFrame(call_id=301, kind=link_pb.LinkFrame.HANDLER_REPLY, payload=batch),
+    ]
+    read_end, write_end = os.pipe()
+    data = b"".join(len(f.SerializeToString()).to_bytes(4, "big") + f.SerializeToString() for f in frames)
+
+    def write() -> None:  # more than a pipe holds: written while the reader reads
+        with os.fdopen(write_end, "wb") as out:
+            out.write(data)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    reader = FrameReader(read_end)
+    first, second = reader.read(), reader.read()
+    writer.join(10)
+    os.close(read_end)
+    assert isinstance(first, InputFrame) and first.call_id == 300 and first.kind == link_pb.LinkFrame.INPUT
+    assert [(bytes(i.data), i.content_type) for i in first.items] == [(i.data, i.content_type) for i in items]
+    assert isinstance(first.items[0].data, memoryview)  # a view into the frame read from the pipe
+    assert not isinstance(second, InputFrame) and second.call_id == 301 and second.payload == batch

@@ -49,6 +49,7 @@ from .link_io import (
     STARTED,
     FrameReader,
     FrameWriter,
+    InputFrame,
     credit_frame,
 )
 
@@ -335,18 +336,21 @@ class LinkServer:
             elif kind == CREDIT:
                 open_call.add_credit(frame.credit)
             else:
-                self._exchange_frame(open_call, kind, frame.payload)
+                self._exchange_frame(open_call, kind, frame)
             return None
         log.warning("unexpected link frame kind %s (call %d): ignored", kind, call_id)
         return None
 
-    def _exchange_frame(self, call: LinkCall, kind: int, payload: bytes) -> None:
+    def _exchange_frame(self, call: LinkCall, kind: int, frame: Any) -> None:
         """Input and handler replies from the caller, handed to the call's exchange; input the call does not
         take (or that does not parse) ends the call with INVALID_ARGUMENT."""
         exchange = call.exchange
         assert exchange is not None
+        payload = frame.payload
         try:
-            if kind == INPUT:
+            if isinstance(frame, InputFrame):  # a large one, parsed by hand (link_io.InputFrame)
+                exchange.feed(frame.items)
+            elif kind == INPUT:
                 exchange.feed(pb.InputBatch.FromString(payload).items)
             elif kind == INPUT_END:
                 end = pb.InputEnd.FromString(payload) if payload else None
