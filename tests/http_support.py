@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import numpy as np
+from websockets.sync.client import ClientConnection
 
 from .workers import PYTHON, ROOT, Worker, running_worker
 
@@ -106,3 +108,27 @@ def http_worker(
         httpx.Client(base_url=base_url(worker), timeout=30, headers=bearer(token_value) if auth else None) as client,
     ):
         yield worker, client
+
+
+# -- the WebSocket (/v1/ws) ----------------------------------------------------------------------------------
+def recv(ws: ClientConnection) -> dict[str, Any]:
+    """The next frame, decoded; a binary frame's array under ``"array"``."""
+    frame = ws.recv(timeout=20)
+    if isinstance(frame, str):
+        return json.loads(frame)
+    size = int.from_bytes(frame[:4], "big")
+    message = json.loads(frame[4 : 4 + size])
+    data = message["chunk"]["data"]
+    message["array"] = np.frombuffer(frame[4 + size :], dtype=data["dtype"]).reshape(data["shape"])
+    return message
+
+
+def until_end(ws: ClientConnection, call_id: str) -> list[dict[str, Any]]:
+    """The frames of one call up to its last (final, result or error)."""
+    frames = []
+    while True:
+        frame = recv(ws)
+        assert frame["id"] == call_id, frame
+        frames.append(frame)
+        if frame["event"] in ("final", "result", "error"):
+            return frames

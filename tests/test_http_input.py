@@ -15,7 +15,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from python_worker.engine.exchange import WINDOW_BYTES, WINDOW_ITEMS  # the window the gate mirrors
 
-from .http_support import bearer, http_worker, stream_events, tool_events
+from .http_support import bearer, http_worker, recv, stream_events, tool_events, until_end
 from .support import eventually
 from .workers import Worker
 
@@ -36,12 +36,6 @@ def ws(served: tuple[Worker, httpx.Client]) -> Iterator[ClientConnection]:
         yield socket
 
 
-def recv(ws: ClientConnection) -> dict[str, Any]:
-    frame = ws.recv(timeout=20)
-    assert isinstance(frame, str), "no NumPy chunk expected here"
-    return json.loads(frame)
-
-
 def send(ws: ClientConnection, **frame: Any) -> None:
     ws.send(json.dumps(frame))
 
@@ -50,16 +44,6 @@ def binary(header: dict[str, Any], raw: bytes) -> bytes:
     """A binary input frame: 4-byte big-endian header length, the JSON header, the raw bytes."""
     head = json.dumps(header).encode()
     return len(head).to_bytes(4, "big") + head + raw
-
-
-def until_end(ws: ClientConnection, call_id: str) -> list[dict[str, Any]]:
-    frames = []
-    while True:
-        frame = recv(ws)
-        assert frame["id"] == call_id, frame
-        frames.append(frame)
-        if frame["event"] in ("final", "result", "error"):
-            return frames
 
 
 class Sender:

@@ -15,7 +15,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from .http_support import base_url, bearer, http_worker, tool_events
+from .http_support import base_url, bearer, http_worker, recv, tool_events, until_end
 from .support import eventually
 from .workers import Worker
 
@@ -40,31 +40,8 @@ def ws(served: tuple[Worker, httpx.Client]) -> Iterator[ClientConnection]:
         yield socket
 
 
-def recv(ws: ClientConnection) -> dict[str, Any]:
-    """The next frame, decoded; a binary frame's array under ``"array"``."""
-    frame = ws.recv(timeout=20)
-    if isinstance(frame, str):
-        return json.loads(frame)
-    size = int.from_bytes(frame[:4], "big")
-    message = json.loads(frame[4 : 4 + size])
-    data = message["chunk"]["data"]
-    message["array"] = np.frombuffer(frame[4 + size :], dtype=data["dtype"]).reshape(data["shape"])
-    return message
-
-
 def call(ws: ClientConnection, call_id: str, tool: str, args: dict[str, Any] | None = None, **opts: Any) -> None:
     ws.send(json.dumps({"op": "call", "id": call_id, "tool": tool, "args": args or {}, **opts}))
-
-
-def until_end(ws: ClientConnection, call_id: str) -> list[dict[str, Any]]:
-    """The frames of one call up to its last (final, result or error)."""
-    frames = []
-    while True:
-        frame = recv(ws)
-        assert frame["id"] == call_id, frame
-        frames.append(frame)
-        if frame["event"] in ("final", "result", "error"):
-            return frames
 
 
 def test_many_calls_in_flight_on_one_socket(ws: ClientConnection) -> None:

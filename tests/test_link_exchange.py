@@ -4,11 +4,6 @@ credit, INPUT / INPUT_END, HANDLER_CALL / HANDLER_REPLY, against a real ``serve 
 from __future__ import annotations
 
 import json
-import queue
-import struct
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -19,46 +14,19 @@ from google.rpc import code_pb2, status_pb2
 
 from python_worker import codec
 from python_worker.engine.exchange import WINDOW_BYTES, WINDOW_ITEMS
-from python_worker.proto import link_pb, pb
+from python_worker.proto import pb
 
-from .workers import ROOT
-
-Kind = link_pb.LinkFrame.Kind
+from .link_support import Kind, LinkProcess
 
 
-class LinkDriver:
-    """A worker on the link and the frames it sends, read by a thread of their own."""
+class LinkDriver(LinkProcess):
+    """A showcase worker on the link (tests/link_support.py), its frames sorted by call."""
 
     def __init__(self, *args: str) -> None:
-        cmd = [sys.executable, "-m", "python_worker", "serve", "--adapter", "adapters.showcase:ShowcaseAdapter"]
-        self.process = subprocess.Popen(
-            [*cmd, "--link", "--worker-id", "L1", *args],
-            cwd=ROOT,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-        )
-        self.frames: queue.Queue[Any] = queue.Queue()
+        super().__init__("adapters.showcase:ShowcaseAdapter", "L1", *args)
         self._stash: list[Any] = []
         self._credited: set[int] = set()
         self._next_id = 1
-        threading.Thread(target=self._read, daemon=True).start()
-        ready = self.next_frame(0, timeout=30)
-        assert ready.kind == Kind.READY
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        while (head := self.process.stdout.read(4)) and len(head) == 4:
-            (size,) = struct.unpack(">I", head)
-            frame = link_pb.LinkFrame.FromString(self.process.stdout.read(size))
-            if frame.kind != Kind.LOG:
-                self.frames.put(frame)
-
-    def send(self, **fields: Any) -> None:
-        data = link_pb.LinkFrame(**fields).SerializeToString()
-        assert self.process.stdin is not None
-        self.process.stdin.write(struct.pack(">I", len(data)) + data)
-        self.process.stdin.flush()
 
     def open(self, tool: str, args: dict[str, Any], *, method: str = "ExecuteStreamingToolBatched", **kw: Any) -> int:
         call_id, self._next_id = self._next_id, self._next_id + 1
@@ -111,15 +79,6 @@ class LinkDriver:
         while (frame := self.next_frame(call_id, timeout)).kind != Kind.END:
             frames.append(frame)
         return frames, status_pb2.Status.FromString(frame.payload)
-
-    def close(self) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.close()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
 
 
 @pytest.fixture

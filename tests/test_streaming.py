@@ -11,11 +11,6 @@ two drivers and the five encoders repeat the same rules, so each gets its own fa
 from __future__ import annotations
 
 import itertools
-import queue
-import struct
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,19 +20,19 @@ import pytest
 from google.rpc import status_pb2
 
 from python_worker.client import Chunk, ChunkStream, Client, KraitError, build_request
-from python_worker.proto import link_pb, pb, pb_grpc
+from python_worker.proto import pb, pb_grpc
 from python_worker.transports.grpc.channel import channel_options
 from python_worker.wire import decode_batch
 
+from .link_support import Kind, LinkProcess
 from .support import authed
-from .workers import ROOT, Worker, running_worker
+from .workers import Worker, running_worker
 
 ADAPTER = "tests.fixtures.async_streams:AsyncStreamsAdapter"
 WORKER_ID = "test-worker"
 FINAL_KEYS = {"execution_time_ms", "tool_type", "worker_id"}
 KINDS = ("sync", "async")
 RPCS = ("batched", "unbatched", "duplex", "link-batched", "link-unbatched")
-Kind = link_pb.LinkFrame.Kind
 CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
@@ -56,37 +51,12 @@ class _Unbatched:
         self._call.cancel()
 
 
-class LinkWorker:
-    """A ``serve --link`` worker, driven as an Elixir pool drives it (docs/link.md): length-prefixed LinkFrames on
-    its stdin and stdout, read by a thread of their own; one call at a time."""
+class LinkWorker(LinkProcess):
+    """A ``serve --link`` worker (tests/link_support.py), one call at a time."""
 
     def __init__(self, adapter: str, worker_id: str) -> None:
-        cmd = [sys.executable, "-m", "python_worker", "serve", "--adapter", adapter, "--link"]
-        self.process = subprocess.Popen(
-            [*cmd, "--worker-id", worker_id],
-            cwd=ROOT,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-        )
-        self.frames: queue.Queue[Any] = queue.Queue()
+        super().__init__(adapter, worker_id)
         self._ids = itertools.count(1)
-        threading.Thread(target=self._read, daemon=True).start()
-        assert self.next_frame(timeout=30).kind == Kind.READY
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        while (head := self.process.stdout.read(4)) and len(head) == 4:
-            (size,) = struct.unpack(">I", head)
-            frame = link_pb.LinkFrame.FromString(self.process.stdout.read(size))
-            if frame.kind != Kind.LOG:
-                self.frames.put(frame)
-
-    def send(self, **fields: Any) -> None:
-        data = link_pb.LinkFrame(**fields).SerializeToString()
-        assert self.process.stdin is not None
-        self.process.stdin.write(struct.pack(">I", len(data)) + data)
-        self.process.stdin.flush()
 
     def next_frame(self, timeout: float = 30.0) -> Any:
         return self.frames.get(timeout=timeout)
@@ -97,15 +67,6 @@ class LinkWorker:
         payload = request.SerializeToString()
         self.send(call_id=call_id, kind=Kind.OPEN, method=method, payload=payload, credit=1 << 40)
         return _LinkCall(self, call_id, batched=method == "ExecuteStreamingToolBatched")
-
-    def close(self) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.close()  # the link's end: the worker exits
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
 
 
 class _LinkCall:

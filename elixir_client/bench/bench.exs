@@ -316,19 +316,8 @@ defmodule KraitBench do
   # Limit, Krait, limit, Krait ...: at least 3 rounds, so that even a quick run shows a spread.
   defp interleave_rounds(runs), do: max(runs, 3)
 
-  defp medians([first | _] = rounds),
-    do: Map.new(Map.keys(first), fn key -> {key, Stats.median(Enum.map(rounds, & &1[key]))} end)
-
-  # The limit's min and max across the interleaved rounds, and how many rounds.
-  defp spread(rounds, key) do
-    values = Enum.map(rounds, & &1[key])
-
-    %{
-      "#{key}_min" => Enum.min(values),
-      "#{key}_max" => Enum.max(values),
-      "#{key}_rounds" => length(rounds)
-    }
-  end
+  defp medians(rounds), do: Stats.medians(rounds)
+  defp spread(rounds, key), do: Stats.spread(rounds, key)
 
   ## 5. Pool start
 

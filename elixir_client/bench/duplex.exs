@@ -193,16 +193,6 @@ defmodule KraitBench.Duplex do
     |> Map.merge(%{pipeline_rss_hwm_short_mb: short, pipeline_rss_hwm_long_mb: hwm.()})
   end
 
-  defp medians([first | _] = rounds),
-    do: Map.new(Map.keys(first), fn key -> {key, Stats.median(Enum.map(rounds, & &1[key]))} end)
-
-  defp spread(rounds, key) do
-    values = Enum.map(rounds, & &1[key])
-
-    %{
-      "#{key}_min" => Enum.min(values),
-      "#{key}_max" => Enum.max(values),
-      "#{key}_rounds" => length(rounds)
-    }
-  end
+  defp medians(rounds), do: Stats.medians(rounds)
+  defp spread(rounds, key), do: Stats.spread(rounds, key)
 end

@@ -32,6 +32,23 @@ defmodule KraitBench.Stats do
     end
   end
 
+  @doc "The median of each key across `rounds` (maps with the same keys)."
+  @spec medians([map()]) :: map()
+  def medians([first | _] = rounds),
+    do: Map.new(Map.keys(first), fn key -> {key, median(Enum.map(rounds, & &1[key]))} end)
+
+  @doc "A limit's min and max across the rounds it was interleaved with Krait's rows, and how many rounds."
+  @spec spread([map()], atom()) :: map()
+  def spread(rounds, key) do
+    values = Enum.map(rounds, & &1[key])
+
+    %{
+      "#{key}_min" => Enum.min(values),
+      "#{key}_max" => Enum.max(values),
+      "#{key}_rounds" => length(rounds)
+    }
+  end
+
   @doc "Microseconds `fun` takes, and its result."
   @spec timed((() -> result)) :: {non_neg_integer(), result} when result: term()
   def timed(fun) do

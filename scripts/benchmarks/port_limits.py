@@ -20,6 +20,7 @@ import fcntl
 import os
 import struct
 import sys
+from collections.abc import Callable
 
 import orjson
 
@@ -68,18 +69,15 @@ def _jsonl_stream(count: int) -> None:
 
 
 def jsonl_in() -> None:
-    total = 0
-    while True:
-        (size,) = _LENGTH.unpack(_read_exact(4))
-        if not size:
-            _write(str(total).encode())
-            total = 0
-            continue
-        for line in _read_exact(size).split(b"\n"):
-            total += orjson.loads(line)["i"]
+    _sum_frames(lambda frame: sum(orjson.loads(line)["i"] for line in frame.split(b"\n")))
 
 
 def bytes_in() -> None:
+    _sum_frames(len)
+
+
+def _sum_frames(measure: Callable[[bytes], int]) -> None:
+    """Frames from the Elixir side, each measured; the total written back at an empty frame."""
     total = 0
     while True:
         (size,) = _LENGTH.unpack(_read_exact(4))
@@ -87,7 +85,7 @@ def bytes_in() -> None:
             _write(str(total).encode())
             total = 0
             continue
-        total += len(_read_exact(size))
+        total += measure(_read_exact(size))
 
 
 def raw_bytes(count: int, block: bytes) -> None:

@@ -63,8 +63,9 @@ def _which(names: tuple[str, ...]) -> str | None:
     return next((path for name in names if (path := shutil.which(name))), None)
 
 
-def start(profile: Path) -> Browser:
-    """A headless Chromium with its own profile directory; raises ChromiumUnavailable if it cannot start."""
+def start(profile: Path, extra_flags: tuple[str, ...] = ()) -> Browser:
+    """A headless Chromium with its own profile directory (and ``extra_flags``, e.g. a fake media device);
+    raises ChromiumUnavailable if it cannot start."""
     try:
         from selenium import webdriver
         from selenium.common.exceptions import WebDriverException
@@ -79,7 +80,7 @@ def start(profile: Path) -> Browser:
 
     options = webdriver.ChromeOptions()
     options.binary_location = browser
-    for flag in CHROMIUM_FLAGS:
+    for flag in (*CHROMIUM_FLAGS, *extra_flags):
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={profile}")
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the page's console, read by the tests

@@ -26,10 +26,12 @@ def http_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
         yield worker
 
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[chromium.Browser]:
+def started_browser(
+    tmp_path_factory: pytest.TempPathFactory, name: str, extra_flags: tuple[str, ...] = ()
+) -> Iterator[chromium.Browser]:
+    """A Chromium for a module's tests (skipped, with the reason, where it cannot start), stopped after them."""
     try:
-        started = chromium.start(tmp_path_factory.mktemp("chromium-profile"))
+        started = chromium.start(tmp_path_factory.mktemp(name), extra_flags)
     except chromium.ChromiumUnavailable as reason:
         pytest.skip(str(reason))
     try:
@@ -38,9 +40,8 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[chromium.Brows
         started.stop()
 
 
-@pytest.fixture
-def page(browser: chromium.Browser, http_worker: Worker, request: pytest.FixtureRequest) -> Iterator[Page]:
-    """The worker's page, opened fresh (no cookie: logged out) in the shared browser."""
+def opened_page(browser: chromium.Browser, http_worker: Worker, request: pytest.FixtureRequest) -> Iterator[Page]:
+    """The worker's page, opened fresh (no cookie: logged out); a screenshot when the test failed."""
     opened = Page(browser.driver, f"http://127.0.0.1:{http_worker.info['http_port']}", request.node.name)
     opened.fresh()
     try:
@@ -50,6 +51,16 @@ def page(browser: chromium.Browser, http_worker: Worker, request: pytest.Fixture
         if report is not None and report.failed:
             opened.screenshot("failure")
         _saved.extend(opened.saved)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[chromium.Browser]:
+    yield from started_browser(tmp_path_factory, "chromium-profile")
+
+
+@pytest.fixture
+def page(browser: chromium.Browser, http_worker: Worker, request: pytest.FixtureRequest) -> Iterator[Page]:
+    yield from opened_page(browser, http_worker, request)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

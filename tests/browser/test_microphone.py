@@ -20,7 +20,7 @@ from python_worker.client import Client
 from ..support import eventually
 from ..workers import Worker
 from . import chromium
-from .conftest import TOKEN
+from .conftest import TOKEN, opened_page, started_browser
 from .page import Page
 
 pytestmark = pytest.mark.timeout(180)
@@ -56,28 +56,12 @@ const [seconds, done] = [arguments[0], arguments[arguments.length - 1]];
 
 @pytest.fixture(scope="module")
 def mic_browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[chromium.Browser]:
-    with pytest.MonkeyPatch.context() as patch:  # chromium.start takes its flags from this tuple
-        patch.setattr(chromium, "CHROMIUM_FLAGS", (*chromium.CHROMIUM_FLAGS, *FAKE_MEDIA))
-        try:
-            started = chromium.start(tmp_path_factory.mktemp("chromium-mic-profile"))
-        except chromium.ChromiumUnavailable as reason:
-            pytest.skip(str(reason))
-    try:
-        yield started
-    finally:
-        started.stop()
+    yield from started_browser(tmp_path_factory, "chromium-mic-profile", FAKE_MEDIA)
 
 
 @pytest.fixture
 def page(mic_browser: chromium.Browser, http_worker: Worker, request: pytest.FixtureRequest) -> Iterator[Page]:
-    opened = Page(mic_browser.driver, f"http://127.0.0.1:{http_worker.info['http_port']}", request.node.name)
-    opened.fresh()
-    try:
-        yield opened
-    finally:
-        report = getattr(request.node, "rep_call", None)
-        if report is not None and report.failed:
-            opened.screenshot("failure")
+    yield from opened_page(mic_browser, http_worker, request)
 
 
 def beep_pitch(samples: np.ndarray, rate: float) -> float:

@@ -565,10 +565,7 @@ defmodule Krait.Call do
     end
   end
 
-  ## Helpers
-
-  defp remaining(:infinity), do: :infinity
-  defp remaining(deadline), do: max(deadline - now(), 0)
+  defp remaining(deadline), do: Cursor.remaining(deadline)
 
   defp now, do: System.monotonic_time(:millisecond)
 end

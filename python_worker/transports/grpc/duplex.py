@@ -30,7 +30,7 @@ from ...engine.requests import Malformed
 from ...errors import CallError, InvalidArguments
 from ...proto import pb
 from ...wire import varint
-from .servicer import Context, _abort, _close_handle, _ended_by, _metadata, _outcome, _Stream, _swallow, _UnaryCall
+from .servicer import Context, _abort, _ended_by, _metadata, _outcome, _Stream, _swallow, _UnaryCall
 
 if TYPE_CHECKING:
     from .servicer import ToolWorkerServicer
@@ -162,30 +162,8 @@ class DuplexCall:
         self._put(_End(error))
 
     async def _stream(self, request: Any, exchange: Exchange) -> AsyncIterator[Any]:
-        context = self._context
-        call_context = contextvars.copy_context()  # the call's own (log fields, span): opened and pumped in it
-        opening = self._servicer._submit(
-            call_context.run,
-            _outcome,
-            functools.partial(self._engine.stream, request, _metadata(context), frame_large=True, exchange=exchange),
-        )
-        try:
-            handle, error = await asyncio.shield(opening)
-        except asyncio.CancelledError:
-            opening.add_done_callback(_close_handle)  # the caller went while the call was being accepted
-            raise
-        if error is not None:
-            await self._refuse(error)
-        stream = _Stream(self._servicer, handle, context, RPC, batched=True)
-        try:
-            await context.send_initial_metadata(())
-        except BaseException:
-            stream.finish()
-            raise
-        if stream.over:  # the RPC ended while the headers went out: the tool never starts
-            raise asyncio.CancelledError
-        handle.start()
-        self._servicer._track(stream.bridge.start(call_context))
+        # accepted, headers sent and started as ExecuteStreamingToolBatched does
+        stream = await self._servicer._open(request, self._context, RPC, batched=True, exchange=exchange)
         forward = asyncio.create_task(self._forward(stream))
         try:
             async for message in self._messages():

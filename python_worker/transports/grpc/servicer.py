@@ -34,6 +34,7 @@ from grpc import aio
 
 from ...engine import Engine, StreamHandle
 from ...engine.aio_bridge import ThreadToLoop
+from ...engine.exchange import Exchange
 from ...engine.requests import Malformed, deserializer
 from ...errors import CallError, InvalidArguments
 from ...proto import pb, pb_grpc
@@ -139,8 +140,11 @@ class ToolWorkerServicer(pb_grpc.ToolWorkerServicer):
         async for message in DuplexCall(self, context).run():
             yield message
 
-    async def _open(self, request: Any, context: Context, rpc: str, *, batched: bool) -> _Stream:
-        """Accept a streaming call, send the headers, start its tool; aborts the RPC when the call is refused."""
+    async def _open(
+        self, request: Any, context: Context, rpc: str, *, batched: bool, exchange: Exchange | None = None
+    ) -> _Stream:
+        """Accept a streaming call (with its ``exchange`` with the caller, for ExecuteToolDuplex), send the headers,
+        start its tool; aborts the RPC when the call is refused."""
         if isinstance(request, Malformed):
             await self.refuse_malformed(rpc, request, context)
         # the call's own context (log fields, span): opened in it, its batches pumped in it
@@ -148,7 +152,7 @@ class ToolWorkerServicer(pb_grpc.ToolWorkerServicer):
         opening = self._submit(
             call_context.run,
             _outcome,
-            functools.partial(self.engine.stream, request, _metadata(context), frame_large=batched),
+            functools.partial(self.engine.stream, request, _metadata(context), frame_large=batched, exchange=exchange),
         )
         try:
             handle, error = await asyncio.shield(opening)

@@ -479,8 +479,10 @@ defmodule Krait.Call.Cursor do
     end
   end
 
-  defp remaining(:infinity), do: :infinity
-  defp remaining(deadline), do: max(deadline - now(), 0)
+  @doc "Milliseconds left before `deadline` (monotonic ms, or `:infinity`), 0 once it has passed."
+  @spec remaining(integer() | :infinity) :: non_neg_integer() | :infinity
+  def remaining(:infinity), do: :infinity
+  def remaining(deadline), do: max(deadline - now(), 0)
 
   defp now, do: System.monotonic_time(:millisecond)
 end
