@@ -21,7 +21,7 @@ import contextlib
 import contextvars
 import functools
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 from grpc import aio
 
@@ -30,10 +30,7 @@ from ...engine.requests import Malformed
 from ...errors import CallError, InvalidArguments
 from ...proto import pb
 from ...wire import varint
-from .servicer import Context, _abort, _ended_by, _metadata, _outcome, _Stream, _swallow, _UnaryCall
-
-if TYPE_CHECKING:
-    from .servicer import ToolWorkerServicer
+from .calls import CallStream, Context, Host, UnaryCall, abort, call_metadata, ended_by, open_stream, outcome, swallow
 
 RPC = "ExecuteToolDuplex"
 # request headers a caller may send (see worker.proto)
@@ -62,7 +59,7 @@ class DuplexCall:
     """One ExecuteToolDuplex RPC; also the :class:`~python_worker.engine.exchange.Peer` its exchange reaches the
     caller through (:meth:`grant`, :meth:`handler_call`: thread-safe)."""
 
-    def __init__(self, servicer: ToolWorkerServicer, context: Context) -> None:
+    def __init__(self, servicer: Host, context: Context) -> None:
         self._servicer = servicer
         self._engine = servicer.engine
         self._context = context
@@ -133,20 +130,20 @@ class DuplexCall:
     async def _unary(self, request: Any, exchange: Exchange) -> AsyncIterator[Any]:
         # headers first, from the loop, before the call goes to its thread (as ExecuteTool)
         await self._context.send_initial_metadata(())
-        call = _UnaryCall()
+        call = UnaryCall()
         context = self._context
-        context.add_done_callback(lambda _ctx: call.ended(_ended_by(context)))  # type: ignore[arg-type]
+        context.add_done_callback(lambda _ctx: call.ended(ended_by(context)))  # type: ignore[arg-type]
         run = functools.partial(
-            self._engine.execute, request, _metadata(context), on_ready=call.ready, exchange=exchange
+            self._engine.execute, request, call_metadata(context), on_ready=call.ready, exchange=exchange
         )
-        work = self._servicer._submit(contextvars.copy_context().run, _outcome, run)
+        work = self._servicer._submit(contextvars.copy_context().run, outcome, run)
         work.add_done_callback(self._unary_done)
         try:
             async for message in self._messages():
                 yield message
         finally:
             if not work.done():
-                work.add_done_callback(_swallow)  # the RPC is over: the tool was told to stop
+                work.add_done_callback(swallow)  # the RPC is over: the tool was told to stop
 
     def _unary_done(self, work: asyncio.Future[Any]) -> None:
         # on the loop
@@ -163,7 +160,7 @@ class DuplexCall:
 
     async def _stream(self, request: Any, exchange: Exchange) -> AsyncIterator[Any]:
         # accepted, headers sent and started as ExecuteStreamingToolBatched does
-        stream = await self._servicer._open(request, self._context, RPC, batched=True, exchange=exchange)
+        stream = await open_stream(self._servicer, request, self._context, RPC, batched=True, exchange=exchange)
         forward = asyncio.create_task(self._forward(stream))
         try:
             async for message in self._messages():
@@ -172,7 +169,7 @@ class DuplexCall:
             forward.cancel()
             stream.finish()  # a no-op once the stream has ended; else stops the tool
 
-    async def _forward(self, stream: _Stream) -> None:
+    async def _forward(self, stream: CallStream) -> None:
         """The tool's batches into the outbox, one at a time (the next once the last one was written)."""
         try:
             while (batch := await stream.bridge.next()) is not None:
@@ -239,5 +236,5 @@ class DuplexCall:
 
     async def _refuse(self, error: BaseException) -> NoReturn:
         """End the RPC with the status that reports ``error``."""
-        await _abort(self._context, self._engine.status(error, RPC, self._tool))
+        await abort(self._context, self._engine.status(error, RPC, self._tool))
         raise AssertionError("abort raises")

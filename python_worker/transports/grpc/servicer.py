@@ -24,26 +24,31 @@ import asyncio
 import contextvars
 import functools
 import logging
-import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from typing import Any
 
 import grpc
 from grpc import aio
 
-from ...engine import Engine, StreamHandle
-from ...engine.aio_bridge import ThreadToLoop
+from ...engine import Engine
 from ...engine.exchange import Exchange
 from ...engine.requests import Malformed, deserializer
 from ...errors import CallError, InvalidArguments
 from ...proto import pb, pb_grpc
-from ...sdk import ToolContext
-from ...wire import encode_batch
+from .calls import (
+    CallStream,
+    Context,
+    UnaryCall,
+    abort,
+    call_metadata,
+    ended_by,
+    open_stream,
+    outcome,
+    swallow,
+)
 
 log = logging.getLogger("krait.worker")
-
-Context = aio.ServicerContext[Any, Any]
 
 
 class ToolWorkerServicer(pb_grpc.ToolWorkerServicer):
@@ -86,10 +91,10 @@ class ToolWorkerServicer(pb_grpc.ToolWorkerServicer):
         try:
             return await self._submit(call, request)
         except CallError as exc:
-            await _abort(context, self.engine.status(exc, rpc))
+            await abort(context, self.engine.status(exc, rpc))
 
     async def refuse_malformed(self, rpc: str, request: Malformed, context: Context) -> None:
-        await _abort(context, self.engine.status(InvalidArguments(request.reason), rpc))
+        await abort(context, self.engine.status(InvalidArguments(request.reason), rpc))
 
     # -- tool calls ---------------------------------------------------------------------------------------
     async def ExecuteTool(self, request: Any, context: Context) -> Any:
@@ -99,20 +104,20 @@ class ToolWorkerServicer(pb_grpc.ToolWorkerServicer):
         # clients need (one that saw none knows the call never started), without a thread waiting on the loop
         # for them (that round trip cost ~150 us a call); a refusal after them is still a status, as before
         await context.send_initial_metadata(())
-        call = _UnaryCall()
-        context.add_done_callback(lambda _ctx: call.ended(_ended_by(context)))  # type: ignore[arg-type]
-        run = functools.partial(self.engine.execute, request, _metadata(context), on_ready=call.ready)
+        call = UnaryCall()
+        context.add_done_callback(lambda _ctx: call.ended(ended_by(context)))  # type: ignore[arg-type]
+        run = functools.partial(self.engine.execute, request, call_metadata(context), on_ready=call.ready)
         # in a context of its own: the call's log fields and span stay with the call, not with the thread
-        work = self._submit(contextvars.copy_context().run, _outcome, run)
+        work = self._submit(contextvars.copy_context().run, outcome, run)
         try:
             # shielded: the RPC's cancellation must not orphan the thread's result (the done callback has
             # already told the tool to stop)
             response, error = await asyncio.shield(work)
         except asyncio.CancelledError:
-            work.add_done_callback(_swallow)
+            work.add_done_callback(swallow)
             raise
         if error is not None:
-            await _abort(context, self.engine.status(error, "ExecuteTool", request.tool_name))
+            await abort(context, self.engine.status(error, "ExecuteTool", request.tool_name))
         return response
 
     async def ExecuteStreamingTool(self, request: Any, context: Context) -> AsyncIterator[Any]:
@@ -142,169 +147,12 @@ class ToolWorkerServicer(pb_grpc.ToolWorkerServicer):
 
     async def _open(
         self, request: Any, context: Context, rpc: str, *, batched: bool, exchange: Exchange | None = None
-    ) -> _Stream:
+    ) -> CallStream:
         """Accept a streaming call (with its ``exchange`` with the caller, for ExecuteToolDuplex), send the headers,
         start its tool; aborts the RPC when the call is refused."""
         if isinstance(request, Malformed):
             await self.refuse_malformed(rpc, request, context)
-        # the call's own context (log fields, span): opened in it, its batches pumped in it
-        call_context = contextvars.copy_context()
-        opening = self._submit(
-            call_context.run,
-            _outcome,
-            functools.partial(self.engine.stream, request, _metadata(context), frame_large=batched, exchange=exchange),
-        )
-        try:
-            handle, error = await asyncio.shield(opening)
-        except asyncio.CancelledError:
-            # the caller went while the call was being accepted: close what the engine opened (its slot)
-            opening.add_done_callback(_close_handle)
-            raise
-        if error is not None:
-            await _abort(context, self.engine.status(error, rpc, request.tool_name))
-        stream = _Stream(self, handle, context, rpc, batched)
-        try:
-            await context.send_initial_metadata(())
-        except BaseException:
-            stream.finish()
-            raise
-        if stream.over:  # the RPC ended while the headers went out: the tool never starts
-            raise asyncio.CancelledError
-        handle.start()
-        self._track(stream.bridge.start(call_context))
-        return stream
-
-
-class _Stream:
-    """A streaming call between its engine and its RPC: :meth:`next` gives what to send (None at the end; the
-    tool's error aborts the RPC after its last chunk); :meth:`finish`, always, stops a tool whose RPC ended
-    first (client cancel or disconnect, deadline: whichever it was is the call's status)."""
-
-    def __init__(
-        self, servicer: ToolWorkerServicer, handle: StreamHandle, context: Context, rpc: str, batched: bool
-    ) -> None:
-        self._servicer = servicer
-        self._handle = handle
-        self._context = context
-        self._rpc = rpc
-        self.over = False
-        self.bridge: ThreadToLoop[Any] = ThreadToLoop(
-            functools.partial(_messages, handle, batched), servicer.executor, on_done=handle.close
-        )
-        # the RPC is over for any reason (also while its handler waits to send: a done callback is certain)
-        context.add_done_callback(lambda _ctx: self.finish())  # type: ignore[arg-type]  # stub: a class
-
-    async def next(self) -> Any:
-        try:
-            item = await self.bridge.next()
-        except Exception as exc:  # the tool's error, after its last chunk
-            self.over = True
-            request_tool = self._handle.ctx.tool_name
-            await _abort(self._context, self._servicer.engine.status(exc, self._rpc, request_tool))
-            raise AssertionError("abort raises") from None
-        if item is None:
-            self.over = True
-        return item
-
-    def finish(self) -> None:
-        if not self.over:
-            self.over = True
-            self._handle.cancel(_ended_by(self._context))
-            self.bridge.close()
-            if not self.bridge.started:
-                self._handle.close()
-
-
-class _UnaryCall:
-    """A unary call's link between its engine thread and its RPC: :meth:`ready` (on the thread, once the engine
-    has accepted the call) hooks up cancellation, or refuses to start a tool whose caller has already gone;
-    :meth:`ended` (on the loop, when the RPC is over for any reason) raises the tool's cancel flag."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._ctx: ToolContext | None = None
-        self._gone: str | None = None
-
-    def ready(self, ctx: ToolContext) -> None:
-        with self._lock:
-            self._ctx, gone = ctx, self._gone
-        if gone is not None:
-            ctx.cancel_event.set(gone)
-            raise CallError(f"{ctx.tool_name} was not started: its caller went", code=_code(gone))
-
-    def ended(self, reason: str) -> None:
-        with self._lock:
-            if self._gone is None:
-                self._gone = reason
-            ctx = self._ctx
-        if ctx is not None:
-            ctx.cancel_event.set(reason)
-
-
-def _code(reason: str) -> grpc.StatusCode:
-    return grpc.StatusCode.DEADLINE_EXCEEDED if reason == "DEADLINE_EXCEEDED" else grpc.StatusCode.CANCELLED
-
-
-def _messages(handle: StreamHandle, batched: bool) -> Iterator[Any]:
-    """What a stream sends, built on the pump's thread: per batch of ready chunks, one serialized batch message
-    (``batched``), or the list of its ``ToolChunk`` messages."""
-    batches = handle.batches(batched=True)
-    try:
-        for batch in batches:
-            if batched:
-                yield encode_batch(batch)
-            else:
-                yield [
-                    pb.ToolChunk(seq=seq, data=data, content_type=content_type, is_final=is_final, metadata=meta)
-                    for seq, data, content_type, is_final, meta in batch
-                ]
-    finally:
-        getattr(batches, "close", lambda: None)()  # a generator abandoned here ends its call as cancelled
-
-
-def _close_handle(opening: asyncio.Future[tuple[StreamHandle | None, Exception | None]]) -> None:
-    handle = None if opening.cancelled() or opening.exception() is not None else opening.result()[0]
-    if handle is not None:
-        handle.cancel()
-        handle.close()
-
-
-def _outcome(run: Callable[[], Any]) -> tuple[Any, Exception | None]:
-    """``run()``'s value or its exception, returned: raised through the executor, the exception's traceback
-    would carry concurrent.futures' frames above the tool's (the caller is shown the tool's code)."""
-    try:
-        return run(), None
-    except Exception as exc:
-        return None, exc
-
-
-def _swallow(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()  # retrieved: the RPC is over, nobody reads it
-
-
-async def _abort(context: Context, status: grpc.Status) -> None:
-    await context.abort(status.code, status.details, status.trailing_metadata)
-
-
-# A client whose deadline passes cancels the call itself (RST_STREAM), a little before the worker's own deadline
-# (which counts from when the headers arrived): a cancel this close to the deadline is the deadline's.
-DEADLINE_SLACK_S = 0.1
-
-
-def _ended_by(context: Context) -> str:
-    """Why an RPC that ended before its tool did was cut short: its deadline, or its client."""
-    remaining = context.time_remaining()
-    return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= DEADLINE_SLACK_S else "CANCELLED"
-
-
-def _metadata(context: Context) -> dict[str, str]:
-    # the token stays here: nothing after the front needs it
-    return {
-        key: value
-        for key, value in (context.invocation_metadata() or ())
-        if isinstance(value, str) and key != "authorization"
-    }
+        return await open_stream(self, request, context, rpc, batched=batched, exchange=exchange)
 
 
 def _serializer(method: str, response_type: Any) -> Callable[[Any], bytes] | None:
