@@ -25,6 +25,7 @@ from ..logs import CALL_ID_HEADER, CURRENT_CALL, CallInfo, call_ended, call_id_f
 from ..metrics import UNKNOWN_TOOL, WorkerMetrics, exposition
 from ..proto import pb
 from ..sdk import BaseAdapter, InputError, ToolContext, ToolSpec
+from . import aio_stream
 from .buffer import Cancelled, ChunkBuffer
 from .call import StreamingCall, prepare, run_unary
 from .exchange import Exchange
@@ -71,7 +72,10 @@ class StreamHandle:
         self._error: BaseException | None = None
 
     def start(self) -> None:
-        self.call.start()
+        if self.call.spec.is_async:
+            aio_stream.start(self.call)  # on the worker's event loop
+        else:
+            self.call.start()  # on a thread of its own
 
     def cancel(self, reason: str = "CANCELLED") -> None:
         """Stop the tool: its caller went (``"CANCELLED"``) or its deadline passed (``"DEADLINE_EXCEEDED"``)."""

@@ -16,17 +16,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .. import codec, tracing
 from ..errors import ProtocolViolation
 from ..wire import Chunk
 from . import aio_runner
 from .buffer import Cancelled
+from .call import StreamingCall
 from .exchange import check_input
-
-if TYPE_CHECKING:
-    from .call import StreamingCall
 
 log = logging.getLogger("krait.worker")
 

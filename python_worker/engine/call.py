@@ -225,12 +225,8 @@ class StreamingCall:
         self.thread = threading.Thread(target=context.run, args=(self._run,), name=f"tool-{spec.name}", daemon=True)
 
     def start(self) -> None:
-        if self.spec.is_async:
-            from . import aio_stream
-
-            aio_stream.start(self)
-        else:
-            self.thread.start()
+        """Start a sync generator tool on its own thread (an async one is started by :mod:`.aio_stream`)."""
+        self.thread.start()
 
     def cancel(self, reason: str = "CANCELLED") -> None:
         """The caller has gone (or its deadline passed: ``reason``): raise the flag and unblock the tool."""
