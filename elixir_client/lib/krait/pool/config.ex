@@ -100,8 +100,10 @@ defmodule Krait.Pool.Config do
       doc:
         "replace a worker once it passes any of these limits: `calls:` calls given, `age:` ms up, " <>
           "`rss_mb:` MiB resident (read each `:health_interval`), e.g. `[calls: 10_000, rss_mb: 2_000]`; " <>
-          "the replacement starts first, the old worker finishes its calls and ends its sessions " <>
-          "(see `Krait.Pool.Recycle`)"
+          "the replacement starts first, the old worker finishes its calls and ends its sessions; " <>
+          "one replacement starts at a time (a worker due meanwhile serves on until it is ready), " <>
+          "and each worker's `age:` is up to 10% shorter, at random, so workers started together " <>
+          "retire apart (see `Krait.Pool.Recycle`)"
     ],
     cluster: [
       type: :boolean,

@@ -3,12 +3,18 @@ defmodule Krait.Pool.Recycle do
   A pool's recycling policy (the pool option `recycle: [calls: n, age: ms, rss_mb: n]`, any subset)
   as pure data: when a worker is due to be replaced, and why.
 
-  A worker is due when it has been given `calls` calls, has been up for `age` ms, or its Python
-  process's resident memory (`VmRSS` in `/proc/PID/status`, read by `Krait.Worker` on each health
-  check, see `rss_mb/1`) reached `rss_mb` MiB. The first limit found, in that order, is the reason
-  reported in telemetry, metrics and stats.
+  A worker is due when it has been given `calls` calls, has been up for its age limit (`age` ms less
+  a random spread of up to 10%, drawn for each worker when it becomes ready: `age_limit/2`), or its
+  Python process's resident memory (`VmRSS` in `/proc/PID/status`, read by `Krait.Worker` on each
+  health check, see `rss_mb/1`) reached `rss_mb` MiB. The first limit found, in that order, is the
+  reason reported in telemetry, metrics and stats.
 
-  What the pool does (`Krait.Pool.Scheduler`): it starts the replacement first, in the same slot,
+  Recycling is staggered: the pool starts one replacement at a time, and a worker due while another
+  replacement is starting waits (serving on) until that one is ready, so workers started together
+  never retire together in a burst of Python starts; the age spread keeps their due times apart too.
+
+  What the pool does (`Krait.Pool.Scheduler`): it starts the replacement first (when no other
+  replacement is starting), in the same slot,
   while the worker goes on serving: when the worker is due, or a little before (`replace_now/4`:
   when its age or, at its rate so far, its calls will reach the limit within the time a start
   takes), so that the replacement is ready about when the limit is reached. Until then a due worker
@@ -32,14 +38,20 @@ defmodule Krait.Pool.Recycle do
           rss_mb: pos_integer() | nil
         }
 
-  @typedoc "What the policy looks at: calls given, when it became ready (ms), its last RSS (MiB)."
+  @typedoc """
+  What the policy looks at: calls given, when it became ready (ms), its last RSS (MiB), and its own
+  age limit (`age_limit/2`; the policy's `age` when absent or `nil`).
+  """
   @type facts :: %{
           required(:given) => non_neg_integer(),
           required(:ready_at) => integer() | nil,
-          optional(:rss_mb) => number() | nil
+          optional(:rss_mb) => number() | nil,
+          optional(:age_limit) => pos_integer() | nil
         }
 
   @keys [:calls, :age, :rss_mb]
+  # a worker's age limit is up to this fraction below the policy's `age`
+  @age_spread 0.1
 
   @doc "The reasons, in the order they are checked."
   @spec reasons() :: [reason()]
@@ -86,10 +98,11 @@ defmodule Krait.Pool.Recycle do
   def due(%__MODULE__{} = p, facts, now) do
     ready_at = facts[:ready_at]
     rss = facts[:rss_mb]
+    age = age(p, facts)
 
     cond do
       p.calls != nil and facts.given >= p.calls -> :calls
-      p.age != nil and ready_at != nil and now - ready_at >= p.age -> :age
+      age != nil and ready_at != nil and now - ready_at >= age -> :age
       p.rss_mb != nil and rss != nil and rss >= p.rss_mb -> :rss_mb
       true -> nil
     end
@@ -111,15 +124,31 @@ defmodule Krait.Pool.Recycle do
 
   defp soon(_p, %{ready_at: nil}, _now, _lead), do: nil
 
-  defp soon(p, %{given: given, ready_at: ready_at}, now, lead) do
+  defp soon(p, %{given: given, ready_at: ready_at} = facts, now, lead) do
     elapsed = max(now - ready_at, 1)
+    age = age(p, facts)
 
     cond do
       p.calls != nil and given > 0 and (p.calls - given) * elapsed / given <= lead -> :calls
-      p.age != nil and elapsed >= p.age - lead -> :age
+      age != nil and elapsed >= age - lead -> :age
       true -> nil
     end
   end
+
+  defp age(p, facts), do: Map.get(facts, :age_limit) || p.age
+
+  @doc """
+  A worker's own age limit: the policy's `age` less up to 10% (`x`, in `[0, 1)`, is where in that
+  spread; random by default), so that workers started together are not all due at once; `nil`
+  without an age limit.
+  """
+  @spec age_limit(t() | nil, float()) :: pos_integer() | nil
+  def age_limit(policy, x \\ :rand.uniform())
+
+  def age_limit(%__MODULE__{age: age}, x) when age != nil,
+    do: max(age - trunc(age * @age_spread * x), 1)
+
+  def age_limit(_policy, _x), do: nil
 
   @doc """
   How long before a worker's limit its replacement starts: 1.5 times `startup_ms` (the last measured
@@ -135,10 +164,12 @@ defmodule Krait.Pool.Recycle do
 
   @doc """
   Ms from a worker's `ready_at` to when its replacement should start for its age (`lead` ms before
-  the limit), for a timer; `nil` without an age limit.
+  the limit), for a timer: from the policy's `age` or a worker's own limit (`age_limit/2`); `nil`
+  without an age limit.
   """
-  @spec age_timer(t() | nil, non_neg_integer()) :: non_neg_integer() | nil
+  @spec age_timer(t() | pos_integer() | nil, non_neg_integer()) :: non_neg_integer() | nil
   def age_timer(%__MODULE__{age: age}, lead) when age != nil, do: max(age - lead, 0)
+  def age_timer(age, lead) when is_integer(age), do: max(age - lead, 0)
   def age_timer(_policy, _lead), do: nil
 
   @doc """

@@ -30,7 +30,9 @@ defmodule Krait.Pool.Scheduler do
       replacement started in its slot while it goes on serving; once the replacement is ready, the
       old worker is `:retiring` (no new calls; its session bindings dropped, so their next calls
       start afresh elsewhere; callers waiting for it go back to the general queue), and it is told
-      to stop once its last lease comes back. The slot keeps one ready worker throughout;
+      to stop once its last lease comes back. The slot keeps one ready worker throughout. One
+      replacement starts at a time: workers due meanwhile wait their turn in `recycle_queue`,
+      serving on;
     * with `cluster: true`, its place in the cluster (`Krait.Pool.Cluster`): callers of this node
       are sent to other nodes' idle workers and to the nodes that hold their sessions.
   """
@@ -181,6 +183,8 @@ defmodule Krait.Pool.Scheduler do
       dns_errors: [],
       # workers recycled so far, by reason
       recycled: Map.new(Recycle.reasons(), &{&1, 0}),
+      # workers due for recycling that wait for the replacement now starting (one at a time), in order
+      recycle_queue: [],
       # the last worker's start, spawn to ready (ms): how early a replacement starts
       startup_ms: 1_000
     }
@@ -296,7 +300,8 @@ defmodule Krait.Pool.Scheduler do
             grpc_port: Map.get(info, :grpc_port),
             http_port: Map.get(info, :http_port),
             os_pid: info.os_pid,
-            ready_at: now()
+            ready_at: now(),
+            age_limit: Recycle.age_limit(state.config.recycle)
         }
 
         state = put_in(state.workers[info.worker_id], w)
@@ -305,6 +310,8 @@ defmodule Krait.Pool.Scheduler do
         state = %{state | startup_ms: now() - w.spawned_at}
         state = if w.successor_of, do: hand_over_slot(state, info.worker_id), else: state
         schedule_age_check(state, info.worker_id)
+        # a replacement is ready: the next worker waiting for its turn gets one
+        state = next_recycle(state)
         # one serve per lease it can give: each hands it to a waiter or lists it as idle
         state =
           Enum.reduce(1..state.config.calls_per_worker, state, fn _, acc ->
@@ -415,9 +422,10 @@ defmodule Krait.Pool.Scheduler do
 
     # not yet (the start-up measure changed since the timer was set): look again later
     case state.workers[wid] do
-      %{recycle: nil, status: status, ready_at: ready_at} when status in [:idle, :busy] ->
+      %{recycle: nil, status: status, ready_at: ready_at, age_limit: age_limit}
+      when status in [:idle, :busy] and age_limit != nil ->
         lead = Recycle.lead(state.startup_ms)
-        left = Recycle.age_timer(state.config.recycle, lead) - (now() - ready_at)
+        left = Recycle.age_timer(age_limit, lead) - (now() - ready_at)
         Process.send_after(self(), {:recycle_check, wid}, max(left, 10))
 
       _ ->
@@ -427,10 +435,12 @@ defmodule Krait.Pool.Scheduler do
     {:noreply, state}
   end
 
+  # its turn first (it had it; it may have lost it to another while it waited)
   def handle_info({:recycle_retry, wid}, state) do
     case state.workers[wid] do
       %{recycle: reason, status: status} when reason != nil and status in [:idle, :busy] ->
-        {:noreply, start_successor(state, wid)}
+        queue = [wid | List.delete(state.recycle_queue, wid)]
+        {:noreply, next_recycle(%{state | recycle_queue: queue})}
 
       _ ->
         {:noreply, state}
@@ -831,6 +841,7 @@ defmodule Krait.Pool.Scheduler do
           spawned_at: now(),
           ready_at: nil,
           recycle: nil,
+          age_limit: nil,
           successor_of: successor_of,
           rss_mb: nil
         }
@@ -850,30 +861,58 @@ defmodule Krait.Pool.Scheduler do
   ## Recycling (the policy: Krait.Pool.Recycle)
 
   defp schedule_age_check(state, wid) do
-    case Recycle.age_timer(state.config.recycle, Recycle.lead(state.startup_ms)) do
+    case Recycle.age_timer(state.workers[wid].age_limit, Recycle.lead(state.startup_ms)) do
       nil -> :ok
       age -> Process.send_after(self(), {:recycle_check, wid}, age)
     end
   end
 
-  # Is the worker due? Then its replacement starts (the worker goes on serving meanwhile).
+  # Is the worker due? Then its replacement starts (the worker goes on serving meanwhile), or, while
+  # another replacement is starting, it waits its turn.
   defp check_recycle(%{config: %{recycle: nil}} = state, _wid), do: state
 
   defp check_recycle(state, wid) do
     with %{status: status, recycle: nil} = w when status in [:idle, :busy] <- state.workers[wid],
          lead = Recycle.lead(state.startup_ms),
          reason when reason != nil <- Recycle.replace_now(state.config.recycle, w, now(), lead) do
+      starting = replacement_starting(state)
+
       Logger.info(
         "Krait worker #{wid} is due for recycling (#{reason}; #{due_text(reason, w)}); " <>
-          "starting its replacement",
+          if(starting,
+            do: "its replacement starts once #{starting}'s is ready",
+            else: "starting its replacement"
+          ),
         worker_id: wid
       )
 
       Krait.Telemetry.worker_recycling(state.name, wid, reason, w.given, w.rss_mb)
       state = put_in(state.workers[wid].recycle, reason)
-      start_successor(state, wid)
+      next_recycle(%{state | recycle_queue: state.recycle_queue ++ [wid]})
     else
       _ -> state
+    end
+  end
+
+  # The worker whose replacement is starting (nil when none is): at most one at a time.
+  defp replacement_starting(state) do
+    Enum.find_value(state.workers, fn {_wid, w} -> w.successor_of end)
+  end
+
+  # Starts the replacement of the first worker in the queue still waiting for one, unless a
+  # replacement is starting already. Workers gone or replaced meanwhile leave the queue.
+  defp next_recycle(%{recycle_queue: []} = state), do: state
+
+  defp next_recycle(%{recycle_queue: [wid | rest]} = state) do
+    cond do
+      replacement_starting(state) != nil ->
+        state
+
+      match?(%{status: s, recycle: r} when s in [:idle, :busy] and r != nil, state.workers[wid]) ->
+        start_successor(%{state | recycle_queue: rest}, wid)
+
+      true ->
+        next_recycle(%{state | recycle_queue: rest})
     end
   end
 

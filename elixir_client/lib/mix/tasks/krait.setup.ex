@@ -12,7 +12,11 @@ defmodule Mix.Tasks.Krait.Setup do
     4. a `krait_app.pth` file in the venv that puts `priv/python` on the workers' import path, so
        adapters there (`mix krait.gen.adapter`) import as `"module:Class"` from any `:cwd`.
 
-  `uv` is used when it is on `PATH` (`uv venv`, `uv pip install`), `python -m venv` and `pip` otherwise.
+  `uv` is used when it is on `PATH` (`uv venv`, `uv pip install`), `python -m venv` and `pip` otherwise
+  (`--installer pip|uv` chooses); the first line of output says which. A venv made by uv has no
+  pip: a later run with pip puts it in first (`ensurepip`). With `--offline` and uv, the packages
+  must be in the venv itself (uv ignores `PYTHONPATH`), so `--installer pip` suits offline set-ups
+  that rely on packages outside it.
   Idempotent: what was installed is stamped in the venv (a hash of Krait's Python source, the
   requirements files and the options); a second run with nothing changed installs nothing.
 
@@ -23,6 +27,7 @@ defmodule Mix.Tasks.Krait.Setup do
       mix krait.setup --offline               # no package index: only what the environment already has
       mix krait.setup --system-site-packages  # the venv sees the interpreter's own packages
       mix krait.setup --krait-source PATH     # Krait's Python source elsewhere (a sparse git dependency)
+      mix krait.setup --installer pip         # pip even when uv is on PATH
 
   Then check it with `mix krait.doctor`.
   """
@@ -35,7 +40,8 @@ defmodule Mix.Tasks.Krait.Setup do
     force: :boolean,
     offline: :boolean,
     system_site_packages: :boolean,
-    krait_source: :string
+    krait_source: :string,
+    installer: :string
   ]
   @stamp ".krait-setup"
   @min_python {3, 11}
@@ -61,17 +67,21 @@ defmodule Mix.Tasks.Krait.Setup do
     if !opts[:force] and File.read(stamp_file) == {:ok, stamp} do
       Mix.shell().info("Krait's Python environment is up to date: #{venv}")
     else
-      tool = if System.find_executable("uv"), do: :uv, else: :pip
+      tool = installer(opts[:installer])
       make_venv(tool, venv, opts)
       python = Path.join(venv, "bin/python")
       check_version!(python)
+      if tool == :pip, do: ensure_pip(python)
       staged = stage(source, Path.join(Path.dirname(venv), "src"))
-      krait = if opts[:extras], do: "#{staged}[#{opts[:extras]}]", else: staged
-      install(tool, python, [krait], opts)
+      # folders are given as "." from inside them: pip reads a path holding ";" as a marker
+      krait = if opts[:extras], do: ".[#{opts[:extras]}]", else: "."
+
+      # Krait's version does not change with its source: reinstall it (pip always does for a folder)
+      install(tool, python, reinstall(tool) ++ [krait], opts, staged)
 
       Enum.each(requirements, fn
-        {:requirements, path} -> install(tool, python, ["-r", path], opts)
-        {:pyproject, dir} -> install(tool, python, ["-e", dir], opts)
+        {:requirements, path} -> install(tool, python, ["-r", path], opts, root)
+        {:pyproject, dir} -> install(tool, python, ["-e", "."], opts, dir)
       end)
 
       write_pth(python, Path.join(root, "priv/python"))
@@ -140,6 +150,42 @@ defmodule Mix.Tasks.Krait.Setup do
     dest
   end
 
+  # uv when it is on PATH, else pip; said before anything runs, so the output shows which one
+  defp installer(choice) when choice in [nil, "uv"] do
+    case System.find_executable("uv") do
+      nil when choice == "uv" ->
+        Mix.raise("krait.setup: --installer uv, but uv is not on PATH (see docs.astral.sh/uv)")
+
+      nil ->
+        Mix.shell().info("krait.setup: installing with pip (no uv on PATH)")
+        :pip
+
+      uv ->
+        Mix.shell().info("krait.setup: installing with uv (#{uv})")
+        {:uv, uv}
+    end
+  end
+
+  defp installer("pip") do
+    Mix.shell().info("krait.setup: installing with pip (--installer pip)")
+    :pip
+  end
+
+  defp installer(other),
+    do: Mix.raise("krait.setup: --installer must be uv or pip, got: #{inspect(other)}")
+
+  defp reinstall({:uv, _}), do: ["--reinstall-package", "krait"]
+  defp reinstall(:pip), do: []
+
+  # A venv made by uv has no pip: when uv is gone since, pip is put in from the interpreter's own
+  # copy (ensurepip, offline).
+  defp ensure_pip(python) do
+    case System.cmd(python, ["-c", "import pip"], stderr_to_stdout: true) do
+      {_, 0} -> :ok
+      _ -> cmd!(python, ["-m", "ensurepip", "--default-pip"])
+    end
+  end
+
   defp make_venv(tool, venv, opts) do
     if File.regular?(Path.join(venv, "bin/python")) do
       :ok
@@ -149,21 +195,22 @@ defmodule Mix.Tasks.Krait.Setup do
       site = if opts[:system_site_packages], do: ["--system-site-packages"], else: []
 
       case tool do
-        :uv -> cmd!("uv", ["venv", "--python", base] ++ site ++ [venv])
+        {:uv, uv} -> cmd!(uv, ["venv", "--python", base] ++ site ++ [venv])
         :pip -> cmd!(find!(base), ["-m", "venv"] ++ site ++ [venv])
       end
     end
   end
 
-  defp install(:uv, python, what, opts),
-    do: cmd!("uv", ["pip", "install", "--python", python] ++ offline(opts) ++ what)
+  defp install({:uv, uv}, python, what, opts, dir),
+    do: cmd!(uv, ["pip", "install", "--python", python] ++ offline(opts) ++ what, dir)
 
-  defp install(:pip, python, what, opts),
+  defp install(:pip, python, what, opts, dir),
     do:
       cmd!(
         python,
         ["-m", "pip", "install", "--disable-pip-version-check", "--quiet"] ++
-          offline(opts) ++ what
+          offline(opts) ++ what,
+        dir
       )
 
   # Offline: no index; builds use the packages already installed (setuptools, grpcio-tools).
@@ -195,10 +242,15 @@ defmodule Mix.Tasks.Krait.Setup do
       Mix.raise("krait.setup: #{name} was not found on PATH; give --python /path/to/python3")
   end
 
-  defp cmd!(exe, args) do
-    Mix.shell().info("* #{Path.basename(exe)} #{Enum.join(args, " ")}")
+  defp cmd!(exe, args, dir \\ File.cwd!()) do
+    where = if dir == File.cwd!(), do: "", else: " (in #{dir})"
+    Mix.shell().info("* #{Path.basename(exe)} #{Enum.join(args, " ")}#{where}")
 
-    case System.cmd(exe, args, stderr_to_stdout: true, into: IO.stream(:stdio, :line)) do
+    case System.cmd(exe, args,
+           cd: dir,
+           stderr_to_stdout: true,
+           into: IO.stream(:stdio, :line)
+         ) do
       {_, 0} ->
         :ok
 

@@ -64,6 +64,29 @@ defmodule Krait.Pool.RecyclePolicyTest do
     assert Recycle.age_timer(%Recycle{calls: 3}, 650) == nil
   end
 
+  test "age_limit/2: each worker's age is the policy's less up to 10%, drawn at random" do
+    {:ok, p} = Recycle.new(age: 10_000)
+    assert Recycle.age_limit(p, 0.0) == 10_000
+    assert Recycle.age_limit(p, 0.5) == 9_500
+    assert Recycle.age_limit(p, 0.9999) == 9_001
+    assert Recycle.age_limit(nil, 0.5) == nil
+    assert Recycle.age_limit(%Recycle{calls: 3}) == nil
+
+    drawn = for _ <- 1..200, do: Recycle.age_limit(p)
+    assert Enum.all?(drawn, &(&1 in 9_001..10_000))
+    # spread out, not one value
+    assert length(Enum.uniq(drawn)) > 50
+    assert Recycle.age_limit(%Recycle{age: 1}, 0.99) == 1
+
+    # a worker's own limit is the one due/3, replace_now/4 and age_timer/2 go by
+    facts = %{given: 0, ready_at: 0, age_limit: 9_500}
+    assert Recycle.due(p, facts, 9_499) == nil
+    assert Recycle.due(p, facts, 9_500) == :age
+    assert Recycle.replace_now(p, facts, 9_500 - 650, 650) == :age
+    assert Recycle.replace_now(p, facts, 9_500 - 651, 650) == nil
+    assert Recycle.age_timer(9_500, 650) == 8_850
+  end
+
   test "rss_mb/1 reads VmRSS in kB as MiB; this process's own status has one" do
     status = "Name:\tpython\nVmPeak:\t  999999 kB\nVmRSS:\t  204800 kB\nRssAnon:\t 1 kB\n"
     assert Recycle.rss_mb(status) == 200.0

@@ -200,6 +200,95 @@ defmodule Krait.Pool.RecycleTest do
     assert Krait.Pool.stats(pool).recycled.age >= 1
   end
 
+  # Samples the pool's stats until told to stop: the fewest ready workers, the most replacements
+  # starting at once, whether a worker was seen waiting its turn (due, no replacement yet), and which
+  # workers had a replacement.
+  defp watch_replacements(pool) do
+    parent = self()
+
+    spawn_link(fn ->
+      loop = fn loop, acc ->
+        receive do
+          :stop -> send(parent, {:replacements, acc})
+        after
+          2 ->
+            %{ready: ready, workers: workers} = Krait.Pool.stats(pool)
+            starting = Enum.filter(workers, & &1.replacement)
+            waiting = Enum.any?(workers, &(&1.recycle != nil and &1.replacement == nil))
+
+            loop.(loop, %{
+              acc
+              | low: min(acc.low, ready),
+                most: max(acc.most, length(starting)),
+                waited: acc.waited or waiting,
+                replaced: Enum.reduce(starting, acc.replaced, &MapSet.put(&2, &1.id)),
+                samples: acc.samples + 1
+            })
+        end
+      end
+
+      loop.(loop, %{low: :infinity, most: 0, waited: false, replaced: MapSet.new(), samples: 0})
+    end)
+  end
+
+  # Calls `nap` in a loop until told to stop; sends back its results.
+  defp steady_caller(pool) do
+    parent = self()
+
+    spawn_link(fn ->
+      loop = fn loop, acc ->
+        receive do
+          :stop -> send(parent, {:calls, self(), Enum.reverse(acc)})
+        after
+          0 ->
+            r = Krait.execute("nap", %{seconds: 0.01}, pool: pool, timeout: 30_000)
+            loop.(loop, [r | acc])
+        end
+      end
+
+      loop.(loop, [])
+    end)
+  end
+
+  test "age: workers started together are replaced one at a time; calls go on, capacity holds",
+       %{log: log} do
+    Krait.Telemetry.subscribe()
+    pool = recycle_pool!(log, size: 3, recycle: [age: 2_000])
+    originals = Enum.map(Krait.Pool.stats(pool).workers, & &1.id)
+    assert length(originals) == 3
+    watcher = watch_replacements(pool)
+    callers = for _ <- 1..3, do: steady_caller(pool)
+
+    # all three reach their age about together, and are all replaced in turn
+    for id <- originals do
+      assert_receive {:krait_event, [:krait, :worker, :recycled], _,
+                      %{worker_id: ^id, reason: :age}},
+                     60_000
+    end
+
+    results =
+      for pid <- callers do
+        send(pid, :stop)
+        assert_receive {:calls, ^pid, calls}, 35_000
+        calls
+      end
+      |> List.flatten()
+
+    send(watcher, :stop)
+    assert_receive {:replacements, seen}, 5_000
+
+    assert length(results) > 30
+    assert [] = Enum.reject(results, &match?({:ok, _}, &1))
+    assert seen.samples > 50
+    # never two replacements starting at once, and one did wait for another's
+    assert seen.most == 1
+    assert seen.waited
+    assert MapSet.subset?(MapSet.new(originals), seen.replaced)
+    # capacity never dipped
+    assert seen.low == 3, "ready dipped to #{seen.low} during recycling"
+    assert Krait.Pool.stats(pool).recycled.age >= 3
+  end
+
   test "rss_mb: a worker that grows past the limit is replaced on a health tick", %{log: log} do
     Krait.Telemetry.subscribe()
     pool = recycle_pool!(log, size: 1, recycle: [rss_mb: 250], health_interval: 200)
