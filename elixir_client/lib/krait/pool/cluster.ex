@@ -16,7 +16,9 @@ defmodule Krait.Pool.Cluster do
   rules (`:hint`, `:strict_queue` waiting there, `:strict_fail_fast`) as it would for its own
   callers. Each node remembers which node serves the sessions its callers used elsewhere: when that
   node is down, a strict call gets `:session_worker_unavailable` (as when a local session's worker
-  dies) and a `:hint` call starts the session afresh.
+  dies) and a `:hint` call starts the session afresh. A session's first call finds an idle worker
+  anywhere in the cluster, whatever its affinity: `:strict_fail_fast` answers `:worker_busy` only
+  when every node's workers are busy.
   """
 
   @scope __MODULE__

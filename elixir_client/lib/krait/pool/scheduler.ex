@@ -238,6 +238,22 @@ defmodule Krait.Pool.Scheduler do
         Process.demonitor(ref, [:flush])
         {:reply, {:error, {:no_idle_here, state.name}}, state}
 
+      # a :strict_fail_fast first call finds every worker here busy: the caller asks the other nodes
+      # for an idle one, as for a call that would queue; busy everywhere, it fails fast
+      {:error, :all_busy, state} ->
+        Process.demonitor(ref, [:flush])
+
+        cond do
+          mode == :idle_only ->
+            {:reply, {:error, :no_idle}, state}
+
+          mode in [:try, :first] and state.config.cluster ->
+            {:reply, {:error, {:no_idle_here, state.name}}, state}
+
+          true ->
+            {:reply, {:error, :worker_busy}, state}
+        end
+
       {:enqueue, queue, state} ->
         enqueue(state, req, queue)
 
@@ -507,8 +523,9 @@ defmodule Krait.Pool.Scheduler do
 
   defp first_call(req, state) do
     case pick_idle(state) do
+      # every worker of this node is busy: in a cluster another node's may not be (see handle_call)
       nil when req.affinity == :strict_fail_fast and state.failing == nil ->
-        {:error, :worker_busy, state}
+        {:error, :all_busy, state}
 
       nil ->
         unavailable_or_enqueue(state)

@@ -163,6 +163,17 @@ defmodule Krait.Pool.ClusterTest do
     holder = hold(a)
     eventually(fn -> stats(a).busy == 1 end)
     assert {:ok, %{"count" => 1, "worker_id" => wid}} = count.(a, [])
+
+    # so does a :strict_fail_fast first call: "busy" means every worker of the cluster, not of A
+    assert {:ok, %{"count" => 1, "session_id" => "s-fast"}} =
+             :peer.call(a, Krait, :execute, [
+               "session_counter",
+               %{},
+               [session_id: "s-fast", affinity: :strict_fail_fast, timeout: 10_000]
+             ])
+
+    :ok = :peer.call(a, Krait, :end_session, ["s-fast"])
+
     true = :peer.call(a, Process, :exit, [holder, :kill])
     eventually(fn -> stats(a).busy == 0 end)
 
