@@ -53,6 +53,10 @@ AsyncHandler = Callable[[Any], Any | Awaitable[Any]]
 AsyncInput = Iterable[Any] | AsyncIterable[Any]
 
 
+# How much longer than the worker's timeout for a handler call an async handler may run before it is cancelled.
+HANDLER_TIMEOUT_MARGIN_S = 1.0
+
+
 class _AsyncDuplex:
     """One ExecuteToolDuplex call of :class:`AsyncClient`: a writer task sends the queued requests in order (the
     start, input batches, the input's end, handler replies), an input task pulls the caller's (async) iterable
@@ -149,7 +153,9 @@ class _AsyncDuplex:
             try:
                 value = handler(handler_args(call))
                 if inspect.isawaitable(value):
-                    timeout = call.timeout_ms / 1000 if call.timeout_ms else None
+                    # the worker's own timeout answers the tool; this one, a little later, only stops a handler
+                    # the call has left behind (a reply crossing the call's end is what gRPC reports as INTERNAL)
+                    timeout = call.timeout_ms / 1000 + HANDLER_TIMEOUT_MARGIN_S if call.timeout_ms else None
                     value = await asyncio.wait_for(value, timeout)
                 reply = handler_value(call, value)
             except TimeoutError:
@@ -189,6 +195,7 @@ class _AsyncDuplex:
             elif kind == "handler_call":
                 self._spawn(self._run_handler(message.handler_call))
             elif kind == "result":
+                self.finish()  # the call's last message: nothing more is written (a late handler reply)
                 return message.result
 
     def finish(self) -> None:

@@ -96,6 +96,14 @@ defmodule Krait.Pool.ClusterTest do
     assert stats(a).queue_length == 0
     eventually(fn -> calls(b) + calls(c) == before + 1 end)
 
+    # so does a session's :strict_fail_fast first call: "busy" means every worker of the cluster, not A's
+    assert {:ok, %{"count" => 1, "session_id" => "s-fast"}} =
+             :peer.call(a, Krait, :execute, [
+               "session_counter",
+               %{},
+               [session_id: "s-fast", affinity: :strict_fail_fast, timeout: 10_000]
+             ])
+
     # Krait.stream/3 from A runs on another node: the chunks in order, then the final one
     stream = Krait.stream("stream_numbers", %{count: 50}, [])
 
@@ -163,16 +171,6 @@ defmodule Krait.Pool.ClusterTest do
     holder = hold(a)
     eventually(fn -> stats(a).busy == 1 end)
     assert {:ok, %{"count" => 1, "worker_id" => wid}} = count.(a, [])
-
-    # so does a :strict_fail_fast first call: "busy" means every worker of the cluster, not of A
-    assert {:ok, %{"count" => 1, "session_id" => "s-fast"}} =
-             :peer.call(a, Krait, :execute, [
-               "session_counter",
-               %{},
-               [session_id: "s-fast", affinity: :strict_fail_fast, timeout: 10_000]
-             ])
-
-    :ok = :peer.call(a, Krait, :end_session, ["s-fast"])
 
     true = :peer.call(a, Process, :exit, [holder, :kill])
     eventually(fn -> stats(a).busy == 0 end)
