@@ -41,6 +41,25 @@ defmodule Krait.Test.FakeH2Server do
     {server, params, early}
   end
 
+  @doc """
+  Starts a `Krait.GRPC.Connection` (under the calling test's supervisor, `conn_opts` added) to a fresh
+  fake server whose SETTINGS (`settings`) are in force. Returns the connection, the server's socket,
+  and the client's SETTINGS with the frames it sent before acknowledging ours.
+  """
+  def pair(settings \\ [], conn_opts \\ []) do
+    {listener, port} = listen()
+    spec = {Krait.GRPC.Connection, Keyword.put(conn_opts, :port, port)}
+
+    conn =
+      ExUnit.Callbacks.start_supervised!(
+        Supervisor.child_spec(spec, id: make_ref(), restart: :temporary)
+      )
+
+    {server, client_settings, early} = accept(listener, settings)
+    :gen_tcp.close(listener)
+    {conn, server, {client_settings, early}}
+  end
+
   @doc "Writes frames (tuples as `Krait.GRPC.Frame.encode/1` takes them, or raw binaries)."
   @spec send_frames(t, [Frame.t() | binary]) :: :ok
   def send_frames(server, frames) do

@@ -15,14 +15,7 @@ defmodule Krait.GRPC.ConnectionProtocolTest do
 
   # Starts a connection to a fresh fake server whose SETTINGS (`settings`) are in force.
   # Returns the client's SETTINGS and the frames it sent before acknowledging ours.
-  defp setup_pair(settings \\ [], conn_opts \\ []) do
-    {listener, port} = Server.listen()
-    spec = {Connection, Keyword.put(conn_opts, :port, port)}
-    conn = start_supervised!(Supervisor.child_spec(spec, id: make_ref(), restart: :temporary))
-    {server, client_settings, early} = Server.accept(listener, settings)
-    :gen_tcp.close(listener)
-    {conn, server, {client_settings, early}}
-  end
+  defp setup_pair(settings \\ [], conn_opts \\ []), do: Server.pair(settings, conn_opts)
 
   defp async_unary(conn, body \\ "req", opts \\ []) do
     Task.async(fn -> Connection.unary(conn, @path, body, opts) end)

@@ -83,11 +83,7 @@ defmodule Krait.GRPC.DuplexProtocolTest do
   @path "/krait.v1.ToolWorker/ExecuteToolDuplex"
 
   defp setup_pair(settings \\ [], conn_opts \\ []) do
-    {listener, port} = Server.listen()
-    spec = {Connection, Keyword.put(conn_opts, :port, port)}
-    conn = start_supervised!(Supervisor.child_spec(spec, id: make_ref(), restart: :temporary))
-    {server, _client_settings, _early} = Server.accept(listener, settings)
-    :gen_tcp.close(listener)
+    {conn, server, _client} = Server.pair(settings, conn_opts)
     {conn, server}
   end
 
