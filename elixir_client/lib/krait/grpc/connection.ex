@@ -9,8 +9,9 @@ defmodule Krait.GRPC.Connection do
   follows Mint: `Krait.GRPC.Frame` (frame codec), `Krait.GRPC.HPACK` and
   `Krait.GRPC.Huffman` (header compression), `Krait.GRPC.MessageBuffer` (gRPC message
   reassembly), `Krait.GRPC.Stream` (per-call state and flow control),
-  `Krait.GRPC.Metadata` (gRPC header conventions) and this module (the socket, the
-  connection state machine and the API).
+  `Krait.GRPC.Metadata` (gRPC header conventions), `Krait.GRPC.H2` (the connection's
+  HTTP/2 state as plain data: frames in, messages and frames out) and this module (the
+  process owning the socket, callers' monitors and deadlines, and the API).
 
   ## Calls
 
@@ -73,31 +74,10 @@ defmodule Krait.GRPC.Connection do
   request that does not fit waits for WINDOW_UPDATEs.
   """
 
-  use GenServer
-
+  @behaviour :gen_statem
   @behaviour Krait.Channel
 
-  alias Krait.GRPC.{Duplex, Error, Frame, HPACK, Metadata, Stream}
-
-  # SETTINGS identifiers (RFC 9113 6.5.2).
-  @header_table_size 0x1
-  @enable_push 0x2
-  @max_concurrent_streams 0x3
-  @initial_window_size 0x4
-  @max_frame_size 0x5
-
-  # Error codes (RFC 9113 7).
-  @no_error 0x0
-  @protocol_error 0x1
-  @flow_control_error 0x3
-  @frame_size_error 0x6
-  @cancel 0x8
-  @compression_error 0x9
-
-  @default_window 65_535
-  @max_window 2_147_483_647
-  @max_stream_id 2_147_483_647
-  @our_header_table_size 4096
+  alias Krait.GRPC.{Duplex, Error, H2, Metadata}
 
   # Local deadline: the server reports DEADLINE_EXCEEDED itself; this margin lets its
   # answer arrive first, and the call's own timeout adds a little more on top.
@@ -105,35 +85,10 @@ defmodule Krait.GRPC.Connection do
   @call_slack 1000
   # Sockets re-armed every @active_n packets: bounded mailbox, few setopts calls.
   @active_n 100
-  @user_agent "grpc-elixir-krait/0.1.0"
 
-  defstruct [
-    :socket,
-    :authority,
-    transport: :gen_tcp,
-    scheme: "http",
-    # headers sent on every call (the token's `authorization`)
-    headers: [],
-    buffer: <<>>,
-    encoder: nil,
-    decoder: nil,
-    next_id: 1,
-    streams: %{},
-    refs: %{},
-    monitors: %{},
-    continuation: nil,
-    peer_max_frame_size: 16_384,
-    peer_initial_window: @default_window,
-    peer_max_streams: :infinity,
-    send_window: @default_window,
-    recv_window: @default_window,
-    recv_unreturned: 0,
-    window_size: 4_194_304,
-    connection_window_size: 16_777_216,
-    max_frame_size: 16_384,
-    goaway: nil,
-    out: []
-  ]
+  @doc false
+  @spec child_spec(keyword) :: Supervisor.child_spec()
+  def child_spec(opts), do: %{id: __MODULE__, start: {__MODULE__, :start_link, [opts]}}
 
   @typedoc "A connection: its pid or registered name."
   @type conn :: GenServer.server()
@@ -355,18 +310,18 @@ defmodule Krait.GRPC.Connection do
     end
   end
 
-  defp enter_loop(state, nil), do: :gen_server.enter_loop(__MODULE__, [], state)
+  defp enter_loop(h2, nil), do: :gen_statem.enter_loop(__MODULE__, [], :connected, h2)
 
-  defp enter_loop(state, name) when is_atom(name),
-    do: :gen_server.enter_loop(__MODULE__, [], state, {:local, name})
+  defp enter_loop(h2, name) when is_atom(name),
+    do: :gen_statem.enter_loop(__MODULE__, [], :connected, h2, {:local, name})
 
-  defp enter_loop(state, name), do: :gen_server.enter_loop(__MODULE__, [], state, name)
+  defp enter_loop(h2, name), do: :gen_statem.enter_loop(__MODULE__, [], :connected, h2, name)
 
-  @impl true
+  @impl :gen_statem
   @doc false
   def init(opts) do
     case connect(opts) do
-      {:ok, state} -> {:ok, state}
+      {:ok, h2} -> {:ok, :connected, h2}
       {:error, reason} -> {:stop, reason}
     end
   end
@@ -382,39 +337,24 @@ defmodule Krait.GRPC.Connection do
     tls = Keyword.get(opts, :tls, false)
 
     with {:ok, socket, transport} <- open_socket(address, port, socket_opts, tls, timeout) do
-      state = %__MODULE__{
-        socket: socket,
-        transport: transport,
-        scheme: if(transport == :ssl, do: "https", else: "http"),
-        headers: call_headers(Keyword.get(opts, :metadata, %{})),
-        authority: authority,
-        encoder: HPACK.new(@our_header_table_size),
-        decoder: HPACK.new(@our_header_table_size),
-        window_size: opts[:initial_window_size] || 4_194_304,
-        connection_window_size: opts[:connection_window_size] || 16_777_216,
-        max_frame_size: opts[:max_frame_size] || 16_384
-      }
-
-      settings =
-        Frame.encode(
-          {:settings, false,
-           [
-             {@enable_push, 0},
-             {@initial_window_size, state.window_size},
-             {@max_frame_size, state.max_frame_size}
-           ]}
+      h2 =
+        H2.new(
+          socket: socket,
+          transport: transport,
+          scheme: if(transport == :ssl, do: "https", else: "http"),
+          metadata: Keyword.get(opts, :metadata, %{}),
+          authority: authority,
+          initial_window_size: opts[:initial_window_size],
+          connection_window_size: opts[:connection_window_size],
+          max_frame_size: opts[:max_frame_size]
         )
 
-      # Raise the connection window from the default 65535 in the same write.
-      raise_by = state.connection_window_size - @default_window
-      window_update = if raise_by > 0, do: Frame.encode({:window_update, 0, raise_by}), else: []
-
-      with :ok <- sock_send(state, [Frame.preface(), settings, window_update]),
-           :ok <- sock_setopts(state, active: @active_n) do
-        {:ok, %{state | recv_window: max(state.connection_window_size, @default_window)}}
+      with :ok <- sock_send(h2, H2.preface(h2)),
+           :ok <- sock_setopts(h2, active: @active_n) do
+        {:ok, h2}
       else
         {:error, reason} ->
-          sock_close(state)
+          sock_close(h2)
           {:error, reason}
       end
     end
@@ -495,13 +435,6 @@ defmodule Krait.GRPC.Connection do
     Keyword.merge(defaults, user)
   end
 
-  defp call_headers(metadata) do
-    Enum.map(metadata, fn
-      {"authorization" = k, v} -> {k, v, :never_store}
-      {k, v} -> {to_string(k), v}
-    end)
-  end
-
   defp sock_send(%{transport: :ssl, socket: s}, data), do: :ssl.send(s, data)
   defp sock_send(%{socket: s}, data), do: :gen_tcp.send(s, data)
   defp sock_setopts(%{transport: :ssl, socket: s}, opts), do: :ssl.setopts(s, opts)
@@ -509,668 +442,234 @@ defmodule Krait.GRPC.Connection do
   defp sock_close(%{transport: :ssl, socket: s}), do: :ssl.close(s)
   defp sock_close(%{socket: s}), do: :gen_tcp.close(s)
 
-  ## Callbacks
+  ## States
+  #
+  # `connected`: calls open and run. `draining`: a GOAWAY was received; new calls are refused,
+  # those the server accepted finish, and the process stops with `{:shutdown, :goaway}` once the
+  # last one has. The data is the `Krait.GRPC.H2` struct (which also keeps the socket): every
+  # event goes through one of its functions, and the actions it returns are performed here.
 
-  @impl true
-  def handle_call({:open, kind, path, body, timeout, metadata, call}, from, state) do
-    cond do
-      state.goaway != nil ->
-        {:reply, {:error, Error.unprocessed("connection is going away (GOAWAY received)")}, state}
+  @impl :gen_statem
+  @doc false
+  def callback_mode, do: :state_functions
 
-      state.next_id > @max_stream_id ->
-        {:reply, {:error, Error.unprocessed("stream ids exhausted on this connection")}, state}
+  @doc false
+  def connected({:call, from}, {:open, kind, path, body, timeout, metadata, call}, h2) do
+    case H2.refusal(h2) do
+      %Error{} = error ->
+        {:keep_state_and_data, [{:reply, from, {:error, error}}]}
 
-      state.peer_max_streams != :infinity and map_size(state.streams) >= state.peer_max_streams ->
-        {:reply, {:error, Error.unprocessed("server's concurrent stream limit reached")}, state}
-
-      # The server has closed the connection but that is still in the mailbox: nothing is sent.
-      closed?(state.socket) ->
-        {:reply, {:error, Error.unprocessed("connection closed by the server")}, state}
-
-      true ->
-        {ref, state} = open_stream(state, kind, path, body, timeout, metadata, call, from)
-
-        case kind do
-          :stream -> reply_and_flush({:ok, ref}, state)
-          :unary -> noreply_and_flush(state)
+      nil ->
+        # The server has closed the connection but that is still in the mailbox: nothing is sent.
+        if closed?(h2.socket) do
+          error = Error.unprocessed("connection closed by the server")
+          {:keep_state_and_data, [{:reply, from, {:error, error}}]}
+        else
+          open(
+            h2,
+            from,
+            Map.merge(call, %{
+              kind: kind,
+              path: path,
+              body: body,
+              timeout: timeout,
+              metadata: metadata
+            })
+          )
         end
     end
   end
 
-  def handle_call({:cancel, ref}, _from, state) do
-    state =
-      case lookup_ref(state, ref) do
-        nil -> state
-        stream -> close_stream(state, stream, :silent, rst: @cancel)
-      end
+  def connected(type, event, h2), do: handle_event(type, event, h2)
 
-    reply_and_flush(:ok, state) |> maybe_stop_after_goaway()
-  end
+  @doc false
+  def draining({:call, from}, {:open, _, _, _, _, _, _}, h2),
+    do: {:keep_state_and_data, [{:reply, from, {:error, H2.refusal(h2)}}]}
 
-  def handle_call(:close, _from, state) do
-    state = emit(state, {:goaway, 0, @no_error, "closing"})
-    state = fail_all(state, Error.unavailable("connection closed by the client"))
-    flush(state)
-    sock_close(state)
-    {:stop, :normal, :ok, state}
-  end
+  def draining(type, event, h2), do: handle_event(type, event, h2)
 
-  @impl true
-  def handle_cast({:ack, ref, bytes}, state) do
-    case lookup_ref(state, ref) do
-      nil -> {:noreply, state}
-      stream -> noreply_and_flush(window_update(state, Stream.ack(stream, bytes)))
+  defp open(h2, from, call) do
+    ref = make_ref()
+
+    timer =
+      call.timeout &&
+        Process.send_after(self(), {:deadline, ref}, call.timeout + @deadline_margin)
+
+    call =
+      Map.merge(call, %{ref: ref, monitor: Process.monitor(call.owner), timer: timer, from: from})
+
+    {h2, actions} = H2.open(h2, call)
+
+    case call.kind do
+      :stream -> after_event(actions, h2, {from, {:ok, ref}})
+      :unary -> after_event(actions, h2, nil)
     end
+  end
+
+  # Events handled alike in both states.
+  defp handle_event({:call, from}, {:cancel, ref}, h2) do
+    {h2, actions} = H2.cancel(h2, ref)
+    after_event(actions, h2, {from, :ok})
+  end
+
+  defp handle_event({:call, from}, :close, h2) do
+    {h2, actions} = H2.close(h2)
+    _ = perform(actions, h2)
+    sock_close(h2)
+    {:stop_and_reply, :normal, [{:reply, from, :ok}], h2}
+  end
+
+  defp handle_event(:cast, {:ack, ref, bytes}, h2) do
+    {h2, actions} = H2.ack(h2, ref, bytes)
+    after_event(actions, h2, nil)
   end
 
   # A message of a duplex call's request side (input, end of input, handler reply).
-  def handle_cast({:send, ref, parts}, state) do
-    case lookup_ref(state, ref) do
-      %Stream{duplex: true} = stream ->
-        stream = Stream.enqueue(stream, parts)
-        state = %{state | streams: Map.put(state.streams, stream.id, stream)}
-        noreply_and_flush(send_pending(state, stream.id))
+  defp handle_event(:cast, {:send, ref, parts}, h2) do
+    {h2, actions} = H2.send_request(h2, ref, parts)
+    after_event(actions, h2, nil)
+  end
 
-      # The call is over, or is not a duplex call.
-      _ ->
-        {:noreply, state}
+  defp handle_event(:info, {tag, socket, data}, %{socket: socket} = h2)
+       when tag in [:tcp, :ssl] do
+    case H2.receive_bytes(h2, data) do
+      {:ok, h2, actions} ->
+        after_event(actions, h2, nil)
+
+      {:error, reason, h2, actions} ->
+        # Written if it can be: the connection is over either way.
+        _ = perform(actions, h2)
+        {:stop, {:shutdown, {:protocol_error, reason}}, h2}
     end
   end
 
-  @impl true
-  def handle_info({tag, socket, data}, %{socket: socket} = state) when tag in [:tcp, :ssl] do
-    case receive_bytes(state, data) do
-      {:ok, state} -> noreply_and_flush(state) |> maybe_stop_after_goaway()
-      {:error, code, reason, state} -> connection_error(state, code, reason)
-    end
-  end
-
-  def handle_info({tag, socket}, %{socket: socket} = state)
-      when tag in [:tcp_passive, :ssl_passive] do
+  defp handle_event(:info, {tag, socket}, %{socket: socket} = h2)
+       when tag in [:tcp_passive, :ssl_passive] do
     # An error here means the socket is closing: :tcp_closed follows.
-    _ = sock_setopts(state, active: @active_n)
-    {:noreply, state}
+    _ = sock_setopts(h2, active: @active_n)
+    :keep_state_and_data
   end
 
-  def handle_info({tag, socket}, %{socket: socket} = state)
-      when tag in [:tcp_closed, :ssl_closed] do
-    state = fail_all(state, Error.unavailable("connection closed by the server"))
-    {:stop, {:shutdown, :closed}, state}
+  defp handle_event(:info, {tag, socket}, %{socket: socket} = h2)
+       when tag in [:tcp_closed, :ssl_closed] do
+    h2 = fail_all(h2, Error.unavailable("connection closed by the server"))
+    {:stop, {:shutdown, :closed}, h2}
   end
 
-  def handle_info({tag, socket, reason}, %{socket: socket} = state)
-      when tag in [:tcp_error, :ssl_error] do
-    state = fail_all(state, Error.unavailable("connection error: #{inspect(reason)}"))
-    {:stop, {:shutdown, reason}, state}
+  defp handle_event(:info, {tag, socket, reason}, %{socket: socket} = h2)
+       when tag in [:tcp_error, :ssl_error] do
+    h2 = fail_all(h2, Error.unavailable("connection error: #{inspect(reason)}"))
+    {:stop, {:shutdown, reason}, h2}
   end
 
-  def handle_info({:DOWN, monitor, :process, _pid, _reason}, state) do
-    case Map.fetch(state.monitors, monitor) do
-      {:ok, id} ->
-        state = close_stream(state, Map.fetch!(state.streams, id), :silent, rst: @cancel)
-        noreply_and_flush(state) |> maybe_stop_after_goaway()
-
-      :error ->
-        {:noreply, state}
-    end
+  defp handle_event(:info, {:DOWN, monitor, :process, _pid, _reason}, h2) do
+    {h2, actions} = H2.owner_down(h2, monitor)
+    after_event(actions, h2, nil)
   end
 
-  def handle_info({:deadline, ref}, state) do
-    case lookup_ref(state, ref) do
-      nil ->
-        {:noreply, state}
-
-      stream ->
-        state = close_stream(state, stream, {:error, Error.deadline_exceeded()}, rst: @cancel)
-        noreply_and_flush(state) |> maybe_stop_after_goaway()
-    end
+  defp handle_event(:info, {:deadline, ref}, h2) do
+    {h2, actions} = H2.deadline(h2, ref)
+    after_event(actions, h2, nil)
   end
 
-  def handle_info(_other, state), do: {:noreply, state}
+  defp handle_event(:info, _other, _h2), do: :keep_state_and_data
 
   # Crash reports and :sys.get_status show the headers sent on every call without their values
   # (the token's `authorization`).
-  @impl true
-  def format_status(_reason, [_pdict, state]) do
-    headers = Enum.map(state.headers, fn h -> put_elem(h, 1, "[redacted]") end)
-    [data: [{~c"State", %{state | headers: headers}}]]
+  @impl :gen_statem
+  @doc false
+  def format_status(_reason, [_pdict, state, h2]) do
+    headers = Enum.map(h2.headers, fn h -> put_elem(h, 1, "[redacted]") end)
+    [data: [{~c"State", {state, %{h2 | headers: headers}}}]]
   end
 
-  @impl true
-  def terminate(_reason, state) do
-    sock_close(state)
+  @impl :gen_statem
+  @doc false
+  def terminate(_reason, _state, h2) do
+    sock_close(h2)
   end
 
-  ## Opening streams and sending
+  ## Performing actions
 
-  defp open_stream(state, kind, path, body, timeout, metadata, call, from) do
-    %{owner: owner, duplex: duplex, input_owner: input_owner} = call
-    id = state.next_id
-    ref = make_ref()
+  # Performs every action in order (a unary reply, a message, a demonitor, the event's single
+  # write, which comes last); returns the write's error, if any.
+  defp perform([], _h2), do: :ok
 
-    headers =
-      [
-        {":method", "POST"},
-        {":scheme", state.scheme},
-        {":path", path},
-        {":authority", state.authority},
-        {"content-type", "application/grpc"},
-        {"te", "trailers"},
-        {"user-agent", @user_agent}
-      ] ++
-        if(timeout, do: [{"grpc-timeout", Metadata.encode_timeout(timeout), :no_store}], else: []) ++
-        state.headers ++
-        Enum.map(metadata, fn {k, v} ->
-          if byte_size(v) > 256, do: {k, v, :no_store}, else: {k, v}
-        end)
-
-    {block, encoder} = HPACK.encode(headers, state.encoder)
-    state = %{state | encoder: encoder, next_id: id + 2}
-    state = emit_headers(state, id, IO.iodata_to_binary(block))
-
-    timer =
-      if timeout, do: Process.send_after(self(), {:deadline, ref}, timeout + @deadline_margin)
-
-    monitor = Process.monitor(owner)
-
-    stream =
-      Stream.new(
-        id: id,
-        ref: ref,
-        kind: kind,
-        owner: owner,
-        input_owner: input_owner,
-        duplex: duplex,
-        monitor: monitor,
-        from: if(kind == :unary, do: from),
-        timer: timer,
-        window: state.window_size,
-        recv_window: state.window_size,
-        send_window: state.peer_initial_window
-      )
-      |> Stream.enqueue(body)
-
-    state = %{
-      state
-      | streams: Map.put(state.streams, id, stream),
-        refs: Map.put(state.refs, ref, id),
-        monitors: Map.put(state.monitors, monitor, id)
-    }
-
-    {ref, send_pending(state, id)}
+  defp perform([{:send, pid, message} | actions], h2) do
+    send(pid, message)
+    perform(actions, h2)
   end
 
-  # A header block larger than the server's frame size continues in CONTINUATION frames.
-  defp emit_headers(state, id, block) do
-    max = state.peer_max_frame_size
+  defp perform([{:write, data} | actions], h2) do
+    case sock_send(h2, data) do
+      :ok ->
+        perform(actions, h2)
 
-    if byte_size(block) <= max do
-      emit(state, {:headers, id, block, false, true})
-    else
-      <<first::binary-size(max), rest::binary>> = block
-      emit_continuations(emit(state, {:headers, id, first, false, false}), id, rest, max)
+      {:error, _} = error ->
+        _ = perform(actions, h2)
+        error
     end
   end
 
-  defp emit_continuations(state, id, block, max) when byte_size(block) <= max,
-    do: emit(state, {:continuation, id, block, true})
-
-  defp emit_continuations(state, id, block, max) do
-    <<part::binary-size(max), rest::binary>> = block
-    emit_continuations(emit(state, {:continuation, id, part, false}), id, rest, max)
+  defp perform([{:reply, from, reply} | actions], h2) do
+    :gen_statem.reply(from, reply)
+    perform(actions, h2)
   end
 
-  # Sends as much of a stream's queued request as both windows allow. A plain call's request
-  # ends with its last bytes; a duplex call's stays open.
-  defp send_pending(state, id) do
-    case Map.fetch(state.streams, id) do
-      {:ok, %Stream{send_size: size} = stream} when size > 0 ->
-        allowed = min(state.send_window, stream.send_window) |> min(state.peer_max_frame_size)
-
-        if allowed > 0 do
-          {data, taken, stream} = Stream.take_send(stream, allowed)
-          stream = %{stream | send_window: stream.send_window - taken}
-
-          state = %{
-            emit(state, {:data, id, data, stream.send_size == 0 and not stream.duplex})
-            | send_window: state.send_window - taken,
-              streams: Map.put(state.streams, id, stream)
-          }
-
-          send_pending(state, id)
-        else
-          state
-        end
-
-      _ ->
-        state
-    end
+  defp perform([{:demonitor, monitor} | actions], h2) do
+    Process.demonitor(monitor, [:flush])
+    perform(actions, h2)
   end
 
-  defp send_all_pending(state) do
-    state.streams
-    |> Map.keys()
-    |> Enum.sort()
-    |> Enum.reduce(state, &send_pending(&2, &1))
+  defp perform([{:cancel_timer, timer} | actions], h2) do
+    Process.cancel_timer(timer)
+    perform(actions, h2)
   end
 
-  ## Receiving
+  # Performs an event's actions, then answers the caller (`reply`: `{from, term}` or nil) and
+  # moves to `draining` after a GOAWAY, or stops once drained.
+  defp after_event(actions, h2, reply) do
+    case perform(actions, h2) do
+      :ok ->
+        replies = if reply, do: [{:reply, elem(reply, 0), elem(reply, 1)}], else: []
 
-  defp receive_bytes(state, data) do
-    case state.buffer do
-      {:partial, total, parts, size} when size + byte_size(data) < total ->
-        {:ok, %{state | buffer: {:partial, total, [data | parts], size + byte_size(data)}}}
+        cond do
+          H2.drained?(h2) ->
+            sock_close(h2)
+            {:stop_and_reply, {:shutdown, :goaway}, replies, h2}
 
-      {:partial, total, parts, size} ->
-        # The frame is complete: join its pieces once, copying no more than the frame; the
-        # rest of `data` is decoded in place.
-        <<tail::binary-size(total - size), rest::binary>> = data
-        frame = IO.iodata_to_binary(Enum.reverse(parts, [tail]))
+          H2.draining?(h2) ->
+            {:next_state, :draining, h2, replies}
 
-        with {:ok, state} <- decode_frames(%{state | buffer: <<>>}, frame) do
-          decode_frames(state, rest)
-        end
-
-      <<>> ->
-        decode_frames(state, data)
-
-      buffer ->
-        decode_frames(%{state | buffer: <<>>}, buffer <> data)
-    end
-  end
-
-  defp decode_frames(state, bytes) do
-    case Frame.decode(bytes, state.max_frame_size) do
-      {:ok, frame, rest} ->
-        case handle_frame(state, frame) do
-          {:ok, state} -> decode_frames(state, rest)
-          {:error, _code, _reason, _state} = error -> error
-        end
-
-      {:more, total} ->
-        {:ok, %{state | buffer: {:partial, total, [bytes], byte_size(bytes)}}}
-
-      :more ->
-        {:ok, %{state | buffer: bytes}}
-
-      {:error, {:frame_size_error, reason}} ->
-        {:error, @frame_size_error, reason, state}
-
-      {:error, {:protocol_error, reason}} ->
-        {:error, @protocol_error, reason, state}
-    end
-  end
-
-  # While a header block is open only its CONTINUATION frames may arrive (RFC 9113 6.10).
-  defp handle_frame(%{continuation: {id, end_stream?, fragments}} = state, frame) do
-    case frame do
-      {:continuation, ^id, fragment, false} ->
-        {:ok, %{state | continuation: {id, end_stream?, [fragment | fragments]}}}
-
-      {:continuation, ^id, fragment, true} ->
-        block = IO.iodata_to_binary(Enum.reverse(fragments, [fragment]))
-        handle_header_block(%{state | continuation: nil}, id, block, end_stream?)
-
-      _ ->
-        {:error, @protocol_error, :expected_continuation, state}
-    end
-  end
-
-  defp handle_frame(state, {:data, id, data, end_stream?, flow_length}) do
-    with {:ok, state} <- account_connection_window(state, flow_length) do
-      case Map.fetch(state.streams, id) do
-        {:ok, stream} -> {:ok, receive_data(state, stream, data, end_stream?, flow_length)}
-        # A stream we already closed (cancelled, timed out): drop its data.
-        :error -> {:ok, state}
-      end
-    end
-  end
-
-  defp handle_frame(state, {:headers, id, fragment, end_stream?, true}),
-    do: handle_header_block(state, id, fragment, end_stream?)
-
-  defp handle_frame(state, {:headers, id, fragment, end_stream?, false}),
-    do: {:ok, %{state | continuation: {id, end_stream?, [fragment]}}}
-
-  defp handle_frame(state, {:continuation, _id, _fragment, _end_headers?}),
-    do: {:error, @protocol_error, :unexpected_continuation, state}
-
-  defp handle_frame(state, {:settings, false, params}) do
-    with {:ok, state} <- apply_settings(state, params) do
-      {:ok, emit(state, {:settings, true, []}) |> send_all_pending()}
-    end
-  end
-
-  defp handle_frame(state, {:settings, true, _params}), do: {:ok, state}
-  defp handle_frame(state, {:ping, false, opaque}), do: {:ok, emit(state, {:ping, true, opaque})}
-  defp handle_frame(state, {:ping, true, _opaque}), do: {:ok, state}
-
-  defp handle_frame(state, {:goaway, last_id, code, debug}) do
-    message = "connection going away (GOAWAY code #{code}#{if debug != "", do: ": " <> debug})"
-
-    state =
-      state.streams
-      |> Map.values()
-      |> Enum.filter(&(&1.id > last_id))
-      |> Enum.reduce(%{state | goaway: {last_id, code, debug}}, fn stream, state ->
-        close_stream(state, stream, {:error, Error.unprocessed(message)}, rst: nil)
-      end)
-
-    {:ok, state}
-  end
-
-  defp handle_frame(state, {:rst_stream, id, code}) do
-    case Map.fetch(state.streams, id) do
-      {:ok, stream} ->
-        {:ok, close_stream(state, stream, {:error, Metadata.from_rst_stream(code)}, rst: nil)}
-
-      :error ->
-        {:ok, state}
-    end
-  end
-
-  defp handle_frame(state, {:window_update, 0, increment}) do
-    window = state.send_window + increment
-
-    if window > @max_window,
-      do: {:error, @flow_control_error, :connection_window_overflow, state},
-      else: {:ok, send_all_pending(%{state | send_window: window})}
-  end
-
-  defp handle_frame(state, {:window_update, id, increment}) do
-    case Map.fetch(state.streams, id) do
-      {:ok, stream} ->
-        stream = %{stream | send_window: stream.send_window + increment}
-        {:ok, send_pending(%{state | streams: Map.put(state.streams, id, stream)}, id)}
-
-      :error ->
-        {:ok, state}
-    end
-  end
-
-  defp handle_frame(state, {:push_promise, _id}),
-    do: {:error, @protocol_error, :push_promise_while_disabled, state}
-
-  # PRIORITY is advisory and unknown frame types are ignored (RFC 9113 5.3, 4.1).
-  defp handle_frame(state, {:priority, _id}), do: {:ok, state}
-  defp handle_frame(state, {:unknown, _type, _id}), do: {:ok, state}
-
-  defp account_connection_window(state, flow_length) do
-    recv_window = state.recv_window - flow_length
-    unreturned = state.recv_unreturned + flow_length
-
-    cond do
-      recv_window < 0 ->
-        {:error, @flow_control_error, :connection_window_exceeded, state}
-
-      # The connection window is refilled eagerly; streams bound memory.
-      unreturned >= div(state.connection_window_size, 4) ->
-        state = emit(state, {:window_update, 0, unreturned})
-        {:ok, %{state | recv_window: recv_window + unreturned, recv_unreturned: 0}}
-
-      true ->
-        {:ok, %{state | recv_window: recv_window, recv_unreturned: unreturned}}
-    end
-  end
-
-  defp receive_data(state, stream, data, end_stream?, flow_length) do
-    case Stream.receive_data(stream, data, flow_length) do
-      {:ok, messages, bytes, stream} ->
-        case deliver_messages(stream, messages, bytes) do
-          {:ok, stream} when end_stream? ->
-            error = Error.internal("server ended the stream without trailers")
-            close_stream(state, stream, {:error, error}, rst: end_request(stream))
-
-          {:ok, stream} ->
-            window_update(state, stream)
-
-          {:error, message} ->
-            close_stream(state, stream, {:error, Error.internal(message)}, rst: @cancel)
-        end
-
-      {:error, :flow_control} ->
-        error = Error.internal("server exceeded the stream's flow-control window")
-        close_stream(state, stream, {:error, error}, rst: @flow_control_error)
-
-      {:error, :compressed_message} ->
-        error = Error.internal("server sent a compressed message; no compression was offered")
-        close_stream(state, stream, {:error, error}, rst: @cancel)
-    end
-  end
-
-  defp deliver_messages(%Stream{kind: :stream, duplex: false} = stream, messages, bytes) do
-    if messages != [] do
-      send(stream.owner, {:krait_stream, stream.ref, {:messages, messages, bytes}})
-    end
-
-    {:ok, stream}
-  end
-
-  defp deliver_messages(%Stream{duplex: true} = stream, messages, _bytes),
-    do: route_duplex(stream, messages, [], 0, 0)
-
-  defp deliver_messages(stream, _messages, _bytes), do: {:ok, stream}
-
-  # Tool output goes to the owner in `:messages` deliveries (consecutive ones together, order
-  # kept); credit and handler calls are sent on their own and acknowledged here at once.
-  defp route_duplex(stream, [], output, output_bytes, own_bytes) do
-    flush_output(stream, output, output_bytes)
-    {:ok, Stream.ack(stream, own_bytes)}
-  end
-
-  defp route_duplex(stream, [message | messages], output, output_bytes, own_bytes) do
-    size = byte_size(message) + 5
-
-    case Duplex.decode_response(message) do
-      {:ok, {:output, payload}} ->
-        route_duplex(stream, messages, [payload | output], output_bytes + size, own_bytes)
-
-      {:ok, control} ->
-        flush_output(stream, output, output_bytes)
-        send_control(stream, control)
-        route_duplex(stream, messages, [], 0, own_bytes + size)
-
-      {:error, reason} ->
-        flush_output(stream, output, output_bytes)
-        {:error, reason}
-    end
-  end
-
-  defp flush_output(_stream, [], _bytes), do: :ok
-
-  defp flush_output(stream, output, bytes),
-    do: send(stream.owner, {:krait_stream, stream.ref, {:messages, Enum.reverse(output), bytes}})
-
-  defp send_control(stream, {:credit, items, bytes}),
-    do: send(stream.input_owner, {:krait_stream, stream.ref, {:credit, items, bytes}})
-
-  defp send_control(stream, {:handler_call, payload}),
-    do: send(stream.owner, {:krait_stream, stream.ref, {:handler_call, payload}})
-
-  defp send_control(_stream, :empty), do: :ok
-
-  defp window_update(state, stream) do
-    {increment, stream} = Stream.take_window_update(stream)
-    state = %{state | streams: Map.put(state.streams, stream.id, stream)}
-    if increment > 0, do: emit(state, {:window_update, stream.id, increment}), else: state
-  end
-
-  # The block must be decoded even for a stream already closed: HPACK state is shared.
-  defp handle_header_block(state, id, block, end_stream?) do
-    case HPACK.decode(block, state.decoder) do
-      {:ok, headers, decoder} ->
-        state = %{state | decoder: decoder}
-
-        case Map.fetch(state.streams, id) do
-          {:ok, stream} -> {:ok, handle_headers(state, stream, headers, end_stream?)}
-          :error -> {:ok, state}
+          true ->
+            {:keep_state, h2, replies}
         end
 
       {:error, reason} ->
-        {:error, @compression_error, {:hpack, reason}, state}
+        socket_failed(h2, reason, reply)
     end
   end
 
-  # Response headers; with END_STREAM this is a Trailers-Only response.
-  defp handle_headers(state, %Stream{headers: nil} = stream, headers, end_stream?) do
-    http_status = http_status(headers)
-    rst = end_request(stream)
+  defp socket_failed(h2, reason, reply) do
+    h2 = fail_all(h2, Error.unavailable("connection lost: #{inspect(reason)}"))
 
-    cond do
-      end_stream? ->
-        close_stream(state, stream, Metadata.status_from_trailers(headers, http_status), rst: rst)
+    case reply do
+      nil ->
+        {:stop, {:shutdown, reason}, h2}
 
-      http_status != 200 ->
-        error = Metadata.from_http_status(http_status || 0)
-        close_stream(state, stream, {:error, error}, rst: @cancel)
+      {from, {:ok, _ref}} ->
+        error = {:error, Error.unavailable("connection lost")}
+        {:stop_and_reply, {:shutdown, reason}, [{:reply, from, error}], h2}
 
-      not grpc_content_type?(headers) ->
-        error = Error.internal("response content-type is not application/grpc")
-        close_stream(state, stream, {:error, error}, rst: @cancel)
-
-      true ->
-        stream = %{stream | headers: headers, http_status: http_status}
-        %{state | streams: Map.put(state.streams, stream.id, stream)}
+      {from, reply} ->
+        {:stop_and_reply, {:shutdown, reason}, [{:reply, from, reply}], h2}
     end
   end
 
-  # Trailers.
-  defp handle_headers(state, stream, trailers, true) do
-    outcome =
-      case Metadata.status_from_trailers(trailers, stream.http_status) do
-        :ok ->
-          if Krait.GRPC.MessageBuffer.empty?(stream.buffer),
-            do: :ok,
-            else: {:error, Error.internal("stream ended in the middle of a message")}
-
-        error ->
-          error
-      end
-
-    close_stream(state, stream, outcome, rst: end_request(stream))
-  end
-
-  defp handle_headers(state, stream, _headers, false) do
-    error = Error.internal("server sent a second header block without END_STREAM")
-    close_stream(state, stream, {:error, error}, rst: @protocol_error)
-  end
-
-  defp http_status(headers) do
-    with {_, value} <- List.keyfind(headers, ":status", 0),
-         {status, ""} <- Integer.parse(value) do
-      status
-    else
-      _ -> nil
-    end
-  end
-
-  defp grpc_content_type?(headers) do
-    case List.keyfind(headers, "content-type", 0) do
-      {_, "application/grpc" <> _} -> true
-      nil -> true
-      _ -> false
-    end
-  end
-
-  defp apply_settings(state, params) do
-    Enum.reduce_while(params, {:ok, state}, fn {id, value}, {:ok, state} ->
-      case apply_setting(state, id, value) do
-        {:ok, state} -> {:cont, {:ok, state}}
-        error -> {:halt, error}
-      end
-    end)
-  end
-
-  defp apply_setting(state, @header_table_size, value) do
-    size = min(value, @our_header_table_size)
-
-    if size == state.encoder.max_size,
-      do: {:ok, state},
-      else: {:ok, %{state | encoder: HPACK.resize_encoder(state.encoder, size)}}
-  end
-
-  defp apply_setting(state, @max_concurrent_streams, value),
-    do: {:ok, %{state | peer_max_streams: value}}
-
-  defp apply_setting(state, @initial_window_size, value) when value > @max_window,
-    do: {:error, @flow_control_error, :initial_window_too_large, state}
-
-  # A new initial window shifts every open stream's window by the difference (6.9.2).
-  defp apply_setting(state, @initial_window_size, value) do
-    delta = value - state.peer_initial_window
-
-    streams =
-      Map.new(state.streams, fn {id, s} -> {id, %{s | send_window: s.send_window + delta}} end)
-
-    {:ok, %{state | peer_initial_window: value, streams: streams}}
-  end
-
-  defp apply_setting(state, @max_frame_size, value) when value in 16_384..16_777_215,
-    do: {:ok, %{state | peer_max_frame_size: value}}
-
-  defp apply_setting(state, @max_frame_size, _value),
-    do: {:error, @protocol_error, :bad_max_frame_size, state}
-
-  defp apply_setting(state, _id, _value), do: {:ok, state}
-
-  ## Closing streams
-
-  # What ends our side once the response has ended: nothing when the request was sent whole,
-  # RST_STREAM(CANCEL) when some of it is still queued, an empty END_STREAM for a duplex call
-  # whose request side is open (the server may have reset it already: that is harmless).
-  defp end_request(%Stream{send_size: size}) when size > 0, do: @cancel
-  defp end_request(%Stream{duplex: true}), do: :half_close
-  defp end_request(_stream), do: nil
-
-  # Removes a stream, optionally resetting (or half-closing) it, and tells its caller or owner
-  # the outcome (`:silent` tells nobody: cancel and owner death).
-  defp close_stream(state, stream, outcome, rst: rst) do
-    if stream.timer, do: Process.cancel_timer(stream.timer)
-    Process.demonitor(stream.monitor, [:flush])
-
-    state =
-      case rst do
-        nil -> state
-        :half_close -> emit(state, {:data, stream.id, <<>>, true})
-        code -> emit(state, {:rst_stream, stream.id, code})
-      end
-
-    deliver(stream, outcome)
-
-    %{
-      state
-      | streams: Map.delete(state.streams, stream.id),
-        refs: Map.delete(state.refs, stream.ref),
-        monitors: Map.delete(state.monitors, stream.monitor)
-    }
-  end
-
-  defp deliver(_stream, :silent), do: :ok
-
-  defp deliver(%Stream{kind: :unary, from: from, messages: messages}, outcome) do
-    reply =
-      case {outcome, messages} do
-        {:ok, [message]} -> {:ok, message}
-        {:ok, []} -> {:error, Error.internal("server sent no response message")}
-        {:ok, _} -> {:error, Error.internal("server sent several messages to a unary call")}
-        {{:error, _} = error, _} -> error
-      end
-
-    GenServer.reply(from, reply)
-  end
-
-  defp deliver(%Stream{kind: :stream, owner: owner, ref: ref}, outcome),
-    do: send(owner, {:krait_stream, ref, {:done, outcome}})
-
-  # Every stream fails with `error`; those that had no response headers yet never started on a Krait
-  # worker (it answers headers before running a tool), so they are marked unprocessed.
-  defp fail_all(state, error) do
-    state.streams
-    |> Map.values()
-    |> Enum.reduce(state, fn stream, state ->
-      error = if stream.headers == nil, do: %{error | unprocessed: true}, else: error
-      close_stream(state, stream, {:error, error}, rst: nil)
-    end)
+  defp fail_all(h2, error) do
+    {h2, actions} = H2.fail_all(h2, error)
+    _ = perform(actions, h2)
+    h2
   end
 
   defp closed?(socket) do
@@ -1186,76 +685,4 @@ defmodule Krait.GRPC.Connection do
       0 -> false
     end
   end
-
-  defp connection_error(state, code, reason) do
-    state = emit(state, {:goaway, 0, code, inspect(reason)})
-    flush(state)
-    error = Error.unavailable("HTTP/2 protocol error: #{inspect(reason)}")
-    state = fail_all(%{state | out: []}, error)
-    {:stop, {:shutdown, {:protocol_error, reason}}, state}
-  end
-
-  defp lookup_ref(state, ref) do
-    case Map.fetch(state.refs, ref) do
-      {:ok, id} -> Map.get(state.streams, id)
-      :error -> nil
-    end
-  end
-
-  ## Output
-
-  # Frames produced while handling one event are written with a single send.
-  defp emit(state, frame), do: %{state | out: [Frame.encode(frame) | state.out]}
-
-  defp flush(%{out: []} = state), do: {:ok, state}
-
-  defp flush(state) do
-    case sock_send(state, Enum.reverse(state.out)) do
-      :ok -> {:ok, %{state | out: []}}
-      {:error, reason} -> {:error, reason, %{state | out: []}}
-    end
-  end
-
-  defp noreply_and_flush(state) do
-    case flush(state) do
-      {:ok, state} -> {:noreply, state}
-      {:error, reason, state} -> socket_failed(state, reason)
-    end
-  end
-
-  defp reply_and_flush(reply, state) do
-    case flush(state) do
-      {:ok, state} -> {:reply, reply, state}
-      {:error, reason, state} -> socket_failed(state, reason, reply)
-    end
-  end
-
-  defp socket_failed(state, reason, reply \\ nil) do
-    state = fail_all(state, Error.unavailable("connection lost: #{inspect(reason)}"))
-
-    case reply do
-      nil ->
-        {:stop, {:shutdown, reason}, state}
-
-      {:ok, _ref} ->
-        {:stop, {:shutdown, reason}, {:error, Error.unavailable("connection lost")}, state}
-
-      reply ->
-        {:stop, {:shutdown, reason}, reply, state}
-    end
-  end
-
-  defp maybe_stop_after_goaway({:noreply, %{goaway: {_, _, _}, streams: streams} = state})
-       when map_size(streams) == 0 do
-    sock_close(state)
-    {:stop, {:shutdown, :goaway}, state}
-  end
-
-  defp maybe_stop_after_goaway({:reply, reply, %{goaway: {_, _, _}, streams: streams} = state})
-       when map_size(streams) == 0 do
-    sock_close(state)
-    {:stop, {:shutdown, :goaway}, reply, state}
-  end
-
-  defp maybe_stop_after_goaway(result), do: result
 end

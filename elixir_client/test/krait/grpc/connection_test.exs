@@ -129,7 +129,7 @@ defmodule Krait.GRPC.ConnectionTest do
       assert seqs == Enum.to_list(0..(100 + i))
     end
 
-    assert :sys.get_state(conn).streams == %{}
+    assert elem(:sys.get_state(conn), 1).streams == %{}
   end
 
   test "5 MiB request and response", %{conn: conn} do
@@ -244,7 +244,7 @@ defmodule Krait.GRPC.ConnectionTest do
     flush_stream(ref)
     refute_receive {:krait_stream, ^ref, _}, 200
     assert eventually(fn -> Map.has_key?(events(conn, tag), "cancel_seen") end)
-    assert :sys.get_state(conn).streams == %{}
+    assert elem(:sys.get_state(conn), 1).streams == %{}
   end
 
   defp flush_stream(ref) do
@@ -294,7 +294,7 @@ defmodule Krait.GRPC.ConnectionTest do
     assert eventually(fn -> Map.has_key?(events(conn, tag), "ticks") end)
     Process.exit(owner, :kill)
     assert eventually(fn -> Map.has_key?(events(conn, tag), "cancel_seen") end)
-    assert :sys.get_state(conn).streams == %{}
+    assert elem(:sys.get_state(conn), 1).streams == %{}
   end
 
   test "a stream can be delivered to another owner process", %{conn: conn} do

@@ -315,7 +315,7 @@ defmodule Krait.GRPC.DuplexProtocolTest do
     # Input sent after the end goes nowhere.
     :ok = Connection.send_input(conn, ref, batch([1]), 1)
     refute_frame(server, &match?({:data, ^id, data, _, _} when data != "", &1))
-    assert :sys.get_state(conn).streams == %{}
+    assert elem(:sys.get_state(conn), 1).streams == %{}
   end
 
   test "a call ending while input is still queued resets the request side" do
@@ -486,7 +486,7 @@ defmodule Krait.GRPC.DuplexTest do
     {messages, outcome} = run(conn, ref, items)
     assert outcome == :ok
     assert chunks(messages) == for(i <- 1..200, do: %{"i" => i})
-    assert :sys.get_state(conn).streams == %{}
+    assert elem(:sys.get_state(conn), 1).streams == %{}
   end
 
   test "many 1 MiB items, far beyond the HTTP/2 windows and the credit window", %{conn: conn} do

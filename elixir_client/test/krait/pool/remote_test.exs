@@ -85,7 +85,7 @@ defmodule Krait.Pool.RemoteTest do
     [%{pid: worker} | _] = Krait.Pool.stats(pool).workers
     conn = :sys.get_state(worker).conn
     # the connection holds it to send it; its status (what a crash report prints) does not show it
-    assert {"authorization", "Bearer " <> @token, :never_store} in :sys.get_state(conn).headers
+    assert {"authorization", "Bearer " <> @token, :never_store} in elem(:sys.get_state(conn), 1).headers
 
     for pid <- [Process.whereis(pool), worker, conn] do
       refute inspect(:sys.get_status(pid), limit: :infinity, printable_limit: :infinity) =~ @token
