@@ -5,7 +5,7 @@
 #
 # KRAIT_BENCH (JSON) sets the sizes; missing keys take the quick defaults below. Every figure is the
 # median over `runs` repetitions; progress goes to stderr. `"only": ["items", "bytes"]` runs just those
-# steps (start, slow, limits, cancel, unary, items, bytes, concurrency, duplex, memory); `"worker_root": "/path"` runs the workers
+# steps (start, slow, limits, cancel, unary, items, bytes, concurrency, tiny, duplex, memory); `"worker_root": "/path"` runs the workers
 # from another checkout (A/B comparisons of Python changes with the same Elixir code).
 Code.require_file("support.exs", __DIR__)
 Code.require_file("limits.exs", __DIR__)
@@ -69,6 +69,8 @@ defmodule KraitBench do
     with_pool(BenchPool4, 4, [], fn pool ->
       step("concurrency", fn -> concurrency(pool, cfg) end)
     end)
+
+    step("tiny", fn -> with_pool(BenchPoolTiny, 2, [], &tiny_calls(&1, cfg)) end)
 
     # Streams both ways: input, handler calls, pipelines (three stages, each on its own worker).
     with_pool(BenchPoolDuplex, 3, [], fn pool ->
@@ -389,6 +391,48 @@ defmodule KraitBench do
       end)
 
     report(result)
+  end
+
+  # Tiny calls/s: 50 callers share a pool of 2 link workers, each making unary `add` calls back to
+  # back for a fixed time; the scheduler's checkout/checkin is a large part of each call's cost here.
+  @tiny_callers 50
+
+  defp tiny_calls(pool, %{"runs" => runs} = cfg) do
+    ms = if cfg["quick"], do: 1_000, else: 3_000
+    # warm-up: code loading, both workers' first calls
+    tiny_round(pool, 200)
+
+    rate =
+      Stats.median_of(runs, fn ->
+        stop_at = System.monotonic_time(:millisecond) + ms
+        {us, counts} = Stats.timed(fn -> tiny_round(pool, stop_at, :until) end)
+        Enum.sum(counts) / (us / 1.0e6)
+      end)
+
+    report(%{ex_tiny_calls_per_s: rate})
+  end
+
+  defp tiny_round(pool, calls), do: tiny_round(pool, calls, :count)
+
+  defp tiny_round(pool, limit, kind) do
+    1..@tiny_callers
+    |> Enum.map(fn _ -> Task.async(fn -> tiny_loop(pool, limit, kind, 0) end) end)
+    |> Task.await_many(600_000)
+  end
+
+  defp tiny_loop(pool, limit, kind, n) do
+    done? =
+      case kind do
+        :count -> n * @tiny_callers >= limit
+        :until -> System.monotonic_time(:millisecond) >= limit
+      end
+
+    if done? do
+      n
+    else
+      {:ok, _} = Krait.execute("add", %{a: n, b: 1}, pool: pool)
+      tiny_loop(pool, limit, kind, n + 1)
+    end
   end
 
   # The fraction of pairs of calls whose first chunks came in the order the calls were made: about 1

@@ -19,6 +19,11 @@ defmodule Krait.Pool.Cluster do
   dies) and a `:hint` call starts the session afresh. A session's first call finds an idle worker
   anywhere in the cluster, whatever its affinity: `:strict_fail_fast` answers `:worker_busy` only
   when every node's workers are busy.
+
+  Each scheduler advertises that it has idle workers by membership of the group
+  `{Krait.Pool, name, :idle}` (joined and left on its idle set's empty <-> non-empty transitions
+  only): a call that overflows asks the advertising nodes first, usually one ask, and the others
+  after them, as the signal can lag.
   """
 
   @scope __MODULE__
@@ -27,6 +32,19 @@ defmodule Krait.Pool.Cluster do
   @spec join(atom()) :: :ok
   def join(name), do: :pg.join(@scope, {Krait.Pool, name}, self())
 
+  @doc """
+  Advertises (or stops advertising) that the calling scheduler has idle workers: it joins or leaves
+  the group `{Krait.Pool, name, :idle}`, on its idle set's empty <-> non-empty transitions only.
+  """
+  @spec advertise_idle(atom(), boolean()) :: :ok
+  def advertise_idle(name, true), do: :pg.join(@scope, {Krait.Pool, name, :idle}, self())
+
+  def advertise_idle(name, false) do
+    # not a member (never advertised) is fine
+    _ = :pg.leave(@scope, {Krait.Pool, name, :idle}, self())
+    :ok
+  end
+
   @doc "The schedulers of the pool `name` on the other nodes."
   @spec others(atom()) :: [pid()]
   def others(name) do
@@ -34,14 +52,28 @@ defmodule Krait.Pool.Cluster do
   end
 
   @doc """
+  The other nodes' schedulers of pool `name`, those advertising idle workers first (each part
+  shuffled, so that callers spread over them).
+  """
+  @spec by_idle(atom()) :: [pid()]
+  def by_idle(name) do
+    idle =
+      for pid <- :pg.get_members(@scope, {Krait.Pool, name, :idle}), node(pid) != node(), do: pid
+
+    rest = others(name) -- idle
+    Enum.shuffle(idle) ++ Enum.shuffle(rest)
+  end
+
+  @doc """
   Asks the other nodes' pools, in turn, for an idle worker (they never queue the request): the
-  first lease, or `nil` when none has an idle worker. A session's first call binds the session
-  there.
+  first lease, or `nil` when none has an idle worker. Those advertising idle workers are asked
+  first (one ask, usually); the others after them, as the signal may lag. A session's first call
+  binds the session there.
   """
   @spec checkout_elsewhere(atom(), String.t() | nil, atom(), integer() | :infinity) ::
           {:ok, Krait.Pool.Lease.t()} | nil
   def checkout_elsewhere(name, session, affinity, deadline) do
-    Enum.find_value(Enum.shuffle(others(name)), fn pid ->
+    Enum.find_value(by_idle(name), fn pid ->
       case call(pid, {:checkout, session, affinity, deadline, :idle_only}, 5_000) do
         {:ok, lease} -> {:ok, lease}
         _ -> nil

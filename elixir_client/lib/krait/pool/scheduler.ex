@@ -3,6 +3,12 @@ defmodule Krait.Pool.Scheduler do
   The pool's brain: hands workers out to callers and takes them back. It never runs a call itself;
   the caller talks to the worker's gRPC connection directly (see `Krait.Call`).
 
+  Its data and rules live in pure modules it only wires to timers, monitors and messages: the wait
+  queue (`Krait.Pool.Queue`), the worker table's rules (`Krait.Pool.Slots`), the session table
+  (`Krait.Pool.Sessions`). A call without a session usually never reaches it before it runs: the
+  caller claims an idle worker itself and gives it back itself when nobody waits
+  (`Krait.Pool.Cells`), and the scheduler takes the lease on from the caller's cast.
+
   What it keeps:
 
     * the workers, one per slot, each `:starting`, `:idle` (room for another call) or `:busy`
@@ -40,7 +46,8 @@ defmodule Krait.Pool.Scheduler do
   use GenServer
   require Logger
 
-  alias Krait.Pool.{Endpoints, Lease, Recycle}
+  alias Krait.Pool.{Cells, Endpoints, Lease, Queue, Recycle, Sessions, Slots}
+  alias Krait.Pool.Queue.Waiter
 
   @type affinity :: :hint | :strict_queue | :strict_fail_fast
   @type deadline :: integer() | :infinity
@@ -73,6 +80,45 @@ defmodule Krait.Pool.Scheduler do
   @spec checkout(GenServer.server(), String.t() | nil, affinity(), deadline()) ::
           {:ok, Lease.t()} | {:error, checkout_error()}
   def checkout(pool, session_id, affinity, deadline) do
+    # A call without a session takes an idle worker itself when one is offered (Krait.Pool.Cells):
+    # no round trip; the scheduler hears of it by a cast.
+    case session_id == nil and claim_idle(pool, deadline) do
+      {:ok, lease} -> {:ok, lease}
+      _ -> checkout_call(pool, session_id, affinity, deadline)
+    end
+  end
+
+  defp claim_idle(pool, deadline) do
+    with %Cells{} = cells <- Cells.lookup(pool) do
+      ref = make_ref()
+
+      case Cells.claim(cells, ref, deadline) do
+        {:ok, {index, gen, counter}, {wid, pid, conn, channel}} ->
+          GenServer.cast(cells.pid, {:claimed, index, gen, counter})
+
+          {:ok,
+           %Lease{
+             ref: ref,
+             pool: cells.pid,
+             worker_id: wid,
+             worker_pid: pid,
+             conn: conn,
+             channel: channel,
+             cells: cells,
+             cell: {index, gen, counter}
+           }}
+
+        {:withdrawn, _claim} ->
+          GenServer.cast(cells.pid, {:checkin, ref, :ok})
+          :none
+
+        :none ->
+          :none
+      end
+    end
+  end
+
+  defp checkout_call(pool, session_id, affinity, deadline) do
     timeout =
       case deadline do
         :infinity -> :infinity
@@ -123,8 +169,11 @@ defmodule Krait.Pool.Scheduler do
   returned leases are ignored.
   """
   @spec checkin(Lease.t(), :ok | :lost) :: :ok
-  def checkin(%Lease{pool: pool, ref: ref}, outcome \\ :ok),
-    do: GenServer.cast(pool, {:checkin, ref, outcome})
+  def checkin(%Lease{pool: pool, ref: ref} = lease, outcome \\ :ok) do
+    # nobody waiting: the worker is free for the next caller now, not once the scheduler reads this
+    if outcome == :ok and lease.cell != nil, do: Cells.give_back(lease.cells, lease.cell)
+    GenServer.cast(pool, {:checkin, ref, outcome})
+  end
 
   @doc "Drops a session's binding (the session's next call picks a worker again)."
   @spec forget_session(GenServer.server(), String.t()) :: :ok
@@ -165,16 +214,21 @@ defmodule Krait.Pool.Scheduler do
       idle: [],
       # caller monitor ref => %{worker_id, session, timer}
       leases: %{},
-      # caller monitor ref => %{seq, from, session, affinity, deadline, timer, queue}
-      waiters: %{},
-      general: :gb_trees.empty(),
-      # worker_id => :gb_trees of waiters that need that worker
-      own: %{},
-      seq: 0,
-      # session_id => %{worker: worker_id, used: ms}
-      sessions: %{},
-      # a cluster pool's sessions bound on another node: session_id => %{node, used}
-      remote_sessions: %{},
+      # the fast path's cells (Krait.Pool.Cells; nil when calls_per_worker > 1 or the pool has no
+      # name), the free cell indices, the worker in each cell, and the publications so far
+      cells: nil,
+      free_cells: [],
+      cell_of: %{},
+      cell_gen: 0,
+      # the waiters published in the cells, and whether this node advertises idle workers
+      waiting: 0,
+      advertised: false,
+      # a claimed lease's caller monitor => its lease ref (a scheduler-made lease's ref is its monitor)
+      mons: %{},
+      # the callers waiting for a worker (Krait.Pool.Queue)
+      queue: Queue.new(),
+      # session bindings, and a cluster pool's sessions bound on other nodes (Krait.Pool.Sessions)
+      sessions: Sessions.new(),
       awaiting: [],
       # nil, or the last start failure while every slot is failing to start
       failing: nil,
@@ -189,6 +243,8 @@ defmodule Krait.Pool.Scheduler do
       startup_ms: 1_000
     }
 
+    state = init_cells(state)
+
     state =
       if config.endpoints,
         do: resolve_endpoints(state),
@@ -199,15 +255,26 @@ defmodule Krait.Pool.Scheduler do
     {:ok, state}
   end
 
+  # Each callback's work is done by do_call/3, do_cast/2 and do_info/2; then what callers and other
+  # nodes read without asking is brought up to date (see published/1).
   @impl true
+  def handle_call(msg, from, state), do: msg |> do_call(from, state) |> published()
+
+  @impl true
+  def handle_cast(msg, state), do: msg |> do_cast(state) |> published()
+
+  @impl true
+  def handle_info(msg, state), do: msg |> do_info(state) |> published()
+
   # A cluster pool's modes (see Krait.Pool.Cluster): :try and :first are the caller's own node, which
   # sends a session it has not bound to the other nodes first, and a call it cannot place at once to
   # their idle workers; :if_bound and :idle_only are another node's caller; :queue places or waits.
-  def handle_call({:checkout, session, affinity, _deadline, :try}, _from, state)
-      when state.config.cluster and session != nil and not is_map_key(state.sessions, session) do
+  defp do_call({:checkout, session, affinity, _deadline, :try}, _from, state)
+       when state.config.cluster and session != nil and
+              not is_map_key(state.sessions.bound, session) do
     # bound on a node that is gone: the session's worker died with it
-    case state.remote_sessions[session] do
-      %{node: node} when affinity != :hint ->
+    case Sessions.remote_node(state.sessions, session) do
+      node when node != nil and affinity != :hint ->
         if node in Node.list(),
           do: {:reply, {:error, {:ask_cluster, state.name}}, state},
           else: {:reply, {:error, :session_worker_unavailable}, state}
@@ -217,17 +284,25 @@ defmodule Krait.Pool.Scheduler do
     end
   end
 
-  def handle_call({:checkout, session, _affinity, _deadline, :if_bound}, _from, state)
-      when not is_map_key(state.sessions, session),
-      do: {:reply, {:error, :not_bound}, state}
+  defp do_call({:checkout, session, _affinity, _deadline, :if_bound}, _from, state)
+       when not is_map_key(state.sessions.bound, session),
+       do: {:reply, {:error, :not_bound}, state}
 
-  def handle_call({:checkout, session, affinity, deadline, mode}, {pid, _} = from, state) do
+  defp do_call({:checkout, session, affinity, deadline, mode}, {pid, _} = from, state) do
     ref = Process.monitor(pid)
     req = %{ref: ref, from: from, session: session, affinity: affinity, deadline: deadline}
 
     case place(req, state) do
       {:assign, wid, state} ->
-        {:reply, {:ok, lease(state, ref, wid)}, assign(state, req, wid)}
+        case take_idle(state, wid) do
+          {:ok, cell, state} ->
+            {:reply, {:ok, lease(state, ref, wid, cell, pid)}, assign(state, req, wid)}
+
+          # a caller claimed it first: place the call again
+          {:taken, state} ->
+            Process.demonitor(ref, [:flush])
+            do_call({:checkout, session, affinity, deadline, mode}, from, state)
+        end
 
       # another node's caller asking for an idle worker: no queueing here
       {:enqueue, _queue, state} when mode == :idle_only ->
@@ -263,13 +338,13 @@ defmodule Krait.Pool.Scheduler do
     end
   end
 
-  def handle_call({:forget_session, session_id}, _from, state) do
-    {:reply, :ok, %{state | sessions: Map.delete(state.sessions, session_id)}}
+  defp do_call({:forget_session, session_id}, _from, state) do
+    {:reply, :ok, %{state | sessions: Sessions.forget(state.sessions, session_id)}}
   end
 
-  def handle_call(:stats, _from, state), do: {:reply, build_stats(state), state}
+  defp do_call(:stats, _from, state), do: {:reply, build_stats(state), state}
 
-  def handle_call(:await_ready, from, state) do
+  defp do_call(:await_ready, from, state) do
     cond do
       ready_count(state) >= slot_count(state) -> {:reply, :ok, state}
       state.failing -> {:reply, {:error, {:workers_failing, state.failing}}, state}
@@ -277,20 +352,31 @@ defmodule Krait.Pool.Scheduler do
     end
   end
 
-  @impl true
-  def handle_cast({:remote_session, session, node}, state) do
-    entry = %{node: node, used: now()}
-    {:noreply, %{state | remote_sessions: Map.put(state.remote_sessions, session, entry)}}
+  defp do_cast({:remote_session, session, node}, state) do
+    {:noreply, %{state | sessions: Sessions.put_remote(state.sessions, session, node, now())}}
   end
 
-  def handle_cast({:checkin, ref, outcome}, state) do
+  # A caller claimed an idle worker (see Krait.Pool.Cells): its lease starts here, unless the claim
+  # was adopted already or its worker is gone.
+  defp do_cast({:claimed, index, gen, counter}, state) do
+    with %Cells{} = cells <- state.cells,
+         {pid, ref, deadline} <- Cells.take_claim(cells, index, gen, counter),
+         wid when wid != nil <- state.cell_of[index],
+         %{cell: {^index, ^gen}} <- state.workers[wid] do
+      {:noreply, start_claimed(state, wid, {index, gen, counter}, {pid, ref, deadline})}
+    else
+      _ -> {:noreply, state}
+    end
+  end
+
+  defp do_cast({:checkin, ref, outcome}, state) do
     case Map.fetch(state.leases, ref) do
       {:ok, lease} when outcome == :lost ->
-        Process.demonitor(ref, [:flush])
+        state = forget_mon(state, lease)
         {:noreply, lost(state, lease.worker_id)}
 
       {:ok, lease} ->
-        Process.demonitor(ref, [:flush])
+        state = forget_mon(state, lease)
         {:noreply, release(state, ref, lease)}
 
       :error ->
@@ -298,8 +384,7 @@ defmodule Krait.Pool.Scheduler do
     end
   end
 
-  @impl true
-  def handle_info({:krait_worker_ready, pid, info}, state) do
+  defp do_info({:krait_worker_ready, pid, info}, state) do
     case state.workers[info.worker_id] do
       %{pid: ^pid, status: :starting} = w ->
         Logger.info("Krait worker #{info.worker_id} ready (os pid #{info.os_pid})",
@@ -325,6 +410,7 @@ defmodule Krait.Pool.Scheduler do
         state = %{state | failing: nil}
         state = %{state | startup_ms: now() - w.spawned_at}
         state = if w.successor_of, do: hand_over_slot(state, info.worker_id), else: state
+        state = publish_cell(state, info.worker_id)
         schedule_age_check(state, info.worker_id)
         # a replacement is ready: the next worker waiting for its turn gets one
         state = next_recycle(state)
@@ -344,7 +430,7 @@ defmodule Krait.Pool.Scheduler do
 
   # A worker reports its death before cleaning up (stopping its OS process can take the shutdown
   # grace): it leaves the pool now, not when its DOWN arrives.
-  def handle_info({:krait_worker_down, pid, reason, output}, state) do
+  defp do_info({:krait_worker_down, pid, reason, output}, state) do
     case Enum.find(state.worker_mons, fn {_mon, wid} -> state.workers[wid].pid == pid end) do
       {mon, _wid} ->
         Process.demonitor(mon, [:flush])
@@ -355,7 +441,14 @@ defmodule Krait.Pool.Scheduler do
     end
   end
 
-  def handle_info({:DOWN, ref, :process, _pid, reason}, state) do
+  defp do_info({:DOWN, mon, :process, _pid, reason}, state) do
+    # a claimed lease's caller: its monitor is not its lease ref
+    {ref, state} =
+      case Map.pop(state.mons, mon) do
+        {nil, _} -> {mon, state}
+        {ref, mons} -> {ref, %{state | mons: mons}}
+      end
+
     cond do
       Map.has_key?(state.worker_mons, ref) ->
         {:noreply, worker_down(state, ref, reason, [])}
@@ -371,7 +464,7 @@ defmodule Krait.Pool.Scheduler do
 
         {:noreply, release(state, ref, lease)}
 
-      Map.has_key?(state.waiters, ref) ->
+      Queue.get(state.queue, ref) != nil ->
         {:noreply, drop_waiter(state, ref)}
 
       true ->
@@ -379,8 +472,8 @@ defmodule Krait.Pool.Scheduler do
     end
   end
 
-  def handle_info({:timeout, tref, {:queue_timeout, ref}}, state) do
-    case state.waiters[ref] do
+  defp do_info({:timeout, tref, {:queue_timeout, ref}}, state) do
+    case Queue.get(state.queue, ref) do
       %{timer: ^tref, from: from} ->
         Process.demonitor(ref, [:flush])
         GenServer.reply(from, {:error, :queue_timeout})
@@ -391,7 +484,7 @@ defmodule Krait.Pool.Scheduler do
     end
   end
 
-  def handle_info({:timeout, tref, {:lease_expired, ref}}, state) do
+  defp do_info({:timeout, tref, {:lease_expired, ref}}, state) do
     case state.leases[ref] do
       %{timer: ^tref, worker_id: wid} = lease ->
         # The caller is alive but still holds the worker well after its deadline (a callback that
@@ -400,7 +493,7 @@ defmodule Krait.Pool.Scheduler do
           worker_id: wid
         )
 
-        Process.demonitor(ref, [:flush])
+        state = forget_mon(state, lease)
         {:noreply, release(state, ref, lease)}
 
       _ ->
@@ -408,7 +501,7 @@ defmodule Krait.Pool.Scheduler do
     end
   end
 
-  def handle_info({:restart_slot, slot}, state) do
+  defp do_info({:restart_slot, slot}, state) do
     case state.slots[slot] do
       nil ->
         {:noreply, state}
@@ -419,10 +512,10 @@ defmodule Krait.Pool.Scheduler do
     end
   end
 
-  def handle_info(:resolve_endpoints, state), do: {:noreply, resolve_endpoints(state)}
+  defp do_info(:resolve_endpoints, state), do: {:noreply, resolve_endpoints(state)}
 
   # Recycling: a worker's RSS (each health tick), its age, a replacement's retry.
-  def handle_info({:krait_worker_rss, pid, mb}, state) do
+  defp do_info({:krait_worker_rss, pid, mb}, state) do
     case Enum.find(state.workers, fn {_wid, w} -> w.pid == pid end) do
       {wid, _w} ->
         state = put_in(state.workers[wid].rss_mb, mb)
@@ -433,7 +526,7 @@ defmodule Krait.Pool.Scheduler do
     end
   end
 
-  def handle_info({:recycle_check, wid}, state) do
+  defp do_info({:recycle_check, wid}, state) do
     state = check_recycle(state, wid)
 
     # not yet (the start-up measure changed since the timer was set): look again later
@@ -452,7 +545,7 @@ defmodule Krait.Pool.Scheduler do
   end
 
   # its turn first (it had it; it may have lost it to another while it waited)
-  def handle_info({:recycle_retry, wid}, state) do
+  defp do_info({:recycle_retry, wid}, state) do
     case state.workers[wid] do
       %{recycle: reason, status: status} when reason != nil and status in [:idle, :busy] ->
         queue = [wid | List.delete(state.recycle_queue, wid)]
@@ -463,23 +556,15 @@ defmodule Krait.Pool.Scheduler do
     end
   end
 
-  def handle_info(:sweep_sessions, state) do
+  defp do_info(:sweep_sessions, state) do
     cutoff = now() - state.config.session_ttl
 
     busy_sessions = MapSet.new(state.leases, fn {_ref, lease} -> lease.session end)
-
-    sessions =
-      for {id, s} <- state.sessions,
-          s.used > cutoff or MapSet.member?(busy_sessions, id),
-          into: %{},
-          do: {id, s}
-
-    remote = for {id, s} <- state.remote_sessions, s.used > cutoff, into: %{}, do: {id, s}
     schedule_session_sweep(state.config)
-    {:noreply, %{state | sessions: sessions, remote_sessions: remote}}
+    {:noreply, %{state | sessions: Sessions.sweep(state.sessions, cutoff, busy_sessions)}}
   end
 
-  def handle_info(_msg, state), do: {:noreply, state}
+  defp do_info(_msg, state), do: {:noreply, state}
 
   ## Placement: where a new checkout goes
 
@@ -491,21 +576,21 @@ defmodule Krait.Pool.Scheduler do
   end
 
   defp place(%{session: sid, affinity: affinity} = req, state) do
-    case state.sessions[sid] do
+    case Sessions.worker(state.sessions, sid) do
       nil ->
         first_call(req, state)
 
-      %{worker: wid} ->
+      wid ->
         case state.workers[wid] do
           nil when affinity == :hint ->
-            first_call(req, %{state | sessions: Map.delete(state.sessions, sid)})
+            first_call(req, %{state | sessions: Sessions.forget(state.sessions, sid)})
 
           nil ->
             {:error, :session_worker_unavailable, state}
 
           # recycled: the session ended with it (its binding is normally dropped already)
           %{status: :retiring} ->
-            first_call(req, %{state | sessions: Map.delete(state.sessions, sid)})
+            first_call(req, %{state | sessions: Sessions.forget(state.sessions, sid)})
 
           %{status: :idle} ->
             {:assign, wid, state}
@@ -535,14 +620,8 @@ defmodule Krait.Pool.Scheduler do
     end
   end
 
-  # The idle worker a new call takes: the longest idle, passing over workers due for recycling
-  # (waiting for their replacement) while another is idle, so that they take few calls past their
-  # limit; they still serve when no other worker can.
-  defp pick_idle(%{idle: []}), do: nil
-  defp pick_idle(%{idle: [wid]}), do: wid
-
-  defp pick_idle(%{idle: [first | _] = idle, workers: workers}),
-    do: Enum.find(idle, first, &(workers[&1].recycle == nil))
+  # The idle worker a new call takes (see Krait.Pool.Slots.pick_idle/2).
+  defp pick_idle(state), do: Slots.pick_idle(state.idle, state.workers)
 
   defp unavailable_or_enqueue(%{failing: nil} = state), do: {:enqueue, :any, state}
   defp unavailable_or_enqueue(state), do: {:error, {:workers_failing, state.failing}, state}
@@ -553,7 +632,7 @@ defmodule Krait.Pool.Scheduler do
     remaining = if req.deadline == :infinity, do: :infinity, else: req.deadline - now()
 
     cond do
-      map_size(state.waiters) >= state.config.max_queue ->
+      Queue.size(state.queue) >= state.config.max_queue ->
         Process.demonitor(req.ref, [:flush])
         {:reply, {:error, :pool_saturated}, state}
 
@@ -567,56 +646,35 @@ defmodule Krait.Pool.Scheduler do
             do: :erlang.start_timer(req.deadline, self(), {:queue_timeout, req.ref}, abs: true)
 
         # A first call of its session: when the session gets bound while it waits, it follows.
-        first? = req.session != nil and not Map.has_key?(state.sessions, req.session)
-        waiter = Map.merge(req, %{seq: state.seq, timer: timer, queue: queue, first: first?})
-        state = %{state | seq: state.seq + 1}
-        {:noreply, insert_waiter(state, waiter)}
+        first? = req.session != nil and not Sessions.bound?(state.sessions, req.session)
+
+        waiter = %Waiter{
+          ref: req.ref,
+          from: req.from,
+          session: req.session,
+          affinity: req.affinity,
+          deadline: req.deadline,
+          timer: timer,
+          queue: queue,
+          first: first?
+        }
+
+        {_waiter, q} = Queue.push(state.queue, waiter)
+        {:noreply, %{state | queue: q}}
     end
   end
 
-  defp insert_waiter(state, %{queue: :any} = w) do
-    %{
-      state
-      | general: :gb_trees.insert(w.seq, w.ref, state.general),
-        waiters: Map.put(state.waiters, w.ref, w)
-    }
-  end
-
-  defp insert_waiter(state, %{queue: wid} = w) do
-    tree = Map.get(state.own, wid, :gb_trees.empty())
-
-    %{
-      state
-      | own: Map.put(state.own, wid, :gb_trees.insert(w.seq, w.ref, tree)),
-        waiters: Map.put(state.waiters, w.ref, w)
-    }
-  end
+  defp insert_waiter(state, w), do: %{state | queue: Queue.insert(state.queue, w)}
 
   defp drop_waiter(state, ref) do
-    case Map.pop(state.waiters, ref) do
+    case Queue.delete(state.queue, ref) do
       {nil, _} ->
         state
 
-      {w, waiters} ->
+      {w, q} ->
         if w.timer, do: :erlang.cancel_timer(w.timer)
-        remove_from_queue(%{state | waiters: waiters}, w)
+        %{state | queue: q}
     end
-  end
-
-  defp remove_from_queue(state, %{queue: :any, seq: seq}),
-    do: %{state | general: :gb_trees.delete_any(seq, state.general)}
-
-  defp remove_from_queue(state, %{queue: wid, seq: seq}) do
-    case state.own do
-      %{^wid => tree} -> put_own(state, wid, :gb_trees.delete_any(seq, tree))
-      _ -> state
-    end
-  end
-
-  defp put_own(state, wid, tree) do
-    if :gb_trees.is_empty(tree),
-      do: %{state | own: Map.delete(state.own, wid)},
-      else: %{state | own: Map.put(state.own, wid, tree)}
   end
 
   ## Serving: a worker became free (checkin, caller death, ready after start)
@@ -625,72 +683,53 @@ defmodule Krait.Pool.Scheduler do
     if room?(state, wid), do: serve_room(state, wid), else: state
   end
 
-  defp room?(state, wid) do
-    case state.workers[wid] do
-      %{status: status, leases: leases} when status in [:idle, :busy] ->
-        length(leases) < state.config.calls_per_worker
-
-      _ ->
-        false
-    end
-  end
+  defp room?(state, wid), do: Slots.room?(state.workers[wid], state.config.calls_per_worker)
 
   defp serve_room(state, wid) do
-    own = Map.get(state.own, wid)
-    own_seq = if own, do: elem(:gb_trees.smallest(own), 0)
+    case Queue.take_next(state.queue, wid) do
+      :empty ->
+        if wid in state.idle, do: state, else: offer(%{state | idle: state.idle ++ [wid]}, wid)
 
-    gen_seq =
-      if :gb_trees.is_empty(state.general),
-        do: nil,
-        else: elem(:gb_trees.smallest(state.general), 0)
+      {%Waiter{queue: :any} = w, q} ->
+        dispatch_general(%{state | queue: q}, w, wid)
 
-    cond do
-      own_seq == nil and gen_seq == nil ->
-        if wid in state.idle, do: state, else: %{state | idle: state.idle ++ [wid]}
-
-      gen_seq == nil or (own_seq != nil and own_seq < gen_seq) ->
-        {_seq, ref, tree} = :gb_trees.take_smallest(own)
-        state = put_own(state, wid, tree)
-        hand_over(state, ref, wid)
-
-      true ->
-        {_seq, ref, general} = :gb_trees.take_smallest(state.general)
-        dispatch_general(%{state | general: general}, state.waiters[ref], wid)
+      {w, q} ->
+        hand_over(%{state | queue: q}, w, wid)
     end
   end
 
   # The oldest waiter of the general queue meets free worker `wid`; its session may have been bound
   # while it waited, in which case it may have to wait for that worker instead.
-  defp dispatch_general(state, %{session: nil} = w, wid), do: hand_over(state, w.ref, wid)
+  defp dispatch_general(state, %{session: nil} = w, wid), do: hand_over(state, w, wid)
 
   defp dispatch_general(state, w, wid) do
-    case state.sessions[w.session] do
+    case Sessions.worker(state.sessions, w.session) do
       nil ->
-        hand_over(state, w.ref, wid)
+        hand_over(state, w, wid)
 
-      %{worker: ^wid} ->
-        hand_over(state, w.ref, wid)
+      ^wid ->
+        hand_over(state, w, wid)
 
-      %{worker: other} ->
+      other ->
         case state.workers[other] do
           nil when w.affinity == :hint ->
-            state = %{state | sessions: Map.delete(state.sessions, w.session)}
-            hand_over(state, w.ref, wid)
+            state = %{state | sessions: Sessions.forget(state.sessions, w.session)}
+            hand_over(state, w, wid)
 
           %{status: :retiring} ->
-            state = %{state | sessions: Map.delete(state.sessions, w.session)}
-            hand_over(state, w.ref, wid)
+            state = %{state | sessions: Sessions.forget(state.sessions, w.session)}
+            hand_over(state, w, wid)
 
           nil ->
             state = reject_waiter(state, w, :session_worker_unavailable)
             serve(state, wid)
 
           %{status: :busy} when w.affinity == :hint and not w.first ->
-            hand_over(state, w.ref, wid)
+            hand_over(state, w, wid)
 
           %{status: :idle} ->
             state = %{state | idle: List.delete(state.idle, other)}
-            state |> hand_over(w.ref, other) |> serve(wid)
+            state |> hand_over(w, other) |> serve(wid)
 
           _ ->
             # Waits for its own worker now; keeps its place (seq) in that worker's queue.
@@ -700,18 +739,28 @@ defmodule Krait.Pool.Scheduler do
     end
   end
 
-  defp hand_over(state, ref, wid) do
-    {w, waiters} = Map.pop(state.waiters, ref)
-    if w.timer, do: :erlang.cancel_timer(w.timer)
-    GenServer.reply(w.from, {:ok, lease(state, ref, wid)})
-    assign(%{state | waiters: waiters}, w, wid)
+  # `w` has left the queue already.
+  defp hand_over(state, w, wid) do
+    case take_idle(state, wid) do
+      {:ok, cell, state} ->
+        if w.timer, do: :erlang.cancel_timer(w.timer)
+        {pid, _} = w.from
+        GenServer.reply(w.from, {:ok, lease(state, w.ref, wid, cell, pid)})
+        assign(state, w, wid)
+
+      # a caller claimed it first: the waiter keeps its place
+      {:taken, state} ->
+        insert_waiter(state, w)
+    end
   end
 
+  # `w` may still be queued (it leaves the queue here) or have left it.
   defp reject_waiter(state, w, reason) do
     if w.timer, do: :erlang.cancel_timer(w.timer)
     Process.demonitor(w.ref, [:flush])
     GenServer.reply(w.from, {:error, reason})
-    %{state | waiters: Map.delete(state.waiters, w.ref)}
+    {_, q} = Queue.delete(state.queue, w.ref)
+    %{state | queue: q}
   end
 
   ## Leases
@@ -731,17 +780,16 @@ defmodule Krait.Pool.Scheduler do
       state
       | idle: List.delete(state.idle, wid),
         leases:
-          Map.put(state.leases, req.ref, %{worker_id: wid, session: req.session, timer: timer})
+          Map.put(state.leases, req.ref, %{
+            worker_id: wid,
+            session: req.session,
+            timer: timer,
+            mon: Map.get(req, :mon, req.ref)
+          })
     }
 
-    leases = [req.ref | state.workers[wid].leases]
-    full? = length(leases) >= state.config.calls_per_worker
-
-    state =
-      update_in(
-        state.workers[wid],
-        &%{&1 | status: if(full?, do: :busy, else: :idle), leases: leases, given: &1.given + 1}
-      )
+    {w, full?} = Slots.give(state.workers[wid], req.ref, state.config.calls_per_worker)
+    state = put_in(state.workers[wid], w)
 
     # a worker with room for another call stays idle, at the back
     state = if full?, do: state, else: %{state | idle: state.idle ++ [wid]}
@@ -750,43 +798,155 @@ defmodule Krait.Pool.Scheduler do
 
   defp bind_session(state, nil, _wid), do: state
 
-  defp bind_session(state, sid, wid) do
-    sessions =
-      case state.sessions do
-        %{^sid => b} -> Map.put(state.sessions, sid, %{b | used: now()})
-        _ -> Map.put(state.sessions, sid, %{worker: wid, used: now()})
-      end
-
-    %{state | sessions: sessions}
-  end
+  defp bind_session(state, sid, wid),
+    do: %{state | sessions: Sessions.touch(state.sessions, sid, wid, now())}
 
   defp release(state, ref, lease) do
     if lease.timer, do: :erlang.cancel_timer(lease.timer)
     state = %{state | leases: Map.delete(state.leases, ref)}
 
-    case state.workers[lease.worker_id] do
-      %{leases: leases} = w when is_list(leases) ->
-        if ref in leases, do: released(state, lease, ref, w), else: state
+    with %{} = w <- state.workers[lease.worker_id],
+         {:ok, w} <- Slots.take_back(w, ref, state.config.calls_per_worker) do
+      released(put_in(state.workers[lease.worker_id], w), lease.worker_id, w)
+    else
+      _ -> state
+    end
+  end
+
+  defp released(state, wid, %{status: :retiring, leases: []}), do: retire(state, wid)
+  defp released(state, _wid, %{status: :retiring}), do: state
+  defp released(state, wid, _w), do: serve(state, wid)
+
+  ## The fast path's cells (Krait.Pool.Cells), and the cluster's idle signal
+
+  # After each message: the number of waiters for the callers' own claims and give-backs (only
+  # when it changed), and, in a cluster pool, whether this node advertises idle workers (joins or
+  # leaves the :pg group when `idle` becomes non-empty or empty, see Krait.Pool.Cluster).
+  defp published({:reply, reply, state}), do: {:reply, reply, publish(state)}
+  defp published({:noreply, state}), do: {:noreply, publish(state)}
+
+  defp publish(state) do
+    waiting = Queue.size(state.queue)
+
+    state =
+      if state.cells != nil and waiting != state.waiting do
+        Cells.set_waiting(state.cells, waiting)
+        %{state | waiting: waiting}
+      else
+        state
+      end
+
+    idle? = state.idle != []
+
+    if state.config.cluster and idle? != state.advertised do
+      Krait.Pool.Cluster.advertise_idle(state.name, idle?)
+      %{state | advertised: idle?}
+    else
+      state
+    end
+  end
+
+  # One cell per worker that can be up at once: each slot's worker and its replacement; a remote
+  # pool's endpoints come and go, so it has room for more. A worker without a free cell is simply
+  # not offered (its calls go through the scheduler).
+  defp init_cells(%{config: %{calls_per_worker: 1, name: name} = config} = state)
+       when is_atom(name) do
+    size = if config.endpoints, do: 64, else: 2 * config.size + 2
+    %{state | cells: Cells.new(name, size), free_cells: Enum.to_list(1..size)}
+  end
+
+  defp init_cells(state), do: state
+
+  # A worker is ready: it gets a cell (not offered yet; serve/2 offers it).
+  defp publish_cell(%{cells: %Cells{} = cells, free_cells: [index | rest]} = state, wid) do
+    w = state.workers[wid]
+    gen = state.cell_gen + 1
+    Cells.publish(cells, index, gen, {wid, w.pid, w.conn, w.channel})
+    state = put_in(state.workers[wid].cell, {index, gen})
+    %{state | free_cells: rest, cell_of: Map.put(state.cell_of, index, wid), cell_gen: gen}
+  end
+
+  defp publish_cell(state, _wid), do: state
+
+  # A worker goes out of callers' reach: gone (a claim made just before is dropped: its call fails
+  # as the worker's death), or retiring or due for recycling (a claim made just before is adopted:
+  # the worker serves it).
+  defp withdraw_cell(state, wid, how) do
+    case state.workers[wid] do
+      %{cell: {index, _gen}} ->
+        state = put_in(state.workers[wid].cell, nil)
+
+        state = %{
+          state
+          | free_cells: [index | state.free_cells],
+            cell_of: Map.delete(state.cell_of, index)
+        }
+
+        case Cells.withdraw(state.cells, index) do
+          {:claimed, claim, claimer} when how == :adopt ->
+            start_claimed(state, wid, claim, claimer)
+
+          _ ->
+            state
+        end
 
       _ ->
         state
     end
   end
 
-  defp released(state, lease, ref, %{status: :retiring} = w) do
-    w = %{w | leases: List.delete(w.leases, ref), calls: w.calls + 1}
-    state = put_in(state.workers[lease.worker_id], w)
-    if w.leases == [], do: retire(state, lease.worker_id), else: state
+  # The scheduler gives worker `wid` to a call it places: {:ok, the lease's cell or nil, state}, or
+  # {:taken, state} when a caller claimed it first (that claim's lease starts now: the worker is
+  # busy).
+  defp take_idle(state, wid) do
+    case state.workers[wid] do
+      %{cell: {index, gen}} ->
+        case Cells.take(state.cells, index) do
+          {:ok, counter} -> {:ok, {index, gen, counter}, state}
+          {:claimed, claim} -> {:taken, adopt(state, wid, claim)}
+        end
+
+      _ ->
+        {:ok, nil, state}
+    end
   end
 
-  defp released(state, lease, ref, w) do
-    w = %{w | status: :idle, leases: List.delete(w.leases, ref), calls: w.calls + 1}
-    state = put_in(state.workers[lease.worker_id], w)
-    serve(state, lease.worker_id)
+  defp adopt(state, wid, {index, gen, counter} = claim) do
+    case Cells.take_claim(state.cells, index, gen, counter) do
+      nil -> state
+      claimer -> start_claimed(state, wid, claim, claimer)
+    end
   end
 
-  defp lease(state, ref, wid) do
+  # A caller's claim becomes a lease as if the scheduler had handed the worker out. A caller already
+  # dead gets its DOWN (:noproc) at once, and the worker comes back.
+  defp start_claimed(state, wid, {index, gen, counter}, {pid, ref, deadline}) do
+    Cells.claimed_to_leased(state.cells, index, gen, counter)
+
+    mon = Process.monitor(pid)
+    state = %{state | mons: Map.put(state.mons, mon, ref)}
+    assign(state, %{ref: ref, mon: mon, session: nil, deadline: deadline}, wid)
+  end
+
+  # A worker joins `idle`: callers may claim it.
+  defp offer(state, wid) do
+    case state.workers[wid] do
+      %{cell: {index, _gen}, recycle: nil} -> Cells.offer(state.cells, index)
+      _ -> :ok
+    end
+
+    state
+  end
+
+  defp forget_mon(state, %{mon: mon}) do
+    Process.demonitor(mon, [:flush])
+    %{state | mons: Map.delete(state.mons, mon)}
+  end
+
+  # `cell`: the lease's cell (see Krait.Pool.Cells.give_back/2), for a caller on this node.
+  defp lease(state, ref, wid, cell, caller) do
     w = state.workers[wid]
+    cell = if cell != nil and node(caller) == node(), do: cell
 
     %Lease{
       ref: ref,
@@ -794,7 +954,9 @@ defmodule Krait.Pool.Scheduler do
       worker_id: wid,
       worker_pid: w.pid,
       conn: w.conn,
-      channel: w.channel
+      channel: w.channel,
+      cells: if(cell, do: state.cells),
+      cell: cell
     }
   end
 
@@ -860,7 +1022,9 @@ defmodule Krait.Pool.Scheduler do
           recycle: nil,
           age_limit: nil,
           successor_of: successor_of,
-          rss_mb: nil
+          rss_mb: nil,
+          # its fast-path cell {index, generation}, while callers may claim it
+          cell: nil
         }
 
         {:ok,
@@ -905,6 +1069,8 @@ defmodule Krait.Pool.Scheduler do
 
       Krait.Telemetry.worker_recycling(state.name, wid, reason, w.given, w.rss_mb)
       state = put_in(state.workers[wid].recycle, reason)
+      # passed over while another worker is idle: only the scheduler gives it out now
+      state = withdraw_cell(state, wid, :adopt)
       next_recycle(%{state | recycle_queue: state.recycle_queue ++ [wid]})
     else
       _ -> state
@@ -989,9 +1155,12 @@ defmodule Krait.Pool.Scheduler do
         }
       )
 
+    # (normally withdrawn already, when it became due)
+    state = withdraw_cell(state, old, :adopt)
+
     case state.workers[old] do
       %{status: status} = w when status in [:idle, :busy] ->
-        sessions = for {sid, b} <- state.sessions, b.worker != old, into: %{}, do: {sid, b}
+        sessions = Sessions.forget_worker(state.sessions, old)
         w = %{w | status: :retiring}
 
         state = %{
@@ -1012,18 +1181,8 @@ defmodule Krait.Pool.Scheduler do
   # Callers waiting for a retiring worker (their session was bound to it) wait for any worker now,
   # in their place: their session starts afresh wherever they land.
   defp requeue_for_any(state, wid) do
-    {tree, own} = Map.pop(state.own, wid)
-    state = %{state | own: own}
-
-    if tree do
-      tree
-      |> :gb_trees.values()
-      |> Enum.reduce(state, fn ref, acc ->
-        insert_waiter(acc, %{acc.waiters[ref] | queue: :any})
-      end)
-    else
-      state
-    end
+    {waiters, q} = Queue.take_own(state.queue, wid)
+    Enum.reduce(waiters, %{state | queue: q}, &insert_waiter(&2, %{&1 | queue: :any}))
   end
 
   defp retire(state, wid) do
@@ -1058,6 +1217,7 @@ defmodule Krait.Pool.Scheduler do
 
   defp worker_down(state, mon, reason, output) do
     {wid, worker_mons} = Map.pop(state.worker_mons, mon)
+    state = withdraw_cell(state, wid, :drop)
     {w, workers} = Map.pop(state.workers, wid)
 
     state = %{
@@ -1132,9 +1292,9 @@ defmodule Krait.Pool.Scheduler do
   defp drop_leases(state, w) do
     Enum.reduce(w.leases, state, fn ref, acc ->
       case acc.leases[ref] do
-        %{timer: timer} ->
+        %{timer: timer} = lease ->
           if timer, do: :erlang.cancel_timer(timer)
-          Process.demonitor(ref, [:flush])
+          acc = forget_mon(acc, lease)
           %{acc | leases: Map.delete(acc.leases, ref)}
 
         _ ->
@@ -1210,11 +1370,7 @@ defmodule Krait.Pool.Scheduler do
   # The pool is failing when no worker is up and every slot's last start failed: nothing will serve
   # the queue soon, so waiting callers (and new ones, see place/2) get the start error now.
   defp check_failing(state, error) do
-    failing? =
-      ready_count(state) == 0 and map_size(state.slots) > 0 and
-        Enum.all?(state.slots, fn {_slot, s} -> s.start_failed end)
-
-    if failing? do
+    if Slots.failing?(state.workers, state.slots) do
       error = with_endpoint_errors(state, error)
 
       fail_waiters(%{state | failing: error})
@@ -1229,10 +1385,11 @@ defmodule Krait.Pool.Scheduler do
     Enum.each(state.awaiting, &GenServer.reply(&1, reply))
     state = %{state | awaiting: []}
 
-    Enum.reduce(Map.values(state.waiters), state, fn w, acc ->
-      acc = reject_waiter(acc, w, {:workers_failing, error})
-      remove_from_queue(acc, w)
-    end)
+    Enum.reduce(
+      Queue.waiters(state.queue),
+      state,
+      &reject_waiter(&2, &1, {:workers_failing, error})
+    )
   end
 
   # A remote pool's failure names every endpoint's last error.
@@ -1313,23 +1470,14 @@ defmodule Krait.Pool.Scheduler do
   # Waiters that needed the dead worker: strict ones fail, hint ones go back to the general queue
   # (same arrival number, so they keep their place) and may be served by an idle worker right away.
   defp requeue_own_waiters(state, wid) do
-    {tree, own} = Map.pop(state.own, wid)
-    state = %{state | own: own}
+    {waiters, q} = Queue.take_own(state.queue, wid)
 
     state =
-      if tree do
-        tree
-        |> :gb_trees.values()
-        |> Enum.reduce(state, fn ref, acc ->
-          w = acc.waiters[ref]
-
-          if w.affinity == :hint,
-            do: insert_waiter(acc, %{w | queue: :any}),
-            else: reject_waiter(acc, w, :session_worker_unavailable)
-        end)
-      else
-        state
-      end
+      Enum.reduce(waiters, %{state | queue: q}, fn w, acc ->
+        if w.affinity == :hint,
+          do: insert_waiter(acc, %{w | queue: :any}),
+          else: reject_waiter(acc, w, :session_worker_unavailable)
+      end)
 
     # Offer the requeued waiters to the idle workers (serve/2 puts each back in `idle` if unused).
     {idle, state} = {state.idle, %{state | idle: []}}
@@ -1346,8 +1494,7 @@ defmodule Krait.Pool.Scheduler do
     s = state.slots[slot]
     %{backoff_min: min, backoff_max: max} = state.config
 
-    delay =
-      if s.failures <= 1, do: min, else: Kernel.min(min * Integer.pow(2, s.failures - 1), max)
+    delay = Slots.restart_delay(s.failures, min, max)
 
     timer = Process.send_after(self(), {:restart_slot, slot}, delay)
     put_in(state.slots[slot], Map.merge(s, %{timer: timer, backoff: delay}))
@@ -1355,8 +1502,7 @@ defmodule Krait.Pool.Scheduler do
 
   ## Stats and readiness
 
-  defp ready_count(state),
-    do: Enum.count(state.workers, fn {_, w} -> w.status in [:idle, :busy] end)
+  defp ready_count(state), do: Slots.ready_count(state.workers)
 
   defp notify_awaiting(%{awaiting: []} = state), do: state
 
@@ -1430,8 +1576,8 @@ defmodule Krait.Pool.Scheduler do
       idle: count.(:idle),
       busy: count.(:busy),
       starting: count.(:starting) + count.(:restarting),
-      queue_length: map_size(state.waiters),
-      sessions: map_size(state.sessions),
+      queue_length: Queue.size(state.queue),
+      sessions: Sessions.size(state.sessions),
       failing: state.failing,
       # the token of a pool whose started workers listen (see Krait.Pool.Config): what other
       # callers of those ports need

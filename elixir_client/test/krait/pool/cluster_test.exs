@@ -204,4 +204,36 @@ defmodule Krait.Pool.ClusterTest do
 
     assert {:ok, %{"count" => 1}} = count.(a, affinity: :hint)
   end
+
+  test "nodes advertise idle workers; a call that overflows asks an advertising node first", %{
+    peers: peers
+  } do
+    [{a, _}, {b, node_b}, {c, node_c}] = peers
+    scheduler = fn peer -> :peer.call(peer, Process, :whereis, [Krait.Pool]) end
+    [pid_b, pid_c] = [scheduler.(b), scheduler.(c)]
+
+    advertised = fn ->
+      :peer.call(a, :pg, :get_members, [Krait.Pool.Cluster, {Krait.Pool, Krait.Pool, :idle}])
+    end
+
+    # every node's worker is idle: all three advertise
+    eventually(fn -> length(advertised.()) == 3 end, 10_000)
+
+    # B's worker busy: B stops advertising, and A asks C first
+    hold(b)
+    eventually(fn -> stats(b).busy == 1 end)
+    eventually(fn -> pid_b not in advertised.() end)
+    assert :peer.call(a, Krait.Pool.Cluster, :by_idle, [Krait.Pool]) == [pid_c, pid_b]
+
+    # A's worker busy too: its call runs on C, the one node advertising
+    hold(a)
+    eventually(fn -> stats(a).busy == 1 end)
+    before = calls(c)
+    assert {:ok, 3.0} = :peer.call(a, Krait, :execute, ["add", %{a: 1, b: 2}, [timeout: 10_000]])
+    eventually(fn -> calls(c) == before + 1 end)
+
+    # C free again after that call: still (or again) advertised; B joins again once free
+    eventually(fn -> pid_c in advertised.() end)
+    _ = {node_b, node_c}
+  end
 end
