@@ -13,9 +13,12 @@ defmodule Krait.Application do
         opts -> [{Krait.Pool, opts}]
       end
 
-    # the :pg scope where pools started with `cluster: true` find their peers on other nodes
     children = [
-      %{id: Krait.Pool.Cluster, start: {:pg, :start_link, [Krait.Pool.Cluster]}} | pools
+      # the :pg scope where pools started with `cluster: true` find their peers on other nodes
+      %{id: Krait.Pool.Cluster, start: {:pg, :start_link, [Krait.Pool.Cluster]}},
+      # where local callers find a link worker's Port to write their frames themselves
+      Krait.Link.Registry
+      | pools
     ]
 
     Supervisor.start_link(children, strategy: :one_for_one, name: Krait.Supervisor)

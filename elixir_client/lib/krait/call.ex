@@ -258,7 +258,50 @@ defmodule Krait.Call do
     end
   end
 
+  # Every option's default, as `Krait.Options.validate/2` fills them in.
+  @defaults Map.new(@schema, fn {key, spec} -> {key, Keyword.fetch!(spec, :default)} end)
+
+  @doc false
+  # The options most calls give (`pool:` and `timeout:`, or none) checked without walking the schema:
+  # `{:ok, map}` equal to what `Krait.Options.validate/2` returns for them, or `:slow` for anything else.
+  @spec fast_options(term()) :: {:ok, map()} | :slow
+  def fast_options([]), do: {:ok, @defaults}
+
+  def fast_options([{:pool, pool}]) when is_atom(pool) and pool != nil,
+    do: {:ok, %{@defaults | pool: pool}}
+
+  def fast_options([{:timeout, t}]) when t == :infinity or (is_integer(t) and t > 0),
+    do: {:ok, %{@defaults | timeout: t}}
+
+  def fast_options([{:pool, pool}, {:timeout, t}])
+      when is_atom(pool) and pool != nil and (t == :infinity or (is_integer(t) and t > 0)),
+      do: {:ok, %{@defaults | pool: pool, timeout: t}}
+
+  def fast_options([{:timeout, t}, {:pool, pool}]), do: fast_options(pool: pool, timeout: t)
+  def fast_options(_opts), do: :slow
+
   defp validate_options(opts) do
+    case fast_options(opts) do
+      # the defaults of the other options need none of the checks below
+      {:ok, o} -> {:ok, finish_fast(o)}
+      :slow -> validate_options_slow(opts)
+    end
+  end
+
+  defp finish_fast(o) do
+    case Krait.Tracing.headers(nil, o.pool) do
+      {:ok, trace} ->
+        Map.merge(o, %{
+          session_id: nil,
+          handlers: %{},
+          deadline: if(o.timeout == :infinity, do: :infinity, else: now() + o.timeout),
+          call_id: new_call_id(),
+          trace_headers: trace
+        })
+    end
+  end
+
+  defp validate_options_slow(opts) do
     case Krait.Options.validate(opts, @schema) do
       {:ok, o} ->
         session = if o.session_id in [nil, ""], do: nil, else: to_string(o.session_id)
@@ -338,10 +381,16 @@ defmodule Krait.Call do
   # Unique per call and short: the BEAM's unique integer, base 36, and a random part so that ids from
   # different nodes or restarts do not collide in logs.
   defp new_call_id do
-    unique = System.unique_integer([:positive]) |> Integer.to_string(36)
-    random = :rand.uniform(0xFFFFFF) |> Integer.to_string(16) |> String.downcase()
-    String.downcase(unique) <> "-" <> random
+    lower(System.unique_integer([:positive]), 36, "") <>
+      "-" <> lower(:rand.uniform(0xFFFFFF), 16, "")
   end
+
+  # `n` in `base`, lower-case digits (Integer.to_string/2 then String.downcase/1, without the second pass)
+  defp lower(n, base, acc) when n < base, do: <<digit(n), acc::binary>>
+  defp lower(n, base, acc), do: lower(div(n, base), base, <<digit(rem(n, base)), acc::binary>>)
+
+  defp digit(d) when d < 10, do: ?0 + d
+  defp digit(d), do: ?a + d - 10
 
   # A tool is named by a non-empty string, or an atom as a convenience (`:add`), never by nil or a
   # boolean: those are atoms in Erlang, but a nil name is a missing value, not the tool "nil".
@@ -567,5 +616,7 @@ defmodule Krait.Call do
 
   defp remaining(deadline), do: Cursor.remaining(deadline)
 
-  defp now, do: System.monotonic_time(:millisecond)
+  # the same clock as System.monotonic_time(:millisecond), without its unit conversion (a stream
+  # reads it before each chunk)
+  defp now, do: :erlang.monotonic_time(:millisecond)
 end

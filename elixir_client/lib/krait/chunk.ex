@@ -18,6 +18,8 @@ defmodule Krait.Chunk do
 
   @behaviour Access
 
+  @json "application/json"
+
   defstruct seq: 0, data: nil, content_type: "", is_final: false, metadata: %{}
 
   @type t :: %__MODULE__{
@@ -40,6 +42,52 @@ defmodule Krait.Chunk do
         error
     end
   end
+
+  @doc """
+  Builds the chunks of a batch of decoded `Krait.Proto.ToolChunk`s, in order. The JSON payloads
+  (`application/json`, what small chunks carry) are decoded together, with one call of the JSON
+  library; when that fails, each is decoded alone, so the error is the one chunk's.
+  """
+  @spec from_protos([struct()]) :: {:ok, [t()]} | {:error, String.t()}
+  def from_protos(protos) do
+    case for(%{content_type: @json, data: data} <- protos, do: data) do
+      [] ->
+        one_by_one(protos, [])
+
+      [_] ->
+        one_by_one(protos, [])
+
+      documents ->
+        case Krait.JSON.decode_many(documents) do
+          {:ok, values} -> with_values(protos, values, [])
+          :error -> one_by_one(protos, [])
+        end
+    end
+  end
+
+  defp with_values([], [], acc), do: {:ok, :lists.reverse(acc)}
+
+  defp with_values([%{content_type: @json} = proto | protos], [value | values], acc),
+    do: with_values(protos, values, [chunk(proto, value) | acc])
+
+  defp with_values([proto | protos], values, acc) do
+    case from_proto(proto) do
+      {:ok, chunk} -> with_values(protos, values, [chunk | acc])
+      {:error, _} = error -> error
+    end
+  end
+
+  defp one_by_one([], acc), do: {:ok, :lists.reverse(acc)}
+
+  defp one_by_one([proto | protos], acc) do
+    case from_proto(proto) do
+      {:ok, chunk} -> one_by_one(protos, [chunk | acc])
+      {:error, _} = error -> error
+    end
+  end
+
+  defp chunk(%{seq: seq, content_type: ct, is_final: final, metadata: meta}, value),
+    do: %__MODULE__{seq: seq, data: value, content_type: ct, is_final: final, metadata: meta}
 
   @doc "True when the worker added this final chunk because the tool ended without one."
   @spec synthetic_final?(t()) :: boolean()

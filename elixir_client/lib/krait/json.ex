@@ -58,6 +58,21 @@ defmodule Krait.JSON do
     kind, reason -> {:error, {kind, reason}}
   end
 
+  @doc """
+  Decodes many JSON documents with one call of the backend (joined as one array: a stream's batch of
+  small chunks pays the backend's fixed cost once): `{:ok, terms}` in order, or `:error` when the
+  array does not decode into exactly one term per document (decode them one by one to tell which).
+  """
+  @spec decode_many([binary()]) :: {:ok, [term()]} | :error
+  def decode_many(documents) do
+    count = length(documents)
+
+    case decode(IO.iodata_to_binary(["[", Enum.intersperse(documents, ","), "]"])) do
+      {:ok, terms} when is_list(terms) and length(terms) == count -> {:ok, terms}
+      _ -> :error
+    end
+  end
+
   @doc "Encodes a term as JSON: `{:ok, iodata}` or `{:error, reason}`."
   @spec encode(term()) :: {:ok, iodata()} | {:error, term()}
   def encode(term) do

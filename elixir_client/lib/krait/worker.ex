@@ -4,10 +4,12 @@ defmodule Krait.Worker do
   reach it by.
 
   The pool reaches its workers over the **local link** by default (`transport: :link`): frames on the
-  worker's own stdin/stdout (`docs/link.md`). This process owns the Port, routes each frame to its
-  call's owner (`Krait.Link.Calls`; input credit to the call's input owner), writes the callers'
-  frames (open, ack, cancel, input items and their end, handler replies: `Krait.Link`'s messages),
-  and the worker's death is one signal, the Port's exit: every open
+  worker's own stdin/stdout (`docs/link.md`). This process owns the Port and routes each frame to its
+  call's owner (`Krait.Link.Calls`; input credit to the call's input owner). Callers on this node
+  write their own frames (open, credit, cancel, input items and their end, handler replies) to the
+  Port, through the handle this process registers once ready (`Krait.Link.Handle`,
+  `Krait.Link.Registry`): one hop fewer per call; a caller elsewhere sends them here
+  (`Krait.Link`'s messages). The worker's death is one signal, the Port's exit: every open
   call fails at once and the pool drops the worker in the same step. With `transport: :grpc` the worker
   serves gRPC on a loopback port and this process connects to it (`Krait.GRPC.Connection`, linked).
 
@@ -37,7 +39,7 @@ defmodule Krait.Worker do
   use GenServer, restart: :temporary
   require Logger
 
-  alias Krait.Link.{Calls, Frame}
+  alias Krait.Link.{Calls, Frame, Registry}
   alias Krait.Worker.Output
 
   @ping_path Krait.Proto.path(:ping)
@@ -45,6 +47,8 @@ defmodule Krait.Worker do
   @host "127.0.0.1"
   @ready_prefix "KRAIT_READY "
   @log_prefix "KRAIT_LOG "
+  # How often a link worker cancels calls whose caller died before it wrote their OPEN (Calls.reap/1).
+  @reap_interval 5_000
 
   @doc "Starts a worker; `opts` is the worker map of `Krait.Pool.Config` (plus `:worker_id` and `:pool`)."
   @spec start_link(map()) :: GenServer.on_start()
@@ -67,7 +71,7 @@ defmodule Krait.Worker do
       transport: Map.get(opts, :transport, :link),
       port: nil,
       os_pid: nil,
-      # over gRPC: the connection; over the link: nil (calls go through this process)
+      # over gRPC: the connection; over the link: nil (this process is the channel's)
       conn: nil,
       calls: nil,
       status: :starting,
@@ -247,24 +251,11 @@ defmodule Krait.Worker do
   def handle_info({port, {:data, packet}}, %{port: port, transport: :link} = state)
       when is_binary(packet) do
     case Frame.decode(packet) do
-      {:log, 0, payload} ->
-        record = Krait.Proto.LogRecord.decode(payload)
-        {:noreply, %{state | output: Output.record(state.output, record)}}
-
       {:ready, 0, payload} when state.status == :starting ->
         link_ready(state, payload, Frame.metadata(packet))
 
-      # input credit for the caller (a CREDIT frame from the worker)
-      {:credit, id, _} when id > 0 ->
-        {items, bytes} = Frame.input_credit(packet)
-        {:noreply, %{state | calls: Calls.input_credit(state.calls, id, items, bytes)}}
-
-      {kind, id, payload} when id > 0 ->
-        {:noreply, %{state | calls: Calls.frame(state.calls, kind, id, payload)}}
-
-      other ->
-        Logger.warning("Krait worker #{state.id}: unexpected frame #{inspect(other, limit: 5)}")
-        {:noreply, state}
+      frame ->
+        {:noreply, link_frame(state, frame, packet)}
     end
   rescue
     e in Krait.Proto.DecodeError ->
@@ -336,6 +327,11 @@ defmodule Krait.Worker do
 
   def handle_info(:startup_timeout, state), do: {:noreply, state}
 
+  def handle_info(:reap_link_calls, %{calls: %Calls{} = calls} = state) do
+    Process.send_after(self(), :reap_link_calls, @reap_interval)
+    {:noreply, %{state | calls: Calls.reap(calls)}}
+  end
+
   ## Health
 
   def handle_info(:health_check, %{status: :ready} = state) do
@@ -385,17 +381,25 @@ defmodule Krait.Worker do
 
   @impl true
   def terminate(reason, state) do
+    # Callers stop writing to the Port themselves (a caller that has not written its OPEN yet takes
+    # its call back).
+    state = close_link(state)
     state = read_stderr(%{state | output: Output.flush(state.output)})
     state = if state.output.hold, do: failed_start(state), else: state
     if state.stderr_file, do: File.rm(state.stderr_file)
     send(state.opts.pool, {:krait_worker_down, self(), reason, Output.lines(state.output)})
-    state = fail_calls(state, "worker stopped")
-    stop_process(%{state | status: :stopping})
+
+    # Over the link, calls were written to the Port by their callers, and this process may not have
+    # seen their frames yet: what the worker sent, and sends until it exits, still reaches them (a
+    # call it finished or started is not reported as never run), the rest fail after.
+    state = stop_process(%{state | status: :stopping})
+    fail_calls(state, "worker stopped")
     refuse_pending_opens()
     :ok
   end
 
-  # Calls opened (`Krait.Link.start_stream/4` sends a message, it does not wait) but still in the
+  # Calls opened through this process (a caller on another node, or one that found no handle:
+  # `Krait.Link.start_stream/4` sends a message, it does not wait) but still in the
   # mailbox as this process stops never reached the worker: each is answered as unprocessed, so its
   # caller retries it on another worker instead of seeing this process's exit (which would not tell
   # it whether its call had been sent). Last in `terminate/2`, to leave the least time for another.
@@ -409,6 +413,36 @@ defmodule Krait.Worker do
     end
   end
 
+  # Local callers find no handle any more, and one that has not written its OPEN finds the gate
+  # closed (it takes its call back: never sent, retried elsewhere).
+  defp close_link(%{calls: %Calls{} = calls} = state) do
+    Registry.unregister()
+    Krait.Link.Handle.close(Calls.handle(calls))
+    state
+  end
+
+  defp close_link(state), do: state
+
+  defp link_frame(state, frame, packet) do
+    case frame do
+      {:log, 0, payload} ->
+        record = Krait.Proto.LogRecord.decode(payload)
+        %{state | output: Output.record(state.output, record)}
+
+      # input credit for the caller (a CREDIT frame from the worker)
+      {:credit, id, _} when id > 0 ->
+        {items, bytes} = Frame.input_credit(packet)
+        %{state | calls: Calls.input_credit(state.calls, id, items, bytes)}
+
+      {kind, id, payload} when id > 0 ->
+        %{state | calls: Calls.frame(state.calls, kind, id, payload)}
+
+      other ->
+        Logger.warning("Krait worker #{state.id}: unexpected frame #{inspect(other, limit: 5)}")
+        state
+    end
+  end
+
   defp refuse_open(owner, ref, message),
     do:
       send(owner, {:krait_stream, ref, {:done, {:error, Krait.GRPC.Error.unprocessed(message)}}})
@@ -419,6 +453,9 @@ defmodule Krait.Worker do
     Process.cancel_timer(state.startup_timer)
     info = Krait.Proto.PingResponse.decode(payload)
     state = %{state | output: Output.release(state.output)}
+    # from now on local callers write their frames to the Port themselves
+    Registry.register(Calls.handle(state.calls))
+    Process.send_after(self(), :reap_link_calls, @reap_interval)
 
     announce(%{state | status: :ready}, %{
       adapter: info.adapter,
@@ -525,8 +562,10 @@ defmodule Krait.Worker do
     end
   end
 
-  defp fail_calls(%{calls: %Calls{} = calls} = state, message),
-    do: %{state | calls: Calls.fail_all(calls, message)}
+  defp fail_calls(%{calls: %Calls{} = calls} = state, message) do
+    Registry.unregister()
+    %{state | calls: Calls.fail_all(calls, message)}
+  end
 
   defp fail_calls(state, _message), do: state
 
@@ -578,21 +617,20 @@ defmodule Krait.Worker do
 
   # The process has exited (and been reaped): only its group can be left, e.g. a tool's child after
   # the worker was SIGKILLed. Only the group is signalled, as the pid itself may be reused by now.
-  defp stop_process(%{port: nil, os_pid: nil}), do: :ok
-  defp stop_process(%{port: nil, os_pid: os_pid}), do: signal_group(os_pid, "KILL")
+  defp stop_process(%{port: nil, os_pid: nil} = state), do: state
 
-  defp stop_process(%{port: port, os_pid: os_pid, opts: opts}) do
+  defp stop_process(%{port: nil, os_pid: os_pid} = state) do
+    signal_group(os_pid, "KILL")
+    state
+  end
+
+  defp stop_process(%{port: port, os_pid: os_pid, opts: opts} = state) do
     signal(os_pid, "TERM")
 
-    exited? =
-      receive do
-        {^port, {:exit_status, _}} -> true
-      after
-        opts.shutdown_grace ->
-          # Closing the Port closes Python's stdin as well.
-          catch_port_close(port)
-          false
-      end
+    {exited?, state} =
+      await_exit(state, System.monotonic_time(:millisecond) + opts.shutdown_grace)
+
+    unless exited?, do: catch_port_close(port)
 
     # Whatever is left of the group (a child that ignored SIGTERM) goes now.
     signal_group(os_pid, "KILL")
@@ -600,7 +638,28 @@ defmodule Krait.Worker do
     # A signal is delivered asynchronously: a killed worker is waited for (briefly), so that a pool's
     # stop returns once its processes are gone.
     unless exited?, do: await_gone(os_pid, System.monotonic_time(:millisecond) + 1_000)
-    :ok
+    %{state | port: nil}
+  end
+
+  # Waits for the process's exit until `deadline`, routing the link's frames meanwhile (a call's
+  # result is not lost because the worker was stopping). Closing the Port after closes Python's stdin.
+  defp await_exit(%{port: port} = state, deadline) do
+    receive do
+      {^port, {:exit_status, _}} ->
+        {true, state}
+
+      {^port, {:data, packet}} when is_binary(packet) and state.transport == :link ->
+        state =
+          try do
+            link_frame(state, Frame.decode(packet), packet)
+          rescue
+            Krait.Proto.DecodeError -> state
+          end
+
+        await_exit(state, deadline)
+    after
+      max(deadline - System.monotonic_time(:millisecond), 0) -> {false, state}
+    end
   end
 
   # Gone: no /proc entry, or a zombie (dead, waiting to be reaped by the BEAM's child helper).

@@ -416,27 +416,28 @@ defmodule Krait.Call.Cursor do
 
   ## Decoding
 
+  # Each message is a ToolChunkBatch; its chunks' payloads are decoded together (Chunk.from_protos/1).
+  defp decode_chunks([payload], ctx), do: decode_batch(payload, ctx)
+
   defp decode_chunks(payloads, ctx) do
     Enum.reduce_while(payloads, {:ok, []}, fn payload, {:ok, acc} ->
-      with {:ok, %{chunks: protos}} <- decode_message(Krait.Proto.ToolChunkBatch, payload, ctx),
-           {:ok, chunks} <- chunks_from_protos(protos, acc, ctx) do
-        {:cont, {:ok, chunks}}
-      else
+      case decode_batch(payload, ctx) do
+        {:ok, chunks} -> {:cont, {:ok, [chunks | acc]}}
         error -> {:halt, error}
       end
     end)
     |> case do
-      {:ok, acc} -> {:ok, Enum.reverse(acc)}
+      {:ok, acc} -> {:ok, acc |> Enum.reverse() |> Enum.concat()}
       error -> error
     end
   end
 
-  defp chunks_from_protos([], acc, _ctx), do: {:ok, acc}
-
-  defp chunks_from_protos([proto | rest], acc, ctx) do
-    case Chunk.from_proto(proto) do
-      {:ok, chunk} -> chunks_from_protos(rest, [chunk | acc], ctx)
-      {:error, message} -> {:error, Error.new(:protocol, message, ctx)}
+  defp decode_batch(payload, ctx) do
+    with {:ok, %{chunks: protos}} <- decode_message(Krait.Proto.ToolChunkBatch, payload, ctx) do
+      case Chunk.from_protos(protos) do
+        {:ok, _} = ok -> ok
+        {:error, message} -> {:error, Error.new(:protocol, message, ctx)}
+      end
     end
   end
 
@@ -484,5 +485,6 @@ defmodule Krait.Call.Cursor do
   def remaining(:infinity), do: :infinity
   def remaining(deadline), do: max(deadline - now(), 0)
 
-  defp now, do: System.monotonic_time(:millisecond)
+  # the same clock as System.monotonic_time(:millisecond), without its unit conversion
+  defp now, do: :erlang.monotonic_time(:millisecond)
 end

@@ -1,10 +1,13 @@
 defmodule Krait.Link.Calls do
   @moduledoc """
-  The open calls of one worker's local link, kept by the `Krait.Worker` process that owns the Port:
-  call ids for new calls, and for each call its owner (monitored: a caller that dies has its call
-  cancelled), its input owner (the process that sends its input, given the input credit: not
-  monitored, as it lives and dies with the owner), whether the worker said `STARTED`, and the credit
-  its owner has acknowledged but not yet returned to the worker.
+  The open calls of one worker's local link, kept by the `Krait.Worker` process that owns the Port.
+
+  The calls live in the worker's public table (`Krait.Link.Handle`): a local caller registers its
+  call there and writes its frames to the Port itself; a caller on another node (or without the
+  registry) sends them to the worker process, which does the same for it (`open/8`, `ack/3`...).
+  For each call the worker keeps what only it needs: a monitor of the owner (a caller that dies has
+  its call cancelled), taken when the call's first frame comes back (or at `open/8`), and whether
+  the worker said `STARTED`.
 
   Frames from the worker are routed to owners as `Krait.Channel` messages (`CREDIT` from the worker,
   input credit, to the input owner; `HANDLER_CALL` to the owner); frames for calls that are no longer
@@ -12,123 +15,139 @@ defmodule Krait.Link.Calls do
   """
 
   alias Krait.GRPC.Error
-  alias Krait.Link.Frame
+  alias Krait.Link.{Frame, Handle}
   alias Krait.Proto.RpcStatus
 
-  # Bytes of message payload a call may have in flight before its owner acknowledges them (the same
-  # window the gRPC channel gives a stream); credit is returned in quarters of it.
-  @window 4 * 1024 * 1024
-  @credit_step div(@window, 4)
-
-  defstruct port: nil, next_id: 1, calls: %{}, refs: %{}, monitors: %{}
+  defstruct handle: nil, port: nil, watched: %{}, monitors: %{}, refs: %{}
 
   @type t :: %__MODULE__{
+          handle: Handle.t(),
           port: port() | nil,
-          next_id: pos_integer(),
-          calls: %{pos_integer() => map()},
-          refs: %{reference() => pos_integer()},
-          monitors: %{reference() => pos_integer()}
+          watched: %{pos_integer() => {reference(), boolean()}},
+          monitors: %{reference() => pos_integer()},
+          refs: %{reference() => pos_integer()}
         }
 
   @doc "An empty table for `port`."
   @spec new(port()) :: t()
-  def new(port), do: %__MODULE__{port: port}
+  def new(port), do: %__MODULE__{handle: Handle.new(port), port: port}
+
+  @doc "The handle callers write this worker's frames with."
+  @spec handle(t()) :: Handle.t()
+  def handle(%__MODULE__{handle: handle}), do: handle
 
   @doc """
-  Opens a call for `owner` (stream `ref`) and sends its `OPEN` frame; `input_owner` gets the call's
-  input credit.
+  Opens a call sent to the worker process for `owner` (stream `ref`) and sends its `OPEN` frame;
+  `input_owner` gets the call's input credit.
   """
   @spec open(t(), reference(), pid(), String.t(), iodata(), non_neg_integer(), map(), pid()) ::
           t()
   def open(t, ref, owner, method, request, timeout_ms, metadata, input_owner \\ nil) do
-    id = t.next_id
-    mon = Process.monitor(owner)
-    command(t, Frame.open(id, method, request, timeout_ms, @window, metadata))
-
-    call = %{
-      ref: ref,
-      owner: owner,
-      input_owner: input_owner || owner,
-      mon: mon,
-      started: false,
-      unacked: 0
-    }
-
-    %{
-      t
-      | next_id: id + 1,
-        calls: Map.put(t.calls, id, call),
-        refs: Map.put(t.refs, ref, id),
-        monitors: Map.put(t.monitors, mon, id)
-    }
+    id = Handle.next_id(t.handle)
+    :ets.insert(t.handle.tab, {id, ref, owner, input_owner || owner, 0})
+    command(t, Frame.open(id, method, request, timeout_ms, Handle.window(), metadata))
+    t = watch(t, id, owner, false)
+    %{t | refs: Map.put(t.refs, ref, id)}
   end
 
   @doc "Handles a frame from the worker about call `id`."
   @spec frame(t(), Frame.kind(), pos_integer(), binary()) :: t()
   def frame(t, kind, id, payload) do
-    case Map.fetch(t.calls, id) do
-      {:ok, call} -> route(t, kind, id, call, payload)
-      :error -> t
+    case :ets.lookup(t.handle.tab, id) do
+      [{_, sref, owner, _, _}] ->
+        route(t, kind, id, sref, owner, payload)
+
+      # cancelled by its caller: the worker's END is the last frame of the call
+      [] when kind == :end ->
+        forget(t, id, nil)
+
+      [] ->
+        t
     end
   end
 
+  defp route(t, :end, id, sref, owner, payload) do
+    send(owner, {:krait_stream, sref, {:done, outcome(payload)}})
+    :ets.delete(t.handle.tab, id)
+    forget(t, id, sref)
+  end
+
+  defp route(t, :message, id, sref, owner, payload) do
+    send(owner, {:krait_stream, sref, {:messages, [payload], byte_size(payload)}})
+    watch(t, id, owner, false)
+  end
+
+  defp route(t, :handler_call, id, sref, owner, payload) do
+    send(owner, {:krait_stream, sref, {:handler_call, payload}})
+    watch(t, id, owner, false)
+  end
+
   # Kept here, not sent to the owner: only a worker death needs it (see fail_all/2).
-  defp route(t, :started, id, call, _payload),
-    do: %{t | calls: Map.put(t.calls, id, %{call | started: true})}
+  defp route(t, :started, id, _sref, owner, _payload), do: watch(t, id, owner, true)
+  defp route(t, _kind, _id, _sref, _owner, _payload), do: t
 
-  defp route(t, :message, _id, call, payload) do
-    send(call.owner, {:krait_stream, call.ref, {:messages, [payload], byte_size(payload)}})
-    t
+  # The owner is monitored from its call's first frame back on (a dead owner's monitor fires at once).
+  defp watch(t, id, owner, started) do
+    case t.watched do
+      %{^id => {_mon, true}} ->
+        t
+
+      %{^id => {mon, false}} ->
+        if started, do: %{t | watched: Map.put(t.watched, id, {mon, true})}, else: t
+
+      _ ->
+        mon = Process.monitor(owner)
+
+        %{
+          t
+          | watched: Map.put(t.watched, id, {mon, started}),
+            monitors: Map.put(t.monitors, mon, id)
+        }
+    end
   end
-
-  defp route(t, :end, id, call, payload) do
-    send(call.owner, {:krait_stream, call.ref, {:done, outcome(payload)}})
-    forget(t, id, call)
-  end
-
-  defp route(t, :handler_call, _id, call, payload) do
-    send(call.owner, {:krait_stream, call.ref, {:handler_call, payload}})
-    t
-  end
-
-  defp route(t, _kind, _id, _call, _payload), do: t
 
   @doc "The worker granted call `id` input credit: `items` more items, `bytes` more bytes of item data."
   @spec input_credit(t(), pos_integer(), non_neg_integer(), non_neg_integer()) :: t()
   def input_credit(t, id, items, bytes) do
-    case Map.fetch(t.calls, id) do
-      {:ok, call} ->
-        send(call.input_owner, {:krait_stream, call.ref, {:credit, items, bytes}})
+    case :ets.lookup(t.handle.tab, id) do
+      [{_, sref, _owner, input_owner, _}] ->
+        send(input_owner, {:krait_stream, sref, {:credit, items, bytes}})
         t
 
-      :error ->
+      [] ->
         t
     end
   end
 
   @doc "Input items (an encoded `InputBatch`) for stream `ref`: sent as an `INPUT` frame."
-  @spec input(t(), reference(), iodata()) :: t()
+  @spec input(t(), term(), iodata()) :: t()
   def input(t, ref, batch), do: to_worker(t, ref, &Frame.input(&1, batch))
 
   @doc "The end of stream `ref`'s input (`:ok`, or `{:error, message}`): an `INPUT_END` frame."
-  @spec input_end(t(), reference(), :ok | {:error, String.t()}) :: t()
+  @spec input_end(t(), term(), :ok | {:error, String.t()}) :: t()
   def input_end(t, ref, result), do: to_worker(t, ref, &Frame.input_end(&1, result))
 
   @doc "The answer to one of stream `ref`'s handler calls (an encoded `HandlerReply`)."
-  @spec handler_reply(t(), reference(), iodata()) :: t()
+  @spec handler_reply(t(), term(), iodata()) :: t()
   def handler_reply(t, ref, reply), do: to_worker(t, ref, &Frame.handler_reply(&1, reply))
 
   defp to_worker(t, ref, frame) do
-    case Map.fetch(t.refs, ref) do
-      {:ok, id} -> command(t, frame.(id))
-      :error -> :ok
+    case id_of(t, ref) do
+      nil -> :ok
+      id -> if :ets.member(t.handle.tab, id), do: command(t, frame.(id))
     end
 
     t
   end
 
+  # A stream ref: a direct call's `{id, ref}`, or the reference of a call opened through this process.
+  defp id_of(_t, {id, ref}) when is_integer(id) and is_reference(ref), do: id
+  defp id_of(t, ref), do: Map.get(t.refs, ref)
+
   # END carries a google.rpc.Status: code 0 is success; otherwise it is the error, and the same bytes
   # are what gRPC's grpc-status-details-bin holds (the ToolError is in its details).
+  defp outcome(<<>>), do: :ok
+
   defp outcome(payload) do
     case RpcStatus.decode(payload) do
       %{code: 0} ->
@@ -142,33 +161,32 @@ defmodule Krait.Link.Calls do
   end
 
   @doc "The owner took `bytes` of messages: return credit to the worker in steps."
-  @spec ack(t(), reference(), non_neg_integer()) :: t()
+  @spec ack(t(), term(), non_neg_integer()) :: t()
   def ack(t, ref, bytes) do
-    with {:ok, id} <- Map.fetch(t.refs, ref),
-         {:ok, call} <- Map.fetch(t.calls, id) do
-      unacked = call.unacked + bytes
-
-      if unacked >= @credit_step do
-        command(t, Frame.credit(id, unacked))
-        %{t | calls: Map.put(t.calls, id, %{call | unacked: 0})}
-      else
-        %{t | calls: Map.put(t.calls, id, %{call | unacked: unacked})}
-      end
-    else
-      :error -> t
+    case id_of(t, ref) do
+      nil -> :ok
+      id -> Handle.ack(t.handle, id, bytes)
     end
+
+    t
   end
 
   @doc "The owner gave up on stream `ref`: tell the worker to stop the call and forget it."
-  @spec cancel(t(), reference()) :: t()
+  @spec cancel(t(), term(), Krait.Channel.cancel_reason()) :: t()
   def cancel(t, ref, reason \\ :cancelled) do
-    case Map.fetch(t.refs, ref) do
-      {:ok, id} ->
-        command(t, Frame.cancel(id, reason))
-        forget(t, id, Map.fetch!(t.calls, id))
-
-      :error ->
+    case id_of(t, ref) do
+      nil ->
         t
+
+      id ->
+        case :ets.take(t.handle.tab, id) do
+          [{_, sref, _, _, _}] ->
+            command(t, Frame.cancel(id, reason))
+            forget(t, id, sref)
+
+          [] ->
+            t
+        end
     end
   end
 
@@ -177,9 +195,14 @@ defmodule Krait.Link.Calls do
   def owner_down(t, mon) do
     case Map.fetch(t.monitors, mon) do
       {:ok, id} ->
-        command(t, Frame.cancel(id))
-        call = Map.fetch!(t.calls, id)
-        forget(t, id, call)
+        case :ets.take(t.handle.tab, id) do
+          [{_, sref, _, _, _}] ->
+            command(t, Frame.cancel(id))
+            forget(t, id, sref)
+
+          [] ->
+            forget(t, id, nil)
+        end
 
       :error ->
         :unknown
@@ -187,42 +210,67 @@ defmodule Krait.Link.Calls do
   end
 
   @doc """
+  Cancels the calls whose owner died before the worker heard of them: registered, but the owner died
+  before (or just after) writing `OPEN`, so no frame came back to monitor it by. A `CANCEL` for a call
+  the worker never opened is ignored by it.
+  """
+  @spec reap(t()) :: t()
+  def reap(%__MODULE__{port: nil} = t), do: t
+
+  def reap(t) do
+    tab = t.handle.tab
+
+    for [id, owner] <- :ets.match(tab, {:"$1", :_, :"$2", :_, :_}),
+        not is_map_key(t.watched, id),
+        node(owner) == node() and not Process.alive?(owner),
+        [_] <- [:ets.take(tab, id)] do
+      command(t, Frame.cancel(id))
+    end
+
+    t
+  end
+
+  @doc """
   The worker is gone: every open call ends with `UNAVAILABLE`; those it had not `STARTED` are marked
-  unprocessed (they never ran, and may be retried elsewhere).
+  unprocessed (they never ran, and may be retried elsewhere). The gate closes first: a caller that
+  has not written its `OPEN` yet takes its call back itself.
   """
   @spec fail_all(t(), String.t()) :: t()
   def fail_all(t, message) do
-    for {_id, call} <- t.calls do
-      error = if call.started, do: Error.unavailable(message), else: Error.unprocessed(message)
-      send(call.owner, {:krait_stream, call.ref, {:done, {:error, error}}})
-      Process.demonitor(call.mon, [:flush])
+    tab = t.handle.tab
+    Handle.close(t.handle)
+
+    for id <- :ets.select(tab, [{{:"$1", :_, :_, :_, :_}, [], [:"$1"]}]),
+        [{_, sref, owner, _, _}] <- [:ets.take(tab, id)] do
+      error =
+        if match?(%{^id => {_, true}}, t.watched),
+          do: Error.unavailable(message),
+          else: Error.unprocessed(message)
+
+      send(owner, {:krait_stream, sref, {:done, {:error, error}}})
     end
 
-    %{t | calls: %{}, refs: %{}, monitors: %{}, port: nil}
+    for {_id, {mon, _}} <- t.watched, do: Process.demonitor(mon, [:flush])
+    %{t | watched: %{}, refs: %{}, monitors: %{}, port: nil}
   end
 
   @doc "The number of open calls."
   @spec size(t()) :: non_neg_integer()
-  def size(t), do: map_size(t.calls)
+  def size(t), do: :ets.info(t.handle.tab, :size)
 
-  defp forget(t, id, call) do
-    Process.demonitor(call.mon, [:flush])
+  defp forget(t, id, sref) do
+    refs = if is_reference(sref), do: Map.delete(t.refs, sref), else: t.refs
 
-    %{
-      t
-      | calls: Map.delete(t.calls, id),
-        refs: Map.delete(t.refs, call.ref),
-        monitors: Map.delete(t.monitors, call.mon)
-    }
+    case Map.pop(t.watched, id) do
+      {{mon, _}, watched} ->
+        Process.demonitor(mon, [:flush])
+        %{t | watched: watched, monitors: Map.delete(t.monitors, mon), refs: refs}
+
+      {nil, _} ->
+        %{t | refs: refs}
+    end
   end
 
   defp command(%{port: nil}, _frame), do: :ok
-
-  defp command(%{port: port}, frame) do
-    Port.command(port, frame)
-    :ok
-  rescue
-    # the port has just closed: its exit message follows and fails every call
-    ArgumentError -> :ok
-  end
+  defp command(t, frame), do: Handle.command(t.handle, frame)
 end
