@@ -29,13 +29,21 @@ defmodule Krait.Metrics do
   @metrics_path Krait.Proto.path(:metrics)
 
   @doc false
+  # Read several times per call: the name is built once per pool (`Module.concat/2` makes an atom
+  # from a string, ~1 µs) and kept in :persistent_term by `setup/1`.
   @spec table(atom()) :: atom()
-  def table(pool), do: Module.concat(pool, Metrics)
+  def table(pool),
+    do: :persistent_term.get({__MODULE__, pool}, nil) || Module.concat(pool, Metrics)
 
   @doc false
   # Called by the pool's supervisor as it starts (the table lives as long as the pool).
   @spec setup(Krait.Pool.Config.t()) :: :ok
   def setup(config) do
+    name = Module.concat(config.name, Metrics)
+    # put only when missing: replacing a persistent term costs every process a scan
+    if :persistent_term.get({__MODULE__, config.name}, nil) != name,
+      do: :persistent_term.put({__MODULE__, config.name}, name)
+
     :ets.new(table(config.name), [:named_table, :public, :set, write_concurrency: true])
     # read by each call of the pool (Krait.Tracing): does the pool start traces?
     :ets.insert(table(config.name), {:trace, config.trace})
