@@ -57,6 +57,9 @@ AsyncInput = Iterable[Any] | AsyncIterable[Any]
 HANDLER_TIMEOUT_MARGIN_S = 1.0
 
 
+_STOP = object()  # ends an _AsyncDuplex's writer
+
+
 class _AsyncDuplex:
     """One ExecuteToolDuplex call of :class:`AsyncClient`: a writer task sends the queued requests in order (the
     start, input batches, the input's end, handler replies), an input task pulls the caller's (async) iterable
@@ -88,7 +91,9 @@ class _AsyncDuplex:
             self._outgoing.put_nowait(input_end())
         else:
             self._spawn(self._pump(input))
-        self._spawn(self._write())
+        # the writer is never cancelled: grpc.aio cancels the whole RPC when a task awaiting ``write`` is, and a
+        # result already read would be followed by CancelledError instead of the call's status; finish() stops it
+        self._writer = asyncio.ensure_future(self._write())
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -101,6 +106,8 @@ class _AsyncDuplex:
             while True:
                 message = pending if pending is not None else await outgoing.get()
                 pending = None
+                if self._over:  # nothing crosses the call's end: gRPC would end it INTERNAL
+                    return
                 if isinstance(message, pb.InputItem):
                     message, pending = coalesce(message, self._ready)
                 await self._call.write(message)
@@ -204,6 +211,7 @@ class _AsyncDuplex:
             return
         self._over = True
         self._credited.set()
+        self._outgoing.put_nowait(_STOP)  # wakes the writer (it stops there; a write under way completes)
         for task in list(self._tasks):
             task.cancel()
 
