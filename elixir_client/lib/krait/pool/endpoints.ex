@@ -91,6 +91,34 @@ defmodule Krait.Pool.Endpoints do
     end
   end
 
+  @doc """
+  A resolution's changes against the endpoints in use (`slot => endpoint`): `{gone, added}`, the
+  slots whose endpoint is no longer `found`, and each new endpoint with its slot (numbered on from
+  the highest slot kept).
+  """
+  @spec diff(%{pos_integer() => t()}, [t()]) :: {[{pos_integer(), t()}], [{pos_integer(), t()}]}
+  def diff(current, found) do
+    keys = MapSet.new(found, & &1.key)
+    {kept, gone} = current |> Enum.sort() |> Enum.split_with(fn {_, e} -> e.key in keys end)
+    in_use = MapSet.new(kept, fn {_, e} -> e.key end)
+    top = kept |> Enum.map(&elem(&1, 0)) |> Enum.max(fn -> 0 end)
+    new = Enum.reject(found, &MapSet.member?(in_use, &1.key))
+    {gone, Enum.with_index(new, fn e, i -> {top + i + 1, e} end)}
+  end
+
+  @doc """
+  A remote pool's failure `error` with every endpoint's last start error (`last_errors`: slot =>
+  reason or nil) and the names that did not resolve.
+  """
+  @spec with_errors(map(), %{pos_integer() => t()}, %{pos_integer() => term()}, [
+          {String.t(), term()}
+        ]) ::
+          map()
+  def with_errors(error, endpoints, last_errors, dns_errors) do
+    errors = for {slot, e} <- Enum.sort(endpoints), do: {e.label, last_errors[slot]}
+    Map.put(error, :endpoints, errors ++ dns_errors)
+  end
+
   defp ok_list({:ok, list}), do: list
   defp ok_list(_), do: []
 end

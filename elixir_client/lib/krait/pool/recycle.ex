@@ -190,4 +190,27 @@ defmodule Krait.Pool.Recycle do
   """
   @spec retry_delay(pos_integer(), pos_integer(), pos_integer()) :: pos_integer()
   def retry_delay(failures, min, max), do: Kernel.min(min * Integer.pow(2, failures - 1), max)
+
+  @doc "Why worker `w` is due, for the log: its calls, its age at `now`, or its memory."
+  @spec due_text(reason(), map(), integer()) :: String.t()
+  def due_text(:calls, w, _now), do: "#{w.given} calls given"
+  def due_text(:age, w, now), do: "up #{now - w.ready_at} ms"
+  def due_text(:rss_mb, w, _now), do: "#{Float.round(w.rss_mb * 1.0, 1)} MiB resident"
+
+  @doc """
+  When to look at worker `w`'s age again (ms, at least 10), when it is up, not due yet and has an
+  age limit: the start-up measure (`startup_ms`) may have changed since its timer was set. nil
+  otherwise.
+  """
+  @spec recheck_in(map() | nil, non_neg_integer(), integer()) :: pos_integer() | nil
+  def recheck_in(
+        %{recycle: nil, status: status, ready_at: ready_at, age_limit: age_limit},
+        startup_ms,
+        now
+      )
+      when status in [:idle, :busy] and age_limit != nil do
+    max(age_timer(age_limit, lead(startup_ms)) - (now - ready_at), 10)
+  end
+
+  def recheck_in(_w, _startup_ms, _now), do: nil
 end

@@ -1,7 +1,8 @@
 defmodule Krait.Pool.Slots do
   @moduledoc """
-  The rules of the pool's worker table, as pure functions over the scheduler's `workers` map (worker
-  id => worker) and its `idle` list (worker ids with room for another call, longest idle first):
+  The rules of a single worker and slot, as pure functions over the worker table's `workers` map
+  (worker id => worker) and its `idle` list (worker ids with room for another call, longest idle
+  first), which `Krait.Pool.Workers` holds and changes:
   which idle worker a call takes, what a lease given or returned does to a worker, restart backoff,
   and when the pool counts as failing.
   """

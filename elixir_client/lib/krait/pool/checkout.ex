@@ -1,0 +1,116 @@
+defmodule Krait.Pool.Checkout do
+  @moduledoc """
+  The caller's side of a checkout (it runs in the caller's process, never in the scheduler's): a
+  call without a session claims an idle worker itself (`Krait.Pool.Cells`), without a round trip;
+  other calls ask the scheduler (`Krait.Pool.Scheduler`), and in a cluster pool the other nodes'
+  pools when the scheduler says so (`Krait.Pool.Cluster`). `checkin/2` gives the worker back.
+  """
+
+  alias Krait.Pool.{Cells, Cluster, Lease, Scheduler}
+
+  # A checkout's GenServer.call outlives the caller's deadline by this margin, so the pool's own reply
+  # (:queue_timeout) normally wins.
+  @call_margin 5_000
+
+  @doc """
+  Checks a worker out for a call. `deadline` is an absolute `System.monotonic_time(:millisecond)` or
+  `:infinity`; waiting in the queue stops there with `{:error, :queue_timeout}`.
+  """
+  @spec checkout(GenServer.server(), String.t() | nil, Scheduler.affinity(), Scheduler.deadline()) ::
+          {:ok, Lease.t()} | {:error, Scheduler.checkout_error()}
+  def checkout(pool, session_id, affinity, deadline) do
+    # A call without a session takes an idle worker itself when one is offered (Krait.Pool.Cells):
+    # no round trip; the scheduler hears of it by a cast.
+    case session_id == nil and claim_idle(pool, deadline) do
+      {:ok, lease} -> {:ok, lease}
+      _ -> checkout_call(pool, session_id, affinity, deadline)
+    end
+  end
+
+  defp claim_idle(pool, deadline) do
+    with %Cells{} = cells <- Cells.lookup(pool) do
+      ref = make_ref()
+
+      case Cells.claim(cells, ref, deadline) do
+        {:ok, {index, gen, counter}, {wid, pid, conn, channel}} ->
+          GenServer.cast(cells.pid, {:claimed, index, gen, counter})
+
+          {:ok,
+           %Lease{
+             ref: ref,
+             pool: cells.pid,
+             worker_id: wid,
+             worker_pid: pid,
+             conn: conn,
+             channel: channel,
+             cells: cells,
+             cell: {index, gen, counter}
+           }}
+
+        {:withdrawn, _claim} ->
+          GenServer.cast(cells.pid, {:checkin, ref, :ok})
+          :none
+
+        :none ->
+          :none
+      end
+    end
+  end
+
+  defp checkout_call(pool, session_id, affinity, deadline) do
+    timeout =
+      case deadline do
+        :infinity -> :infinity
+        d -> max(d - now(), 0) + @call_margin
+      end
+
+    # A cluster pool answers :no_idle_here instead of queueing a call it could send elsewhere: the
+    # caller (never the scheduler, which must not block on another) asks the other nodes' pools for
+    # an idle worker, and queues here only when none has one.
+    checkout(pool, session_id, affinity, deadline, timeout, :try)
+  catch
+    :exit, {:timeout, _} -> {:error, :queue_timeout}
+    :exit, _ -> {:error, :pool_not_running}
+  end
+
+  defp checkout(pool, session_id, affinity, deadline, timeout, mode) do
+    case GenServer.call(pool, {:checkout, session_id, affinity, deadline, mode}, timeout) do
+      # a session this node has not bound: another node may have it
+      {:error, {:ask_cluster, group}} ->
+        Cluster.checkout_bound(group, session_id, affinity, deadline, timeout)
+        |> remember_remote(pool, session_id) ||
+          checkout(pool, session_id, affinity, deadline, timeout, :first)
+
+      {:error, {:no_idle_here, group}} ->
+        Cluster.checkout_elsewhere(group, session_id, affinity, deadline)
+        |> remember_remote(pool, session_id) ||
+          GenServer.call(pool, {:checkout, session_id, affinity, deadline, :queue}, timeout)
+
+      reply ->
+        reply
+    end
+  end
+
+  # The caller's own pool notes which node serves a session bound elsewhere, so that the session's
+  # calls fail as their worker's death when that node goes down.
+  defp remember_remote({:ok, %Lease{pool: remote}} = reply, pool, session) when session != nil do
+    GenServer.cast(pool, {:remote_session, session, node(remote)})
+    reply
+  end
+
+  defp remember_remote(reply, _pool, _session), do: reply
+
+  @doc """
+  Returns a leased worker to the pool. `:lost` says the call failed because the worker's process or
+  connection died: the worker leaves the pool at once instead of becoming idle. Unknown or already
+  returned leases are ignored.
+  """
+  @spec checkin(Lease.t(), :ok | :lost) :: :ok
+  def checkin(%Lease{pool: pool, ref: ref} = lease, outcome \\ :ok) do
+    # nobody waiting: the worker is free for the next caller now, not once the scheduler reads this
+    if outcome == :ok and lease.cell != nil, do: Cells.give_back(lease.cells, lease.cell)
+    GenServer.cast(pool, {:checkin, ref, outcome})
+  end
+
+  defp now, do: System.monotonic_time(:millisecond)
+end
