@@ -86,7 +86,8 @@ def encode_json(value: Any) -> bytes:
         if "Integer exceeds 64-bit range" not in str(exc):
             raise EncodeError(f"cannot encode {type(value).__name__} as JSON: {exc}") from None
     else:
-        if b"null" in data and (found := first_non_finite(value)) is not None:
+        # 110 (an "n") first: a byte search is ~10x cheaper than a substring one, and most values have no "n"
+        if 110 in data and b"null" in data and (found := first_non_finite(value)) is not None:
             raise NonFiniteError(*found)
         return data
     try:

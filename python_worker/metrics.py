@@ -79,6 +79,8 @@ class WorkerMetrics:
         self.sessions = Gauge("krait_sessions", "Sessions open now", registry=registry)
         # labelled children cached: labels() takes a lock and builds a key on every call
         self._children: dict[tuple[Any, ...], Any] = {}
+        # what a call's end counts, by (tool, status): its calls counter and its duration histogram, in one lookup
+        self._ended: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._lock = threading.Lock()
 
     def watch(self, in_flight: Callable[[], float], sessions: Callable[[], float]) -> None:
@@ -95,8 +97,13 @@ class WorkerMetrics:
         return child
 
     def call_ended(self, tool: str, status: str, seconds: float) -> None:
-        self._child(self.calls, tool, status).inc()
-        self._child(self.duration, tool).observe(seconds)
+        children = self._ended.get((tool, status))
+        if children is None:
+            children = self._ended.setdefault(
+                (tool, status), (self._child(self.calls, tool, status), self._child(self.duration, tool))
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def stream_sent(self, tool: str, chunks: int, nbytes: int) -> None:
         if chunks:

@@ -69,6 +69,23 @@ def configure_from_env() -> None:
     trace.set_tracer_provider(provider)
 
 
+# OTEL_PYTHON_TRACER_PROVIDER names a provider get_tracer_provider() loads itself: read once, not per call
+_PROVIDER_FROM_ENV = bool(os.environ.get("OTEL_PYTHON_TRACER_PROVIDER"))
+_UNKNOWN = object()
+
+
+def _no_provider() -> bool:
+    """No tracer provider is installed (yet: an adapter may install one at any time, so asked every call).
+    ``trace.get_tracer_provider()`` would look the environment up on every call until one is; the API's own
+    global says the same at no cost (the public call is the fallback, should that global ever go)."""
+    installed = getattr(trace, "_TRACER_PROVIDER", _UNKNOWN)
+    if installed is None and not _PROVIDER_FROM_ENV:
+        return True
+    if installed is not _UNKNOWN and installed is not None:
+        return isinstance(installed, trace.ProxyTracerProvider)
+    return isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
 class CallSpan:
     """One call's span: made current on the calling thread by :meth:`attach` (a streaming tool's thread
     inherits it), ended once by :meth:`end`."""
@@ -121,10 +138,9 @@ class CallSpan:
 
 
 def start(tool: str, metadata: Mapping[str, str], *, worker_id: str, session_id: str, call_id: str) -> Any:
-    """A :class:`CallSpan` for a call, or None when spans are off."""
-    if not available():
-        return None
-    if "traceparent" not in metadata and isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+    """A :class:`CallSpan` for a call, or None when nothing would record it. Only called where spans are
+    :func:`available` (the engine looks once, when it starts: not an environment lookup per call)."""
+    if "traceparent" not in metadata and _no_provider():
         # nothing would record this span, and with no parent it carries no trace id: the tool sees INVALID_SPAN
         # either way (~40 µs a call saved; an adapter may still install a provider later: looked up each call)
         return None

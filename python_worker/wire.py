@@ -37,6 +37,10 @@ _SMALL = [bytes([n]) for n in range(128)]
 def varint(n: int) -> bytes:
     if n < 128:
         return _SMALL[n]
+    if n < 1 << 21:  # call ids and chunk numbers: two or three bytes, without the loop
+        if n < 1 << 14:
+            return bytes((n & 0x7F | 0x80, n >> 7))
+        return bytes((n & 0x7F | 0x80, n >> 7 & 0x7F | 0x80, n >> 14))
     out = bytearray()
     while n >= 128:
         out.append((n & 0x7F) | 0x80)
@@ -63,6 +67,21 @@ def _metadata(meta: Mapping[str, str]) -> list[bytes]:
 
 # payloads from this size up are framed by hand
 LARGE = 32 << 10
+_JSON_CT = _CONTENT_TYPES[codec.JSON]
+
+
+def frame_json(seq: int, data: bytes) -> bytes:
+    """A JSON chunk that is not final and has no metadata (a stream's usual small chunk) as a batch entry, byte
+    for byte what :func:`encode_batch` writes for its tuple (``data`` is never empty: JSON is at least one
+    byte). Made in C by one bytes formatting: ~3x cheaper
+    than the protobuf message encode_batch would add it to, and the entry is also the chunk's one copy."""
+    size = varint(len(data))
+    if seq:  # 0, protobuf's default, is not written
+        number = varint(seq)
+        entry = len(number) + len(size) + len(data) + 2 + len(_JSON_CT)
+        return b"\x0a%b\x08%b\x12%b%b%b" % (varint(entry), number, size, data, _JSON_CT)
+    entry = len(size) + len(data) + 1 + len(_JSON_CT)
+    return b"\x0a%b\x12%b%b%b" % (varint(entry), size, data, _JSON_CT)
 
 
 def encode_batch(chunks: Iterable[Chunk | bytes]) -> bytes:

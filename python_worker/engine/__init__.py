@@ -147,7 +147,7 @@ class Engine:
         self.sessions = sessions
         self.specs = type(adapter).tool_specs()
         self.max_calls = max_calls
-        self._slots = threading.BoundedSemaphore(max_calls)
+        # the call slots: a count under a lock (a BoundedSemaphore is a Python-level Condition: ~3x the cost)
         self._count_lock = threading.Lock()
         self._in_flight = 0
         # room for the message framing around a chunk's data
@@ -383,10 +383,11 @@ class Engine:
         return request.tool_name if request.tool_name in self.specs else UNKNOWN_TOOL
 
     def _acquire(self) -> None:
-        if not self._slots.acquire(blocking=False):
-            raise Overloaded(f"worker {self.worker_id} is running its maximum of {self.max_calls} calls")
         with self._count_lock:
-            self._in_flight += 1
+            if self._in_flight < self.max_calls:
+                self._in_flight += 1
+                return
+        raise Overloaded(f"worker {self.worker_id} is running its maximum of {self.max_calls} calls")
 
     def _end(self, ctx: ToolContext | None, acquired: bool) -> None:
         if ctx is not None and isinstance(ctx._caller, Exchange):
@@ -395,8 +396,9 @@ class Engine:
             self.sessions.release(ctx.session_id)
         if acquired:
             with self._count_lock:
+                if self._in_flight <= 0:  # what BoundedSemaphore.release raised: a slot released twice
+                    raise ValueError("a call slot released more often than taken")
                 self._in_flight -= 1
-            self._slots.release()
         call_ended()
 
 

@@ -25,7 +25,9 @@ class ChunkBuffer:
     """Bounded by a chunk count and a byte count; one producer, one consumer."""
 
     def __init__(self, max_chunks: int = 4096, max_bytes: int = 8 << 20) -> None:
-        self._items: deque[tuple[Any, int]] = deque()
+        # items and their sizes side by side: no (item, size) tuple per chunk, and the usual take is list(items)
+        self._items: deque[Any] = deque()
+        self._sizes: deque[int] = deque()
         self._bytes = 0
         self._max_chunks = max_chunks
         self._max_bytes = max_bytes
@@ -55,7 +57,8 @@ class ChunkBuffer:
                 self._producer_waiting = False
             if self._cancelled:
                 raise Cancelled
-            self._items.append((item, nbytes))
+            self._items.append(item)
+            self._sizes.append(nbytes)
             self._bytes += nbytes
             if self._consumer_waiting:
                 self._cond.notify_all()
@@ -77,7 +80,8 @@ class ChunkBuffer:
         with self._lock:
             if self._cancelled:
                 raise Cancelled
-            self._items.append((item, nbytes))
+            self._items.append(item)
+            self._sizes.append(nbytes)
             self._bytes += nbytes
             if self._consumer_waiting:
                 self._cond.notify_all()
@@ -101,6 +105,7 @@ class ChunkBuffer:
         with self._cond:
             self._cancelled = True
             self._items.clear()
+            self._sizes.clear()
             self._bytes = 0
             self._cond.notify_all()
             self._room_wanted = True
@@ -123,24 +128,25 @@ class ChunkBuffer:
                 return None
             items = self._items
             if len(items) <= max_chunks and self._bytes <= max_bytes:
-                # everything fits (the usual case): swap the deque, so the producer never waits for a copy
-                self._items, self._bytes = deque(), 0
+                # everything fits (the usual case): swap the deques, so the producer never waits for a copy
+                self._items, self._sizes, self._bytes = deque(), deque(), 0
                 if self._producer_waiting:
                     self._cond.notify_all()
                 self._made_room()
             else:
+                sizes = self._sizes
                 out: list[Any] = []
                 size = 0
                 while items and len(out) < max_chunks:
-                    item, nbytes = items[0]
+                    nbytes = sizes[0]
                     if out and size + nbytes > max_bytes:
                         break
-                    items.popleft()
-                    out.append(item)
+                    sizes.popleft()
+                    out.append(items.popleft())
                     size += nbytes
                 self._bytes -= size
                 if self._producer_waiting:
                     self._cond.notify_all()
                 self._made_room()
                 return out
-        return [item for item, _ in items]
+        return list(items)

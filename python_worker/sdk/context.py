@@ -46,43 +46,80 @@ class CallerLink(Protocol):
     async def acall(self, name: str, args: Any, timeout: float | None) -> Any: ...
 
 
+# Held only to flip a CancelEvent's fields: one lock for all of them (a lock each would cost every call its making)
+_CANCEL_LOCK = threading.Lock()
+
+
 class CancelEvent(threading.Event):
     """A ``threading.Event`` that also runs callbacks, once, when it is set: how a cancellation raised on a
     gRPC thread reaches an asyncio task on the worker's event loop (the callback cancels the task). ``reason``
-    is the status the call ends with once set: ``"CANCELLED"`` (its caller went) or ``"DEADLINE_EXCEEDED"``."""
+    is the status the call ends with once set: ``"CANCELLED"`` (its caller went) or ``"DEADLINE_EXCEEDED"``.
 
-    def __init__(self) -> None:
-        super().__init__()
+    Made for every call, and most are never cancelled nor waited on: its condition and callback list are made
+    only when a tool first waits or a callback is added (a ``threading.Event`` makes a condition and two locks
+    up front)."""
+
+    def __init__(self) -> None:  # no super().__init__(): every method of Event is redefined here
         self.reason = ""
-        self._callbacks: list[Callable[[], object]] = []
-        self._callbacks_lock = threading.Lock()
+        self._flag = False
+        self._cond: threading.Condition | None = None  # made by the first wait
+        self._callbacks: list[Callable[[], object]] | None = None
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    isSet = is_set  # threading.Event's old name
 
     def set(self, reason: str = "CANCELLED") -> None:
-        with self._callbacks_lock:
-            if self.is_set():
+        with _CANCEL_LOCK:
+            if self._flag:
                 return
             self.reason = reason
-            super().set()
-            callbacks, self._callbacks = self._callbacks, []
-        for callback in callbacks:
+            self._flag = True
+            cond, callbacks, self._callbacks = self._cond, self._callbacks, None
+        if cond is not None:
+            with cond:
+                cond.notify_all()
+        for callback in callbacks or ():
             try:
                 callback()
             except Exception:
                 log.exception("a cancellation callback failed")
 
+    def clear(self) -> None:
+        with _CANCEL_LOCK:
+            self._flag = False
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._flag:
+            return True
+        with _CANCEL_LOCK:
+            if self._cond is None:
+                self._cond = threading.Condition(threading.Lock())
+            cond = self._cond
+        with cond:  # set() notifies under this lock after raising the flag: no wake-up is lost
+            if not self._flag:
+                cond.wait(timeout)
+            return self._flag
+
     def add_callback(self, callback: Callable[[], object]) -> Callable[[], None]:
         """Run ``callback`` when the event is set (at once if it already is); returns a function that removes it."""
-        with self._callbacks_lock:
-            if not self.is_set():
+        with _CANCEL_LOCK:
+            if not self._flag:
+                if self._callbacks is None:
+                    self._callbacks = []
                 self._callbacks.append(callback)
                 return lambda: self._remove(callback)
         callback()
         return lambda: None
 
     def _remove(self, callback: Callable[[], object]) -> None:
-        with self._callbacks_lock:
-            if callback in self._callbacks:
+        with _CANCEL_LOCK:
+            if self._callbacks is not None and callback in self._callbacks:
                 self._callbacks.remove(callback)
+
+    def _at_fork_reinit(self) -> None:
+        self._cond = None
 
 
 @dataclass(slots=True)

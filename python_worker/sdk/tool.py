@@ -25,6 +25,7 @@ from pydantic import ConfigDict, Field, WithJsonSchema
 
 from .. import codec
 from .context import ToolContext
+from .fast_args import FastArgs
 from .schema import (
     BINARY_SCHEMA,
     binary_kind,
@@ -90,6 +91,7 @@ class ToolSpec:
     result_schema: dict[str, Any] | None = None
     optional_binary: frozenset[str] = frozenset()
     input: InputSpec | None = None  # the tool's input stream, when a parameter is annotated Iterator[T]
+    fast_args: FastArgs | None = None  # a simple signature's validation fast path (see fast_args.py)
 
     def json_schema(self) -> dict[str, Any]:
         """JSON Schema of the parameters, defaults included."""
@@ -101,6 +103,8 @@ class ToolSpec:
     def validate(self, args: dict[str, Any]) -> dict[str, Any]:
         """Check ``args`` (JSON values, plus arrays and bytes from binary arguments) against the signature; return
         the keyword arguments to call the tool with."""
+        if self.fast_args is not None and (fast := self.fast_args.validate(args)) is not None:
+            return fast
         model = self.json_model or self.model
         problems = [p for name in self.binary_params if (p := self._check_binary(name, args))]
         plain: dict[str, Any] = {}
@@ -364,6 +368,7 @@ def build_spec(func: Callable[..., Any]) -> ToolSpec:
         result_schema=result,
         optional_binary=frozenset(optional_binary),
         input=input_spec,
+        fast_args=FastArgs.from_model(json_model) if not binary else None,
     )
 
 

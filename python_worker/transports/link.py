@@ -46,7 +46,6 @@ from .link_io import (
     INPUT_END,
     MESSAGE,
     OPEN,
-    STARTED,
     FrameReader,
     FrameWriter,
     InputFrame,
@@ -66,7 +65,8 @@ _INLINE_METHODS = frozenset({"Ping", "ListTools"})
 INLINE_TICK_S = 0.005
 INLINE_IDLE_TICKS = 250
 # A tool handed over by the watchdog is handed over at once for this long (a slow tool then runs inline once in
-# a while; a quick one that was slow once, behind a garbage collection say, is served inline again).
+# a while), or until one of its calls so handed over ends within a tick: a quick one that was slow once (behind a
+# garbage collection, or preempted on a busy machine) is served inline again from its next call.
 SLOW_TOOL_S = 5.0
 
 
@@ -111,6 +111,19 @@ class LinkCall:
 
     Its lock is shared by all calls: it is held only to flip a field, and a lock or condition of its own
     would cost every unary call ~4 µs to create (the credit's condition is made for streams only)."""
+
+    __slots__ = (
+        "_cond",
+        "_reason",
+        "call_id",
+        "cancel_event",
+        "credit",
+        "deadline",
+        "ended",
+        "exchange",
+        "open_frame",
+        "stream",
+    )
 
     _lock = threading.Lock()
 
@@ -204,7 +217,8 @@ class LinkServer:
         self._calls: dict[int, LinkCall] = {}
         self._calls_lock = threading.Lock()
         # the inline call (see the module doc): its number, whether it runs, whether its reading was handed over
-        self._inline_cond = threading.Condition(threading.Lock())
+        self._inline_lock = threading.Lock()  # taken as is on the hot path (a Condition's with is Python code)
+        self._inline_cond = threading.Condition(self._inline_lock)
         self._inline_seq = 0
         self._inline_running = False
         self._handed = False
@@ -258,7 +272,7 @@ class LinkServer:
     def _serve_inline(self, call: LinkCall) -> bool:
         """Serve a unary call on the reading thread; True when the reading is still this thread's afterwards,
         False when it was handed over meanwhile (by the watchdog, or at once for a tool known to be slow)."""
-        with self._inline_cond:
+        with self._inline_lock:
             self._inline_seq += 1
             self._inline_running = True
             if not self._watching:
@@ -267,7 +281,7 @@ class LinkServer:
         try:
             self._serve_tool(call, call.open_frame, inline=True)
         finally:
-            with self._inline_cond:
+            with self._inline_lock:
                 self._inline_running = False
                 handed, self._handed = self._handed, False
         return not handed
@@ -282,6 +296,13 @@ class LinkServer:
     def _hand_over_waiting_inline(self) -> None:
         with self._inline_cond:
             self._hand_over_inline()
+
+    def _quick_again(self, tool: str) -> None:
+        """A call of a tool marked slow ended within a tick: it was slow once (preempted on a loaded machine, or
+        behind a garbage collection), not slow. Its next calls are served inline again: handing each over would
+        cost every one of them a follower's wake-up (a worker's CPU per call doubled)."""
+        with self._inline_lock:
+            self._slow_tools.pop(tool, None)
 
     def _is_slow(self, tool: str) -> bool:
         until = self._slow_tools.get(tool)
@@ -313,7 +334,7 @@ class LinkServer:
                 call.exchange = Exchange(LinkPeer(self.writer, call_id), input_declared=INPUT_HEADER in frame.metadata)
                 with self._calls_lock:
                     self._calls[call_id] = call
-                self.writer.send(call_id, STARTED)
+                self.writer.send_started(call_id)
                 if frame.timeout_ms:
                     call.deadline = self._deadlines.after(
                         frame.timeout_ms / 1000, lambda: call.cancel(code_pb2.DEADLINE_EXCEEDED, "deadline exceeded")
@@ -379,12 +400,16 @@ class LinkServer:
         try:
             request = self.engine.parse_request(frame.payload)
             tool_name = request.tool_name
+            slow_since = 0.0  # when a call of a tool marked slow started (handed over at once)
             if inline:
                 spec = self.engine.specs.get(tool_name)
-                with self._inline_cond:
+                with self._inline_lock:
                     self._inline_tool = tool_name
-                    # a tool that reads input waits for frames this thread would read: hand the reading over
-                    if self._is_slow(tool_name) or (spec is not None and spec.input is not None):
+                    if self._is_slow(tool_name):
+                        slow_since = time.monotonic()
+                        self._hand_over_inline()
+                    elif spec is not None and spec.input is not None:
+                        # a tool that reads input waits for frames this thread would read: hand the reading over
                         self._hand_over_inline()
                 assert call.exchange is not None
                 call.exchange.before_wait = self._hand_over_waiting_inline  # a handler call waits likewise
@@ -392,10 +417,10 @@ class LinkServer:
                 response = self.engine.execute(
                     request, metadata, on_ready=lambda ctx: call.attach(ctx.cancel_event), exchange=call.exchange
                 )
+                if slow_since and time.monotonic() - slow_since < INLINE_TICK_S:
+                    self._quick_again(tool_name)
                 if call.ended is None:
-                    self.writer.send_parts(
-                        [(call.call_id, MESSAGE, response.SerializeToString()), (call.call_id, END, _OK)]
-                    )
+                    self.writer.send_reply(call.call_id, response.SerializeToString())  # END: _OK, empty
                     return
             else:
                 self._stream(call, request, metadata, batched=frame.method == "ExecuteStreamingToolBatched")

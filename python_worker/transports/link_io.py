@@ -48,6 +48,11 @@ _KIND_FIELDS: dict[int, bytes] = {
 }
 
 
+_STARTED, _MESSAGE, _END = _KIND_FIELDS[STARTED], _KIND_FIELDS[MESSAGE], _KIND_FIELDS[END]
+# a reply up to this size is joined into one buffer (one copy, one write); a larger one goes by writev uncopied
+SMALL_REPLY = 64 << 10
+
+
 def credit_frame(call_id: int, items: int, nbytes: int) -> bytes:
     """A CREDIT frame to the pool: the call's caller may send ``items`` more input items, ``nbytes`` more bytes."""
     fields = b"\x08" + varint(call_id) + _KIND_FIELDS[CREDIT] + b"\x30" + varint(nbytes) + b"\x40" + varint(items)
@@ -86,8 +91,33 @@ class FrameWriter:
             self.send_parts([(call_id, kind, payload)])
 
     def send_raw(self, frame: bytes) -> None:
-        """A frame already framed (see :func:`credit_frame`)."""
-        self._write([frame])
+        """A frame already framed (see :func:`credit_frame`), or several."""
+        with self._lock:
+            if self.closed:
+                return
+            try:
+                written = os.write(self._fd, frame)
+                if written < len(frame):
+                    _write_all(self._fd, [frame], written)
+            except OSError:  # the pool has gone: the reader sees EOF and the worker stops
+                self.closed = True
+
+    def send_started(self, call_id: int) -> None:
+        """A call's STARTED frame (the hot path's own: no payload, nothing to frame but the id)."""
+        fields = b"\x08" + varint(call_id) + _STARTED
+        self.send_raw(_LENGTH.pack(len(fields)) + fields)
+
+    def send_reply(self, call_id: int, payload: bytes) -> None:
+        """A unary call's MESSAGE and its END with status OK (an empty payload), in one write; a small reply is
+        joined into one buffer first."""
+        head = b"\x08" + varint(call_id)
+        message = head + _MESSAGE + b"\x2a" + varint(len(payload))
+        end = head + _END
+        tail = _LENGTH.pack(len(end)) + end
+        if len(payload) < SMALL_REPLY:
+            self.send_raw(b"".join((_LENGTH.pack(len(message) + len(payload)), message, payload, tail)))
+        else:  # a large one is written from its own buffer (os.writev): no copy of it
+            self._write([_LENGTH.pack(len(message) + len(payload)) + message, payload, tail])
 
     def send_parts(self, frames: Iterable[tuple[int, int, bytes | memoryview]]) -> None:
         """Several frames in one write (a unary call's MESSAGE and END, say)."""

@@ -37,7 +37,7 @@ from python_worker.client import Client  # noqa: E402
 from python_worker.transports.grpc.aux_streams import MAX_AUX_STREAMS  # noqa: E402
 from python_worker.transports.grpc.security import client_metadata  # noqa: E402
 from python_worker.transports.security import TOKEN_ENV, generate_token  # noqa: E402
-from scripts.benchmarks import hostile, mcp_bench, observability  # noqa: E402
+from scripts.benchmarks import hostile, mcp_bench, observability, worker_cpu  # noqa: E402
 from scripts.benchmarks.raw_grpc import RawClient  # noqa: E402
 from tests.workers import running_worker  # noqa: E402
 
@@ -528,6 +528,19 @@ def table(r: dict[str, float]) -> list[tuple[str, str, str, str]]:
         "flat",
     )
     rows.extend(observability.rows(get))
+    unary, chunk = get("worker_cpu_unary_us"), get("worker_cpu_chunk_us")
+    naive_unary, naive_chunk = get("naive_cpu_unary_us"), get("naive_cpu_chunk_us")
+    pooled = get("naive_pooled_cpu_chunk_us")
+    row(
+        "16. worker CPU per unary call / per small chunk (link; utime+stime), vs a naive loop: orjson in+out per"
+        " call, orjson + join per chunk",
+        "n/a" if unary is None or chunk is None else f"{unary:.1f} / {chunk:.2f} µs",
+        "n/a"
+        if naive_unary is None or naive_chunk is None
+        else f"naive {naive_unary:.2f} / {naive_chunk:.2f} µs"
+        + ("" if pooled is None else f" ({pooled:.2f} per chunk copying each output, as the worker does)"),
+        "<= 25 / <= 1 µs",
+    )
     for front, key in (("gRPC Ping", "ping"), ("HTTP GET /v1/tools", "http")):
         idle, held = get(f"hostile_idle_{key}_p99_ms"), get(f"hostile_attack_{key}_p99_ms")
         row(
@@ -610,6 +623,7 @@ def main() -> int:
         if not ns.elixir_only:
             results.update(python_benchmarks(cfg, runs))
             results.update(observability.observability_benchmarks(cfg, runs))
+            results.update(worker_cpu.benchmark(ns.quick, runs))
             results.update(hostile.benchmark(cfg["ping_samples"]))
             results.update(mcp_bench.benchmark(max(20, cfg["ping_samples"] // 10)))
         if not ns.python_only:
