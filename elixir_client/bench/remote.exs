@@ -6,6 +6,7 @@
 #
 #   cd elixir_client && mix run bench/remote.exs              (quick)
 #   cd elixir_client && KRAIT_BENCH='{"quick": false}' mix run bench/remote.exs
+#   cd elixir_client && KRAIT_BENCH='{"cross_node_only": true}' mix run bench/remote.exs   (row 11 alone)
 #
 # Targets (issue 10): TLS costs at most 10% of 4 MiB-batch throughput; a cross-node call adds at most
 # 100 us at p50. Certificates are made by tests/certs.py; workers bind 127.0.0.2 only.
@@ -16,7 +17,8 @@ defmodule KraitRemoteBench do
   @python Path.join(@root, ".venv/bin/python")
 
   def main do
-    quick = System.get_env("KRAIT_BENCH", "{}") |> Krait.JSON.decode!() |> Map.get("quick", true)
+    opts = System.get_env("KRAIT_BENCH", "{}") |> Krait.JSON.decode!()
+    quick = Map.get(opts, "quick", true)
 
     cfg =
       if quick,
@@ -24,6 +26,13 @@ defmodule KraitRemoteBench do
         else: %{items: 200_000, blobs: 128, calls: 3000, runs: 5}
 
     Logger.configure(level: :error)
+
+    # {"cross_node_only": true}: row 11 alone
+    unless opts["cross_node_only"], do: remote_pools(cfg)
+    cross_node(cfg)
+  end
+
+  defp remote_pools(cfg) do
     dir = Path.join(System.tmp_dir!(), "krait-bench-certs-#{System.unique_integer([:positive])}")
 
     code =
@@ -70,8 +79,6 @@ defmodule KraitRemoteBench do
     after
       File.rm_rf(dir)
     end
-
-    cross_node(cfg)
   end
 
   # Two :peer nodes with one-worker cluster pools: p50 of a unary call from node A served by A's own
@@ -132,7 +139,8 @@ defmodule KraitRemoteBench do
       ])
 
       wait(fn -> :peer.call(a, Krait.Pool, :stats, [Krait.Pool]).busy == 1 end)
-      remote = p50(a, cfg.calls)
+      wait(fn -> :peer.call(a, Krait.Pool.Cluster, :by_idle, [Krait.Pool]) != [] end)
+      {remote, asking_first} = cross_node_interleaved(a, cfg.calls)
 
       IO.puts(
         "BENCH " <>
@@ -140,7 +148,11 @@ defmodule KraitRemoteBench do
             name: "cross_node_unary_p50_us",
             local: local,
             other_node: remote,
-            added_us: remote - local
+            added_us: remote - local,
+            # the same calls, interleaved, made the way they were before issue 22: the caller asks
+            # its own scheduler first (answered :no_idle_here), then the other node
+            other_node_asking_own_scheduler_first: asking_first,
+            asking_first_added_us: asking_first - local
           })
       )
     after
@@ -155,6 +167,42 @@ defmodule KraitRemoteBench do
       end
     end
   end
+
+  # p50 of calls from node A served by another node's worker, two ways interleaved in blocks of 50:
+  # as Krait makes them (A's caller sees in its pool's cells that nothing is idle on A and asks the
+  # other node at once) and the way it made them before (the published signal forced off for the
+  # block, so the caller asks A's scheduler first). The sampling runs on A, in a module loaded there.
+  defp cross_node_interleaved(peer, calls) do
+    [{mod, bin}] =
+      Code.compile_string(~S"""
+      defmodule KraitRemoteBench.OnNode do
+        @moduledoc false
+        def samples(signal?, n) do
+          Krait.Pool.Cells.set_overflow(Krait.Pool.Cells.lookup(Krait.Pool), signal?)
+
+          for _ <- 1..n do
+            {us, {:ok, _}} = :timer.tc(Krait, :execute, ["add", %{a: 1, b: 2}, []])
+            us
+          end
+        after
+          Krait.Pool.Cells.set_overflow(Krait.Pool.Cells.lookup(Krait.Pool), true)
+        end
+      end
+      """)
+
+    {:module, ^mod} = :peer.call(peer, :code, :load_binary, [mod, ~c"nofile", bin])
+    :peer.call(peer, mod, :samples, [true, 50])
+
+    {direct, asking} =
+      Enum.reduce(1..max(div(calls, 50), 1), {[], []}, fn _, {d, a} ->
+        {:peer.call(peer, mod, :samples, [true, 50]) ++ d,
+         :peer.call(peer, mod, :samples, [false, 50]) ++ a}
+      end)
+
+    {median_of(direct), median_of(asking)}
+  end
+
+  defp median_of(samples), do: Enum.at(Enum.sort(samples), div(length(samples), 2))
 
   # Row 10's limit: MiB/s read from a bare socket (the options Krait's connection uses), plain and TLS,
   # from scripts/benchmarks/tls_limit.py; median of cfg.runs each.

@@ -71,8 +71,9 @@ defmodule Krait.Pool.Cells do
   @spec new(atom(), pos_integer()) :: t()
   def new(name, size) do
     t = %__MODULE__{
-      # one more: the number of callers waiting (see set_waiting/2)
-      cells: :atomics.new(size + 1, signed: false),
+      # two more: the number of callers waiting (see set_waiting/2), and whether a call without a
+      # session goes to other nodes first (see set_overflow/2)
+      cells: :atomics.new(size + 2, signed: false),
       table:
         :ets.new(__MODULE__, [:set, :public, read_concurrency: true, write_concurrency: true]),
       pid: self(),
@@ -173,6 +174,20 @@ defmodule Krait.Pool.Cells do
   @doc "How many callers wait (as last published by the scheduler)."
   @spec waiting(t()) :: non_neg_integer()
   def waiting(t), do: :atomics.get(t.cells, t.size + 1)
+
+  @doc """
+  A cluster pool's scheduler publishes whether a call without a session, placed now, would be sent
+  to other nodes' idle workers (no worker idle here, the pool not failing): a caller that finds no
+  idle cell then asks the other nodes at once instead of asking its scheduler first (see
+  `Krait.Pool.Checkout`). Always false in a pool that is not a cluster pool.
+  """
+  @spec set_overflow(t(), boolean()) :: :ok
+  def set_overflow(t, overflow?),
+    do: :atomics.put(t.cells, t.size + 2, if(overflow?, do: 1, else: 0))
+
+  @doc "Whether calls without a session overflow to other nodes (as last published by the scheduler)."
+  @spec overflow?(t()) :: boolean()
+  def overflow?(t), do: :atomics.get(t.cells, t.size + 2) == 1
 
   @doc """
   The holder of lease `{index, gen, counter}` gives its worker back at once when nobody waits: the

@@ -3,7 +3,8 @@ defmodule Krait.Pool.Checkout do
   The caller's side of a checkout (it runs in the caller's process, never in the scheduler's): a
   call without a session claims an idle worker itself (`Krait.Pool.Cells`), without a round trip;
   other calls ask the scheduler (`Krait.Pool.Scheduler`), and in a cluster pool the other nodes'
-  pools when the scheduler says so (`Krait.Pool.Cluster`). `checkin/2` gives the worker back.
+  pools when the scheduler says so (`Krait.Pool.Cluster`), or at once, for a call without a
+  session, when the cells say that the scheduler would (`Krait.Pool.Cells.overflow?/1`). `checkin/2` gives the worker back.
   """
 
   alias Krait.Pool.{Cells, Cluster, Lease, Scheduler}
@@ -23,7 +24,8 @@ defmodule Krait.Pool.Checkout do
     # no round trip; the scheduler hears of it by a cast.
     case session_id == nil and claim_idle(pool, deadline) do
       {:ok, lease} -> {:ok, lease}
-      _ -> checkout_call(pool, session_id, affinity, deadline)
+      :overflow -> checkout_call(pool, nil, affinity, deadline, :elsewhere)
+      _ -> checkout_call(pool, session_id, affinity, deadline, :try)
     end
   end
 
@@ -51,13 +53,15 @@ defmodule Krait.Pool.Checkout do
           GenServer.cast(cells.pid, {:checkin, ref, :ok})
           :none
 
+        # no idle cell: when the scheduler says nothing is idle here either (a cluster pool, not
+        # failing), its answer to a checkout would only send us to the other nodes
         :none ->
-          :none
+          if Cells.overflow?(cells), do: :overflow, else: :none
       end
     end
   end
 
-  defp checkout_call(pool, session_id, affinity, deadline) do
+  defp checkout_call(pool, session_id, affinity, deadline, mode) do
     timeout =
       case deadline do
         :infinity -> :infinity
@@ -66,8 +70,12 @@ defmodule Krait.Pool.Checkout do
 
     # A cluster pool answers :no_idle_here instead of queueing a call it could send elsewhere: the
     # caller (never the scheduler, which must not block on another) asks the other nodes' pools for
-    # an idle worker, and queues here only when none has one.
-    checkout(pool, session_id, affinity, deadline, timeout, :try)
+    # an idle worker, and queues here only when none has one. `:elsewhere`: the caller knows that
+    # answer already (see claim_idle/2) and skips the question.
+    case mode do
+      :try -> checkout(pool, session_id, affinity, deadline, timeout, :try)
+      :elsewhere -> elsewhere_or_queue(pool, pool, session_id, affinity, deadline, timeout)
+    end
   catch
     :exit, {:timeout, _} -> {:error, :queue_timeout}
     :exit, _ -> {:error, :pool_not_running}
@@ -82,13 +90,17 @@ defmodule Krait.Pool.Checkout do
           checkout(pool, session_id, affinity, deadline, timeout, :first)
 
       {:error, {:no_idle_here, group}} ->
-        Cluster.checkout_elsewhere(group, session_id, affinity, deadline)
-        |> remember_remote(pool, session_id) ||
-          GenServer.call(pool, {:checkout, session_id, affinity, deadline, :queue}, timeout)
+        elsewhere_or_queue(pool, group, session_id, affinity, deadline, timeout)
 
       reply ->
         reply
     end
+  end
+
+  defp elsewhere_or_queue(pool, group, session_id, affinity, deadline, timeout) do
+    Cluster.checkout_elsewhere(group, session_id, affinity, deadline)
+    |> remember_remote(pool, session_id) ||
+      GenServer.call(pool, {:checkout, session_id, affinity, deadline, :queue}, timeout)
   end
 
   # The caller's own pool notes which node serves a session bound elsewhere, so that the session's

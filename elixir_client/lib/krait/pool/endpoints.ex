@@ -106,6 +106,15 @@ defmodule Krait.Pool.Endpoints do
     {gone, Enum.with_index(new, fn e, i -> {top + i + 1, e} end)}
   end
 
+  @doc "The pool's failure when no endpoint resolves (`dns_errors`: each name's error)."
+  @spec no_endpoints([{String.t(), term()}]) :: map()
+  def no_endpoints(dns_errors),
+    do: %{
+      worker_id: nil,
+      reason: :no_endpoints,
+      output: "no endpoint resolves: #{inspect(dns_errors)}"
+    }
+
   @doc """
   A remote pool's failure `error` with every endpoint's last start error (`last_errors`: slot =>
   reason or nil) and the names that did not resolve.

@@ -20,4 +20,30 @@ defmodule Krait.Pool.Lease do
           cells: Krait.Pool.Cells.t() | nil,
           cell: {pos_integer(), pos_integer(), non_neg_integer()} | nil
         }
+
+  @doc """
+  The lease `ref` of pool `pool` on worker `wid` (`w`: its `Krait.Pool.Workers` record), with its
+  fast-path `cell` (nil: none; `cells` is then left out too).
+  """
+  @spec of(
+          reference(),
+          GenServer.server(),
+          String.t(),
+          map(),
+          Krait.Pool.Cells.t() | nil,
+          tuple() | nil
+        ) ::
+          t()
+  def of(ref, pool, wid, w, cells, cell) do
+    %__MODULE__{
+      ref: ref,
+      pool: pool,
+      worker_id: wid,
+      worker_pid: w.pid,
+      conn: w.conn,
+      channel: w.channel,
+      cells: if(cell, do: cells),
+      cell: cell
+    }
+  end
 end

@@ -88,6 +88,15 @@ defmodule Krait.Pool.Placement do
   end
 
   @doc """
+  Whether a checkout without a session, made now by this node's caller in `:try` mode, would be
+  answered `{:no_idle_here, _}`: a cluster pool (`cluster?`) with no worker idle that is not
+  failing. The scheduler publishes it (`Krait.Pool.Cells.set_overflow/2`) so that such a caller
+  asks the other nodes at once, without that round trip.
+  """
+  @spec overflow?(boolean(), Workers.t(), map() | nil) :: boolean()
+  def overflow?(cluster?, table, failing), do: cluster? and table.idle == [] and failing == nil
+
+  @doc """
   Places a new checkout of `session` (nil: none) with `affinity`. `failing` is the pool's start
   failure (nil: not failing). `{:error, :all_busy}` is a `:strict_fail_fast` first call while
   every worker is busy (in a cluster another node's may be idle).

@@ -69,6 +69,21 @@ defmodule Krait.Pool.Queue do
   @spec waiters(t()) :: [Waiter.t()]
   def waiters(%__MODULE__{waiters: w}), do: Map.values(w)
 
+  @doc """
+  Whether a new caller may wait, at `now` (ms, the clock of its `deadline`): `:ok`,
+  `{:error, :pool_saturated}` when `max_queue` callers wait already, or `{:error, :queue_timeout}`
+  when its deadline has come (waiting would end before it began).
+  """
+  @spec admit(t(), non_neg_integer(), integer() | :infinity, integer()) ::
+          :ok | {:error, :pool_saturated | :queue_timeout}
+  def admit(q, max_queue, deadline, now) do
+    cond do
+      size(q) >= max_queue -> {:error, :pool_saturated}
+      deadline != :infinity and deadline <= now -> {:error, :queue_timeout}
+      true -> :ok
+    end
+  end
+
   @doc "A new arrival: gets the next arrival number, at the back of its queue (`waiter.queue`)."
   @spec push(t(), Waiter.t()) :: {Waiter.t(), t()}
   def push(%__MODULE__{seq: seq} = q, %Waiter{} = w) do

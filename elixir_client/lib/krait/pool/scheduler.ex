@@ -13,7 +13,10 @@ defmodule Krait.Pool.Scheduler do
     * `Krait.Pool.Placement`: which worker a call takes, given its session and affinity, and
       which waiters follow a session bound while they waited;
     * `Krait.Pool.Queue`: the callers waiting, FIFO, for any worker or for their session's;
-    * `Krait.Pool.Sessions`: the session bindings and their TTL.
+    * `Krait.Pool.Sessions`: the session bindings and their TTL;
+    * `Krait.Pool.CellBook`: which worker owns each fast-path cell;
+    * `Krait.Pool.Scheduler.State`: the state itself, readiness and stats;
+    * `Krait.Pool.Events`: the log lines and telemetry of the workers' lives.
 
   What it adds: every caller is monitored, so a worker comes back when its caller checks it in,
   dies, or holds it `lease_grace` past the call's deadline; each waiter has a timer at its
@@ -30,20 +33,22 @@ defmodule Krait.Pool.Scheduler do
   require Logger
 
   alias Krait.Pool.{
+    CellBook,
     Cells,
     Checkout,
     Endpoints,
+    Events,
     Lease,
     Leases,
     Placement,
     Queue,
     Recycle,
     Sessions,
-    StartFailure,
     Workers
   }
 
   alias Krait.Pool.Queue.Waiter
+  alias Krait.Pool.Scheduler.State
 
   @type affinity :: :hint | :strict_queue | :strict_fail_fast
   @type deadline :: integer() | :infinity
@@ -98,39 +103,7 @@ defmodule Krait.Pool.Scheduler do
   def init(config) do
     Logger.metadata(krait_pool: inspect(config.name))
 
-    state = %{
-      config: config,
-      name: config.name,
-      # the workers, the idle ones, the slots and their restart backoff (Krait.Pool.Workers)
-      table: Workers.new(),
-      # who holds which worker (Krait.Pool.Leases)
-      leases: Leases.new(),
-      # the fast path's cells (Krait.Pool.Cells; nil when calls_per_worker > 1 or the pool has no
-      # name), the free cell indices, the worker in each cell, and the publications so far
-      cells: nil,
-      free_cells: [],
-      cell_of: %{},
-      cell_gen: 0,
-      # the waiters published in the cells, and whether this node advertises idle workers
-      waiting: 0,
-      advertised: false,
-      # the callers waiting for a worker (Krait.Pool.Queue)
-      queue: Queue.new(),
-      # session bindings, and a cluster pool's sessions bound on other nodes (Krait.Pool.Sessions)
-      sessions: Sessions.new(),
-      awaiting: [],
-      # nil, or the last start failure while every slot is failing to start
-      failing: nil,
-      # a remote pool's slot => its endpoint (see Krait.Pool.Endpoints), and the DNS errors
-      endpoints: %{},
-      dns_errors: [],
-      # workers recycled so far, by reason
-      recycled: Map.new(Recycle.reasons(), &{&1, 0}),
-      # the last worker's start, spawn to ready (ms): how early a replacement starts
-      startup_ms: 1_000
-    }
-
-    state = init_cells(state)
+    state = init_cells(State.new(config))
 
     state =
       if config.endpoints,
@@ -198,11 +171,11 @@ defmodule Krait.Pool.Scheduler do
     {:reply, :ok, %{state | sessions: Sessions.forget(state.sessions, session_id)}}
   end
 
-  defp do_call(:stats, _from, state), do: {:reply, build_stats(state), state}
+  defp do_call(:stats, _from, state), do: {:reply, State.stats(state), state}
 
   defp do_call(:await_ready, from, state) do
     cond do
-      ready_count(state) >= slot_count(state) -> {:reply, :ok, state}
+      State.ready?(state) -> {:reply, :ok, state}
       state.failing -> {:reply, {:error, {:workers_failing, state.failing}}, state}
       true -> {:noreply, %{state | awaiting: [from | state.awaiting]}}
     end
@@ -217,7 +190,7 @@ defmodule Krait.Pool.Scheduler do
   defp do_cast({:claimed, index, gen, counter}, state) do
     with %Cells{} = cells <- state.cells,
          {pid, ref, deadline} <- Cells.take_claim(cells, index, gen, counter),
-         wid when wid != nil <- state.cell_of[index],
+         wid when wid != nil <- CellBook.owner(state.book, index),
          %{cell: {^index, ^gen}} <- Workers.get(state.table, wid) do
       {:noreply, start_claimed(state, wid, {index, gen, counter}, {pid, ref, deadline})}
     else
@@ -238,11 +211,7 @@ defmodule Krait.Pool.Scheduler do
 
     case Workers.ready(state.table, info.worker_id, pid, info, now(), age_limit) do
       {:ok, w, table} ->
-        Logger.info("Krait worker #{info.worker_id} ready (os pid #{info.os_pid})",
-          worker_id: info.worker_id
-        )
-
-        Krait.Telemetry.worker_up(state.name, info.worker_id, info.os_pid)
+        Events.ready(state.name, info.worker_id, info)
         state = %{state | table: table, failing: nil, startup_ms: now() - w.spawned_at}
         state = if w.successor_of, do: hand_over_slot(state, info.worker_id), else: state
         state = publish_cell(state, info.worker_id)
@@ -382,20 +351,14 @@ defmodule Krait.Pool.Scheduler do
   ## Queueing
 
   defp enqueue(state, req, queue) do
-    remaining = if req.deadline == :infinity, do: :infinity, else: req.deadline - now()
-
-    cond do
-      Queue.size(state.queue) >= state.config.max_queue ->
+    case Queue.admit(state.queue, state.config.max_queue, req.deadline, now()) do
+      {:error, reason} ->
         Process.demonitor(req.ref, [:flush])
-        {:reply, {:error, :pool_saturated}, state}
+        {:reply, {:error, reason}, state}
 
-      remaining != :infinity and remaining <= 0 ->
-        Process.demonitor(req.ref, [:flush])
-        {:reply, {:error, :queue_timeout}, state}
-
-      true ->
+      :ok ->
         timer =
-          if remaining != :infinity,
+          if req.deadline != :infinity,
             do: :erlang.start_timer(req.deadline, self(), {:queue_timeout, req.ref}, abs: true)
 
         # A first call of its session: when the session gets bound while it waits, it follows.
@@ -580,6 +543,15 @@ defmodule Krait.Pool.Scheduler do
       end
 
     idle? = state.table.idle != []
+    overflow? = Placement.overflow?(state.config.cluster, state.table, state.failing)
+
+    state =
+      if state.cells != nil and overflow? != state.overflow do
+        Cells.set_overflow(state.cells, overflow?)
+        %{state | overflow: overflow?}
+      else
+        state
+      end
 
     if state.config.cluster and idle? != state.advertised do
       Krait.Pool.Cluster.advertise_idle(state.name, idle?)
@@ -595,18 +567,22 @@ defmodule Krait.Pool.Scheduler do
   defp init_cells(%{config: %{calls_per_worker: 1, name: name} = config} = state)
        when is_atom(name) do
     size = if config.endpoints, do: 64, else: 2 * config.size + 2
-    %{state | cells: Cells.new(name, size), free_cells: Enum.to_list(1..size)}
+    %{state | cells: Cells.new(name, size), book: CellBook.new(size)}
   end
 
   defp init_cells(state), do: state
 
   # A worker is ready: it gets a cell (not offered yet; serve/2 offers it).
-  defp publish_cell(%{cells: %Cells{} = cells, free_cells: [index | rest]} = state, wid) do
-    w = Workers.get(state.table, wid)
-    gen = state.cell_gen + 1
-    Cells.publish(cells, index, gen, {wid, w.pid, w.conn, w.channel})
-    state = %{state | table: Workers.put(state.table, wid, :cell, {index, gen})}
-    %{state | free_cells: rest, cell_of: Map.put(state.cell_of, index, wid), cell_gen: gen}
+  defp publish_cell(%{cells: %Cells{} = cells} = state, wid) do
+    case CellBook.assign(state.book, wid) do
+      {:ok, {index, gen} = cell, book} ->
+        w = Workers.get(state.table, wid)
+        Cells.publish(cells, index, gen, {wid, w.pid, w.conn, w.channel})
+        %{state | book: book, table: Workers.put(state.table, wid, :cell, cell)}
+
+      :full ->
+        state
+    end
   end
 
   defp publish_cell(state, _wid), do: state
@@ -620,8 +596,7 @@ defmodule Krait.Pool.Scheduler do
         state = %{
           state
           | table: Workers.put(state.table, wid, :cell, nil),
-            free_cells: [index | state.free_cells],
-            cell_of: Map.delete(state.cell_of, index)
+            book: CellBook.release(state.book, index)
         }
 
         case Cells.withdraw(state.cells, index) do
@@ -681,19 +656,8 @@ defmodule Krait.Pool.Scheduler do
 
   # `cell`: the lease's cell (see Krait.Pool.Cells.give_back/2), for a caller on this node.
   defp lease(state, ref, wid, cell, caller) do
-    w = Workers.get(state.table, wid)
-    cell = if cell != nil and node(caller) == node(), do: cell
-
-    %Lease{
-      ref: ref,
-      pool: self(),
-      worker_id: wid,
-      worker_pid: w.pid,
-      conn: w.conn,
-      channel: w.channel,
-      cells: if(cell, do: state.cells),
-      cell: cell
-    }
+    cell = if node(caller) == node(), do: cell
+    Lease.of(ref, self(), wid, Workers.get(state.table, wid), state.cells, cell)
   end
 
   ## Workers
@@ -753,18 +717,15 @@ defmodule Krait.Pool.Scheduler do
            Workers.get(state.table, wid),
          lead = Recycle.lead(state.startup_ms),
          reason when reason != nil <- Recycle.replace_now(state.config.recycle, w, now(), lead) do
-      starting = Workers.replacement_starting(state.table)
-
-      Logger.info(
-        "Krait worker #{wid} is due for recycling (#{reason}; #{Recycle.due_text(reason, w, now())}); " <>
-          if(starting,
-            do: "its replacement starts once #{starting}'s is ready",
-            else: "starting its replacement"
-          ),
-        worker_id: wid
+      Events.recycling(
+        state.name,
+        wid,
+        w,
+        reason,
+        Workers.replacement_starting(state.table),
+        now()
       )
 
-      Krait.Telemetry.worker_recycling(state.name, wid, reason, w.given, w.rss_mb)
       state = %{state | table: Workers.due(state.table, wid, reason)}
       # passed over while another worker is idle: only the scheduler gives it out now
       state |> withdraw_cell(wid, :adopt) |> next_recycle()
@@ -841,11 +802,8 @@ defmodule Krait.Pool.Scheduler do
   end
 
   # A retiring worker has stopped: it leaves; its slot has its replacement already.
-  defp retired(state, wid, w, reason) do
-    lifetime = if w.ready_at, do: now() - w.ready_at, else: 0
-    Krait.Telemetry.worker_down(state.name, wid, reason, :retiring)
-    Krait.Telemetry.worker_recycled(state.name, wid, w.recycle, lifetime, w.calls)
-    Krait.Metrics.recycled(state.name, w.recycle)
+  defp retired(state, wid, w) do
+    Events.recycled(state.name, wid, w, now())
     update_in(state.recycled[w.recycle], &(&1 + 1))
   end
 
@@ -865,61 +823,27 @@ defmodule Krait.Pool.Scheduler do
     worker_down(state, mon, reason, [])
   end
 
+  # What the worker's death means for its slot is Krait.Pool.Workers.down/6's; here its leases end,
+  # its waiters move, and the slot's restart, replacement retry or retirement is carried out.
   defp worker_down(state, mon, reason, output) do
     state = withdraw_cell(state, state.table.mons[mon], :drop)
-    {wid, w, table} = Workers.remove(state.table, mon)
+    {wid, w, effect, table} = Workers.down(state.table, mon, reason, output, now(), @stable_after)
     state = %{state | table: table}
+    Events.down(state.name, wid, w, reason, output)
 
-    cond do
-      w.status == :retiring -> state |> drop_leases(w) |> retired(wid, w, reason)
-      w.successor_of != nil -> replacement_failed(state, wid, w, reason, output)
-      true -> slot_worker_down(state, wid, w, reason, output)
-    end
-  end
+    state =
+      cond do
+        w.status == :retiring -> drop_leases(state, w)
+        w.successor_of != nil -> state
+        true -> state |> drop_leases(w) |> requeue_own_waiters(wid)
+      end
 
-  # A replacement died before it was ready: the worker it was to replace goes on serving.
-  defp replacement_failed(state, wid, w, reason, output) do
-    Krait.Telemetry.worker_down(state.name, wid, reason, :starting)
-    old = w.successor_of
-    error = Workers.start_error(wid, reason, output)
-
-    Logger.error(
-      "Krait worker #{error.worker_id}, replacing #{old}, failed to start (#{inspect(error.reason)}); " <>
-        "#{old} goes on serving"
-    )
-
-    state = %{state | table: Workers.last_error(state.table, w.slot, error)}
-
-    case Workers.get(state.table, old) do
-      %{status: status} when status in [:idle, :busy] ->
-        retry_successor(state, old)
-
-      # the worker it was to replace is gone too: the slot restarts as after any failed start
-      _ ->
-        state = %{state | table: Workers.no_successor(state.table, w.slot)}
-        restart_after_down(state, w, wid, reason, output)
-    end
-  end
-
-  defp slot_worker_down(state, wid, w, reason, output) do
-    Krait.Telemetry.worker_down(state.name, wid, reason, w.status)
-
-    # a failed start is logged once, with its cause and backoff, by restart_after_down/5
-    if w.status != :starting do
-      Logger.warning("Krait worker #{wid} exited (#{inspect(reason)}); restarting",
-        worker_id: wid
-      )
-    end
-
-    state = drop_leases(state, w)
-    state = requeue_own_waiters(state, wid)
-
-    # a retired slot (its endpoint left the DNS answer) is not restarted; being replaced, the
-    # replacement (already starting) is the slot's worker now
-    case Workers.hand_to_successor(state.table, w) do
-      :gone -> state
-      {:handed, table} -> %{state | table: table}
-      :none -> restart_after_down(state, w, wid, reason, output)
+    case effect do
+      :retired -> retired(state, wid, w)
+      {:retry_successor, old} -> retry_successor(state, old)
+      {:failed, error} -> failed_start(state, w.slot, error)
+      :restart -> schedule_restart(state, w.slot)
+      _handed_or_gone -> state
     end
   end
 
@@ -928,33 +852,16 @@ defmodule Krait.Pool.Scheduler do
   defp drop_leases(state, w),
     do: Enum.reduce(w.leases, state, fn ref, acc -> acc |> end_lease(ref) |> elem(1) end)
 
-  defp restart_after_down(state, w, wid, reason, output) do
-    case Workers.went_down(state.table, w, wid, reason, output, now(), @stable_after) do
-      {:failed, error, table} -> failed_start(%{state | table: table}, w.slot, error)
-      {:restart, table} -> schedule_restart(%{state | table: table}, w.slot)
-    end
-  end
-
   # A start failed: the pool may now be failing, the slot restarts after its backoff, and the
   # failure is one log line.
   defp failed_start(state, slot, error) do
     was_failing? = state.failing != nil
     state = state |> check_failing(error) |> schedule_restart(slot)
-    log_failed_start(state, slot, error, not was_failing? and state.failing != nil)
-  end
+    {now, now_failing?} = {now(), not was_failing? and state.failing != nil}
 
-  # One line at :error, or at :debug as the failures go on (see Krait.Pool.StartFailure).
-  defp log_failed_start(state, slot, error, now_failing?) do
-    now = now()
-
-    case StartFailure.log_line(state.table.slots[slot], error, now_failing?, now) do
-      {:error, text} ->
-        Logger.error(text, worker_id: error.worker_id)
-        %{state | table: Workers.logged(state.table, slot, now)}
-
-      {:debug, text} ->
-        Logger.debug(text, worker_id: error.worker_id)
-        state
+    case Events.start_failed(state.table.slots[slot], error, now_failing?, now) do
+      :error -> %{state | table: Workers.logged(state.table, slot, now)}
+      :debug -> state
     end
   end
 
@@ -1017,13 +924,8 @@ defmodule Krait.Pool.Scheduler do
       do: Process.send_after(self(), :resolve_endpoints, config.dns_interval)
 
     if found == [] do
-      error = %{
-        worker_id: nil,
-        reason: :no_endpoints,
-        output: "no endpoint resolves: #{inspect(dns_errors)}"
-      }
-
-      state |> Map.put(:failing, with_endpoint_errors(state, error)) |> fail_waiters()
+      error = with_endpoint_errors(state, Endpoints.no_endpoints(dns_errors))
+      fail_waiters(%{state | failing: error})
     else
       state
     end
@@ -1043,8 +945,6 @@ defmodule Krait.Pool.Scheduler do
       nil -> state
     end
   end
-
-  defp slot_count(state), do: map_size(state.table.slots)
 
   # Waiters that needed the dead worker: strict ones fail, hint ones go back to the general queue
   # (same arrival number, so they keep their place) and may be served by an idle worker right away.
@@ -1079,12 +979,10 @@ defmodule Krait.Pool.Scheduler do
 
   ## Stats and readiness
 
-  defp ready_count(state), do: Workers.ready_count(state.table)
-
   defp notify_awaiting(%{awaiting: []} = state), do: state
 
   defp notify_awaiting(state) do
-    if ready_count(state) >= slot_count(state) do
+    if State.ready?(state) do
       Enum.each(state.awaiting, &GenServer.reply(&1, :ok))
       %{state | awaiting: []}
     else
@@ -1092,40 +990,10 @@ defmodule Krait.Pool.Scheduler do
     end
   end
 
-  defp build_stats(state) do
-    {workers, retiring} = Workers.stats(state.table, &endpoint(state, &1))
-    count = fn status -> Enum.count(workers, &(&1.status == status)) end
-
-    %{
-      size: slot_count(state),
-      ready: count.(:idle) + count.(:busy),
-      idle: count.(:idle),
-      busy: count.(:busy),
-      starting: count.(:starting) + count.(:restarting),
-      queue_length: Queue.size(state.queue),
-      sessions: Sessions.size(state.sessions),
-      failing: state.failing,
-      # the token of a pool whose started workers listen (see Krait.Pool.Config): what other
-      # callers of those ports need
-      token: if(state.config.token, do: state.config.token.()),
-      workers: workers,
-      # replaced workers finishing their calls (see Krait.Pool.Recycle), and the count so far by reason
-      retiring: retiring,
-      recycled: state.recycled
-    }
-  end
-
-  defp endpoint(state, slot) do
-    case state.endpoints[slot] do
-      nil -> nil
-      e -> e.label
-    end
-  end
-
   defp schedule_session_sweep(%{session_ttl: :infinity}), do: :ok
 
   defp schedule_session_sweep(%{session_ttl: ttl}),
-    do: Process.send_after(self(), :sweep_sessions, Kernel.min(ttl, 60_000))
+    do: Process.send_after(self(), :sweep_sessions, min(ttl, 60_000))
 
   defp now, do: System.monotonic_time(:millisecond)
 end

@@ -458,6 +458,63 @@ defmodule Krait.Pool.Workers do
     end
   end
 
+  @typedoc """
+  What the scheduler does once a worker went down (see `down/6`): `:retired` (a replaced worker
+  stopped; its slot has its replacement), `{:retry_successor, old}` (a replacement died before it
+  was ready: `old` serves on and another replacement is tried after a backoff), `:handed` (the slot
+  worker died while its replacement started: the replacement is the slot's worker now),
+  `:slot_gone` (its endpoint left: no restart), `:restart` (the slot restarts after its backoff)
+  and `{:failed, error}` (a failed start: the same, and the pool may now be failing).
+  """
+  @type down_effect ::
+          :retired
+          | {:retry_successor, id()}
+          | :handed
+          | :slot_gone
+          | :restart
+          | {:failed, map()}
+
+  @doc """
+  The worker of monitor `mon` went down (`reason`, its last `output` lines) at `now`: it leaves
+  every list, and its slot's records follow (see `t:down_effect/0`). Returns `{wid, the worker as
+  it was, effect, t}`; a replacement's failed start is its slot's `last_error`.
+  """
+  @spec down(t(), reference(), term(), [String.t()], integer(), non_neg_integer()) ::
+          {id(), worker(), down_effect(), t()}
+  def down(t, mon, reason, output, now, stable_after) do
+    {wid, w, t} = remove(t, mon)
+    {effect, t} = after_down(t, wid, w, {reason, output, now, stable_after})
+    {wid, w, effect, t}
+  end
+
+  defp after_down(t, _wid, %{status: :retiring}, _why), do: {:retired, t}
+
+  defp after_down(t, wid, %{successor_of: old} = w, {reason, output, _, _} = why)
+       when old != nil do
+    t = last_error(t, w.slot, start_error(wid, reason, output))
+
+    case get(t, old) do
+      %{status: status} when status in [:idle, :busy] -> {{:retry_successor, old}, t}
+      # the worker it was to replace is gone too: the slot restarts as after any failed start
+      _ -> restart_after(no_successor(t, w.slot), wid, w, why)
+    end
+  end
+
+  defp after_down(t, wid, w, why) do
+    case hand_to_successor(t, w) do
+      :gone -> {:slot_gone, t}
+      {:handed, t} -> {:handed, t}
+      :none -> restart_after(t, wid, w, why)
+    end
+  end
+
+  defp restart_after(t, wid, w, {reason, output, now, stable_after}) do
+    case went_down(t, w, wid, reason, output, now, stable_after) do
+      {:failed, error, t} -> {{:failed, error}, t}
+      {:restart, t} -> {:restart, t}
+    end
+  end
+
   @doc "Slot `slot` has no replacement starting any more."
   @spec no_successor(t(), slot_id()) :: t()
   def no_successor(t, slot), do: put_in(t.slots[slot].successor, nil)

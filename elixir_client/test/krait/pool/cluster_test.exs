@@ -83,6 +83,28 @@ defmodule Krait.Pool.ClusterTest do
 
   defp calls(peer), do: Enum.sum(for w <- stats(peer).workers, do: w.calls)
 
+  test "a call without a session, nothing idle on its node, goes to another node without asking its own scheduler",
+       %{peers: peers} do
+    [{a, _}, {b, _}, {c, _}] = peers
+    hold(a)
+    eventually(fn -> stats(a).busy == 1 end)
+    before = calls(b) + calls(c)
+
+    # A's scheduler cannot answer: the call is served only if the caller does not ask it
+    scheduler = :peer.call(a, Process, :whereis, [Krait.Pool])
+    :ok = :peer.call(a, :sys, :suspend, [scheduler])
+
+    try do
+      assert {:ok, 3.0} =
+               :peer.call(a, Krait, :execute, ["add", %{a: 1, b: 2}, [timeout: 1_000]], 15_000)
+    after
+      :peer.call(a, :sys, :resume, [scheduler])
+    end
+
+    eventually(fn -> calls(b) + calls(c) == before + 1 end)
+    assert stats(a).queue_length == 0
+  end
+
   test "calls overflow to other nodes; a node that goes down fails its calls with :worker", %{
     peers: peers
   } do

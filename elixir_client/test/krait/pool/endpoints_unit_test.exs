@@ -31,4 +31,11 @@ defmodule Krait.Pool.EndpointsUnitTest do
                {"dns://x:1", :nxdomain}
              ])
   end
+
+  test "no_endpoints: the failure names each name's DNS error" do
+    assert %{worker_id: nil, reason: :no_endpoints, output: output} =
+             Endpoints.no_endpoints([{"svc", :nxdomain}])
+
+    assert output =~ "nxdomain"
+  end
 end

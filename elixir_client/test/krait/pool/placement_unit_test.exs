@@ -192,4 +192,27 @@ defmodule Krait.Pool.PlacementUnitTest do
       assert placed == unquote(Macro.escape(expected))
     end
   end
+
+  # overflow?/3 is published for callers to skip the `:try` round trip: it must say yes exactly
+  # when a :try checkout without a session would answer {:no_idle_here, _}.
+  for {workers, failing, cluster?} <- [
+        {@all_busy, nil, true},
+        {@all_busy, @failure, true},
+        {@all_busy, nil, false},
+        {@busy_a_idle_b, nil, true},
+        {@due_a, nil, true},
+        {[{"a", :idle, :calls}, {"b", :busy, nil}], nil, true},
+        {[{"a", :starting, nil}], nil, true},
+        {[], nil, true}
+      ] do
+    test "overflow?: #{inspect({workers, failing != nil, cluster?})} agrees with a :try checkout" do
+      table = table(unquote(Macro.escape(workers)))
+      failing = unquote(Macro.escape(failing))
+      cluster = if unquote(cluster?), do: @cluster
+
+      {placed, _} = Placement.checkout(nil, :hint, :try, Sessions.new(), table, failing, cluster)
+      expected = match?({:error, {:no_idle_here, _}}, placed)
+      assert Placement.overflow?(unquote(cluster?), table, failing) == expected
+    end
+  end
 end

@@ -127,4 +127,24 @@ defmodule Krait.Pool.QueueUnitTest do
     {w, _} = Queue.push(q, waiter())
     assert w.seq == 2
   end
+
+  describe "admit/4" do
+    test "a caller may wait while the queue has room and its deadline is ahead" do
+      assert Queue.admit(Queue.new(), 1, :infinity, 0) == :ok
+      assert Queue.admit(Queue.new(), 1, 101, 100) == :ok
+    end
+
+    test "a full queue answers :pool_saturated, before the deadline is looked at" do
+      {_, q} = Queue.push(Queue.new(), waiter())
+      assert Queue.admit(q, 1, :infinity, 0) == {:error, :pool_saturated}
+      assert Queue.admit(q, 1, 50, 100) == {:error, :pool_saturated}
+      assert Queue.admit(q, 2, :infinity, 0) == :ok
+      assert Queue.admit(Queue.new(), 0, :infinity, 0) == {:error, :pool_saturated}
+    end
+
+    test "a deadline that has come answers :queue_timeout" do
+      assert Queue.admit(Queue.new(), 10, 100, 100) == {:error, :queue_timeout}
+      assert Queue.admit(Queue.new(), 10, 99, 100) == {:error, :queue_timeout}
+    end
+  end
 end

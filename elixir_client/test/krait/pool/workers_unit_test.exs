@@ -277,4 +277,83 @@ defmodule Krait.Pool.WorkersUnitTest do
     {[r1 | _], _} = Workers.stats(t, fn _ -> nil end)
     assert %{id: "p-1.0", replacement: "p-1.1", endpoint: nil} = r1
   end
+
+  describe "down/6: a worker's death, per branch" do
+    # A slot-1 worker "p-1.0" ready at 200, with a replacement "p-1.1" starting: {t, mon, its mon}.
+    defp replacing(t \\ nil) do
+      {t, mon} = started(t || Workers.new(), 1)
+      smon = make_ref()
+      t = Workers.successor_started(t, 1, "p-1.1", 1, :ok)
+      t = Workers.add(t, "p-1.1", smon, self(), 1, "p-1.0", 300)
+      {t, mon, smon}
+    end
+
+    test "a retiring worker is retired: its slot is not touched" do
+      {t, mon, _smon} = replacing()
+      {:ok, _w, t} = Workers.ready(t, "p-1.1", self(), @info, 400, nil)
+      {"p-1.0", t} = Workers.successor_ready(t, "p-1.1")
+      {:ok, _w, t} = Workers.retiring(t, "p-1.0")
+
+      assert {"p-1.0", %{status: :retiring}, :retired, t2} =
+               Workers.down(t, mon, :normal, [], 1_000, 10_000)
+
+      assert Workers.get(t2, "p-1.0") == nil
+      assert t2.slots == t.slots
+    end
+
+    test "a replacement that died starting: the old worker serves on, the error is kept" do
+      {t, _mon, smon} = replacing()
+
+      assert {"p-1.1", %{successor_of: "p-1.0"}, {:retry_successor, "p-1.0"}, t} =
+               Workers.down(t, smon, {:shutdown, :boom}, ["out"], 1_000, 10_000)
+
+      assert %{worker_id: "p-1.0", restarts: 0, failures: 0} = t.slots[1]
+      assert t.slots[1].last_error == %{worker_id: "p-1.1", reason: :boom, output: "out"}
+      assert Workers.get(t, "p-1.1") == nil
+    end
+
+    test "a replacement that died after the worker it replaces: the slot restarts (failed start)" do
+      {t, mon, smon} = replacing()
+      {_, w, t} = Workers.remove(t, mon)
+
+      # the slot was handed to p-1.1 by the scheduler's own down of p-1.0 otherwise; here it is not
+      assert w.status == :idle
+
+      assert {"p-1.1", _w, {:failed, error}, t} = Workers.down(t, smon, :boom, [], 1_000, 10_000)
+
+      assert error == %{worker_id: "p-1.1", reason: :boom, output: ""}
+      assert %{successor: nil, failures: 1, restarts: 1, start_failed: true} = t.slots[1]
+    end
+
+    test "a slot worker that died while its replacement starts hands the slot over" do
+      {t, mon, _smon} = replacing()
+      assert {"p-1.0", _w, :handed, t} = Workers.down(t, mon, :killed, [], 1_000, 10_000)
+      assert %{worker_id: "p-1.1", successor: nil, restarts: 0} = t.slots[1]
+      assert Workers.get(t, "p-1.1").successor_of == nil
+    end
+
+    test "a slot worker whose slot left is not restarted" do
+      {t, mon} = started(1)
+      {_s, t} = Workers.drop_slot(t, 1)
+      assert {"p-1.0", _w, :slot_gone, t} = Workers.down(t, mon, :killed, [], 1_000, 10_000)
+      assert t.slots == %{}
+      assert t.workers == %{}
+    end
+
+    test "a ready slot worker that died restarts; one still starting made a failed start" do
+      {t, mon} = started(1)
+      t = idle(t, "p-1.0")
+      assert {"p-1.0", _w, :restart, t1} = Workers.down(t, mon, :killed, [], 1_000, 10_000)
+      assert %{failures: 1, restarts: 1, start_failed: false} = t1.slots[1]
+      assert t1.idle == []
+
+      {t, mon} = started(Workers.new(), 2, 0, false)
+
+      assert {"p-2.0", %{status: :starting}, {:failed, error}, t} =
+               Workers.down(t, mon, {:shutdown, {:exit_status, 1}}, ["a"], 500, 10)
+
+      assert error == %{worker_id: "p-2.0", reason: {:exit_status, 1}, output: "a"}
+      assert %{start_failed: true, last_error: ^error} = t.slots[2]
+    end
+  end
 end
