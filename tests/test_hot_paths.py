@@ -13,11 +13,13 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any, Optional
 
+import numpy as np
 import pydantic
 import pytest
+from google.rpc import code_pb2, status_pb2
 from prometheus_client import CollectorRegistry
 
-from python_worker import BaseAdapter, tool
+from python_worker import BaseAdapter, StreamChunk, codec, tool
 from python_worker.engine import Engine
 from python_worker.engine.buffer import ChunkBuffer
 from python_worker.engine.call import prepare
@@ -27,7 +29,17 @@ from python_worker.metrics import WorkerMetrics
 from python_worker.proto import link_pb, pb
 from python_worker.sdk.tool import ArgumentError, ToolSpec
 from python_worker.transports.link import INLINE_TICK_S, LinkServer
-from python_worker.transports.link_io import END, LOG, MESSAGE, OPEN, SMALL_REPLY, STARTED, FrameReader, FrameWriter
+from python_worker.transports.link_io import (
+    END,
+    JSON_CHUNKS,
+    LOG,
+    MESSAGE,
+    OPEN,
+    SMALL_REPLY,
+    STARTED,
+    FrameReader,
+    FrameWriter,
+)
 from python_worker.wire import LARGE, encode_batch, frame_json, varint
 
 
@@ -401,3 +413,164 @@ def test_the_tool_sees_the_requests_metadata() -> None:
         assert ctx.metadata == metadata
         seen.append(ctx.metadata)
     assert seen[1] is not seen[2]  # each call its own dict, which its tool may change
+
+
+# -- a batched stream to a pool that reads JSON_CHUNKS frames (OPEN metadata krait-json-chunks: "1") ----------
+
+
+def _mixed_items(n: int, big: int) -> list[Any]:
+    """Plain JSON chunks around one of each other kind: metadata, binary, a large array, a final with data."""
+    items: list[Any] = [{"i": k} for k in range(n)]
+    items.insert(n // 3, StreamChunk(data={"m": 1}, metadata={"k": "v"}))
+    items.insert(n // 2, b"raw bytes")
+    if big:
+        items.insert(2 * n // 3, np.arange(big, dtype=np.int64))
+    items.append(StreamChunk(data={"last": True}, is_final=True))
+    return items
+
+
+class _Streamer(BaseAdapter):
+    @tool
+    def mixed(self, n: int, big: int = 0) -> Iterator[Any]:
+        yield from _mixed_items(n, big)
+
+    @tool
+    async def mixed_async(self, n: int, big: int = 0) -> AsyncIterator[Any]:
+        for item in _mixed_items(n, big):
+            yield item
+
+    @tool
+    def sizes(self, sizes: list[int]) -> Iterator[Any]:
+        for size in sizes:
+            yield "x" * size
+
+
+class _StreamPool(_Pool):
+    """A LinkServer serving ``_Streamer``; :meth:`stream` opens a batched stream as an Elixir pool does."""
+
+    def __init__(self) -> None:
+        to_worker, self._to_worker = os.pipe()
+        self._from_worker, from_pool = os.pipe()
+        engine = Engine(
+            _Streamer(),
+            adapter_path="tests:_Streamer",
+            worker_id="w",
+            sessions=SessionStore(ttl=60),
+            max_calls=4,
+            max_message_bytes=1 << 20,
+        )
+        self.server = LinkServer(engine, FrameReader(to_worker), FrameWriter(from_pool), threads=3)
+        self.frames: queue.Queue[Any] = queue.Queue()
+        self._next = 0
+        threading.Thread(target=self._read, daemon=True).start()
+        self.server.start()
+
+    def stream(self, tool_name: str, *, json_chunks: bool = True, **args: Any) -> list[Any]:
+        """A batched stream's frames after STARTED, to its END."""
+        self._next += 1
+        request = pb.ExecuteToolRequest(tool_name=tool_name, args_json=json.dumps(args))
+        frame = link_pb.LinkFrame(
+            call_id=self._next,
+            kind=OPEN,
+            method="ExecuteStreamingToolBatched",
+            payload=request.SerializeToString(),
+            credit=1 << 30,
+            metadata={"krait-json-chunks": "1"} if json_chunks else {},
+        ).SerializeToString()
+        os.write(self._to_worker, struct.pack(">I", len(frame)) + frame)
+        assert self.frames.get(timeout=10).kind == STARTED
+        frames = [self.frames.get(timeout=10)]
+        while frames[-1].kind != END:
+            frames.append(self.frames.get(timeout=10))
+        assert {f.call_id for f in frames} == {self._next}
+        return frames
+
+
+def _stream_chunks(frames: list[Any]) -> list[tuple[int, Any, str, bool, dict[str, str]]]:
+    """The chunks of a stream's JSON_CHUNKS and MESSAGE frames, in the order they came."""
+    out: list[tuple[int, Any, str, bool, dict[str, str]]] = []
+    for f in frames:
+        if f.kind == JSON_CHUNKS:
+            values = json.loads(f.payload)
+            out += [(f.first_seq + k, v, "application/json", False, {}) for k, v in enumerate(values)]
+        elif f.kind == MESSAGE:
+            for c in pb.ToolChunkBatch.FromString(f.payload).chunks:
+                value = codec.decode_value(c.data, c.content_type)
+                out.append((c.seq, value, c.content_type, c.is_final, dict(c.metadata)))
+    return out
+
+
+@pytest.fixture
+def streams() -> Iterator[_StreamPool]:
+    p = _StreamPool()
+    yield p
+    p.close()
+
+
+@pytest.mark.parametrize("tool_name", ["mixed", "mixed_async"])
+def test_a_stream_to_a_json_chunks_pool_keeps_its_chunks_order_and_numbers(
+    streams: _StreamPool, tool_name: str
+) -> None:
+    big = (LARGE // 8) * 3  # a 96 KiB array: written from its own buffer
+    frames = streams.stream(tool_name, n=3000, big=big)
+    assert status_pb2.Status.FromString(frames[-1].payload).code == 0
+    assert JSON_CHUNKS in {f.kind for f in frames}
+    chunks = _stream_chunks(frames)
+    expected = _mixed_items(3000, big)
+    assert [c[0] for c in chunks] == list(range(len(expected)))  # every seq once, in order
+    for (_, value, content_type, is_final, meta), item in zip(chunks, expected, strict=True):
+        if isinstance(item, dict):
+            assert (value, content_type, is_final, meta) == (item, "application/json", False, {})
+        elif isinstance(item, bytes):
+            assert (value, content_type) == (item, "application/octet-stream")
+        elif isinstance(item, np.ndarray):
+            assert content_type == "application/x-npy" and np.array_equal(value, item)
+        elif item.is_final:
+            assert (value, is_final, meta["worker_id"]) == (item.data, True, "w")
+        else:
+            assert (value, is_final, meta) == (item.data, False, item.metadata)
+    # the plain JSON chunks travelled as arrays only: none in a MESSAGE
+    in_messages = [c for f in frames if f.kind == MESSAGE for c in pb.ToolChunkBatch.FromString(f.payload).chunks]
+    assert all(c.content_type != "application/json" or c.metadata or c.is_final for c in in_messages)
+
+
+def test_without_the_header_a_stream_is_tool_chunk_batches_as_over_grpc(streams: _StreamPool) -> None:
+    frames = streams.stream("mixed", json_chunks=False, n=50)
+    assert {f.kind for f in frames} == {MESSAGE, END}
+    assert [c[0] for c in _stream_chunks(frames)] == list(range(50 + 3))
+
+
+def test_a_chunk_over_the_maximum_ends_a_json_chunks_stream_as_before(streams: _StreamPool) -> None:
+    frames = streams.stream("sizes", sizes=[10, 20, (1 << 20) + 1])
+    status = status_pb2.Status.FromString(frames[-1].payload)
+    assert status.code == code_pb2.RESOURCE_EXHAUSTED
+    assert "chunk 2 holds" in status.message
+    assert [c[1] for c in _stream_chunks(frames)] == ["x" * 10, "x" * 20]
+
+
+def test_a_batch_split_into_frames_spends_credit_for_their_payload_bytes() -> None:
+    """What the credit counts: the frames' payload bytes, as for MESSAGE frames (an Elixir pool acks each)."""
+    spent: list[int] = []
+
+    class _Call:
+        call_id = 5
+
+        def spend(self, n: int) -> bool:
+            spent.append(n)
+            return True
+
+    class _Handle:
+        def batches(self) -> Iterator[list[Any]]:
+            yield [(0, b"1", "application/json", False, None), (1, b"22", "application/json", True, {"a": "b"})]
+
+    sent: list[bytes] = []
+    server = LinkServer.__new__(LinkServer)
+    read_end, write_end = os.pipe()
+    server.writer = FrameWriter(write_end)
+    server._send_segments(_Call(), _Handle())  # type: ignore[arg-type]
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        while len(head := pipe.read(4)) == 4:
+            sent.append(link_pb.LinkFrame.FromString(pipe.read(struct.unpack(">I", head)[0])).payload)
+    assert [len(p) for p in sent] == [3, len(sent[1])] and sent[0] == b"[1]"
+    assert spent == [sum(map(len, sent))]

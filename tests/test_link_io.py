@@ -8,7 +8,16 @@ import struct
 import threading
 
 from python_worker.proto import link_pb
-from python_worker.transports.link_io import END, LOG, MESSAGE, READY, FrameReader, FrameWriter
+from python_worker.transports.link_io import (
+    END,
+    JSON_CHUNKS,
+    LOG,
+    MESSAGE,
+    READY,
+    FrameReader,
+    FrameWriter,
+    send_segments,
+)
 
 
 def _frames(data: bytes) -> list[object]:
@@ -111,3 +120,20 @@ def test_large_input_frames_are_read_without_copies_and_fall_back_to_protobuf() 
     assert [(bytes(i.data), i.content_type) for i in first.items] == [(i.data, i.content_type) for i in items]
     assert isinstance(first.items[0].data, memoryview)  # a view into the frame read from the pipe
     assert not isinstance(second, InputFrame) and second.call_id == 301 and second.payload == batch
+
+
+def test_a_batchs_segments_are_json_chunks_and_message_frames_in_one_write() -> None:
+    """send_segments: a JSON_CHUNKS frame per array (first_seq, 0 included, read back by protobuf), a MESSAGE per
+    ToolChunkBatch, their payloads the concatenation of their parts, in order."""
+    big = b"\x07" * 100_000
+    segments: list[tuple[int, list[bytes | memoryview]]] = [
+        (0, [b'[{"i":0},{"i":1}]']),
+        (-1, [b"\x0a\x03abc", memoryview(big), b"tail"]),
+        (300, [b"[1,2,3]"]),
+    ]
+    frames = _frames(_written(lambda w: send_segments(w, 77, segments)))
+    assert [(f.call_id, f.kind, f.first_seq, f.payload) for f in frames] == [  # type: ignore[attr-defined]
+        (77, JSON_CHUNKS, 0, b'[{"i":0},{"i":1}]'),
+        (77, MESSAGE, 0, b"\x0a\x03abc" + big + b"tail"),
+        (77, JSON_CHUNKS, 300, b"[1,2,3]"),
+    ]

@@ -70,6 +70,29 @@ def frame_header(call_id: int, kind: int, payload_len: int, metadata: dict[str, 
     return _LENGTH.pack(len(fields) + payload_len) + fields
 
 
+JSON_CHUNKS = Kind.JSON_CHUNKS
+_JSON_CHUNKS = b"\x10" + varint(JSON_CHUNKS)
+
+
+def send_segments(writer: FrameWriter, call_id: int, segments: Iterable[tuple[int, list[bytes | memoryview]]]) -> None:
+    """A stream's batch as frames, in one write (``os.writev``: no payload part is copied): each segment is
+    ``(first_seq, parts)``, a ``JSON_CHUNKS`` frame whose array's first chunk is ``first_seq``, or ``(-1, parts)``,
+    a ``MESSAGE`` (see ``wire.link_segments``). The payload is the concatenation of ``parts``."""
+    out: list[bytes | memoryview] = []
+    head = b"\x08" + varint(call_id)
+    for first_seq, parts in segments:
+        size = sum(p.nbytes if isinstance(p, memoryview) else len(p) for p in parts)
+        if first_seq < 0:
+            fields = head + _KIND_FIELDS[MESSAGE] + b"\x2a" + varint(size)
+        elif first_seq:
+            fields = head + _JSON_CHUNKS + b"\x48" + varint(first_seq) + b"\x2a" + varint(size)
+        else:  # 0, protobuf's default, is not written
+            fields = head + _JSON_CHUNKS + b"\x2a" + varint(size)
+        out.append(_LENGTH.pack(len(fields) + size) + fields)
+        out.extend(parts)
+    writer._write(out)
+
+
 def _delimited(tag: bytes, value: bytes) -> bytes:
     return tag + varint(len(value)) + value
 

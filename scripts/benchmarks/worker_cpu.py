@@ -87,7 +87,9 @@ class LinkWorker:
             payload=request,
             timeout_ms=TIMEOUT_MS,
             credit=WINDOW,
-            metadata={"krait-call-id": f"bench-{self._next_id}"},
+            # the Elixir pool asks for runs of plain JSON chunks as one array per frame (docs/link.md)
+            metadata={"krait-call-id": f"bench-{self._next_id}"}
+            | ({"krait-json-chunks": "1"} if method == "ExecuteStreamingToolBatched" else {}),
         ).SerializeToString()
         self._in.write(_LENGTH.pack(len(frame)) + frame)
         self._in.flush()
@@ -113,8 +115,11 @@ class LinkWorker:
         while True:
             frame = self.read()
             assert frame.call_id == call_id, frame
-            if frame.kind == Kind.MESSAGE:
-                chunks += len(pb.ToolChunkBatch.FromString(frame.payload).chunks)
+            if frame.kind in (Kind.MESSAGE, Kind.JSON_CHUNKS):
+                if frame.kind == Kind.JSON_CHUNKS:
+                    chunks += len(orjson.loads(frame.payload))
+                else:
+                    chunks += len(pb.ToolChunkBatch.FromString(frame.payload).chunks)
                 unacked += len(frame.payload)
                 if unacked >= WINDOW // 4:
                     credit = link_pb.LinkFrame(call_id=call_id, kind=Kind.CREDIT, credit=unacked).SerializeToString()

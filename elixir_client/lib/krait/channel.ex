@@ -6,8 +6,9 @@ defmodule Krait.Channel do
 
   A started stream sends its owner:
 
-    * `{:krait_stream, ref, {:messages, [payload], bytes}}` - response messages, each a binary;
-      `bytes` is what to `ack/3` once they are taken from the mailbox;
+    * `{:krait_stream, ref, {:messages, [payload], bytes}}` - response messages, each a binary
+      (on the link a run of plain JSON chunks may come as `{:json_chunks, first_seq, json_array}`,
+      see docs/link.md); `bytes` is what to `ack/3` once they are taken from the mailbox;
     * `{:krait_stream, ref, {:done, :ok | {:error, Krait.GRPC.Error.t()}}}` - the end. An error whose
       `unprocessed` is true is one the worker certainly never started;
     * `{:krait_stream, ref, {:handler_call, payload}}` - the tool asks its caller to run a handler

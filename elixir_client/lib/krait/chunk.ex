@@ -65,6 +65,24 @@ defmodule Krait.Chunk do
     end
   end
 
+  @doc """
+  Builds the chunks of a link `JSON_CHUNKS` frame: `array` is the JSON array text of consecutive plain
+  JSON chunks (not final, no metadata), decoded with one call of the JSON library; its elements are the
+  chunks `first_seq`, `first_seq + 1`... in order.
+  """
+  @spec from_json_array(non_neg_integer(), binary()) :: {:ok, [t()]} | {:error, String.t()}
+  def from_json_array(first_seq, array) do
+    case Krait.JSON.decode(array) do
+      {:ok, [_ | _] = values} -> {:ok, numbered(values, first_seq, [])}
+      _ -> {:error, "invalid JSON payload"}
+    end
+  end
+
+  defp numbered([], _seq, acc), do: :lists.reverse(acc)
+
+  defp numbered([value | values], seq, acc),
+    do: numbered(values, seq + 1, [%__MODULE__{seq: seq, data: value, content_type: @json} | acc])
+
   defp with_values([], [], acc), do: {:ok, :lists.reverse(acc)}
 
   defp with_values([%{content_type: @json} = proto | protos], [value | values], acc),

@@ -13,6 +13,10 @@ defmodule Krait.Link do
   Input and handler frames work on any call of the link: `input: true` only tells the worker that the
   caller sends input (OPEN metadata `krait-input: "1"`), so a tool that reads an input stream accepts
   the call; the `ExecuteTool` and `ExecuteStreamingToolBatched` methods serve duplex calls as well.
+
+  A batched stream's OPEN also says `krait-json-chunks: "1"`: the worker then sends each run of plain
+  JSON chunks as one `JSON_CHUNKS` frame (a JSON array), delivered to the owner as
+  `{:json_chunks, first_seq, array}` in a `:messages` delivery (see `Krait.Call.Cursor`).
   """
 
   @behaviour Krait.Channel
@@ -40,6 +44,12 @@ defmodule Krait.Link do
     metadata =
       if Keyword.get(opts, :input, false),
         do: Map.put(metadata, "krait-input", "1"),
+        else: metadata
+
+    # the worker then sends runs of plain JSON chunks as JSON_CHUNKS frames (one JSON array each)
+    metadata =
+      if method == "ExecuteStreamingToolBatched",
+        do: Map.put(metadata, "krait-json-chunks", "1"),
         else: metadata
 
     case Registry.lookup(worker) do

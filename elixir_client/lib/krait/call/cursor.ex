@@ -416,7 +416,8 @@ defmodule Krait.Call.Cursor do
 
   ## Decoding
 
-  # Each message is a ToolChunkBatch; its chunks' payloads are decoded together (Chunk.from_protos/1).
+  # Each message is a ToolChunkBatch, its chunks' payloads decoded together (Chunk.from_protos/1), or a
+  # link's {:json_chunks, first_seq, array}.
   defp decode_chunks([payload], ctx), do: decode_batch(payload, ctx)
 
   defp decode_chunks(payloads, ctx) do
@@ -429,6 +430,14 @@ defmodule Krait.Call.Cursor do
     |> case do
       {:ok, acc} -> {:ok, acc |> Enum.reverse() |> Enum.concat()}
       error -> error
+    end
+  end
+
+  # a run of plain JSON chunks from the link (a JSON_CHUNKS frame): one JSON array
+  defp decode_batch({:json_chunks, first_seq, array}, ctx) do
+    case Chunk.from_json_array(first_seq, array) do
+      {:ok, _} = ok -> ok
+      {:error, message} -> {:error, Error.new(:protocol, message, ctx)}
     end
   end
 

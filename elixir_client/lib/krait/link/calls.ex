@@ -51,7 +51,7 @@ defmodule Krait.Link.Calls do
   end
 
   @doc "Handles a frame from the worker about call `id`."
-  @spec frame(t(), Frame.kind(), pos_integer(), binary()) :: t()
+  @spec frame(t(), Frame.kind(), pos_integer(), Frame.payload()) :: t()
   def frame(t, kind, id, payload) do
     case :ets.lookup(t.handle.tab, id) do
       [{_, sref, owner, _, _}] ->
@@ -74,6 +74,17 @@ defmodule Krait.Link.Calls do
 
   defp route(t, :message, id, sref, owner, payload) do
     send(owner, {:krait_stream, sref, {:messages, [payload], byte_size(payload)}})
+    watch(t, id, owner, false)
+  end
+
+  # A run of plain JSON chunks: delivered as `{:json_chunks, first_seq, array}` (Krait.Call.Cursor decodes
+  # the array with one JSON call), its bytes acknowledged as a MESSAGE's.
+  defp route(t, :json_chunks, id, sref, owner, {first_seq, array}) do
+    send(
+      owner,
+      {:krait_stream, sref, {:messages, [{:json_chunks, first_seq, array}], byte_size(array)}}
+    )
+
     watch(t, id, owner, false)
   end
 

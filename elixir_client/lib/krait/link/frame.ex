@@ -24,7 +24,8 @@ defmodule Krait.Link.Frame do
     input: 9,
     input_end: 10,
     handler_call: 11,
-    handler_reply: 12
+    handler_reply: 12,
+    json_chunks: 13
   }
   @names Map.new(@kinds, fn {name, n} -> {n, name} end)
 
@@ -42,9 +43,16 @@ defmodule Krait.Link.Frame do
           | :input_end
           | :handler_call
           | :handler_reply
+          | :json_chunks
 
-  @typedoc "A decoded frame from a worker: its kind, call id and payload (a sub-binary)."
-  @type t :: {kind() | {:unknown, non_neg_integer()}, non_neg_integer(), binary()}
+  @typedoc """
+  A frame's payload: a sub-binary of the packet; for `JSON_CHUNKS`, `{first_seq, array}`: the JSON array
+  text of a run of plain JSON chunks and the seq of its first element.
+  """
+  @type payload :: binary() | {non_neg_integer(), binary()}
+
+  @typedoc "A decoded frame from a worker: its kind, call id and payload."
+  @type t :: {kind() | {:unknown, non_neg_integer()}, non_neg_integer(), payload()}
 
   @doc "An `OPEN` frame: starts call `call_id` of `method` with its encoded `request`."
   @spec open(pos_integer(), String.t(), iodata(), non_neg_integer(), non_neg_integer(), map()) ::
@@ -161,6 +169,9 @@ defmodule Krait.Link.Frame do
   defp string_value({:bytes, value}), do: value
   defp string_value(_), do: ""
 
+  # JSON_CHUNKS whose first_seq is 0 (not written: protobuf's default)
+  defp fields(<<>>, call_id, 13, payload), do: {:json_chunks, call_id, {0, payload}}
+
   defp fields(<<>>, call_id, kind, payload),
     do: {Map.get(@names, kind, {:unknown, kind}), call_id, payload}
 
@@ -180,7 +191,22 @@ defmodule Krait.Link.Frame do
       {1, {:varint, v}, rest} -> fields(rest, v, kind, payload)
       {2, {:varint, v}, rest} -> fields(rest, id, v, payload)
       {5, {:bytes, v}, rest} -> fields(rest, id, kind, v)
+      {9, {:varint, v}, rest} -> seq_fields(rest, id, kind, payload, v)
       {_, _, rest} -> fields(rest, id, kind, payload)
+    end
+  end
+
+  # after a `first_seq` (JSON_CHUNKS): once per batch of chunks, so no fast clauses
+  defp seq_fields(<<>>, id, 13, payload, seq), do: {:json_chunks, id, {seq, payload}}
+  defp seq_fields(<<>>, id, kind, payload, _seq), do: fields(<<>>, id, kind, payload)
+
+  defp seq_fields(binary, id, kind, payload, seq) do
+    case Wire.decode_field(binary) do
+      {1, {:varint, v}, rest} -> seq_fields(rest, v, kind, payload, seq)
+      {2, {:varint, v}, rest} -> seq_fields(rest, id, v, payload, seq)
+      {5, {:bytes, v}, rest} -> seq_fields(rest, id, kind, v, seq)
+      {9, {:varint, v}, rest} -> seq_fields(rest, id, kind, payload, v)
+      {_, _, rest} -> seq_fields(rest, id, kind, payload, seq)
     end
   end
 end
