@@ -17,7 +17,7 @@ import contextvars
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
 
 import grpc
@@ -167,13 +167,24 @@ def _encode(tool_name: str, what: str, value: Any, content_type: str | None) -> 
 def final_metadata(
     extra: Mapping[str, str] | None, started: float, worker_id: str, trace_id: str = ""
 ) -> dict[str, str]:
-    meta = dict(extra) if extra else {}
+    meta: dict[str, str] = {}
+    fill_final_metadata(meta, extra, started, worker_id, trace_id)
+    return meta
+
+
+def fill_final_metadata(
+    meta: MutableMapping[str, str], extra: Mapping[str, str] | None, started: float, worker_id: str, trace_id: str
+) -> None:
+    """The final metadata into ``meta`` (a dict, or a response's protobuf map): the tool's own ``extra``, then
+    Krait's keys, which win."""
+    if extra:
+        for key, value in extra.items():
+            meta[key] = value
     meta["execution_time_ms"] = str(round((time.perf_counter() - started) * 1000))
     meta["tool_type"] = "remote"
     meta["worker_id"] = worker_id
     if trace_id:
         meta["trace_id"] = trace_id
-    return meta
 
 
 def run_unary(adapter: BaseAdapter, spec: ToolSpec, kwargs: dict[str, Any], ctx: ToolContext, started: float) -> Any:
@@ -189,10 +200,14 @@ def run_unary(adapter: BaseAdapter, spec: ToolSpec, kwargs: dict[str, Any], ctx:
     if isinstance(value, StreamChunk):
         value, content_type, meta = value.data, value.content_type, value.metadata
     data, content_type = _encode(spec.name, "result", value, content_type)
-    meta = final_metadata(meta, started, ctx.worker_id, ctx.trace_id)
+    response = pb.ExecuteToolResponse(data=data, content_type=content_type)
+    # written into the response's map one entry at a time: a dict given to the constructor goes through
+    # MutableMapping.update, a Python loop (~1.7 µs a call)
+    out = response.metadata
+    fill_final_metadata(out, meta, started, ctx.worker_id, ctx.trace_id)
     if progress:
-        meta["progress"] = codec.encode_json(progress[-1]).decode()
-    return pb.ExecuteToolResponse(data=data, content_type=content_type, metadata=meta)
+        out["progress"] = codec.encode_json(progress[-1]).decode()
+    return response
 
 
 class StreamingCall:

@@ -4,7 +4,8 @@ A ``threading.Timer`` per call would start a thread per call (~50 µs, and a thr
 deadline is a heap entry (a push, and a wake-up of the timer thread only when it becomes the earliest). A
 cancelled deadline stays in the heap, marked, until its time comes or until cancelled entries are the majority,
 when the heap is rebuilt without them: thousands of calls a second with the pool's default 300 s deadline must not
-pile up five minutes of dead entries.
+pile up five minutes of dead entries. The link pushes an inline call's long deadline only once the call has
+outlived a watchdog tick (``transports/link.py``, ``WATCHED_DEADLINE_S``): most calls never touch the heap.
 """
 
 from __future__ import annotations
@@ -45,7 +46,11 @@ class Deadlines:
         self._thread: threading.Thread | None = None
 
     def after(self, seconds: float, callback: Callable[[], None]) -> Deadline:
-        deadline = Deadline(self, time.monotonic() + seconds, callback)
+        return self.at(time.monotonic() + seconds, callback)
+
+    def at(self, when: float, callback: Callable[[], None]) -> Deadline:
+        """Run ``callback`` at ``when`` (monotonic seconds; at once when that has passed)."""
+        deadline = Deadline(self, when, callback)
         with self._cond:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="deadlines", daemon=True)

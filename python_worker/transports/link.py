@@ -35,7 +35,7 @@ from ..engine.exchange import Exchange
 from ..errors import CallError, InvalidArguments
 from ..proto import pb
 from ..sdk.context import CancelEvent
-from ..wire import encode_batch
+from ..wire import encode_batch, link_segments
 from .link_io import (
     CANCEL,
     CREDIT,
@@ -50,6 +50,7 @@ from .link_io import (
     FrameWriter,
     InputFrame,
     credit_frame,
+    send_segments,
 )
 
 log = logging.getLogger("krait.worker")
@@ -68,6 +69,11 @@ INLINE_IDLE_TICKS = 250
 # a while), or until one of its calls so handed over ends within a tick: a quick one that was slow once (behind a
 # garbage collection, or preempted on a busy machine) is served inline again from its next call.
 SLOW_TOOL_S = 5.0
+# An inline call's deadline at least this far away is not pushed on the deadlines' heap when the call opens:
+# the watchdog pushes it (at its exact time) once it sees the call still running a tick later. Most calls end
+# within a tick, and a push (a lock, a heap entry, a Deadline and its callback) was ~7% of a quick call's CPU.
+# Shorter deadlines are pushed at once: a watchdog tick delayed on a loaded machine must not make them late.
+WATCHED_DEADLINE_S = 1.0
 
 
 def _cancel_reason(payload: bytes) -> tuple[int, str]:
@@ -89,6 +95,8 @@ def _status(code: int, message: str) -> bytes:
 
 # OPEN metadata a pool sends when its caller streams input into the call (docs/link.md)
 INPUT_HEADER = "krait-input"
+# OPEN metadata a pool sends when it reads a batched stream's plain JSON chunks as JSON_CHUNKS frames
+JSON_CHUNKS_HEADER = "krait-json-chunks"
 
 
 class LinkPeer:
@@ -119,6 +127,7 @@ class LinkCall:
         "cancel_event",
         "credit",
         "deadline",
+        "due",
         "ended",
         "exchange",
         "open_frame",
@@ -132,6 +141,7 @@ class LinkCall:
         self.credit = credit
         self.ended: bytes | None = None  # the END status once cancelled or past its deadline
         self.deadline: Deadline | None = None
+        self.due = 0.0  # an inline call's deadline (monotonic) the watchdog is yet to push; 0: none
         self.stream: StreamHandle | None = None
         self.cancel_event: CancelEvent | None = None
         self._cond: threading.Condition | None = None
@@ -223,6 +233,7 @@ class LinkServer:
         self._inline_running = False
         self._handed = False
         self._inline_tool = ""
+        self._inline_call: LinkCall | None = None
         self._watching = False  # the watchdog ticks (else it waits for the next inline call)
         # tools an inline call of which had to be handed over, until when they are handed over at once
         self._slow_tools: dict[str, float] = {}
@@ -275,6 +286,7 @@ class LinkServer:
         with self._inline_lock:
             self._inline_seq += 1
             self._inline_running = True
+            self._inline_call = call
             if not self._watching:
                 self._watching = True
                 self._inline_cond.notify()
@@ -283,7 +295,11 @@ class LinkServer:
         finally:
             with self._inline_lock:
                 self._inline_running = False
+                self._inline_call = None
                 handed, self._handed = self._handed, False
+                deadline = call.deadline  # read with the watchdog (which may push it) shut out
+            if deadline is not None:
+                deadline.cancel()
         return not handed
 
     def _hand_over_inline(self) -> None:
@@ -316,6 +332,10 @@ class LinkServer:
                     self._inline_cond.wait()
             time.sleep(INLINE_TICK_S)
             with self._inline_cond:
+                call = self._inline_call
+                if call is not None and call.due:  # still running: its deadline now goes on the heap
+                    call.deadline = self._deadline_at(call, call.due)
+                    call.due = 0.0
                 if self._inline_running and self._inline_seq == seen:  # the same call as a tick ago: not quick
                     self._slow_tools[self._inline_tool] = time.monotonic() + SLOW_TOOL_S
                     self._hand_over_inline()
@@ -335,11 +355,14 @@ class LinkServer:
                 with self._calls_lock:
                     self._calls[call_id] = call
                 self.writer.send_started(call_id)
+                inline = frame.method == "ExecuteTool" and len(self._calls) == 1
                 if frame.timeout_ms:
-                    call.deadline = self._deadlines.after(
-                        frame.timeout_ms / 1000, lambda: call.cancel(code_pb2.DEADLINE_EXCEEDED, "deadline exceeded")
-                    )
-                if frame.method == "ExecuteTool" and len(self._calls) == 1:
+                    seconds = frame.timeout_ms / 1000
+                    if inline and seconds >= WATCHED_DEADLINE_S:
+                        call.due = time.monotonic() + seconds  # pushed by the watchdog if the call lasts
+                    else:
+                        call.deadline = self._deadline_at(call, time.monotonic() + seconds)
+                if inline:
                     call.open_frame = frame
                     return call  # served inline
                 return lambda: self._serve_tool(call, frame)
@@ -361,6 +384,9 @@ class LinkServer:
             return None
         log.warning("unexpected link frame kind %s (call %d): ignored", kind, call_id)
         return None
+
+    def _deadline_at(self, call: LinkCall, when: float) -> Deadline:
+        return self._deadlines.at(when, lambda: call.cancel(code_pb2.DEADLINE_EXCEEDED, "deadline exceeded"))
 
     def _exchange_frame(self, call: LinkCall, kind: int, frame: Any) -> None:
         """Input and handler replies from the caller, handed to the call's exchange; input the call does not
@@ -432,7 +458,7 @@ class LinkServer:
                 self._end(call.call_id, self.engine.status_bytes(exc, frame.method, tool_name))
                 return
         finally:
-            if call.deadline is not None:
+            if call.deadline is not None and not inline:  # an inline call's: by _serve_inline
                 call.deadline.cancel()
             with self._calls_lock:
                 self._calls.pop(call.call_id, None)
@@ -440,10 +466,16 @@ class LinkServer:
         self._end(call.call_id, call.ended)
 
     def _stream(self, call: LinkCall, request: Any, metadata: Mapping[str, str], *, batched: bool) -> None:
-        handle = self.engine.stream(request, metadata, frame_large=batched, exchange=call.exchange)
+        json_chunks = batched and metadata.get(JSON_CHUNKS_HEADER) == "1"
+        # for JSON_CHUNKS frames chunks are queued as tuples: a small chunk's data is joined into the array as
+        # it is (no batch entry framed per chunk), a large one is written from its own buffer (send_segments)
+        handle = self.engine.stream(request, metadata, frame_large=batched and not json_chunks, exchange=call.exchange)
         try:
             call.attach(handle.ctx.cancel_event, handle)
             handle.start()
+            if json_chunks:
+                self._send_segments(call, handle)
+                return
             for batch in handle.batches(batched=batched):
                 payload = encode_batch(batch) if batched else _single(batch)
                 if not call.spend(len(payload)):
@@ -451,6 +483,19 @@ class LinkServer:
                 self.writer.send(call.call_id, MESSAGE, payload)
         finally:
             handle.close()
+
+    def _send_segments(self, call: LinkCall, handle: StreamHandle) -> None:
+        """A batched stream to a pool that reads JSON_CHUNKS frames: each batch as its frames (runs of plain
+        JSON chunks as one array each, the rest as ToolChunkBatch messages), in one write; the credit spent is
+        their payloads' bytes, as for MESSAGE frames."""
+        for batch in handle.batches():
+            segments = link_segments(batch)
+            size = 0
+            for _, parts in segments:
+                size += sum(p.nbytes if isinstance(p, memoryview) else len(p) for p in parts)
+            if not call.spend(size):
+                return
+            send_segments(self.writer, call.call_id, segments)
 
     def _end(self, call_id: int, status: bytes) -> None:
         self.writer.send(call_id, END, status)

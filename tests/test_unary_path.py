@@ -1,0 +1,211 @@
+"""The lean unary path keeps its guarantees: an inline call's long deadline, kept by the watchdog rather than
+pushed on the deadlines' heap per call, still ends the call at its time (short ones are pushed at once); calls
+counted in plain ints per thread scrape exactly as prometheus_client's own counter and histogram."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from google.rpc import code_pb2, status_pb2
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+from python_worker import BaseAdapter, StreamChunk, ToolContext, tool
+from python_worker.engine import Engine
+from python_worker.engine.sessions import SessionStore
+from python_worker.metrics import DURATION_BUCKETS, WorkerMetrics
+from python_worker.proto import link_pb, pb
+from python_worker.transports.link import WATCHED_DEADLINE_S, LinkServer
+from python_worker.transports.link_io import END, LOG, MESSAGE, OPEN, STARTED, FrameReader, FrameWriter
+
+
+class _Waiter(BaseAdapter):
+    @tool
+    def quick(self, n: int = 0) -> int:
+        return n
+
+    @tool
+    def wait(self, ctx: ToolContext, seconds: float) -> bool:
+        return ctx.wait_cancelled(seconds)
+
+    @tool
+    def tagged(self, ctx: ToolContext) -> StreamChunk[str]:
+        ctx.report_progress(1, 2)
+        ctx.report_progress(2, 2, "done")
+        # the tool's own keys are kept, except Krait's, which win (progress included)
+        return StreamChunk(data="x", metadata={"k": "v", "tool_type": "mine", "worker_id": "", "progress": "?"})
+
+
+class _Pool:
+    """A LinkServer serving ``_Waiter`` over two pipes, and the frames it writes back (LOG frames dropped)."""
+
+    def __init__(self) -> None:
+        to_worker, self._to_worker = os.pipe()
+        self._from_worker, from_pool = os.pipe()
+        engine = Engine(
+            _Waiter(),
+            adapter_path="tests:_Waiter",
+            worker_id="w",
+            sessions=SessionStore(ttl=60),
+            max_calls=4,
+            max_message_bytes=4 << 20,
+        )
+        self.server = LinkServer(engine, FrameReader(to_worker), FrameWriter(from_pool), threads=3)
+        self.frames: queue.Queue[Any] = queue.Queue()
+        self._next = 0
+        threading.Thread(target=self._read, daemon=True).start()
+        self.server.start()
+
+    def _read(self) -> None:
+        with os.fdopen(self._from_worker, "rb") as pipe:
+            while len(head := pipe.read(4)) == 4:
+                frame = link_pb.LinkFrame.FromString(pipe.read(struct.unpack(">I", head)[0]))
+                if frame.kind != LOG:
+                    self.frames.put(frame)
+
+    def call(self, tool_name: str, timeout_ms: int, wait_s: float = 10, **args: Any) -> list[Any]:
+        """A unary call's frames, STARTED to END (each awaited at most ``wait_s`` seconds)."""
+        self._next += 1
+        request = pb.ExecuteToolRequest(tool_name=tool_name, args_json=json.dumps(args))
+        frame = link_pb.LinkFrame(
+            call_id=self._next,
+            kind=OPEN,
+            method="ExecuteTool",
+            payload=request.SerializeToString(),
+            timeout_ms=timeout_ms,
+            credit=1 << 20,
+        ).SerializeToString()
+        os.write(self._to_worker, struct.pack(">I", len(frame)) + frame)
+        frames = [self.frames.get(timeout=wait_s)]
+        while frames[-1].kind != END:
+            frames.append(self.frames.get(timeout=wait_s))
+        assert {f.call_id for f in frames} == {self._next}
+        return frames
+
+    def close(self) -> None:
+        os.close(self._to_worker)
+        assert self.server.closed.wait(10)
+
+
+@pytest.fixture
+def pool() -> Iterator[_Pool]:
+    p = _Pool()
+    yield p
+    p.close()
+
+
+def _no_deadlines_left(server: LinkServer) -> bool:
+    """The heap holds no live deadline once the call's thread is done with it (its END may come a moment
+    before: the inline call's thread cancels a deadline the watchdog pushed after writing it)."""
+    until = time.monotonic() + 5
+    while len(server._deadlines) and time.monotonic() < until:
+        time.sleep(0.01)
+    return len(server._deadlines) == 0
+
+
+def _code(end: Any) -> int:
+    return int(status_pb2.Status.FromString(end.payload).code) if end.payload else code_pb2.OK
+
+
+def test_quick_inline_calls_with_long_deadlines_push_nothing_on_the_heap(pool: _Pool) -> None:
+    for n in range(100):
+        started, message, end = pool.call("quick", timeout_ms=30_000, n=n)
+        assert [started.kind, message.kind, _code(end)] == [STARTED, MESSAGE, code_pb2.OK]
+        assert pb.ExecuteToolResponse.FromString(message.payload).data == str(n).encode()
+    # a call still running at a watchdog tick has its deadline pushed (then cancelled): a few at most
+    assert len(pool.server._deadlines._heap) < 20
+    assert _no_deadlines_left(pool.server)
+
+
+@pytest.mark.parametrize("timeout_ms", [int(WATCHED_DEADLINE_S * 1000) + 200, 300])
+def test_an_inline_calls_deadline_ends_it_long_or_short(pool: _Pool, timeout_ms: int) -> None:
+    """A long deadline is pushed by the watchdog once the call outlives a tick, a short one at once: either
+    way the tool sees its cancellation and the call ends DEADLINE_EXCEEDED (well before the tool's 30 s)."""
+    pool.call("quick", timeout_ms=30_000)  # the watchdog awake, as in a pool's steady state
+    frames = pool.call("wait", timeout_ms=timeout_ms, wait_s=15, seconds=30)
+    assert [f.kind for f in frames] == [STARTED, END]
+    assert _code(frames[-1]) == code_pb2.DEADLINE_EXCEEDED
+    assert _no_deadlines_left(pool.server)
+
+
+def test_a_deadline_the_watchdog_pushed_is_cancelled_when_its_call_ends(pool: _Pool) -> None:
+    frames = pool.call("wait", timeout_ms=60_000, seconds=0.1)  # outlives a tick: its deadline is pushed
+    assert _code(frames[-1]) == code_pb2.OK
+    assert _no_deadlines_left(pool.server)
+
+
+def test_a_unary_results_metadata_is_the_tools_own_under_krait_keys(pool: _Pool) -> None:
+    _, message, end = pool.call("tagged", timeout_ms=30_000)
+    assert _code(end) == code_pb2.OK
+    meta = dict(pb.ExecuteToolResponse.FromString(message.payload).metadata)
+    assert meta["execution_time_ms"].isdigit()
+    del meta["execution_time_ms"]
+    assert meta == {
+        "k": "v",
+        "tool_type": "remote",
+        "worker_id": "w",
+        "progress": json.dumps({"progress": 2, "total": 2, "message": "done"}, separators=(",", ":")),
+    }
+
+
+# -- metrics: plain ints per thread, summed at scrape ---------------------------------------------------------
+
+# exact binary fractions (sums equal whatever the order of addition), in every bucket from the first to +Inf
+_SECONDS = (0.0009765625, 0.001, 0.0078125, 0.25, 0.5, 2.5, 100.0)
+
+
+def _call_lines(registry: CollectorRegistry) -> list[str]:
+    text = generate_latest(registry).decode()
+    return [line for line in text.splitlines() if "krait_tool_calls" in line or "krait_tool_duration" in line]
+
+
+def test_calls_counted_on_many_threads_scrape_as_prometheus_clients_own_families() -> None:
+    """The exposition of the calls and duration families is line for line what prometheus_client's Counter and
+    Histogram write for the same calls, whichever threads ended them (live ones, and ones that have ended)."""
+    metrics = WorkerMetrics(CollectorRegistry())
+    reference = CollectorRegistry()
+    calls = Counter("krait_tool_calls", "Tool calls ended, by tool and gRPC status code name", ["tool", "status"],
+                    registry=reference)  # fmt: skip
+    duration = Histogram(
+        "krait_tool_duration_seconds",
+        "Tool call duration, from the request's arrival to the call's end",
+        ["tool"],
+        buckets=DURATION_BUCKETS,
+        registry=reference,
+    )
+
+    def end_calls(tool: str, status: str) -> None:
+        for seconds in _SECONDS:
+            metrics.call_ended(tool, status, seconds)
+
+    assert _call_lines(metrics.registry) == _call_lines(reference)  # nothing counted yet: the same headers
+    work = [("add", "OK"), ("add", "OK"), ("add", "CANCELLED"), ("other", "OK"), ("add", "OK")]
+    for name, status in work[:-1]:
+        thread = threading.Thread(target=end_calls, args=(name, status))
+        thread.start()
+        thread.join()
+    end_calls(*work[-1])  # and this thread, alive
+    for name, status in work:
+        for seconds in _SECONDS:
+            calls.labels(name, status).inc()
+            duration.labels(name).observe(seconds)
+    assert _call_lines(metrics.registry) == _call_lines(reference)
+    assert metrics.registry.get_sample_value("krait_tool_calls_total", {"tool": "add", "status": "OK"}) == 21
+
+
+def test_the_tallies_of_ended_threads_are_folded_into_one() -> None:
+    metrics = WorkerMetrics(CollectorRegistry())
+    for _ in range(50):
+        thread = threading.Thread(target=metrics.call_ended, args=("add", "OK", 0.001))
+        thread.start()
+        thread.join()
+    assert len(metrics._tallies) <= 1  # memory bound: one tally per live thread
+    assert metrics.registry.get_sample_value("krait_tool_calls_total", {"tool": "add", "status": "OK"}) == 50
+    assert metrics.registry.get_sample_value("krait_tool_duration_seconds_count", {"tool": "add"}) == 50
