@@ -402,14 +402,29 @@ defmodule KraitBench do
     # warm-up: code loading, both workers' first calls
     tiny_round(pool, 200)
 
+    # where the CPU goes: the BEAM's and the workers' own time (/proc) over all measured runs, per call
+    workers = for %{os_pid: os_pid} <- Krait.Pool.stats(pool).workers, do: os_pid
+    beam = System.pid()
+    cpu = fn -> {Proc.cpu_ms(beam), workers |> Enum.map(&Proc.cpu_ms/1) |> Enum.sum()} end
+    {beam0, workers0} = cpu.()
+    Process.put(:tiny_calls, 0)
+
     rate =
       Stats.median_of(runs, fn ->
         stop_at = System.monotonic_time(:millisecond) + ms
         {us, counts} = Stats.timed(fn -> tiny_round(pool, stop_at, :until) end)
+        Process.put(:tiny_calls, Process.get(:tiny_calls) + Enum.sum(counts))
         Enum.sum(counts) / (us / 1.0e6)
       end)
 
-    report(%{ex_tiny_calls_per_s: rate})
+    {beam1, workers1} = cpu.()
+    calls = Process.get(:tiny_calls)
+
+    report(%{
+      ex_tiny_calls_per_s: rate,
+      ex_tiny_beam_cpu_us_per_call: (beam1 - beam0) * 1000 / calls,
+      ex_tiny_workers_cpu_us_per_call: (workers1 - workers0) * 1000 / calls
+    })
   end
 
   defp tiny_round(pool, calls), do: tiny_round(pool, calls, :count)
