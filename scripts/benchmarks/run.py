@@ -375,6 +375,14 @@ def table(r: dict[str, float]) -> list[tuple[str, str, str, str]]:
         "n/a" if tiny is None or not ping50 else f"{tiny / (2e6 / ping50):.2f}x 2 / ping-pong p50",
         ">= 25,000/s",
     )
+    beam_cpu, workers_cpu = get("ex_tiny_beam_cpu_us_per_call"), get("ex_tiny_workers_cpu_us_per_call")
+    row(
+        "4. tiny calls: CPU per call, the BEAM / the two workers (/proc utime+stime)",
+        "n/a" if beam_cpu is None or workers_cpu is None else f"{beam_cpu:.0f} / {workers_cpu:.0f} µs",
+        # 2 cores: calls/s can be at most 2 s of CPU a second over the CPU a call takes
+        "n/a" if beam_cpu is None or workers_cpu is None else f"2 cores allow {2e6 / (beam_cpu + workers_cpu):,.0f}/s",
+        "",
+    )
     row(
         "4. unary p50 / p99: Elixir pool over gRPC",
         us_pair("ex_grpc_unary"),
