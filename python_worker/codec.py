@@ -207,11 +207,11 @@ def _first_refused(value: Any) -> tuple[tuple[str | int, ...], str] | None:
             if not math.isfinite(item):
                 return path, _NON_FINITE
         elif isinstance(item, str):
-            if not _utf8(item):
+            if not is_utf8(item):
                 return path, "a lone surrogate (\\ud800-\\udfff) is not text"
         elif isinstance(item, dict):
             for key, child in reversed(item.items()):
-                if not _utf8(key):
+                if not is_utf8(key):
                     return path, "a key holds a lone surrogate (\\ud800-\\udfff)"
                 stack.append(((*path, key), child))
         elif isinstance(item, list):
@@ -219,7 +219,8 @@ def _first_refused(value: Any) -> tuple[tuple[str | int, ...], str] | None:
     return None
 
 
-def _utf8(text: str) -> bool:
+def is_utf8(text: str) -> bool:
+    """``text`` encodes as UTF-8 (it holds no lone surrogate)."""
     try:
         text.encode()
     except UnicodeEncodeError:

@@ -6,9 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import queue
 import struct
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any, Optional
@@ -32,15 +30,15 @@ from python_worker.transports.link import INLINE_TICK_S, LinkServer
 from python_worker.transports.link_io import (
     END,
     JSON_CHUNKS,
-    LOG,
     MESSAGE,
     OPEN,
     SMALL_REPLY,
     STARTED,
-    FrameReader,
     FrameWriter,
 )
 from python_worker.wire import LARGE, encode_batch, frame_json, varint
+
+from .link_support import InProcessLink
 
 
 class _Simple(BaseAdapter):
@@ -212,55 +210,11 @@ class _Napper(BaseAdapter):
         return "x" * n
 
 
-class _Pool:
-    """A LinkServer serving ``_Napper`` over two pipes, and the frames it writes back (LOG frames dropped)."""
+class _Pool(InProcessLink):
+    """A LinkServer serving ``_Napper`` over two pipes, and the frames it writes back."""
 
     def __init__(self) -> None:
-        to_worker, self._to_worker = os.pipe()
-        self._from_worker, from_pool = os.pipe()
-        engine = Engine(
-            _Napper(),
-            adapter_path="tests:_Napper",
-            worker_id="w",
-            sessions=SessionStore(ttl=60),
-            max_calls=4,
-            max_message_bytes=4 << 20,
-        )
-        self.server = LinkServer(engine, FrameReader(to_worker), FrameWriter(from_pool), threads=3)
-        self.frames: queue.Queue[Any] = queue.Queue()
-        self._next = 0
-        threading.Thread(target=self._read, daemon=True).start()
-        self.server.start()
-
-    def _read(self) -> None:
-        with os.fdopen(self._from_worker, "rb") as pipe:
-            while len(head := pipe.read(4)) == 4:
-                frame = link_pb.LinkFrame.FromString(pipe.read(struct.unpack(">I", head)[0]))
-                if frame.kind != LOG:
-                    self.frames.put(frame)
-
-    def call(self, tool_name: str, **args: Any) -> list[Any]:
-        """A unary call's frames, STARTED to END."""
-        self._next += 1
-        request = pb.ExecuteToolRequest(tool_name=tool_name, args_json=json.dumps(args))
-        frame = link_pb.LinkFrame(
-            call_id=self._next,
-            kind=OPEN,
-            method="ExecuteTool",
-            payload=request.SerializeToString(),
-            timeout_ms=30_000,
-            credit=1 << 20,
-        ).SerializeToString()
-        os.write(self._to_worker, struct.pack(">I", len(frame)) + frame)
-        frames = [self.frames.get(timeout=10)]
-        while frames[-1].kind != END:
-            frames.append(self.frames.get(timeout=10))
-        assert {f.call_id for f in frames} == {self._next}
-        return frames
-
-    def close(self) -> None:
-        os.close(self._to_worker)  # the pool's end: the server's reader sees EOF
-        assert self.server.closed.wait(10)
+        super().__init__(_Napper())
 
 
 @pytest.fixture
@@ -445,44 +399,29 @@ class _Streamer(BaseAdapter):
             yield "x" * size
 
 
-class _StreamPool(_Pool):
+class _StreamPool(InProcessLink):
     """A LinkServer serving ``_Streamer``; :meth:`stream` opens a batched stream as an Elixir pool does."""
 
     def __init__(self) -> None:
-        to_worker, self._to_worker = os.pipe()
-        self._from_worker, from_pool = os.pipe()
-        engine = Engine(
-            _Streamer(),
-            adapter_path="tests:_Streamer",
-            worker_id="w",
-            sessions=SessionStore(ttl=60),
-            max_calls=4,
-            max_message_bytes=1 << 20,
-        )
-        self.server = LinkServer(engine, FrameReader(to_worker), FrameWriter(from_pool), threads=3)
-        self.frames: queue.Queue[Any] = queue.Queue()
-        self._next = 0
-        threading.Thread(target=self._read, daemon=True).start()
-        self.server.start()
+        super().__init__(_Streamer(), max_message_bytes=1 << 20)
 
     def stream(self, tool_name: str, *, json_chunks: bool = True, **args: Any) -> list[Any]:
         """A batched stream's frames after STARTED, to its END."""
-        self._next += 1
         request = pb.ExecuteToolRequest(tool_name=tool_name, args_json=json.dumps(args))
-        frame = link_pb.LinkFrame(
-            call_id=self._next,
-            kind=OPEN,
-            method="ExecuteStreamingToolBatched",
-            payload=request.SerializeToString(),
-            credit=1 << 30,
-            metadata={"krait-json-chunks": "1"} if json_chunks else {},
-        ).SerializeToString()
-        os.write(self._to_worker, struct.pack(">I", len(frame)) + frame)
+        call_id = self.open(
+            link_pb.LinkFrame(
+                kind=OPEN,
+                method="ExecuteStreamingToolBatched",
+                payload=request.SerializeToString(),
+                credit=1 << 30,
+                metadata={"krait-json-chunks": "1"} if json_chunks else {},
+            )
+        )
         assert self.frames.get(timeout=10).kind == STARTED
         frames = [self.frames.get(timeout=10)]
         while frames[-1].kind != END:
             frames.append(self.frames.get(timeout=10))
-        assert {f.call_id for f in frames} == {self._next}
+        assert {f.call_id for f in frames} == {call_id}
         return frames
 
 

@@ -5,9 +5,6 @@ counted in plain ints per thread scrape exactly as prometheus_client's own count
 from __future__ import annotations
 
 import json
-import os
-import queue
-import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -18,12 +15,12 @@ from google.rpc import code_pb2, status_pb2
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from python_worker import BaseAdapter, StreamChunk, ToolContext, tool
-from python_worker.engine import Engine
-from python_worker.engine.sessions import SessionStore
 from python_worker.metrics import DURATION_BUCKETS, WorkerMetrics
-from python_worker.proto import link_pb, pb
+from python_worker.proto import pb
 from python_worker.transports.link import WATCHED_DEADLINE_S, LinkServer
-from python_worker.transports.link_io import END, LOG, MESSAGE, OPEN, STARTED, FrameReader, FrameWriter
+from python_worker.transports.link_io import END, MESSAGE, STARTED
+
+from .link_support import InProcessLink
 
 
 class _Waiter(BaseAdapter):
@@ -43,55 +40,11 @@ class _Waiter(BaseAdapter):
         return StreamChunk(data="x", metadata={"k": "v", "tool_type": "mine", "worker_id": "", "progress": "?"})
 
 
-class _Pool:
-    """A LinkServer serving ``_Waiter`` over two pipes, and the frames it writes back (LOG frames dropped)."""
+class _Pool(InProcessLink):
+    """A LinkServer serving ``_Waiter`` over two pipes, and the frames it writes back."""
 
     def __init__(self) -> None:
-        to_worker, self._to_worker = os.pipe()
-        self._from_worker, from_pool = os.pipe()
-        engine = Engine(
-            _Waiter(),
-            adapter_path="tests:_Waiter",
-            worker_id="w",
-            sessions=SessionStore(ttl=60),
-            max_calls=4,
-            max_message_bytes=4 << 20,
-        )
-        self.server = LinkServer(engine, FrameReader(to_worker), FrameWriter(from_pool), threads=3)
-        self.frames: queue.Queue[Any] = queue.Queue()
-        self._next = 0
-        threading.Thread(target=self._read, daemon=True).start()
-        self.server.start()
-
-    def _read(self) -> None:
-        with os.fdopen(self._from_worker, "rb") as pipe:
-            while len(head := pipe.read(4)) == 4:
-                frame = link_pb.LinkFrame.FromString(pipe.read(struct.unpack(">I", head)[0]))
-                if frame.kind != LOG:
-                    self.frames.put(frame)
-
-    def call(self, tool_name: str, timeout_ms: int, wait_s: float = 10, **args: Any) -> list[Any]:
-        """A unary call's frames, STARTED to END (each awaited at most ``wait_s`` seconds)."""
-        self._next += 1
-        request = pb.ExecuteToolRequest(tool_name=tool_name, args_json=json.dumps(args))
-        frame = link_pb.LinkFrame(
-            call_id=self._next,
-            kind=OPEN,
-            method="ExecuteTool",
-            payload=request.SerializeToString(),
-            timeout_ms=timeout_ms,
-            credit=1 << 20,
-        ).SerializeToString()
-        os.write(self._to_worker, struct.pack(">I", len(frame)) + frame)
-        frames = [self.frames.get(timeout=wait_s)]
-        while frames[-1].kind != END:
-            frames.append(self.frames.get(timeout=wait_s))
-        assert {f.call_id for f in frames} == {self._next}
-        return frames
-
-    def close(self) -> None:
-        os.close(self._to_worker)
-        assert self.server.closed.wait(10)
+        super().__init__(_Waiter())
 
 
 @pytest.fixture

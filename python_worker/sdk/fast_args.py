@@ -18,6 +18,8 @@ from typing import Any
 
 import pydantic
 
+from ..codec import is_utf8
+
 _TYPES = (int, float, str, bool)
 _NOTHING: Any = object()  # a required parameter's "default"
 # an int within this range converts to float exactly (pydantic converts it; nearer the edges it may round)
@@ -78,7 +80,7 @@ class FastArgs:
                 elif kind is float:
                     if value - value != 0.0:  # NaN or an infinity (only a dict built in Python holds one)
                         return None
-                elif kind is str and not value.isascii() and not _utf8(value):
+                elif kind is str and not value.isascii() and not is_utf8(value):
                     return None
             elif value is None:
                 if not nullable:
@@ -102,11 +104,3 @@ def _simple_type(annotation: Any) -> tuple[type, bool] | None:
             if other in _TYPES:
                 return other, True
     return None
-
-
-def _utf8(text: str) -> bool:
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
