@@ -76,6 +76,33 @@ defmodule Krait.TestHelpers do
   end
 
   @doc """
+  Keeps a worker of `pool` busy with a 20 s `blocking_stream` (on the session's worker when `opts`
+  has `session_id:`) and returns once the stream has started; the returned function ends it.
+  """
+  @spec occupy(atom(), keyword()) :: (() -> :ok)
+  def occupy(pool, opts \\ []) do
+    test = self()
+    tag = make_ref()
+
+    task =
+      Task.async(fn ->
+        Krait.execute_stream(
+          "blocking_stream",
+          %{seconds: 20},
+          fn _ -> send(test, {:occupied, tag}) end,
+          [pool: pool] ++ opts
+        )
+      end)
+
+    assert_receive {:occupied, ^tag}, 5_000
+
+    fn ->
+      Task.shutdown(task, :brutal_kill)
+      :ok
+    end
+  end
+
+  @doc """
   Holds `per_worker` calls on a one-worker pool (`calls_per_worker: per_worker`), checks that the
   worker is busy with all of them and that one more call waits, then lets one go: the waiter runs.
   """

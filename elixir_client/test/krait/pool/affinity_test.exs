@@ -18,25 +18,6 @@ defmodule Krait.Pool.AffinityTest do
 
   defp session, do: "session-#{System.unique_integer([:positive])}"
 
-  # Keeps the session's worker busy with a blocking stream until the returned function is called.
-  defp occupy(pool, session) do
-    test = self()
-
-    task =
-      Task.async(fn ->
-        Krait.execute_stream(
-          "blocking_stream",
-          %{seconds: 20},
-          fn _ -> send(test, :occupied) end,
-          pool: pool,
-          session_id: session
-        )
-      end)
-
-    assert_receive :occupied, 5_000
-    fn -> Task.shutdown(task, :brutal_kill) end
-  end
-
   test "a session stays on its worker and keeps its state there", %{pool: pool} do
     s = session()
     {:ok, %{"count" => 1, "worker_id" => w}} = count(pool, s)
@@ -49,7 +30,7 @@ defmodule Krait.Pool.AffinityTest do
   test ":hint runs on another worker while the session's worker is busy", %{pool: pool} do
     s = session()
     {:ok, %{"worker_id" => w}} = count(pool, s)
-    release = occupy(pool, s)
+    release = occupy(pool, session_id: s)
     assert {:ok, %{"worker_id" => other, "count" => 1}} = count(pool, s, affinity: :hint)
     assert other != w
     release.()
@@ -61,7 +42,7 @@ defmodule Krait.Pool.AffinityTest do
   test ":strict_fail_fast answers :worker_busy at once", %{pool: pool} do
     s = session()
     {:ok, _} = count(pool, s)
-    release = occupy(pool, s)
+    release = occupy(pool, session_id: s)
 
     assert {:error, %Error{category: :pool, details: %{reason: :worker_busy}}} =
              count(pool, s, affinity: :strict_fail_fast)
@@ -72,7 +53,7 @@ defmodule Krait.Pool.AffinityTest do
   test ":strict_fail_fast answers :worker_busy for a first call while every worker is busy", %{
     pool: pool
   } do
-    releases = for _ <- 1..2, do: occupy(pool, session())
+    releases = for _ <- 1..2, do: occupy(pool, session_id: session())
     s = session()
 
     # queued instead, it would end in :queue_timeout
@@ -90,7 +71,7 @@ defmodule Krait.Pool.AffinityTest do
   test ":strict_queue waits for the session's worker", %{pool: pool} do
     s = session()
     {:ok, %{"worker_id" => w}} = count(pool, s)
-    release = occupy(pool, s)
+    release = occupy(pool, session_id: s)
     waiter = Task.async(fn -> count(pool, s, affinity: :strict_queue, timeout: 10_000) end)
     assert eventually(fn -> Krait.Pool.stats(pool).queue_length == 1 end)
     assert Task.yield(waiter, 200) == nil
@@ -101,7 +82,7 @@ defmodule Krait.Pool.AffinityTest do
   test ":strict_queue waiting counts in the timeout", %{pool: pool} do
     s = session()
     {:ok, _} = count(pool, s)
-    release = occupy(pool, s)
+    release = occupy(pool, session_id: s)
 
     assert {:error, %Error{category: :pool, details: %{reason: :queue_timeout}}} =
              count(pool, s, affinity: :strict_queue, timeout: 200)
@@ -112,7 +93,7 @@ defmodule Krait.Pool.AffinityTest do
   test "concurrent first calls of one session land on one worker (hint)", %{pool: pool} do
     # Both workers busy: the session's calls all wait as first calls; the binding made for the
     # first one to get a worker takes the others there too.
-    releases = for _ <- 1..2, do: occupy(pool, session())
+    releases = for _ <- 1..2, do: occupy(pool, session_id: session())
     s = session()
 
     tasks =
@@ -152,7 +133,7 @@ defmodule Krait.Pool.AffinityTest do
     # The issue's case: the first call of the session is a long stream; other calls of the session
     # run on the idle worker instead of waiting for it.
     s = session()
-    release = occupy(pool, s)
+    release = occupy(pool, session_id: s)
     assert {:ok, %{"count" => 1}} = count(pool, s, affinity: :hint, timeout: 2_000)
     release.()
   end

@@ -8,20 +8,6 @@ defmodule Krait.Pool.FastCheckoutTest do
 
   @moduletag timeout: 120_000
 
-  defp occupy(pool) do
-    test = self()
-
-    task =
-      Task.async(fn ->
-        Krait.execute_stream("blocking_stream", %{seconds: 20}, fn _ -> send(test, :occupied) end,
-          pool: pool
-        )
-      end)
-
-    assert_receive :occupied, 5_000
-    task
-  end
-
   defp settled?(pool, size) do
     s = Krait.Pool.stats(pool)
     s.idle == size and s.busy == 0 and s.queue_length == 0
@@ -101,7 +87,7 @@ defmodule Krait.Pool.FastCheckoutTest do
       end)
 
     assert eventually(fn -> Krait.Pool.stats(pool).queue_length == 1 end)
-    Task.shutdown(occupant, :brutal_kill)
+    occupant.()
     late = Task.async(fn -> Krait.execute("add", %{a: 1, b: 1}, pool: pool) end)
     # the late caller cannot have the worker before the waiter: it waits behind it
     assert_receive :waiter_runs, 5_000

@@ -11,20 +11,6 @@ defmodule Krait.Pool.QueueTest do
     %{pool: start_pool!(size: 1, max_queue: 3)}
   end
 
-  defp occupy(pool) do
-    test = self()
-
-    task =
-      Task.async(fn ->
-        Krait.execute_stream("blocking_stream", %{seconds: 20}, fn _ -> send(test, :occupied) end,
-          pool: pool
-        )
-      end)
-
-    assert_receive :occupied, 5_000
-    fn -> Task.shutdown(task, :brutal_kill) end
-  end
-
   defp queued(pool, n), do: eventually(fn -> Krait.Pool.stats(pool).queue_length == n end)
 
   test "unary and streaming calls wait their turn, first in first out", %{pool: pool} do
