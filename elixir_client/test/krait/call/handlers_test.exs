@@ -50,7 +50,9 @@ defmodule Krait.Call.HandlersTest do
         assert_receive {:ran_in, pid}
         # never in the caller (nor the worker's process or the scheduler)
         assert pid != self()
-        refute Process.alive?(pid)
+        # and it ends with the call (it may still be exiting as the answer arrives)
+        ref = Process.monitor(pid)
+        assert_receive {:DOWN, ^ref, :process, ^pid, _}, 2_000
       end
     end
 

@@ -101,6 +101,8 @@ defmodule Krait.Pool.WorkerDeathTest do
           send(parent, {:done, results})
         end)
 
+      runner_ref = Process.monitor(runner)
+
       for _ <- 1..6 do
         assert eventually(fn -> Krait.Pool.stats(pool).ready >= 2 end, 20_000)
         kill_one_ready_worker(pool)
@@ -108,7 +110,11 @@ defmodule Krait.Pool.WorkerDeathTest do
       end
 
       assert_receive {:done, results}, 120_000
-      refute Process.alive?(runner)
+      # The runner sends its results and then ends: wait for its end rather than race it.
+      assert_receive {:DOWN, ^runner_ref, :process, ^runner, reason}
+                     when reason in [:normal, :noproc],
+                     5_000
+
       failed = Enum.reject(results, &match?({:ok, %{"cancelled" => false}}, &1))
       assert length(results) == 150
 
