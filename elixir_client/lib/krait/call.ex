@@ -494,11 +494,19 @@ defmodule Krait.Call do
 
   # A unary call (or a raw one: end_session, list_tools) to its result.
   defp run_unary(path, request, o, tool, kind) do
-    with {:ok, cursor} <- Cursor.open(path, request, o, tool, kind) do
-      case Cursor.next(cursor) do
-        {:result, value} -> {:ok, value}
-        {:error, _} = error -> error
-      end
+    case Cursor.open(path, request, o, tool, kind) do
+      {:ok, cursor} ->
+        case Cursor.next(cursor) do
+          {:result, value} -> {:ok, value}
+          {:error, _} = error -> error
+        end
+
+      # run whole on another node of a cluster pool (Krait.Call.Elsewhere)
+      {:result, value} ->
+        {:ok, value}
+
+      {:error, _} = error ->
+        error
     end
   end
 

@@ -75,10 +75,11 @@ defmodule Krait.Call.Cursor do
 
   @doc """
   Checks a worker out of `o.pool` and starts the call (`path`, `request`); retries calls that never
-  reached their worker. `o` is `Krait.Call`'s options map.
+  reached their worker. `o` is `Krait.Call`'s options map. A unary call of a cluster pool that
+  another node ran whole (`Krait.Call.Elsewhere`) answers its result at once: `{:result, value}`.
   """
   @spec open(String.t(), iodata(), map(), String.t() | atom() | nil, kind()) ::
-          {:ok, t()} | {:error, Error.t()}
+          {:ok, t()} | {:result, term()} | {:error, Error.t()}
   def open(path, request, o, tool, kind) do
     handlers =
       if kind == :raw,
@@ -96,7 +97,11 @@ defmodule Krait.Call.Cursor do
   end
 
   defp start(%__MODULE__{o: o} = c) do
-    case checkout(o) do
+    case checkout(c) do
+      # run whole on another node (Krait.Call.Elsewhere): its final step
+      {:ran, step} ->
+        step
+
       {:ok, lease} ->
         case start_stream(%{c | lease: lease}) do
           {:ok, c} -> {:ok, c}
@@ -118,12 +123,31 @@ defmodule Krait.Call.Cursor do
       else: {:error, error}
   end
 
-  defp checkout(o) do
+  defp checkout(%__MODULE__{o: o} = c) do
     start = System.monotonic_time()
-    result = Scheduler.checkout(o.pool, o.session_id, o.affinity, o.deadline)
-    Telemetry.checkout(o.pool, o.session_id, System.monotonic_time() - start, result)
+    result = Scheduler.checkout(o.pool, o.session_id, o.affinity, o.deadline, placement(c))
+
+    # a call run on another node was checked out there (that pool's checkout event)
+    if not match?({:ran, _}, result),
+      do: Telemetry.checkout(o.pool, o.session_id, System.monotonic_time() - start, result)
+
     result
   end
+
+  # See Krait.Pool.Checkout.how/0: a call another node runs for its caller takes an idle worker or
+  # none; a unary call with nothing that must stay in the caller's process (a session's binding,
+  # input, handlers) may be run whole on another node.
+  defp placement(%__MODULE__{o: %{idle_only: true}}), do: :idle_only
+
+  defp placement(
+         %__MODULE__{kind: :unary, o: %{session_id: nil, input: nil} = o, handlers: h} = c
+       )
+       when h == %{} do
+    {:run_elsewhere,
+     fn node, name -> Krait.Call.Elsewhere.run(node, name, c.path, c.request, o, c.tool) end}
+  end
+
+  defp placement(_c), do: :lease
 
   defp start_stream(%__MODULE__{lease: %Lease{conn: conn, channel: channel} = lease, o: o} = c) do
     ctx = %{
@@ -349,6 +373,8 @@ defmodule Krait.Call.Cursor do
     case retry(c, error) do
       {:ok, c} -> next(c)
       {:error, _} = failure -> failure
+      # the retry ran on another node (a unary call): its final step
+      {:result, _} = step -> step
     end
   end
 

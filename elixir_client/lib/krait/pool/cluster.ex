@@ -9,7 +9,9 @@ defmodule Krait.Pool.Cluster do
   A lease from another node's pool holds that node's worker process and channel: the call talks to it
   directly (Erlang keeps the order of messages between two processes, so chunks arrive in order), and
   checks it in with that node's scheduler, which monitors the caller. When that node goes down, the
-  monitors of its processes fire (`:noconnection`): a call in flight on it fails with `:worker`.
+  monitors of its processes fire (`:noconnection`): a call in flight on it fails with `:worker`. A
+  unary call without a session, input or handlers skips the lease: it is run whole on that node
+  (`Krait.Call.Elsewhere`), one message there and one back.
 
   Sessions: a session is bound by the node whose worker first served it. A call with a session its
   own node has not bound asks the other nodes first; the node that has it applies the affinity

@@ -71,10 +71,10 @@ defmodule Krait.Pool.Scheduler do
     GenServer.start_link(__MODULE__, config, name: config.name)
   end
 
-  @doc "See `Krait.Pool.Checkout.checkout/4` (the caller's side of a checkout)."
-  @spec checkout(GenServer.server(), String.t() | nil, affinity(), deadline()) ::
-          {:ok, Lease.t()} | {:error, checkout_error()}
-  defdelegate checkout(pool, session_id, affinity, deadline), to: Checkout
+  @doc "See `Krait.Pool.Checkout.checkout/5` (the caller's side of a checkout)."
+  @spec checkout(GenServer.server(), String.t() | nil, affinity(), deadline(), Checkout.how()) ::
+          {:ok, Lease.t()} | {:ran, term()} | {:error, checkout_error() | :no_idle}
+  defdelegate checkout(pool, session_id, affinity, deadline, how \\ :lease), to: Checkout
 
   @doc "See `Krait.Pool.Checkout.checkin/2`."
   @spec checkin(Lease.t(), :ok | :lost) :: :ok

@@ -105,6 +105,93 @@ defmodule Krait.Pool.ClusterTest do
     assert stats(a).queue_length == 0
   end
 
+  # Counts the calls of Krait.Call.Elsewhere.serve/6 on `peer` (the other node's end of a unary call
+  # run whole there), from now on.
+  defp count_serves(peer) do
+    sink = :peer.call(peer, :erlang, :spawn, [:timer, :sleep, [:infinity]])
+    mfa = {Krait.Call.Elsewhere, :serve, 6}
+    {:module, _} = :peer.call(peer, Code, :ensure_loaded, [Krait.Call.Elsewhere])
+    1 = :peer.call(peer, :erlang, :trace_pattern, [mfa, true, [:call_count]])
+    :peer.call(peer, :erlang, :trace, [:new_processes, true, [:call, {:tracer, sink}]])
+    fn -> elem(:peer.call(peer, :erlang, :trace_info, [mfa, :call_count]), 1) end
+  end
+
+  test "a unary call that overflows runs whole on the other node: one request there, its result back",
+       %{peers: peers} do
+    [{a, _}, {b, _}, {c, _}] = peers
+    [served_b, served_c] = [count_serves(b), count_serves(c)]
+    served = fn -> served_b.() + served_c.() end
+    busy_elsewhere = fn -> stats(b).busy + stats(c).busy end
+    holder_a = hold(a)
+    eventually(fn -> stats(a).busy == 1 end)
+
+    for i <- 1..5 do
+      assert {:ok, sum} =
+               :peer.call(a, Krait, :execute, ["add", %{a: i, b: 1}, [timeout: 10_000]])
+
+      assert sum == i + 1.0
+    end
+
+    assert served.() == 5
+    assert stats(a).queue_length == 0
+
+    # errors come back as they would from a local worker: the tool's, and the deadline's
+    assert {:error, %Krait.Error{category: :invalid_argument}} =
+             :peer.call(a, Krait, :execute, ["add", %{a: "x", b: 1}, [timeout: 10_000]])
+
+    assert {:error, %Krait.Error{category: :timeout}} =
+             :peer.call(a, Krait, :execute, ["slow_tool", %{seconds: 5}, [timeout: 300]])
+
+    # the timed-out call does not keep the other node's worker
+    eventually(fn -> busy_elsewhere.() == 0 end)
+
+    # a caller on A killed mid-call frees the other node's worker (its call is cancelled there)
+    caller =
+      :peer.call(a, :erlang, :spawn, [
+        Krait,
+        :execute,
+        ["slow_tool", %{seconds: 30}, [timeout: 60_000]]
+      ])
+
+    eventually(fn -> busy_elsewhere.() == 1 end)
+    true = :peer.call(a, Process, :exit, [caller, :kill])
+    eventually(fn -> busy_elsewhere.() == 0 end)
+
+    # every node's worker taken: both other nodes decline (nothing queues there), the call waits in
+    # A's queue and runs on A's worker once it is free
+    holders = [hold(b), hold(c)]
+    eventually(fn -> stats(b).busy == 1 and stats(c).busy == 1 end)
+    asked = served.()
+
+    waiting =
+      Task.async(fn ->
+        :peer.call(a, Krait, :execute, ["add", %{a: 2, b: 2}, [timeout: 20_000]], 30_000)
+      end)
+
+    eventually(fn -> stats(a).queue_length == 1 end)
+    assert served.() == asked + 2
+    assert stats(b).queue_length + stats(c).queue_length == 0
+    true = :peer.call(a, Process, :exit, [holder_a, :kill])
+    assert {:ok, 4.0} = Task.await(waiting, 30_000)
+
+    # the node running a call goes down: the caller gets :worker, at once
+    hold(a)
+
+    for {holder, peer} <- Enum.zip(holders, [b, c]),
+        do: :peer.call(peer, Process, :exit, [holder, :kill])
+
+    eventually(fn -> stats(a).busy == 1 and busy_elsewhere.() == 0 end)
+
+    running =
+      Task.async(fn ->
+        :peer.call(a, Krait, :execute, ["slow_tool", %{seconds: 30}, [timeout: 60_000]], 90_000)
+      end)
+
+    victim = eventually(fn -> Enum.find([b, c], &(stats(&1).busy == 1)) end)
+    os_kill(:peer.call(victim, :os, :getpid, []) |> List.to_integer(), "KILL")
+    assert {:error, %Krait.Error{category: :worker}} = Task.await(running, 5_000)
+  end
+
   test "calls overflow to other nodes; a node that goes down fails its calls with :worker", %{
     peers: peers
   } do
