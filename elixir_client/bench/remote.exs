@@ -127,10 +127,9 @@ defmodule KraitRemoteBench do
         :ok = :peer.call(peer, Krait.Pool, :await_ready, [Krait.Pool, 30_000], 35_000)
       end
 
-      [{a, _}, {_, node_b}] = peers
+      [{a, _}, {b, node_b}] = peers
       true = :peer.call(a, :net_kernel, :connect_node, [node_b])
       wait(fn -> :peer.call(a, Krait.Pool.Cluster, :others, [Krait.Pool]) != [] end)
-      local = p50(a, cfg.calls)
 
       :peer.call(a, :erlang, :spawn, [
         Krait,
@@ -140,19 +139,27 @@ defmodule KraitRemoteBench do
 
       wait(fn -> :peer.call(a, Krait.Pool, :stats, [Krait.Pool]).busy == 1 end)
       wait(fn -> :peer.call(a, Krait.Pool.Cluster, :by_idle, [Krait.Pool]) != [] end)
-      {remote, asking_first} = cross_node_interleaved(a, cfg.calls)
+      r = cross_node_interleaved(a, b, node_b, cfg.calls)
 
       IO.puts(
         "BENCH " <>
           Krait.JSON.encode!(%{
             name: "cross_node_unary_p50_us",
-            local: local,
-            other_node: remote,
-            added_us: remote - local,
-            # the same calls, interleaved, made the way they were before issue 22: the caller asks
-            # its own scheduler first (answered :no_idle_here), then the other node
-            other_node_asking_own_scheduler_first: asking_first,
-            asking_first_added_us: asking_first - local
+            # B's own caller on B's worker: the same worker A's calls below reach
+            local: r.local,
+            other_node: r.direct,
+            added_us: r.direct - r.local,
+            # the floor of what a call served elsewhere adds: one round trip of distributed Erlang
+            # (:erpc.call of :erlang.node/0 from A to B)
+            dist_rtt_us: r.rtt,
+            # the same calls made the way they were before issue 22: the caller asks its own
+            # scheduler first (answered :no_idle_here), then the other node
+            other_node_asking_own_scheduler_first: r.asking,
+            asking_first_added_us: r.asking - r.local,
+            # the same call on a lease of the other node's worker, its frames through that node's
+            # worker process (how streams and calls with a session, input or handlers go there)
+            other_node_with_lease: r.lease,
+            lease_added_us: r.lease - r.local
           })
       )
     after
@@ -168,38 +175,66 @@ defmodule KraitRemoteBench do
     end
   end
 
-  # p50 of calls from node A served by another node's worker, two ways interleaved in blocks of 50:
-  # as Krait makes them (A's caller sees in its pool's cells that nothing is idle on A and asks the
-  # other node at once) and the way it made them before (the published signal forced off for the
-  # block, so the caller asks A's scheduler first). The sampling runs on A, in a module loaded there.
-  defp cross_node_interleaved(peer, calls) do
+  # p50s of unary calls served by node B's worker, interleaved in blocks of 50 (the sampling runs on
+  # the calling node, in a module loaded there): B's own caller (local); A's caller, as Krait makes
+  # the call (A's cells say nothing is idle on A: run whole on B); the same asking A's scheduler
+  # first (the published signal forced off for the block), and on a lease of B's worker; and the
+  # distribution's round trip from A to B.
+  defp cross_node_interleaved(a, b, node_b, calls) do
     [{mod, bin}] =
       Code.compile_string(~S"""
       defmodule KraitRemoteBench.OnNode do
         @moduledoc false
-        def samples(signal?, n) do
+        def samples(signal?, n, opts \\ []) do
           Krait.Pool.Cells.set_overflow(Krait.Pool.Cells.lookup(Krait.Pool), signal?)
 
           for _ <- 1..n do
-            {us, {:ok, _}} = :timer.tc(Krait, :execute, ["add", %{a: 1, b: 2}, []])
+            {us, {:ok, _}} = :timer.tc(Krait, :execute, ["add", %{a: 1, b: 2}, opts])
             us
           end
         after
           Krait.Pool.Cells.set_overflow(Krait.Pool.Cells.lookup(Krait.Pool), true)
         end
+
+        def local(n) do
+          for _ <- 1..n do
+            {us, {:ok, _}} = :timer.tc(Krait, :execute, ["add", %{a: 1, b: 2}, []])
+            us
+          end
+        end
+
+        def rtt(node, n) do
+          for _ <- 1..n do
+            {us, ^node} = :timer.tc(:erpc, :call, [node, :erlang, :node, []])
+            us
+          end
+        end
       end
       """)
 
-    {:module, ^mod} = :peer.call(peer, :code, :load_binary, [mod, ~c"nofile", bin])
-    :peer.call(peer, mod, :samples, [true, 50])
+    for peer <- [a, b],
+        do: {:module, ^mod} = :peer.call(peer, :code, :load_binary, [mod, ~c"nofile", bin])
 
-    {direct, asking} =
-      Enum.reduce(1..max(div(calls, 50), 1), {[], []}, fn _, {d, a} ->
-        {:peer.call(peer, mod, :samples, [true, 50]) ++ d,
-         :peer.call(peer, mod, :samples, [false, 50]) ++ a}
-      end)
+    # a handler the tool never calls: the call keeps its lease (Krait.Call.Elsewhere runs only calls
+    # without handlers)
+    lease = [handlers: %{"unused" => &Function.identity/1}]
+    :peer.call(a, mod, :samples, [true, 50])
+    :peer.call(b, mod, :local, [50])
 
-    {median_of(direct), median_of(asking)}
+    blocks =
+      for _ <- 1..max(div(calls, 50), 1) do
+        %{
+          local: :peer.call(b, mod, :local, [50]),
+          direct: :peer.call(a, mod, :samples, [true, 50]),
+          asking: :peer.call(a, mod, :samples, [false, 50]),
+          lease: :peer.call(a, mod, :samples, [true, 50, lease]),
+          rtt: :peer.call(a, mod, :rtt, [node_b, 50])
+        }
+      end
+
+    Map.new([:local, :direct, :asking, :lease, :rtt], fn key ->
+      {key, blocks |> Enum.flat_map(& &1[key]) |> median_of()}
+    end)
   end
 
   defp median_of(samples), do: Enum.at(Enum.sort(samples), div(length(samples), 2))
@@ -266,18 +301,6 @@ defmodule KraitRemoteBench do
     after
       10_000 -> raise "the socket limit stalled"
     end
-  end
-
-  defp p50(peer, calls) do
-    samples =
-      for _ <- 1..calls do
-        {us, {:ok, _}} =
-          :peer.call(peer, :timer, :tc, [Krait, :execute, ["add", %{a: 1, b: 2}, []]])
-
-        us
-      end
-
-    Enum.at(Enum.sort(samples), div(calls, 2))
   end
 
   defp wait(fun, tries \\ 500) do

@@ -481,6 +481,20 @@ def table(r: dict[str, float]) -> list[tuple[str, str, str, str]]:
         "n/a" if added is None else f"{added:+.0f} µs",
         "<= +100 µs",
     )
+    rtt = get("cross_node_unary_p50_us_dist_rtt_us")
+    lease_added = get("cross_node_unary_p50_us_lease_added_us")
+    row(
+        "11. the same, the floor: one round trip of distributed Erlang between the nodes (:erpc, interleaved)",
+        "n/a" if rtt is None else f"{rtt:.0f} µs",
+        "n/a" if rtt is None or added is None else f"the call adds {added - rtt:+.0f} µs more",
+        "the limit",
+    )
+    row(
+        "11. the same call on a lease of the other node's worker (streams, sessions, input, handlers)",
+        "n/a" if lease_added is None else f"{get('cross_node_unary_p50_us_other_node_with_lease'):.0f} µs",
+        "n/a" if lease_added is None else f"{lease_added:+.0f} µs",
+        "",
+    )
     for phase, what in (
         ("storm", f"{r.get('mem_storm_streams', 0):,.0f} cancelled busy streams"),
         ("soak", f"a {r.get('mem_soak_s', 0):.0f} s soak of mixed calls"),

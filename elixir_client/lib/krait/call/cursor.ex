@@ -61,6 +61,8 @@ defmodule Krait.Call.Cursor do
     :mon,
     :ctx,
     feeder: nil,
+    # a monitor whose DOWN cancels the call (a call run for another node's caller, watching it)
+    watch: nil,
     runners: %{},
     attempt: 1,
     delivered: false,
@@ -92,7 +94,8 @@ defmodule Krait.Call.Cursor do
       o: o,
       tool: tool,
       kind: kind,
-      handlers: handlers
+      handlers: handlers,
+      watch: Map.get(o, :watch)
     })
   end
 
@@ -232,7 +235,10 @@ defmodule Krait.Call.Cursor do
     end
   end
 
-  defp await(%__MODULE__{ref: ref, mon: mon, feeder: feeder, runners: runners} = c, left) do
+  defp await(
+         %__MODULE__{ref: ref, mon: mon, feeder: feeder, runners: runners, watch: watch} = c,
+         left
+       ) do
     receive do
       {:krait_stream, ^ref, {:messages, payloads, bytes}} ->
         c.channel.ack(c.conn, ref, bytes)
@@ -264,6 +270,11 @@ defmodule Krait.Call.Cursor do
 
       {:DOWN, runner_mon, :process, _, _} when is_map_key(runners, runner_mon) ->
         next(%{c | runners: Map.delete(runners, runner_mon)})
+
+      # the caller this call runs for (on another node) is gone: nobody wants its result
+      {:DOWN, ^watch, :process, _, _} ->
+        cancel(c, :cancelled)
+        {:error, Error.new(:cancelled, "the call's caller went away", c.ctx)}
 
       # input credit for a call without input (its input owner is the caller): nothing to send
       {:krait_stream, ^ref, {:credit, _items, _bytes}} ->

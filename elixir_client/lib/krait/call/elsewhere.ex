@@ -12,10 +12,11 @@ defmodule Krait.Call.Elsewhere do
   whose workers are all taken by the time the request arrives declines it (`:declined`), and the
   caller asks the next node or waits in its own node's queue.
 
-  The caller's end is watched from both sides: when the caller dies, the process that runs the
-  call there is killed (the pool cancels the call as for any caller that dies); when that node
-  goes down or the process dies, the call fails with a `:worker` error, as a call on a lease of
-  that node's worker does.
+  The caller's end is watched from both sides: the process that runs the call there monitors the
+  caller and cancels the call when it dies (`Krait.Call.Cursor` watches that monitor while it
+  waits; a process of its own for the watching would cost a hop); when that node goes down or the
+  process dies, the call fails with a `:worker` error, as a call on a lease of that node's worker
+  does.
   """
 
   alias Krait.Error
@@ -60,47 +61,27 @@ defmodule Krait.Call.Elsewhere do
   end
 
   @doc false
-  # The other node's end (spawned there by run/6): runs the call in a linked process and watches
-  # the caller; answers the caller once, then ends.
+  # The other node's end (spawned there by run/6): runs the call, watching the caller (the cursor
+  # cancels the call when the caller goes away), and answers the caller once.
   @spec serve(pid(), reference(), String.t(), iodata(), map(), String.t() | atom()) :: :ok
   def serve(caller, tag, path, request, spec, tool) do
-    Process.flag(:trap_exit, true)
-    caller_mon = Process.monitor(caller)
-    me = self()
-    runner = spawn_link(fn -> send(me, {:answer, run_here(path, request, spec, tool)}) end)
-
-    receive do
-      {:answer, answer} ->
-        send(caller, {tag, answer})
-        :ok
-
-      {:DOWN, ^caller_mon, :process, _, _} ->
-        # the pool sees its caller die and cancels the call
-        Process.exit(runner, :kill)
-        :ok
-
-      {:EXIT, ^runner, reason} ->
-        error = Error.new(:worker, "the call failed on #{node()}: #{inspect(reason)}", %{})
-        send(caller, {tag, {:ran, {:error, error}}})
-        :ok
-    end
-  end
-
-  defp run_here(path, request, spec, tool) do
     deadline = if spec.deadline == :infinity, do: :infinity, else: now() + spec.deadline
-    o = Map.put(%{spec | deadline: deadline}, :idle_only, true)
-    Logger.metadata(call_id: o.call_id)
+    o = Map.merge(spec, %{deadline: deadline, idle_only: true, watch: Process.monitor(caller)})
 
-    case Cursor.open(path, request, o, tool, :unary) do
-      {:ok, cursor} -> Cursor.next(cursor)
-      {:error, _} = error -> error
-    end
-    |> case do
-      # no idle worker here (at first, or for a retry: the call never reached a worker): the
-      # caller asks elsewhere
-      {:error, %Error{category: :pool, details: %{reason: :no_idle}}} -> :declined
-      step -> {:ran, step}
-    end
+    answer =
+      case Cursor.open(path, request, o, tool, :unary) do
+        {:ok, cursor} -> Cursor.next(cursor)
+        {:error, _} = error -> error
+      end
+      |> case do
+        # no idle worker here (at first, or for a retry: the call never reached a worker): the
+        # caller asks elsewhere
+        {:error, %Error{category: :pool, details: %{reason: :no_idle}}} -> :declined
+        step -> {:ran, step}
+      end
+
+    send(caller, {tag, answer})
+    :ok
   end
 
   defp lost(node, tool, o, reason) do
