@@ -7,8 +7,10 @@ defmodule Krait.Call.Elsewhere do
   claimed without a round trip, the frames written to the Port by the process that runs the call),
   with the caller's remaining time, call id and trace headers.
 
-  Used only where that changes nothing a caller can see: a unary call without a session, an input
-  stream or handlers (those stay with the caller's process: leases). It never queues there: a node
+  Used only where that changes nothing a call's result depends on: a unary call without a session,
+  an input stream or handlers (those stay with the caller's process: leases). What differs is where
+  it is counted: its checkout event and metrics on the node that served it, its
+  `[:krait, :call, ...]` events on the caller's. It never queues there: a node
   whose workers are all taken by the time the request arrives declines it (`:declined`), and the
   caller asks the next node or waits in its own node's queue.
 

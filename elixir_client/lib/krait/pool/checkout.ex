@@ -19,9 +19,10 @@ defmodule Krait.Pool.Checkout do
 
     * `:lease` (the default): a lease, of another node's worker too (a cluster pool);
     * `{:run_elsewhere, run}`: when the call would go to another node, `run.(node, name)` (the
-      pool's name there) is offered it first, node by node (those advertising idle workers first); `run` runs the whole call there
-      and answers `{:ran, result}` (the checkout's answer then), or `:declined` when that node had
-      no idle worker after all. A call no node took waits in this node's queue as usual;
+      pool's name there) is offered it first, node by node (those advertising idle workers
+      first); `run` runs the whole call there and answers `{:ran, result}` (the checkout's answer
+      then), or `:declined` when that node had no idle worker after all. A call no node took waits
+      in this node's queue as usual;
     * `:idle_only`: this node's idle worker or `{:error, :no_idle}`, never the queue nor another
       node (what a call run here for another node's caller asks).
   """
