@@ -97,9 +97,13 @@ class InProcessLink:
         """Sends ``frame`` as the next call's OPEN; returns its call id."""
         self._next += 1
         frame.call_id = self._next
+        self.send(frame)
+        return self._next
+
+    def send(self, frame: link_pb.LinkFrame) -> None:
+        """Sends ``frame`` as it is (a call's CANCEL, credit, input or handler reply)."""
         data = frame.SerializeToString()
         os.write(self._to_worker, struct.pack(">I", len(data)) + data)
-        return self._next
 
     def call(self, tool_name: str, *, timeout_ms: int = 30_000, wait_s: float = 10, **args: Any) -> list[Any]:
         """A unary call's frames, STARTED to END (each awaited at most ``wait_s`` seconds)."""

@@ -16,11 +16,14 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 
 from python_worker import BaseAdapter, StreamChunk, ToolContext, tool
 from python_worker.metrics import DURATION_BUCKETS, WorkerMetrics
-from python_worker.proto import pb
+from python_worker.proto import link_pb, pb
 from python_worker.transports.link import WATCHED_DEADLINE_S, LinkServer
 from python_worker.transports.link_io import END, MESSAGE, STARTED
 
 from .link_support import InProcessLink
+
+LinkFrame = link_pb.LinkFrame
+Kind = LinkFrame.Kind
 
 
 class _Waiter(BaseAdapter):
@@ -162,3 +165,49 @@ def test_the_tallies_of_ended_threads_are_folded_into_one() -> None:
     assert len(metrics._tallies) <= 1  # memory bound: one tally per live thread
     assert metrics.registry.get_sample_value("krait_tool_calls_total", {"tool": "add", "status": "OK"}) == 50
     assert metrics.registry.get_sample_value("krait_tool_duration_seconds_count", {"tool": "add"}) == 50
+
+
+class _Asker(BaseAdapter):
+    @tool
+    def ask(self, ctx: ToolContext) -> Any:
+        return ctx.call("h", {})
+
+
+def test_an_inline_call_waiting_for_a_handler_hands_its_reading_over_while_the_call_before_it_ends() -> None:
+    """Call 1 (inline) hands its reading over while it waits for its handler; once its reply is written, the new
+    reader serves call 2 inline before call 1's thread has left its inline bookkeeping. Call 2 then waits for its
+    own handler: its reading must be handed over too (call 1's end must not clear call 2's state), else nobody
+    reads the reply and the worker hangs."""
+    link = InProcessLink(_Asker())
+    serve_tool = link.server._serve_tool
+    call_1_served, call_2_done = threading.Event(), threading.Event()
+
+    def held_after_serving(call: Any, frame: Any, *, inline: bool = False) -> None:
+        serve_tool(call, frame, inline=inline)
+        if call.call_id == 1:  # answered and out of the call table, not yet out of the inline bookkeeping
+            call_1_served.set()
+            call_2_done.wait(10)
+
+    link.server._serve_tool = held_after_serving  # type: ignore[method-assign]
+
+    def ask(value: bytes) -> Any:
+        request = pb.ExecuteToolRequest(tool_name="ask", args_json="{}").SerializeToString()
+        call_id = link.open(LinkFrame(kind=Kind.OPEN, method="ExecuteTool", payload=request, timeout_ms=30_000))
+        frames = [link.frames.get(timeout=10) for _ in range(2)]
+        assert [f.kind for f in frames] == [Kind.STARTED, Kind.HANDLER_CALL]
+        asked = pb.HandlerCall.FromString(frames[1].payload)
+        reply = pb.HandlerReply(id=asked.id, data=value).SerializeToString()
+        link.send(LinkFrame(call_id=call_id, kind=Kind.HANDLER_REPLY, payload=reply))
+        frames = [link.frames.get(timeout=10)]
+        while frames[-1].kind != Kind.END:
+            frames.append(link.frames.get(timeout=10))
+        assert frames[-1].payload == b"" or status_pb2.Status.FromString(frames[-1].payload).code == 0
+        return json.loads(pb.ExecuteToolResponse.FromString(frames[0].payload).data)
+
+    try:
+        assert ask(b"1") == 1
+        assert call_1_served.wait(10)
+        assert ask(b"2") == 2  # before the fix: no END (nobody read the reply), queue.Empty after 10 s
+    finally:
+        call_2_done.set()
+        link.close()

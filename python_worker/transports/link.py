@@ -24,6 +24,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 from google.protobuf.message import DecodeError
@@ -130,6 +131,7 @@ class LinkCall:
         "due",
         "ended",
         "exchange",
+        "handed",
         "open_frame",
         "stream",
     )
@@ -142,6 +144,7 @@ class LinkCall:
         self.ended: bytes | None = None  # the END status once cancelled or past its deadline
         self.deadline: Deadline | None = None
         self.due = 0.0  # an inline call's deadline (monotonic) the watchdog is yet to push; 0: none
+        self.handed = False  # an inline call whose reading was handed over (under the link's inline lock)
         self.stream: StreamHandle | None = None
         self.cancel_event: CancelEvent | None = None
         self._cond: threading.Condition | None = None
@@ -231,7 +234,6 @@ class LinkServer:
         self._inline_cond = threading.Condition(self._inline_lock)
         self._inline_seq = 0
         self._inline_running = False
-        self._handed = False
         self._inline_tool = ""
         self._inline_call: LinkCall | None = None
         self._watching = False  # the watchdog ticks (else it waits for the next inline call)
@@ -294,9 +296,12 @@ class LinkServer:
             self._serve_tool(call, call.open_frame, inline=True)
         finally:
             with self._inline_lock:
-                self._inline_running = False
-                self._inline_call = None
-                handed, self._handed = self._handed, False
+                # Once this call's reading was handed over, the new reader may already serve the next call
+                # inline (its OPEN can arrive as soon as this call's reply is written): that state is its own.
+                if self._inline_call is call:
+                    self._inline_running = False
+                    self._inline_call = None
+                handed = call.handed
                 deadline = call.deadline  # read with the watchdog (which may push it) shut out
             if deadline is not None:
                 deadline.cancel()
@@ -305,13 +310,17 @@ class LinkServer:
     def _hand_over_inline(self) -> None:
         """Let a follower read while the inline call runs on (the read lock is released on its reader's behalf).
         With the inline lock held."""
-        if self._inline_running and not self._handed:
-            self._handed = True
+        call = self._inline_call
+        if self._inline_running and call is not None and not call.handed:
+            call.handed = True
             self._read_lock.release()
 
-    def _hand_over_waiting_inline(self) -> None:
+    def _hand_over_waiting(self, call: LinkCall) -> None:
+        """Before ``call`` waits for a frame (a handler's reply): hand its reading over if it still holds it. Only
+        its own: a call already handed over must not release the reading of the call served inline after it."""
         with self._inline_cond:
-            self._hand_over_inline()
+            if self._inline_call is call:
+                self._hand_over_inline()
 
     def _quick_again(self, tool: str) -> None:
         """A call of a tool marked slow ended within a tick: it was slow once (preempted on a loaded machine, or
@@ -438,7 +447,7 @@ class LinkServer:
                         # a tool that reads input waits for frames this thread would read: hand the reading over
                         self._hand_over_inline()
                 assert call.exchange is not None
-                call.exchange.before_wait = self._hand_over_waiting_inline  # a handler call waits likewise
+                call.exchange.before_wait = partial(self._hand_over_waiting, call)  # a handler call waits likewise
             if frame.method == "ExecuteTool":
                 response = self.engine.execute(
                     request, metadata, on_ready=lambda ctx: call.attach(ctx.cancel_event), exchange=call.exchange
