@@ -168,27 +168,44 @@ def test_the_tallies_of_ended_threads_are_folded_into_one() -> None:
 
 
 class _Asker(BaseAdapter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+        self.second_entered, self.first_left = threading.Event(), threading.Event()
+
     @tool
     def ask(self, ctx: ToolContext) -> Any:
+        self.calls += 1
+        if self.calls == 2:  # runs while the first call's thread is still in its inline bookkeeping
+            self.second_entered.set()
+            self.first_left.wait(10)  # ... which it leaves now, before this call waits for its handler
         return ctx.call("h", {})
 
 
 def test_an_inline_call_waiting_for_a_handler_hands_its_reading_over_while_the_call_before_it_ends() -> None:
     """Call 1 (inline) hands its reading over while it waits for its handler; once its reply is written, the new
-    reader serves call 2 inline before call 1's thread has left its inline bookkeeping. Call 2 then waits for its
-    own handler: its reading must be handed over too (call 1's end must not clear call 2's state), else nobody
-    reads the reply and the worker hangs."""
-    link = InProcessLink(_Asker())
-    serve_tool = link.server._serve_tool
-    call_1_served, call_2_done = threading.Event(), threading.Event()
+    reader serves call 2 inline before call 1's thread has left its inline bookkeeping, and call 1 leaves it while
+    call 2 runs. Call 2 then waits for its own handler: its reading must be handed over too (call 1's end must not
+    clear call 2's state, nor its hand-over count for call 2), else nobody reads the reply and the worker hangs."""
+    adapter = _Asker()
+    link = InProcessLink(adapter)
+    server = link.server
+    serve_tool, serve_inline = server._serve_tool, server._serve_inline
 
     def held_after_serving(call: Any, frame: Any, *, inline: bool = False) -> None:
         serve_tool(call, frame, inline=inline)
         if call.call_id == 1:  # answered and out of the call table, not yet out of the inline bookkeeping
-            call_1_served.set()
-            call_2_done.wait(10)
+            adapter.second_entered.wait(10)
 
-    link.server._serve_tool = held_after_serving  # type: ignore[method-assign]
+    def noted_leaving(call: Any) -> bool:
+        try:
+            return serve_inline(call)
+        finally:
+            if call.call_id == 1:
+                adapter.first_left.set()
+
+    server._serve_tool = held_after_serving  # type: ignore[method-assign]
+    server._serve_inline = noted_leaving  # type: ignore[method-assign]
 
     def ask(value: bytes) -> Any:
         request = pb.ExecuteToolRequest(tool_name="ask", args_json="{}").SerializeToString()
@@ -206,8 +223,9 @@ def test_an_inline_call_waiting_for_a_handler_hands_its_reading_over_while_the_c
 
     try:
         assert ask(b"1") == 1
-        assert call_1_served.wait(10)
-        assert ask(b"2") == 2  # before the fix: no END (nobody read the reply), queue.Empty after 10 s
+        assert ask(b"2") == 2  # with the bug: no END (nobody reads the reply), queue.Empty after 10 s
+        assert adapter.first_left.is_set()
     finally:
-        call_2_done.set()
+        adapter.second_entered.set()
+        adapter.first_left.set()
         link.close()
