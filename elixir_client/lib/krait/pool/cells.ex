@@ -287,8 +287,7 @@ defmodule Krait.Pool.Cells do
     index = i + 1
     v = :atomics.get(t.cells, index)
 
-    with {gen, c, :idle} <- decode(v),
-         {:ok, claim} <- claim_cell(t, index, v, gen, c, ref, deadline) do
+    with {:ok, {_, gen, _} = claim} <- claim_seen(t, index, v, ref, deadline) do
       case :ets.lookup(t.table, index) do
         [{_, ^gen, wid, pid, conn, channel}] ->
           {:ok, claim, {wid, pid, conn, channel}}
@@ -303,8 +302,22 @@ defmodule Krait.Pool.Cells do
     end
   end
 
-  defp claim_cell(t, index, v, gen, c, ref, deadline) do
-    counter = c + 1 &&& 0xFFFFFFFF
+  @doc """
+  Claims cell `index` as the caller last read it (`seen`, the cell's integer): `{:ok, claim}` when
+  that read was `:idle` and the swap wins, else `:lost`. The claim's row is written before the swap
+  (see the moduledoc); a row left by a caller that died *before* its swap is cleared and the claim
+  tried again, while the row of one that died *after* it stays: it is the scheduler's to adopt.
+  """
+  @spec claim_seen(t(), pos_integer(), integer(), reference(), integer() | :infinity) ::
+          {:ok, claim()} | :lost
+  def claim_seen(t, index, seen, ref, deadline) do
+    case decode(seen) do
+      {gen, c, :idle} -> claim_cell(t, index, seen, gen, c + 1 &&& 0xFFFFFFFF, ref, deadline)
+      _ -> :lost
+    end
+  end
+
+  defp claim_cell(t, index, v, gen, counter, ref, deadline) do
     key = {:claim, index, gen, counter}
 
     if :ets.insert_new(t.table, {key, self(), ref, deadline}) do
@@ -317,15 +330,25 @@ defmodule Krait.Pool.Cells do
           :lost
       end
     else
-      # another caller races for this claim, or one that died before its swap left its row
+      # another caller races for this claim, or one that died left its row
       case :ets.lookup(t.table, key) do
         [{_, pid, _, _}] when node(pid) == node() ->
-          if not Process.alive?(pid), do: :ets.match_delete(t.table, {key, pid, :_, :_})
-          :lost
+          if stale?(t, index, v, pid) do
+            :ets.match_delete(t.table, {key, pid, :_, :_})
+            claim_cell(t, index, v, gen, counter, ref, deadline)
+          else
+            :lost
+          end
 
         _ ->
           :lost
       end
     end
   end
+
+  # A dead claimer's row is stale only while the cell still holds what it held before that
+  # claimer's swap: once swapped, the counter has moved on (claims count up), the claim is real and
+  # the scheduler must find its row to adopt it (else the cell stays claimed for good).
+  defp stale?(t, index, v, pid),
+    do: not Process.alive?(pid) and :atomics.get(t.cells, index) == v
 end

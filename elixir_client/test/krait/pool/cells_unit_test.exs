@@ -166,9 +166,31 @@ defmodule Krait.Pool.CellsUnitTest do
     ref = Process.monitor(dead)
     assert_receive {:DOWN, ^ref, _, _, _}
     :ets.insert(t.table, {{:claim, 1, 1, 1}, dead, make_ref(), :infinity})
-    # the first try finds the dead caller's row and clears it; the next one claims
-    assert Cells.claim(t, make_ref(), :infinity) == :none
+    # the cell still holds what it held before that caller's swap: its row is cleared and the
+    # claim goes through
     assert {:ok, {1, 1, 1}, _} = Cells.claim(t, make_ref(), :infinity)
+    assert [{_, pid, _, _}] = :ets.lookup(t.table, {:claim, 1, 1, 1})
+    assert pid == self()
+  end
+
+  test "a claim row left by a caller killed after its swap stays for the scheduler to adopt" do
+    t = cells(1)
+    Cells.publish(t, 1, 1, worker("w1"))
+    Cells.offer(t, 1)
+    seen = :atomics.get(t.cells, 1)
+    parent = self()
+    ref = make_ref()
+
+    claimer = spawn(fn -> send(parent, {:claimed, Cells.claim(t, ref, :infinity)}) end)
+
+    mon = Process.monitor(claimer)
+    assert_receive {:claimed, {:ok, {1, 1, 1} = claim, _}}
+    assert_receive {:DOWN, ^mon, _, _, _}
+
+    # a caller that read the cell before that swap finds the dead claimer's row: the claim is real
+    assert Cells.claim_seen(t, 1, seen, make_ref(), :infinity) == :lost
+    assert Cells.take_claim(t, 1, 1, 1) == {claimer, ref, :infinity}
+    assert Cells.take(t, 1) == {:claimed, claim}
   end
 
   test "a live racer's claim row: this caller passes the cell" do
