@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..readings import normalize_value
+from .qcodes_params import info_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +97,6 @@ class SetHook:
             self._installed = True
 
     def _on_set(self, parameter: Any, value: Any) -> None:
-        from .qcodes_source import info_of
-
         info = info_of(parameter)
         event = SetEvent(
             next(self._seq), time.time(), info.instrument, info.parameter, info.full_name,

@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 from ..stations import StationDirectory
 from .base import InstrumentSource, ParameterInfo
+from .qcodes_params import info_of, unit_of
 from .qcodes_sets import SET_HOOK, Subscription
 
 ReadMode = Literal["get", "cache"]
@@ -139,21 +140,6 @@ def _parameters_of(instrument: Any) -> list[Any]:
         # channel lists also appear as submodules; their channels are submodules themselves
         stack.extend(m for m in list(module.submodules.values()) if isinstance(m, base))
     return out
-
-
-def unit_of(parameter: Any) -> str:
-    unit = getattr(parameter, "unit", None)
-    if unit is None:  # MultiParameter: one unit per value
-        units = getattr(parameter, "units", None) or ()
-        return ", ".join(str(u) for u in units)
-    return str(unit)
-
-
-def info_of(parameter: Any) -> ParameterInfo:
-    root = parameter.root_instrument.name if parameter.root_instrument is not None else ""
-    full = parameter.full_name
-    name = full[len(root) + 1 :] if root and full.startswith(root + "_") else parameter.name
-    return ParameterInfo(root, name, unit_of(parameter), str(getattr(parameter, "label", "") or ""))
 
 
 class _IdnFilter(logging.Filter):
