@@ -30,11 +30,10 @@ import grpc
 import grpc.aio
 
 from . import codec
-from .client import (
+from .client_common import (
     Chunk,
+    Connection,
     KraitError,
-    _Connection,
-    _translate,
     check_input,
     coalesce,
     handler_args,
@@ -44,6 +43,7 @@ from .client import (
     handler_value,
     input_end,
     input_item,
+    translate,
     wrong_duplex_shape,
 )
 from .proto import pb
@@ -261,7 +261,7 @@ class AsyncChunkStream:
                 batch = await self._call.read()
             except grpc.RpcError as error:
                 self._done = True
-                raise _translate(error, streaming=True, timeout=self._timeout) from None
+                raise translate(error, streaming=True, timeout=self._timeout) from None
             except _WrongShape:
                 self._done = True
                 self._call.cancel()
@@ -293,7 +293,7 @@ class AsyncChunkStream:
             self._call.cancel()
 
 
-class AsyncClient(_Connection):
+class AsyncClient(Connection):
     """A ``grpc.aio`` connection to one Krait worker at ``target`` (``host:port``).
 
     ``timeout`` (seconds) is the default deadline of every call; ``session_id`` the default session;
@@ -349,7 +349,7 @@ class AsyncClient(_Connection):
                 return await self._stub.ExecuteTool(request, **self._call_options(timeout))
             return await self._duplex_result(request, input, handlers, timeout)
         except grpc.RpcError as error:
-            raise _translate(error, streaming=False, timeout=self._timeout(timeout)) from None
+            raise translate(error, streaming=False, timeout=self._timeout(timeout)) from None
 
     async def _duplex_result(
         self,
