@@ -297,8 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--http-receipt-timeout",
         type=_positive(float),
         default=RECEIPT_TIMEOUT_S,
-        help=f"seconds an HTTP connection has to send a complete request head (default {RECEIPT_TIMEOUT_S:g}); "
-        "slower ones are closed",
+        help=f"seconds an HTTP connection has to send a complete request head, its TLS handshake included (default "
+        f"{RECEIPT_TIMEOUT_S:g}); slower ones are closed",
     )
     serve.add_argument(
         "--no-metrics",

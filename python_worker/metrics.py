@@ -281,14 +281,7 @@ class MetricsServer(ThreadingHTTPServer):
         self.registry = registry
         self.security = security
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        self._tls: ssl.SSLContext | None = None
-        if security.tls_cert and security.tls_key:
-            tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            tls.load_cert_chain(security.tls_cert, security.tls_key)
-            if security.tls_client_ca:
-                tls.load_verify_locations(security.tls_client_ca)
-                tls.verify_mode = ssl.CERT_REQUIRED
-            self._tls = tls
+        self._tls = security.ssl_context()
         if ":" in host:
             self.address_family = socket.AF_INET6
         super().__init__((host, port), _MetricsHandler)

@@ -10,6 +10,7 @@ import contextlib
 import re
 import selectors
 import socket
+import ssl
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,7 @@ from websockets.sync.client import connect
 from python_worker.transports.http.connections import TIMED_OUT
 from python_worker.transports.security import MAX_REFUSALS_PER_S, PENALTY_S
 
+from .certs import Certs, make_certs
 from .http_support import base_url, bearer, http_worker, no_auth_args, open_worker, token
 
 pytestmark = pytest.mark.timeout(90)
@@ -128,6 +130,62 @@ def test_more_waiting_sockets_than_the_budget_evict_the_oldest_and_right_token_c
             newest.settimeout(0.5)
             with pytest.raises(TimeoutError):
                 newest.recv(65536)  # the newest still waits: the attacker's own oldest made room
+        finally:
+            for sock in attackers:
+                sock.close()
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    return make_certs(tmp_path_factory.mktemp("hostile-certs"))
+
+
+def _closing_times(socks: list[socket.socket], opened: float, limit_s: float) -> dict[int, float]:
+    """Seconds from ``opened`` until the front closed each socket (by index), watching for ``limit_s`` at most."""
+    closed: dict[int, float] = {}
+    with selectors.DefaultSelector() as selector:
+        for i, sock in enumerate(socks):
+            sock.setblocking(False)
+            selector.register(sock, selectors.EVENT_READ, i)
+        while len(closed) < len(socks) and time.monotonic() - opened < limit_s:
+            for key, _ in selector.select(timeout=0.1):
+                try:
+                    data = key.fileobj.recv(65536)  # type: ignore[union-attr]
+                except OSError:
+                    data = b""
+                if not data:
+                    closed[key.data] = time.monotonic() - opened
+                    selector.unregister(key.fileobj)
+    return closed
+
+
+def test_tls_handshakes_that_never_finish_are_waiters_under_the_receipt_deadline(certs: Certs) -> None:
+    # 300 sockets that open TCP to a TLS front and never finish a handshake (silent, or a ClientHello's first
+    # bytes): they count in the budget (the oldest are evicted at once to make room) and the receipt deadline
+    # closes the rest; asyncio's own handshake timeout would hold each for 60 s outside any budget
+    deadline_s = 4.0
+    args = ("--tls-cert", certs.server_crt, "--tls-key", certs.server_key, "--http-receipt-timeout", str(deadline_s))
+    with http_worker(*args, host="127.0.0.2") as (worker, _):  # a name the test certificate holds
+        port = worker.info["http_port"]
+        opened = time.monotonic()
+        attackers = [socket.create_connection(("127.0.0.2", port), timeout=5) for _ in range(300)]
+        try:
+            for sock in attackers[1::2]:
+                sock.sendall(b"\x16\x03\x01\x02\x00\x01\x00")  # a handshake record's header, 2 bytes of 512
+            https = {"base_url": base_url(worker, "https"), "timeout": 10, "headers": bearer()}
+            verify = ssl.create_default_context(cafile=certs.ca)
+            with httpx.Client(verify=verify, **https) as caller:
+                for n in range(5):
+                    assert caller.post("/v1/tools/add", json={"a": n, "b": 1}).json()["result"] == n + 1
+            closed = _closing_times(attackers, opened, deadline_s + 8)
+            assert len(closed) == len(attackers), f"{len(attackers) - len(closed)} handshakes still open"
+            evicted = [closed[i] for i in range(44)]  # the oldest waiters made room at once
+            assert max(evicted) < deadline_s - 1, sorted(evicted)[-5:]
+            newest = [closed[i] for i in range(len(attackers) - 100, len(attackers))]  # closed by the deadline
+            assert min(newest) >= deadline_s - 1.5, sorted(newest)[:5]
+            assert max(newest) <= deadline_s + 5, sorted(newest)[-5:]
+            with httpx.Client(verify=verify, **https) as caller:
+                assert caller.get("/v1/tools").status_code == 200
         finally:
             for sock in attackers:
                 sock.close()

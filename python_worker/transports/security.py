@@ -1,8 +1,9 @@
 """Who may call a worker, whatever the transport (gRPC, HTTP, metrics): the token, the TLS files, the hosts a
 request may name, the refusal to serve a non-loopback address without them, and what a wrong token costs. Each
 transport enforces them its own way (``grpc/security.py``: an interceptor and grpcio's credentials;
-``http/auth.py``: headers, a login session, uvicorn's TLS), through the one check here (:meth:`ServerSecurity.
-token_matches`, :class:`AuthPenalty`). The local link (stdin/stdout) is the pool's own pipe and is not gated.
+``http/auth.py``: headers, a login session; the HTTP front and ``/metrics`` take their TLS from
+:meth:`ServerSecurity.ssl_context`), through the one check here (:meth:`ServerSecurity.token_matches`,
+:class:`AuthPenalty`). The local link (stdin/stdout) is the pool's own pipe and is not gated.
 
 Every TCP listener needs a credential: with no token configured and no ``--no-auth``, ``serve`` makes one
 (:func:`generate_token`, 256 bits) and writes it to its ready file, as Jupyter does.
@@ -21,6 +22,7 @@ import hmac
 import ipaddress
 import os
 import secrets
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -119,6 +121,18 @@ class ServerSecurity:
         if isinstance(given, str):
             given = given.encode("utf-8", "replace")
         return hmac.compare_digest(given, self.token.encode())
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The server side's TLS context from the TLS files (client certificates required when ``tls_client_ca``
+        is set), or None without TLS. Raises ``OSError``/``ssl.SSLError`` for files that do not load."""
+        if not (self.tls_cert and self.tls_key):
+            return None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.tls_cert, self.tls_key)
+        if self.tls_client_ca:
+            context.load_verify_locations(self.tls_client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
 
     @property
     def authenticated(self) -> bool:

@@ -8,6 +8,11 @@ deliver a complete request head, whatever it sends meanwhile (the clock is not r
 closed. The deadline is disarmed once the head is complete (the app has the request: a body is read by the
 routes, which authenticate first and bound its size) and on a WebSocket upgrade.
 
+Under TLS the front does the handshake itself (``loop.start_tls`` once a connection is admitted) rather than
+leave it to uvicorn, where asyncio would give a handshake 60 s outside the budget: a TLS connection is counted and
+its receipt deadline armed at accept, so the handshake and the request head share the one deadline, and a socket
+that never finishes its handshake is a waiter like any other (closed at the deadline, or evicted first).
+
 The budget (:class:`Connections`): at most :attr:`Limits.max_connections` open at once (uvicorn's
 ``limit_concurrency`` answers 503 to everyone instead, which is what an attacker wants), and at most
 :attr:`Limits.max_waiting` of them waiting for a request head. A connection over either limit makes room by
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import resource
+import ssl
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -122,6 +128,7 @@ class GuardedH11(H11Protocol):
     server with :attr:`budget` set (uvicorn builds its protocols from a class)."""
 
     budget: Connections
+    tls: ssl.SSLContext | None = None  # the front's TLS: the handshake is done here (see the module doc)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -129,8 +136,14 @@ class GuardedH11(H11Protocol):
         self._partial = False  # bytes of a request head arrived since the deadline was armed
         self._lingering = False  # answered before the body was read: the rest is discarded until close
         self.client_host = ""
+        self._raw: asyncio.Transport | None = None  # the TCP transport while its TLS handshake runs
+        self._handshake: asyncio.Task[None] | None = None
+        self._early: list[bytes] = []  # bytes decrypted before the handshake's task resumed (see _handshake_tls)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        if self.tls is not None:
+            self._accept_tls(transport)
+            return
         super().connection_made(transport)
         self.client_host = self.client[0] if self.client else ""
         if not self.budget.admit(self):
@@ -139,12 +152,57 @@ class GuardedH11(H11Protocol):
             return
         self._arm()
 
+    def _accept_tls(self, raw: asyncio.Transport) -> None:
+        """A TCP connection to a TLS front: admitted and under the receipt deadline from now, then handshaken."""
+        peer = raw.get_extra_info("peername")
+        self.client_host = str(peer[0]) if peer else ""
+        if not self.budget.admit(self):
+            raw.close()  # no 503: plain text is not what a TLS client can read
+            return
+        raw.pause_reading()  # the first bytes are the TLS layer's, never h11's
+        self._raw = raw
+        self._arm()
+        self._handshake = self.loop.create_task(self._handshake_tls(raw))
+
+    async def _handshake_tls(self, raw: asyncio.Transport) -> None:
+        assert self.tls is not None
+        try:
+            # the receipt deadline closes a slow handshake; asyncio's own timeout is only a backstop
+            transport = await self.loop.start_tls(
+                raw,
+                self,
+                self.tls,
+                server_side=True,
+                ssl_handshake_timeout=self.budget.limits.receipt_timeout_s + 1,
+            )
+        except (OSError, asyncio.CancelledError):  # ssl.SSLError, a reset, the backstop, the front stopping
+            transport = None
+        finally:
+            self._handshake = None
+        if transport is None or transport.is_closing():  # failed, or closed meanwhile (deadline, eviction)
+            self._disarm()
+            self.budget.gone(self)
+            raw.close()
+            return
+        self._raw = None
+        # h11 takes over the TLS transport; the deadline armed at accept keeps running for the request head
+        super().connection_made(transport)
+        # asyncio reads the first request's bytes as the handshake completes, before this task resumes
+        early, self._early = b"".join(self._early), []
+        if early:
+            self.data_received(early)
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         self.budget.gone(self)
+        if self.transport is None:  # lost during its TLS handshake: h11 never had it
+            return
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self.transport is None:  # TLS: decrypted before h11 has its transport (at most one read's worth)
+            self._early.append(data)
+            return
         if self._lingering:
             return
         if self._deadline is not None:
@@ -209,12 +267,15 @@ class GuardedH11(H11Protocol):
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
+        if self._raw is not None:  # still in its TLS handshake
+            self._raw.close()
+            return
         if not self.transport.is_closing():
             if self._partial:
                 self.transport.write(TIMED_OUT)
             self.transport.close()
 
 
-def protocol_class(connections: Connections) -> type[GuardedH11]:
-    """A :class:`GuardedH11` bound to ``connections`` (one per front)."""
-    return type("KraitH11", (GuardedH11,), {"budget": connections})
+def protocol_class(connections: Connections, tls: ssl.SSLContext | None = None) -> type[GuardedH11]:
+    """A :class:`GuardedH11` bound to ``connections`` (one per front), serving TLS with ``tls`` when given."""
+    return type("KraitH11", (GuardedH11,), {"budget": connections, "tls": tls})

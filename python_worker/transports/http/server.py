@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import socket
-import ssl
 import threading
 import time
 from typing import Any
@@ -83,16 +82,13 @@ class HttpServer:
         )
         self.sock = _bind(host, port)
         self.port: int = self.sock.getsockname()[1]
-        tls: dict[str, Any] = {}
-        if security.tls_cert and security.tls_key:
-            tls = {"ssl_certfile": security.tls_cert, "ssl_keyfile": security.tls_key}
-            if security.tls_client_ca:
-                tls |= {"ssl_ca_certs": security.tls_client_ca, "ssl_cert_reqs": ssl.CERT_REQUIRED}
+        # TLS is not uvicorn's: the front's protocol handshakes under its receipt deadline (connections.py)
+        tls = security.ssl_context()
         config = uvicorn.Config(
             build_app(self.front),
             loop="asyncio",
             # uvicorn's h11 protocol with a deadline for each request head and a connection budget
-            http=protocol_class(self.connections),
+            http=protocol_class(self.connections, tls),
             ws="websockets-sansio",
             lifespan="off",
             log_config=None,
@@ -103,7 +99,6 @@ class HttpServer:
             ws_max_size=body_limit,
             # no limit_concurrency: its 503 for everyone is what a flood wants; connections.py budgets instead
             timeout_graceful_shutdown=1,
-            **tls,
         )
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, name="http", daemon=True)
